@@ -1,0 +1,90 @@
+//! `tessera`: the command line. Today it manages signing keys and signs and verifies tokens; the
+//! authorization server, gateway and admin commands join it as they land.
+//!
+//! Exit codes: 0 success; 1 a token was rejected (`token verify`); 2 a usage or input error. Every error is
+//! one line on stderr and never contains key material or a token.
+
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command line's output is its interface")]
+
+mod keys;
+mod token;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Tessera: OAuth 2.1 / OpenID Connect tokens that are close to worthless when stolen.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate, import and publish signing keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Sign and verify JWT access tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+}
+
+/// A failure to report: one line, and the exit code.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    /// A usage or input error (exit 2).
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Self { code: 2, message: message.into() }
+    }
+}
+
+/// Reads a file for the command, naming the file (not its contents) on error.
+pub(crate) fn read_file(path: &PathBuf, what: &str) -> Result<String, Failure> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Failure::usage(format!("cannot read {what} {}: {}", path.display(), e.kind())))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{}", one_line(&e.to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Keys(cmd) => keys::run(cmd),
+        Command::Token(cmd) => token::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, message }) => {
+            if code == 2 {
+                eprintln!("error: {message}");
+            } else {
+                eprintln!("{message}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Folds clap's multi-line error into one line: the message without the usage block.
+fn one_line(text: &str) -> String {
+    let body = text.split("\n\nUsage:").next().unwrap_or(text);
+    let body = body.split("\n\nFor more information").next().unwrap_or(body);
+    body.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,238 @@
+//! Compact JWS: parse (`UnverifiedJwt`), verify against a [`KeySet`] (`VerifiedJwt`), and sign.
+//!
+//! Parsing is strict and cheap: a size limit, exactly three segments of strict base64url, and a header that
+//! is a JSON object with no duplicate members, no `crit`, and no key or key-URL members. Nothing in a header
+//! is ever fetched. The claims are not parsed until the signature has verified.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+use crate::alg::Algorithm;
+use crate::b64;
+use crate::error::{KeyError, Rejection};
+use crate::json::{self, StrictValue};
+use crate::key::{KeySet, SigningKey};
+
+/// The default size limit for a compact token: 8 KiB.
+pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// A JOSE header as we accept it: the algorithm is one we support, and nothing we refuse is present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The signature algorithm.
+    pub alg: Algorithm,
+    /// The key id, if present.
+    pub kid: Option<String>,
+    /// The token type, if present.
+    pub typ: Option<String>,
+    /// The content type, if present.
+    pub cty: Option<String>,
+}
+
+/// What the header visitor saw, before the accept/refuse decision.
+#[derive(Default)]
+struct RawHeader {
+    alg: Option<String>,
+    kid: Option<String>,
+    typ: Option<String>,
+    cty: Option<String>,
+    crit: bool,
+    key_url: bool,
+    embedded_key: bool,
+}
+
+impl<'de> de::Deserialize<'de> for RawHeader {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RawHeaderVisitor)
+    }
+}
+
+struct RawHeaderVisitor;
+
+/// Stores `value` in `slot`, refusing a second occurrence of `name`.
+pub(crate) fn set_once<T, E: de::Error>(slot: &mut Option<T>, value: T, name: &str) -> Result<(), E> {
+    if slot.is_some() {
+        return Err(json::duplicate(name));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+impl<'de> Visitor<'de> for RawHeaderVisitor {
+    type Value = RawHeader;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JOSE header object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHeader, A::Error> {
+        let mut h = RawHeader::default();
+        let mut seen: Vec<String> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if seen.contains(&key) {
+                return Err(json::duplicate(&key));
+            }
+            match key.as_str() {
+                "alg" => set_once(&mut h.alg, map.next_value()?, "alg")?,
+                "kid" => set_once(&mut h.kid, map.next_value()?, "kid")?,
+                "typ" => set_once(&mut h.typ, map.next_value()?, "typ")?,
+                "cty" => set_once(&mut h.cty, map.next_value()?, "cty")?,
+                other => {
+                    match other {
+                        "crit" => h.crit = true,
+                        "jku" | "x5u" => h.key_url = true,
+                        "jwk" | "x5c" => h.embedded_key = true,
+                        _ => {}
+                    }
+                    // Read (and so check for duplicates and depth) but never interpret the value.
+                    let _: StrictValue = map.next_value()?;
+                }
+            }
+            seen.push(key);
+        }
+        Ok(h)
+    }
+}
+
+impl Header {
+    /// Parses and checks a decoded header.
+    fn parse(bytes: &[u8]) -> Result<Self, Rejection> {
+        let raw: RawHeader = serde_json::from_slice(bytes).map_err(|e| {
+            if json::is_duplicate(&e) { Rejection::DuplicateMember } else { Rejection::InvalidHeader }
+        })?;
+        if raw.crit {
+            return Err(Rejection::CritHeader);
+        }
+        if raw.key_url {
+            return Err(Rejection::KeyUrlHeader);
+        }
+        if raw.embedded_key {
+            return Err(Rejection::EmbeddedKeyHeader);
+        }
+        let alg = raw.alg.ok_or(Rejection::InvalidHeader)?;
+        let alg = Algorithm::from_header(&alg).ok_or(Rejection::UnsupportedAlgorithm)?;
+        Ok(Self { alg, kid: raw.kid, typ: raw.typ, cty: raw.cty })
+    }
+}
+
+/// A compact JWS whose structure and header were checked, but whose signature was not.
+///
+/// The only way forward is [`UnverifiedJwt::verify`]; the claims cannot be read from this type.
+#[derive(Debug)]
+pub struct UnverifiedJwt<'a> {
+    signing_input: &'a str,
+    header: Header,
+    payload: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+impl<'a> UnverifiedJwt<'a> {
+    /// Parses `token` with the default 8 KiB limit.
+    ///
+    /// # Errors
+    /// The [`Rejection`] naming the first problem found.
+    pub fn parse(token: &'a str) -> Result<Self, Rejection> {
+        Self::parse_with_limit(token, DEFAULT_MAX_TOKEN_LEN)
+    }
+
+    /// Parses `token`, refusing it if it is longer than `max_len` bytes.
+    ///
+    /// # Errors
+    /// The [`Rejection`] naming the first problem found.
+    pub fn parse_with_limit(token: &'a str, max_len: usize) -> Result<Self, Rejection> {
+        if token.len() > max_len {
+            return Err(Rejection::TooLarge);
+        }
+        if token.trim_start().starts_with('{') {
+            return Err(Rejection::JsonSerialization);
+        }
+        let mut parts = token.splitn(4, '.');
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Rejection::Malformed);
+        };
+        if h.is_empty() || p.is_empty() {
+            return Err(Rejection::Malformed);
+        }
+        let header = b64::decode(h).map_err(|_| Rejection::InvalidBase64)?;
+        let payload = b64::decode(p).map_err(|_| Rejection::InvalidBase64)?;
+        let signature = b64::decode(s).map_err(|_| Rejection::InvalidBase64)?;
+        let header = Header::parse(&header)?;
+        let signing_input = &token[..h.len() + 1 + p.len()];
+        Ok(Self { signing_input, header, payload, signature })
+    }
+
+    /// The checked header.
+    #[must_use]
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Verifies the signature with the key named by the header's `kid`. The key's own algorithm must equal
+    /// the header's `alg`.
+    ///
+    /// # Errors
+    /// [`Rejection::MissingKid`], [`Rejection::UnknownKid`], [`Rejection::AlgorithmMismatch`] or
+    /// [`Rejection::BadSignature`].
+    pub fn verify(self, keys: &KeySet) -> Result<VerifiedJwt, Rejection> {
+        let kid = self.header.kid.as_deref().ok_or(Rejection::MissingKid)?;
+        let key = keys.get(kid).ok_or(Rejection::UnknownKid)?;
+        if key.alg() != self.header.alg {
+            return Err(Rejection::AlgorithmMismatch);
+        }
+        key.verify(self.signing_input.as_bytes(), &self.signature)?;
+        Ok(VerifiedJwt { header: self.header, payload: self.payload })
+    }
+}
+
+/// A token whose signature verified against a trusted key. Its claims are not yet validated: see
+/// [`VerifiedJwt::validate`].
+#[derive(Debug, Clone)]
+pub struct VerifiedJwt {
+    header: Header,
+    payload: Vec<u8>,
+}
+
+impl VerifiedJwt {
+    /// The checked header.
+    #[must_use]
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The verified payload bytes (JSON, not yet validated).
+    #[must_use]
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+}
+
+#[derive(Serialize)]
+struct OutHeader<'a> {
+    alg: &'static str,
+    kid: &'a str,
+    typ: &'a str,
+}
+
+impl SigningKey {
+    /// Signs `claims` as a compact JWS with header `{alg, kid, typ}`.
+    ///
+    /// # Errors
+    /// [`KeyError::InvalidEncoding`] if the claims cannot be serialized, [`KeyError::Crypto`] if signing
+    /// fails.
+    pub fn sign_jwt<C: Serialize + ?Sized>(&self, typ: &str, claims: &C) -> Result<String, KeyError> {
+        let header = serde_json::to_vec(&OutHeader { alg: self.alg().as_str(), kid: self.kid(), typ })
+            .map_err(|_| KeyError::InvalidEncoding)?;
+        let payload = serde_json::to_vec(claims).map_err(|_| KeyError::InvalidEncoding)?;
+        let mut out = String::with_capacity((header.len() + payload.len()) * 4 / 3 + 360);
+        b64::encode_into(&header, &mut out);
+        out.push('.');
+        b64::encode_into(&payload, &mut out);
+        let signature = self.sign(out.as_bytes())?;
+        out.push('.');
+        b64::encode_into(&signature, &mut out);
+        Ok(out)
+    }
+}
