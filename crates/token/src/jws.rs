@@ -153,13 +153,16 @@ impl<'a> UnverifiedJwt<'a> {
         else {
             return Err(Rejection::Malformed);
         };
-        if h.is_empty() || p.is_empty() {
+        if h.is_empty() {
             return Err(Rejection::Malformed);
         }
-        let header = b64::decode(h).map_err(|_| Rejection::InvalidBase64)?;
+        // The header first: a refused algorithm or header member is reported whatever follows it.
+        let header = Header::parse(&b64::decode(h).map_err(|_| Rejection::InvalidBase64)?)?;
+        if p.is_empty() {
+            return Err(Rejection::Malformed);
+        }
         let payload = b64::decode(p).map_err(|_| Rejection::InvalidBase64)?;
         let signature = b64::decode(s).map_err(|_| Rejection::InvalidBase64)?;
-        let header = Header::parse(&header)?;
         let signing_input = &token[..h.len() + 1 + p.len()];
         Ok(Self { signing_input, header, payload, signature })
     }

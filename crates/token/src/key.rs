@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use aws_lc_rs::encoding::{AsBigEndian, AsDer, Pkcs8V1Der};
+use aws_lc_rs::encoding::{AsBigEndian, AsDer, Pkcs8V1Der, PublicKeyX509Der};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPairComponents, KeySize, PublicKeyComponents};
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, ParsedPublicKey, RsaKeyPair};
@@ -141,6 +141,24 @@ impl VerifyingKey {
         obj.insert("kid".into(), Value::String(self.kid.clone()));
         obj.insert("use".into(), Value::String("sig".into()));
         Value::Object(obj)
+    }
+
+    /// The public key as X.509 `SubjectPublicKeyInfo` DER.
+    ///
+    /// # Errors
+    /// [`KeyError::Crypto`] if the crypto library cannot serialize the key.
+    pub fn to_spki_der(&self) -> Result<Vec<u8>, KeyError> {
+        let der: PublicKeyX509Der<'static> = self.parsed.as_der()?;
+        Ok(der.as_ref().to_vec())
+    }
+
+    /// The public key as a PEM `PUBLIC KEY` document.
+    ///
+    /// # Errors
+    /// [`KeyError`] if the key cannot be serialized.
+    pub fn to_spki_pem(&self) -> Result<String, KeyError> {
+        pkcs8::der::pem::encode_string("PUBLIC KEY", LineEnding::LF, &self.to_spki_der()?)
+            .map_err(|_| KeyError::InvalidEncoding)
     }
 
     /// Verifies `signature` over `message` with this key's algorithm.
