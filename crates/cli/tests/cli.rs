@@ -1,0 +1,295 @@
+//! The `tessera` binary as a user runs it: exit codes, one-line errors, files it writes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly by design")]
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use tessera_token::{Algorithm, SigningKey};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn tessera(dir: &Path, args: &[&str], stdin: &str) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// Asserts a usage error: exit 2 and exactly one line on stderr.
+fn assert_usage_error(run: &Run, mentions: &str) {
+    assert_eq!(run.code, 2, "stderr: {}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "one line: {:?}", run.stderr);
+    assert!(run.stderr.contains(mentions), "{:?} should mention {mentions:?}", run.stderr);
+    assert!(run.stdout.is_empty());
+}
+
+const NOW: &str = "1700000000";
+const LATER: &str = "1700000100";
+
+/// A directory with a key, its public JWKS, and a token signed at NOW for audience "orders".
+fn setup(alg: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = tessera(dir.path(), &["keys", "generate", "--alg", alg, "--out", "key.jwk"], "");
+    assert_eq!(generated.code, 0, "{}", generated.stderr);
+    let jwks = tessera(dir.path(), &["keys", "jwks", "key.jwk"], "");
+    assert_eq!(jwks.code, 0, "{}", jwks.stderr);
+    std::fs::write(dir.path().join("jwks.json"), jwks.stdout).unwrap();
+    let signed = tessera(
+        dir.path(),
+        &[
+            "token",
+            "sign",
+            "--key",
+            "key.jwk",
+            "--issuer",
+            "https://id.test",
+            "--audience",
+            "orders",
+            "--subject",
+            "alice",
+            "--client-id",
+            "web",
+            "--scope",
+            "orders:read",
+            "--now",
+            NOW,
+        ],
+        "",
+    );
+    assert_eq!(signed.code, 0, "{}", signed.stderr);
+    (dir, signed.stdout)
+}
+
+fn verify(dir: &Path, token: &str, audience: &str) -> Run {
+    tessera(
+        dir,
+        &[
+            "token",
+            "verify",
+            "--jwks",
+            "jwks.json",
+            "--issuer",
+            "https://id.test",
+            "--audience",
+            audience,
+            "--now",
+            LATER,
+        ],
+        token,
+    )
+}
+
+#[test]
+fn keys_generate_writes_an_owner_only_private_jwk_and_prints_its_kid() {
+    for alg in ["EdDSA", "ES256", "RS256", "PS256"] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = tessera(dir.path(), &["keys", "generate", "--alg", alg, "--out", "k.jwk"], "");
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let path = dir.path().join("k.jwk");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "{alg}");
+        }
+        let jwk: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(jwk["alg"], alg);
+        assert!(jwk.get("d").is_some(), "a private JWK");
+        assert_eq!(run.stdout.trim(), jwk["kid"].as_str().unwrap());
+        // The kid printed is the one the key reads back with.
+        let key = SigningKey::from_jwk(&std::fs::read_to_string(&path).unwrap(), None).unwrap();
+        assert_eq!(key.kid(), run.stdout.trim());
+    }
+}
+
+#[test]
+fn keys_generate_never_overwrites_an_existing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("k.jwk"), "precious").unwrap();
+    let run = tessera(dir.path(), &["keys", "generate", "--out", "k.jwk"], "");
+    assert_usage_error(&run, "k.jwk");
+    assert_eq!(std::fs::read_to_string(dir.path().join("k.jwk")).unwrap(), "precious");
+}
+
+#[test]
+fn token_verify_prints_the_validated_claims_and_exits_0() {
+    for alg in ["EdDSA", "ES256", "RS256", "PS256"] {
+        let (dir, token) = setup(alg);
+        let run = verify(dir.path(), &token, "orders");
+        assert_eq!(run.code, 0, "{alg}: {}", run.stderr);
+        let claims: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(claims["sub"], "alice");
+        assert_eq!(claims["aud"], "orders");
+        assert_eq!(claims["scope"], "orders:read");
+        assert_eq!(claims["iat"], 1_700_000_000);
+    }
+}
+
+#[test]
+fn token_verify_prints_the_rejection_name_and_exits_1() {
+    let (dir, token) = setup("EdDSA");
+    let run = verify(dir.path(), &token, "billing");
+    assert_eq!((run.code, run.stderr.trim(), run.stdout.as_str()), (1, "wrong_audience", ""));
+
+    let expired = tessera(
+        dir.path(),
+        &[
+            "token",
+            "verify",
+            "--jwks",
+            "jwks.json",
+            "--issuer",
+            "https://id.test",
+            "--audience",
+            "orders",
+            "--now",
+            "1800000000",
+        ],
+        &token,
+    );
+    assert_eq!((expired.code, expired.stderr.trim()), (1, "expired"));
+
+    let mut parts: Vec<&str> = token.trim().split('.').collect();
+    let other = "eyJzdWIiOiJhZG1pbiJ9";
+    parts[1] = other;
+    let tampered = verify(dir.path(), &parts.join("."), "orders");
+    assert_eq!((tampered.code, tampered.stderr.trim()), (1, "bad_signature"));
+
+    let none = verify(dir.path(), "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.", "orders");
+    assert_eq!((none.code, none.stderr.trim()), (1, "unsupported_algorithm"));
+
+    let typ = tessera(
+        dir.path(),
+        &[
+            "token",
+            "verify",
+            "--jwks",
+            "jwks.json",
+            "--issuer",
+            "https://id.test",
+            "--audience",
+            "orders",
+            "--now",
+            LATER,
+            "--typ",
+            "JWT",
+        ],
+        &token,
+    );
+    assert_eq!((typ.code, typ.stderr.trim()), (1, "wrong_typ"));
+}
+
+#[test]
+fn token_verify_usage_errors_are_one_line_and_exit_2() {
+    let (dir, token) = setup("EdDSA");
+    let missing = tessera(
+        dir.path(),
+        &["token", "verify", "--jwks", "nope.json", "--issuer", "i", "--audience", "a"],
+        &token,
+    );
+    assert_usage_error(&missing, "nope.json");
+
+    let no_flag = tessera(dir.path(), &["token", "verify", "--jwks", "jwks.json"], &token);
+    assert_usage_error(&no_flag, "--issuer");
+
+    let bad_now = tessera(
+        dir.path(),
+        &["token", "verify", "--jwks", "jwks.json", "--issuer", "i", "--audience", "a", "--now", "yesterday"],
+        &token,
+    );
+    assert_usage_error(&bad_now, "--now");
+
+    let empty = tessera(
+        dir.path(),
+        &["token", "verify", "--jwks", "jwks.json", "--issuer", "i", "--audience", "a"],
+        "",
+    );
+    assert_usage_error(&empty, "no token");
+
+    // A private key file offered as the JWKS is refused, not used.
+    let private = tessera(
+        dir.path(),
+        &["token", "verify", "--jwks", "key.jwk", "--issuer", "i", "--audience", "a"],
+        &token,
+    );
+    assert_usage_error(&private, "private key material");
+
+    let bad_alg = tessera(dir.path(), &["keys", "generate", "--alg", "HS256", "--out", "h.jwk"], "");
+    assert_usage_error(&bad_alg, "HS256");
+
+    let unknown = tessera(dir.path(), &["frobnicate"], "");
+    assert_usage_error(&unknown, "frobnicate");
+}
+
+#[test]
+fn error_messages_never_echo_key_material() {
+    let (dir, _) = setup("ES256");
+    let jwk = std::fs::read_to_string(dir.path().join("key.jwk")).unwrap();
+    let d: serde_json::Value = serde_json::from_str(&jwk).unwrap();
+    let d = d["d"].as_str().unwrap();
+    // Corrupt the key file so that loading it fails.
+    std::fs::write(dir.path().join("bad.jwk"), jwk.replace("\"kty\":\"EC\"", "\"kty\":\"XX\"")).unwrap();
+    let run = tessera(
+        dir.path(),
+        &[
+            "token",
+            "sign",
+            "--key",
+            "bad.jwk",
+            "--issuer",
+            "i",
+            "--audience",
+            "a",
+            "--subject",
+            "s",
+            "--client-id",
+            "c",
+        ],
+        "",
+    );
+    assert_usage_error(&run, "bad.jwk");
+    assert!(!run.stderr.contains(d));
+}
+
+#[test]
+fn keys_import_reads_a_pkcs8_pem_with_its_algorithm() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate(Algorithm::ES256).unwrap();
+    std::fs::write(dir.path().join("k.pem"), key.to_pkcs8_pem().unwrap().as_bytes()).unwrap();
+    let run =
+        tessera(dir.path(), &["keys", "import", "--alg", "ES256", "--pem", "k.pem", "--out", "k.jwk"], "");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), key.kid());
+    let wrong =
+        tessera(dir.path(), &["keys", "import", "--alg", "EdDSA", "--pem", "k.pem", "--out", "e.jwk"], "");
+    assert_usage_error(&wrong, "k.pem");
+    assert!(!dir.path().join("e.jwk").exists());
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in
+        [&["--help"][..], &["token", "verify", "--help"], &["keys", "generate", "--help"], &["--version"]]
+    {
+        let run = tessera(dir.path(), args, "");
+        assert_eq!(run.code, 0, "{args:?}");
+        assert!(!run.stdout.is_empty());
+    }
+}
