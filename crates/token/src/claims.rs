@@ -219,7 +219,9 @@ pub(crate) struct ParsedClaims(pub(crate) Result<AccessClaims, Rejection>);
 impl ParsedClaims {
     /// Parses claims JSON: duplicates refused, types checked, required claims present.
     pub(crate) fn from_slice(bytes: &[u8]) -> Result<AccessClaims, Rejection> {
-        match serde_json::from_slice::<Self>(bytes) {
+        // One UTF-8 check of the whole payload is cheaper than serde_json's check of each string.
+        let text = std::str::from_utf8(bytes).map_err(|_| Rejection::InvalidClaims)?;
+        match serde_json::from_str::<Self>(text) {
             Ok(Self(outcome)) => outcome,
             Err(e) if json::is_duplicate(&e) => Err(Rejection::DuplicateMember),
             Err(_) => Err(Rejection::InvalidClaims),

@@ -18,6 +18,12 @@ use crate::key::{KeySet, SigningKey};
 /// The default size limit for a compact token: 8 KiB.
 pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
 
+/// The longest signature any supported key makes: RSA-8192, 1024 bytes.
+const MAX_SIGNATURE_LEN: usize = 1024;
+
+/// Headers up to this size are decoded on the stack.
+const HEADER_STACK_LEN: usize = 512;
+
 /// A JOSE header as we accept it: the algorithm is one we support, and nothing we refuse is present.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -34,7 +40,8 @@ pub struct Header {
 /// What the header visitor saw, before the accept/refuse decision.
 #[derive(Default)]
 struct RawHeader {
-    alg: Option<String>,
+    /// `Some(None)`: an `alg` we do not support.
+    alg: Option<Option<Algorithm>>,
     kid: Option<String>,
     typ: Option<String>,
     cty: Option<String>,
@@ -46,6 +53,57 @@ struct RawHeader {
 impl<'de> de::Deserialize<'de> for RawHeader {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_map(RawHeaderVisitor)
+    }
+}
+
+/// A header member name, read without allocating for the names we know.
+enum HeaderField {
+    Alg,
+    Kid,
+    Typ,
+    Cty,
+    /// A member we refuse (`crit`, `jku`, `x5u`, `jwk`, `x5c`) or ignore.
+    Other(String),
+}
+
+impl<'de> de::Deserialize<'de> for HeaderField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = HeaderField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a header member name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HeaderField, E> {
+                Ok(match v {
+                    "alg" => HeaderField::Alg,
+                    "kid" => HeaderField::Kid,
+                    "typ" => HeaderField::Typ,
+                    "cty" => HeaderField::Cty,
+                    other => HeaderField::Other(other.to_owned()),
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+/// The `alg` value: a supported algorithm, or `None` for any other string.
+struct AlgValue(Option<Algorithm>);
+
+impl<'de> de::Deserialize<'de> for AlgValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = AlgValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an algorithm name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AlgValue, E> {
+                Ok(AlgValue(Algorithm::from_header(v)))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -69,18 +127,18 @@ impl<'de> Visitor<'de> for RawHeaderVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHeader, A::Error> {
         let mut h = RawHeader::default();
-        let mut seen: Vec<String> = Vec::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if seen.contains(&key) {
-                return Err(json::duplicate(&key));
-            }
-            match key.as_str() {
-                "alg" => set_once(&mut h.alg, map.next_value()?, "alg")?,
-                "kid" => set_once(&mut h.kid, map.next_value()?, "kid")?,
-                "typ" => set_once(&mut h.typ, map.next_value()?, "typ")?,
-                "cty" => set_once(&mut h.cty, map.next_value()?, "cty")?,
-                other => {
-                    match other {
+        let mut others: Vec<String> = Vec::new();
+        while let Some(field) = map.next_key::<HeaderField>()? {
+            match field {
+                HeaderField::Alg => set_once(&mut h.alg, map.next_value::<AlgValue>()?.0, "alg")?,
+                HeaderField::Kid => set_once(&mut h.kid, map.next_value()?, "kid")?,
+                HeaderField::Typ => set_once(&mut h.typ, map.next_value()?, "typ")?,
+                HeaderField::Cty => set_once(&mut h.cty, map.next_value()?, "cty")?,
+                HeaderField::Other(name) => {
+                    if others.contains(&name) {
+                        return Err(json::duplicate(&name));
+                    }
+                    match name.as_str() {
                         "crit" => h.crit = true,
                         "jku" | "x5u" => h.key_url = true,
                         "jwk" | "x5c" => h.embedded_key = true,
@@ -88,9 +146,9 @@ impl<'de> Visitor<'de> for RawHeaderVisitor {
                     }
                     // Read (and so check for duplicates and depth) but never interpret the value.
                     let _: StrictValue = map.next_value()?;
+                    others.push(name);
                 }
             }
-            seen.push(key);
         }
         Ok(h)
     }
@@ -111,8 +169,7 @@ impl Header {
         if raw.embedded_key {
             return Err(Rejection::EmbeddedKeyHeader);
         }
-        let alg = raw.alg.ok_or(Rejection::InvalidHeader)?;
-        let alg = Algorithm::from_header(&alg).ok_or(Rejection::UnsupportedAlgorithm)?;
+        let alg = raw.alg.ok_or(Rejection::InvalidHeader)?.ok_or(Rejection::UnsupportedAlgorithm)?;
         Ok(Self { alg, kid: raw.kid, typ: raw.typ, cty: raw.cty })
     }
 }
@@ -125,7 +182,8 @@ pub struct UnverifiedJwt<'a> {
     signing_input: &'a str,
     header: Header,
     payload: Vec<u8>,
-    signature: Vec<u8>,
+    /// Checked to be strict base64url; decoded on the stack by `verify`.
+    signature: &'a str,
 }
 
 impl<'a> UnverifiedJwt<'a> {
@@ -157,12 +215,17 @@ impl<'a> UnverifiedJwt<'a> {
             return Err(Rejection::Malformed);
         }
         // The header first: a refused algorithm or header member is reported whatever follows it.
-        let header = Header::parse(&b64::decode(h).map_err(|_| Rejection::InvalidBase64)?)?;
+        let mut buf = [0u8; HEADER_STACK_LEN];
+        let header = match b64::decode_into(h, &mut buf).map_err(|_| Rejection::InvalidBase64)? {
+            Some(bytes) => Header::parse(bytes)?,
+            None => Header::parse(&b64::decode(h).map_err(|_| Rejection::InvalidBase64)?)?,
+        };
         if p.is_empty() {
             return Err(Rejection::Malformed);
         }
         let payload = b64::decode(p).map_err(|_| Rejection::InvalidBase64)?;
-        let signature = b64::decode(s).map_err(|_| Rejection::InvalidBase64)?;
+        b64::check(s).map_err(|_| Rejection::InvalidBase64)?;
+        let signature = s;
         let signing_input = &token[..h.len() + 1 + p.len()];
         Ok(Self { signing_input, header, payload, signature })
     }
@@ -185,7 +248,11 @@ impl<'a> UnverifiedJwt<'a> {
         if key.alg() != self.header.alg {
             return Err(Rejection::AlgorithmMismatch);
         }
-        key.verify(self.signing_input.as_bytes(), &self.signature)?;
+        let mut buf = [0u8; MAX_SIGNATURE_LEN];
+        let signature = b64::decode_into(self.signature, &mut buf)
+            .map_err(|_| Rejection::InvalidBase64)?
+            .ok_or(Rejection::BadSignature)?;
+        key.verify(self.signing_input.as_bytes(), signature)?;
         Ok(VerifiedJwt { header: self.header, payload: self.payload })
     }
 }
