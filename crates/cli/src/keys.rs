@@ -15,7 +15,8 @@ pub(crate) enum KeysCommand {
         /// The signature algorithm the key is bound to.
         #[arg(long, value_enum, default_value_t = AlgArg::EdDSA)]
         alg: AlgArg,
-        /// Where to write the private JWK. An existing file is never overwritten.
+        /// Where to write the private JWK. An existing file is never overwritten; a missing directory is
+        /// created, readable by its owner only.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
         /// RSA modulus size, for RS256 and PS256.
@@ -113,9 +114,19 @@ pub(crate) fn load_private(path: &PathBuf) -> Result<SigningKey, Failure> {
         .map_err(|e| Failure::usage(format!("cannot load key {}: {e}", path.display())))
 }
 
-/// Writes the private JWK to a new file readable by its owner only.
+/// Writes the private JWK to a new file readable by its owner only, creating a missing parent directory
+/// (mode 0700).
 fn write_private(key: &SigningKey, out: &PathBuf) -> Result<(), Failure> {
     let jwk = key.to_private_jwk().map_err(|e| Failure::usage(format!("cannot serialize key: {e}")))?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(parent).map_err(|e| {
+            Failure::usage(format!("cannot create directory {}: {}", parent.display(), e.kind()))
+        })?;
+    }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -119,6 +119,20 @@ fn keys_generate_writes_an_owner_only_private_jwk_and_prints_its_kid() {
 }
 
 #[test]
+fn keys_generate_creates_a_missing_data_directory_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tessera(dir.path(), &["keys", "generate", "--out", "tessera-data/signing-key.jwk"], "");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let data = dir.path().join("tessera-data");
+    assert!(data.join("signing-key.jwk").is_file());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+}
+
+#[test]
 fn keys_generate_never_overwrites_an_existing_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("k.jwk"), "precious").unwrap();

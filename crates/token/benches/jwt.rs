@@ -11,7 +11,12 @@
 //!
 //! `cargo bench -p tessera-token --bench jwt`. For noise-resistant ratios see `benches/ratio.rs`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark set-up fails loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    reason = "benchmark set-up fails loudly and reports the token size"
+)]
 
 mod common;
 
