@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Subcommand, ValueEnum};
 use tessera_token::{Algorithm, KeySet, RsaBits, SigningKey};
 
-use crate::{Failure, read_file};
+use crate::{Failure, emit, read_file};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum KeysCommand {
@@ -83,16 +83,14 @@ pub(crate) fn run(cmd: KeysCommand) -> Result<(), Failure> {
             let key = SigningKey::generate_rsa(alg.into(), bits)
                 .map_err(|e| Failure::usage(format!("cannot generate key: {e}")))?;
             write_private(&key, &out)?;
-            println!("{}", key.kid());
-            Ok(())
+            emit(key.kid())
         }
         KeysCommand::Import { alg, pem, out } => {
             let text = zeroize::Zeroizing::new(read_file(&pem, "PEM file")?);
             let key = SigningKey::from_pkcs8_pem(&text, alg.into())
                 .map_err(|e| Failure::usage(format!("cannot import {}: {e}", pem.display())))?;
             write_private(&key, &out)?;
-            println!("{}", key.kid());
-            Ok(())
+            emit(key.kid())
         }
         KeysCommand::Jwks { keys } => {
             let mut set = KeySet::new();
@@ -101,8 +99,7 @@ pub(crate) fn run(cmd: KeysCommand) -> Result<(), Failure> {
             }
             let text = serde_json::to_string_pretty(&set.to_jwks())
                 .map_err(|_| Failure::usage("cannot serialize the JWKS"))?;
-            println!("{text}");
-            Ok(())
+            emit(&text)
         }
     }
 }

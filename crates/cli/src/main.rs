@@ -4,11 +4,10 @@
 //! Exit codes: 0 success; 1 a token was rejected (`token verify`); 2 a usage or input error. Every error is
 //! one line on stderr and never contains key material or a token.
 
-#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command line's output is its interface")]
-
 mod keys;
 mod token;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -46,6 +45,19 @@ impl Failure {
     }
 }
 
+/// Writes `text` and a newline to stdout. A closed pipe (`tessera ... | head`) is an error, not a panic.
+pub(crate) fn emit(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::usage(format!("cannot write to stdout: {}", e.kind())))
+}
+
+/// Writes one line to stderr, ignoring failure: there is nowhere left to report it.
+fn report(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
 /// Reads a file for the command, naming the file (not its contents) on error.
 pub(crate) fn read_file(path: &PathBuf, what: &str) -> Result<String, Failure> {
     std::fs::read_to_string(path)
@@ -55,13 +67,17 @@ pub(crate) fn read_file(path: &PathBuf, what: &str) -> Result<String, Failure> {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            report("error: a subcommand is required; see `tessera --help`");
+            return ExitCode::from(2);
+        }
         Err(e) if !e.use_stderr() => {
             // --help and --version.
-            print!("{e}");
+            let _ = write!(std::io::stdout().lock(), "{e}");
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("{}", one_line(&e.to_string()));
+            report(&one_line(&e.to_string()));
             return ExitCode::from(2);
         }
     };
@@ -73,9 +89,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { code, message }) => {
             if code == 2 {
-                eprintln!("error: {message}");
+                report(&format!("error: {message}"));
             } else {
-                eprintln!("{message}");
+                report(&message);
             }
             ExitCode::from(code)
         }

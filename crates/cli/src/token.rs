@@ -6,11 +6,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Subcommand, ValueEnum};
 use tessera_token::{
-    AccessClaims, Audience, KeySet, TokenType, UnixTime, Validation, VerifyingKey, validate_access_token,
+    AccessClaims, Audience, KeySet, Rejection, TokenType, UnixTime, Validation, VerifyingKey,
+    validate_access_token,
 };
+use zeroize::Zeroizing;
 
 use crate::keys::load_private;
-use crate::{Failure, read_file};
+use crate::{Failure, emit, read_file};
 
 /// The most bytes read from stdin; anything longer is refused by the token size limit anyway.
 const STDIN_LIMIT: u64 = 64 * 1024;
@@ -100,11 +102,16 @@ fn system_now() -> Result<u64, Failure> {
         .map_err(|_| Failure::usage("the system clock is before 1970"))
 }
 
-/// Reads a JWKS, or a single public JWK.
+/// Reads a JWKS, or a single public JWK. The text is wiped after use: a mistaken `--jwks` may name a private
+/// key, and it must not linger in memory.
 fn load_keys(path: &PathBuf) -> Result<KeySet, Failure> {
-    let text = read_file(path, "JWKS")?;
-    let is_set =
-        serde_json::from_str::<serde_json::Value>(&text).map(|v| v.get("keys").is_some()).unwrap_or(true);
+    /// Tells a set from a single key without copying any member value.
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        keys: Option<serde::de::IgnoredAny>,
+    }
+    let text = Zeroizing::new(read_file(path, "JWKS")?);
+    let is_set = serde_json::from_str::<Probe>(&text).map_or(true, |p| p.keys.is_some());
     let keys = if is_set {
         KeySet::from_jwks(&text)
     } else {
@@ -113,19 +120,36 @@ fn load_keys(path: &PathBuf) -> Result<KeySet, Failure> {
     keys.map_err(|e| Failure::usage(format!("cannot load keys from {}: {e}", path.display())))
 }
 
+/// A refused token: its stable name on stderr, exit 1.
+fn rejected(rejection: Rejection) -> Failure {
+    Failure { code: 1, message: rejection.name().to_owned() }
+}
+
+/// Reads the token from stdin. Bytes that are not UTF-8 are a malformed token, not a usage error.
+fn read_token() -> Result<String, Failure> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .take(STDIN_LIMIT)
+        .read_to_end(&mut input)
+        .map_err(|e| Failure::usage(format!("cannot read the token from stdin: {}", e.kind())))?;
+    if input.iter().all(u8::is_ascii_whitespace) {
+        return Err(Failure::usage("no token on stdin"));
+    }
+    if input.len() as u64 >= STDIN_LIMIT {
+        return Err(rejected(Rejection::TooLarge));
+    }
+    String::from_utf8(input).map_err(|_| rejected(Rejection::Malformed))
+}
+
 pub(crate) fn run(cmd: TokenCommand) -> Result<(), Failure> {
     match cmd {
         TokenCommand::Verify { jwks, issuer, audience, typ, now, leeway, max_age } => {
-            let keys = load_keys(&jwks)?;
-            let mut input = String::new();
-            std::io::stdin()
-                .take(STDIN_LIMIT)
-                .read_to_string(&mut input)
-                .map_err(|e| Failure::usage(format!("cannot read the token from stdin: {}", e.kind())))?;
-            let token = input.trim();
-            if token.is_empty() {
-                return Err(Failure::usage("no token on stdin"));
+            if issuer.is_empty() || audience.is_empty() {
+                return Err(Failure::usage("--issuer and --audience must not be empty"));
             }
+            let keys = load_keys(&jwks)?;
+            let input = read_token()?;
+            let token = input.trim();
             let mut policy = Validation::access_token(issuer, audience);
             policy.typ = typ.into();
             policy.leeway_secs = leeway;
@@ -138,10 +162,9 @@ pub(crate) fn run(cmd: TokenCommand) -> Result<(), Failure> {
                 Ok(claims) => {
                     let text = serde_json::to_string_pretty(&claims)
                         .map_err(|_| Failure::usage("cannot serialize the claims"))?;
-                    println!("{text}");
-                    Ok(())
+                    emit(&text)
                 }
-                Err(rejection) => Err(Failure { code: 1, message: rejection.to_string() }),
+                Err(rejection) => Err(rejected(rejection)),
             }
         }
         TokenCommand::Sign { key, issuer, audience, subject, client_id, scope, ttl, now } => {
@@ -177,8 +200,7 @@ pub(crate) fn run(cmd: TokenCommand) -> Result<(), Failure> {
             let token = key
                 .sign_jwt(TokenType::AccessToken.as_str(), &claims)
                 .map_err(|e| Failure::usage(format!("cannot sign: {e}")))?;
-            println!("{token}");
-            Ok(())
+            emit(&token)
         }
     }
 }

@@ -23,7 +23,8 @@ fn tessera(dir: &Path, args: &[&str], stdin: &str) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    // The command may exit without reading all of stdin (a usage error, the 64 KiB cap): that is its right.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
     let out = child.wait_with_output().unwrap();
     Run {
         code: out.status.code().unwrap(),
@@ -290,6 +291,12 @@ fn keys_import_reads_a_pkcs8_pem_with_its_algorithm() {
         tessera(dir.path(), &["keys", "import", "--alg", "ES256", "--pem", "k.pem", "--out", "k.jwk"], "");
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.stdout.trim(), key.kid());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("k.jwk")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     let wrong =
         tessera(dir.path(), &["keys", "import", "--alg", "EdDSA", "--pem", "k.pem", "--out", "e.jwk"], "");
     assert_usage_error(&wrong, "k.pem");
@@ -306,4 +313,140 @@ fn help_and_version_exit_0() {
         assert_eq!(run.code, 0, "{args:?}");
         assert!(!run.stdout.is_empty());
     }
+}
+
+#[test]
+fn key_loading_errors_never_echo_key_material() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate(Algorithm::EdDSA).unwrap();
+    let jwk: serde_json::Value = serde_json::from_str(&key.to_private_jwk().unwrap()).unwrap();
+    let d = jwk["d"].as_str().unwrap().to_owned();
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = jwk.clone();
+        f(&mut v);
+        v
+    };
+    let variants = [
+        (
+            "no-alg-rsa.jwk",
+            edit(&|v| {
+                v["kty"] = "RSA".into();
+                v.as_object_mut().unwrap().remove("alg");
+            }),
+        ),
+        ("bad-use.jwk", edit(&|v| v["use"] = "enc\nmore".into())),
+        ("bad-alg.jwk", edit(&|v| v["alg"] = "HS256".into())),
+        ("bad-d.jwk", edit(&|v| v["d"] = format!("{}!", v["d"].as_str().unwrap()).into())),
+    ];
+    for (name, value) in variants {
+        std::fs::write(dir.path().join(name), value.to_string()).unwrap();
+        let run = tessera(
+            dir.path(),
+            &[
+                "token",
+                "sign",
+                "--key",
+                name,
+                "--issuer",
+                "i",
+                "--audience",
+                "a",
+                "--subject",
+                "s",
+                "--client-id",
+                "c",
+            ],
+            "",
+        );
+        assert_usage_error(&run, name);
+        assert!(!run.stderr.contains(&d[..12]), "{name}: {}", run.stderr);
+    }
+    let pem = key.to_pkcs8_pem().unwrap();
+    let broken: Vec<String> =
+        pem.lines().map(|l| if l.starts_with("-----") { l.to_owned() } else { format!("{l}!") }).collect();
+    std::fs::write(dir.path().join("broken.pem"), broken.join("\n")).unwrap();
+    let run = tessera(
+        dir.path(),
+        &["keys", "import", "--alg", "EdDSA", "--pem", "broken.pem", "--out", "x.jwk"],
+        "",
+    );
+    assert_usage_error(&run, "broken.pem");
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(!run.stderr.contains(&body[..16]));
+}
+
+#[test]
+fn a_closed_stdout_is_an_error_not_a_panic() {
+    let (dir, token) = setup("EdDSA");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "token",
+            "verify",
+            "--jwks",
+            "jwks.json",
+            "--issuer",
+            "https://id.test",
+            "--audience",
+            "orders",
+            "--now",
+            LATER,
+        ])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(token.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn bytes_that_are_not_a_token_are_a_rejection_not_a_usage_error() {
+    let (dir, _) = setup("EdDSA");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["token", "verify", "--jwks", "jwks.json", "--issuer", "i", "--audience", "a"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"eyJ\xff\xfe.abc.def").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8(out.stderr).unwrap().trim(), "malformed_token");
+    let huge = "a".repeat(100 * 1024);
+    let run = tessera(
+        dir.path(),
+        &["token", "verify", "--jwks", "jwks.json", "--issuer", "i", "--audience", "a"],
+        &huge,
+    );
+    assert_eq!((run.code, run.stderr.trim()), (1, "token_too_large"));
+}
+
+#[test]
+fn a_missing_subcommand_is_a_one_line_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&[][..], &["keys"], &["token"]] {
+        let run = tessera(dir.path(), args, "");
+        assert_usage_error(&run, "subcommand");
+    }
+}
+
+#[test]
+fn blank_issuer_or_audience_is_a_usage_error() {
+    let (dir, token) = setup("EdDSA");
+    let run = tessera(
+        dir.path(),
+        &["token", "verify", "--jwks", "jwks.json", "--issuer", "", "--audience", "orders"],
+        &token,
+    );
+    assert_usage_error(&run, "must not be empty");
 }

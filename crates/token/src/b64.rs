@@ -68,7 +68,14 @@ mod tests {
                     let mut s = vec![a, b];
                     s.extend(tail);
                     let text = std::str::from_utf8(&s).unwrap();
-                    if let Ok(bytes) = decode(text) {
+                    let mut buf = [0u8; 2];
+                    let decoded = decode(text);
+                    assert_eq!(check(text).is_ok(), decoded.is_ok(), "{text}");
+                    assert_eq!(
+                        decode_into(text, &mut buf).ok().flatten().map(<[u8]>::to_vec),
+                        decoded.as_ref().ok().cloned()
+                    );
+                    if let Ok(bytes) = decoded {
                         assert_eq!(encode(&bytes), text);
                         accepted += 1;
                     }

@@ -144,6 +144,8 @@ pub enum KeyError {
     KidMismatch,
     /// A public key set contains private key members.
     PrivateMaterialInPublicSet,
+    /// Two keys in one set have the same `kid`.
+    DuplicateKid,
     /// The PEM or DER encoding could not be read.
     InvalidEncoding,
     /// The crypto library refused the key (inconsistent components, wrong curve, RSA below 2048 bits, ...).
@@ -156,13 +158,14 @@ impl fmt::Display for KeyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UnsupportedAlgorithm(alg) => {
-                write!(f, "unsupported algorithm {alg:?}: expected EdDSA, ES256, RS256 or PS256")
+                write!(f, "unsupported algorithm {}: expected EdDSA, ES256, RS256 or PS256", shown(alg))
             }
             Self::InvalidJwk(what) => write!(f, "invalid JWK: {what}"),
             Self::AlgorithmMismatch => f.write_str("the key does not fit the algorithm"),
             Self::AlgorithmRequired => f.write_str("an RSA key needs an explicit algorithm (RS256 or PS256)"),
             Self::KidMismatch => f.write_str("the JWK's kid is not its RFC 7638 thumbprint"),
             Self::PrivateMaterialInPublicSet => f.write_str("the key set contains private key material"),
+            Self::DuplicateKid => f.write_str("two keys in the set have the same kid"),
             Self::InvalidEncoding => f.write_str("the key encoding could not be read"),
             Self::Rejected(why) => write!(f, "the key was rejected: {why}"),
             Self::Crypto => f.write_str("the crypto library failed"),
@@ -171,6 +174,16 @@ impl fmt::Display for KeyError {
 }
 
 impl std::error::Error for KeyError {}
+
+/// A short, public value for an error message: escaped (so it stays on one line) and truncated.
+/// Only ever used for public members such as `kty`, `use` and `alg`, never for private ones.
+pub(crate) fn shown(value: &str) -> String {
+    const MAX: usize = 24;
+    match value.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{:?}...", &value[..cut]),
+        None => format!("{value:?}"),
+    }
+}
 
 impl From<aws_lc_rs::error::KeyRejected> for KeyError {
     fn from(e: aws_lc_rs::error::KeyRejected) -> Self {

@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use crate::alg::Algorithm;
 use crate::b64;
-use crate::error::KeyError;
+use crate::error::{KeyError, shown};
 
 /// A JWK as read from JSON. Unknown members are ignored; a repeated known member is an error.
 #[derive(Deserialize)]
@@ -60,7 +60,7 @@ impl RawJwk {
                 ("OKP", Some("Ed25519")) => Algorithm::EdDSA,
                 ("EC", Some("P-256")) => Algorithm::ES256,
                 ("RSA", _) => return Err(KeyError::AlgorithmRequired),
-                _ => return Err(KeyError::InvalidJwk(format!("unsupported key type {}", self.kty))),
+                _ => return Err(KeyError::InvalidJwk(format!("unsupported key type {}", shown(&self.kty)))),
             },
         };
         if self.kty != alg.key_type() {
@@ -74,7 +74,7 @@ impl RawJwk {
         if let Some(use_) = self.use_.as_deref()
             && use_ != "sig"
         {
-            return Err(KeyError::InvalidJwk(format!("key use {use_:?} is not \"sig\"")));
+            return Err(KeyError::InvalidJwk(format!("key use {} is not \"sig\"", shown(use_))));
         }
         Ok(alg)
     }

@@ -176,14 +176,20 @@ impl Header {
 
 /// A compact JWS whose structure and header were checked, but whose signature was not.
 ///
-/// The only way forward is [`UnverifiedJwt::verify`]; the claims cannot be read from this type.
-#[derive(Debug)]
+/// The only way forward is [`UnverifiedJwt::verify`]; the claims cannot be read from this type. Its `Debug`
+/// shows the header only: the token itself is a bearer credential.
 pub struct UnverifiedJwt<'a> {
     signing_input: &'a str,
     header: Header,
     payload: Vec<u8>,
     /// Checked to be strict base64url; decoded on the stack by `verify`.
     signature: &'a str,
+}
+
+impl fmt::Debug for UnverifiedJwt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnverifiedJwt").field("header", &self.header).finish_non_exhaustive()
+    }
 }
 
 impl<'a> UnverifiedJwt<'a> {
@@ -258,11 +264,20 @@ impl<'a> UnverifiedJwt<'a> {
 }
 
 /// A token whose signature verified against a trusted key. Its claims are not yet validated: see
-/// [`VerifiedJwt::validate`].
-#[derive(Debug, Clone)]
+/// [`VerifiedJwt::validate`]. Its `Debug` shows the header and the payload's length.
+#[derive(Clone)]
 pub struct VerifiedJwt {
     header: Header,
     payload: Vec<u8>,
+}
+
+impl fmt::Debug for VerifiedJwt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifiedJwt")
+            .field("header", &self.header)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
 }
 
 impl VerifiedJwt {

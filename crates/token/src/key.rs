@@ -180,12 +180,17 @@ impl VerifyingKey {
 /// Refuses RSA moduli outside 2048..=8192 bits or with a leading zero byte (which would give one key two
 /// thumbprints).
 fn check_rsa_modulus(n: &[u8]) -> Result<(), KeyError> {
-    match n.first() {
-        Some(0) | None => Err(KeyError::InvalidJwk("member n has a leading zero".into())),
-        Some(_) if n.len() < 256 => Err(KeyError::Rejected("RSA keys must be at least 2048 bits")),
-        Some(_) if n.len() > 1024 => Err(KeyError::Rejected("RSA keys must be at most 8192 bits")),
-        Some(_) => Ok(()),
+    let Some(&top) = n.first().filter(|&&b| b != 0) else {
+        return Err(KeyError::InvalidJwk("member n is empty or has a leading zero".into()));
+    };
+    let bits = (n.len() - 1) * 8 + (8 - top.leading_zeros() as usize);
+    if bits < 2048 {
+        return Err(KeyError::Rejected("RSA keys must be at least 2048 bits"));
     }
+    if bits > 8192 {
+        return Err(KeyError::Rejected("RSA keys must be at most 8192 bits"));
+    }
+    Ok(())
 }
 
 enum Private {
@@ -430,7 +435,10 @@ impl SigningKey {
         // Serialize the public part, then splice the private members in by hand so that no
         // non-zeroizing `Value` ever holds them.
         let public = serde_json::to_string(&Value::Object(obj)).map_err(|_| KeyError::Crypto)?;
-        let mut out = Zeroizing::new(String::with_capacity(public.len() + 4096));
+        // Exact capacity: a reallocation would free a copy of the private members without wiping it.
+        let capacity =
+            public.len() + members.iter().map(|(name, value)| name.len() + value.len() + 6).sum::<usize>();
+        let mut out = Zeroizing::new(String::with_capacity(capacity));
         out.push_str(public.strip_suffix('}').ok_or(KeyError::Crypto)?);
         for (name, value) in &members {
             out.push_str(",\"");
@@ -440,6 +448,7 @@ impl SigningKey {
             out.push('"');
         }
         out.push('}');
+        debug_assert_eq!(out.len(), capacity);
         Ok(out)
     }
 }
@@ -494,7 +503,8 @@ impl KeySet {
     }
 
     /// Reads a JWKS (`{"keys":[...]}`). Keys marked `"use":"enc"` are skipped; any key with private members
-    /// makes the whole set refused, and so does any other key we cannot use.
+    /// makes the whole set refused, and so does any other key we cannot use, and two keys with one `kid`
+    /// (an RSA modulus published for both RS256 and PS256).
     ///
     /// # Errors
     /// [`KeyError`] naming the first problem.
@@ -513,7 +523,11 @@ impl KeySet {
             if raw.use_.as_deref() == Some("enc") {
                 continue;
             }
-            set.insert(VerifyingKey::from_raw(raw, None)?);
+            let key = VerifyingKey::from_raw(raw, None)?;
+            if set.get(key.kid()).is_some() {
+                return Err(KeyError::DuplicateKid);
+            }
+            set.insert(key);
         }
         Ok(set)
     }

@@ -92,10 +92,11 @@ impl VerifiedJwt {
             return Err(Rejection::WrongType);
         }
         let claims = ParsedClaims::from_slice(self.payload())?;
-        if claims.iss != policy.issuer {
+        // An empty expected issuer or audience (a blank setting) matches nothing.
+        if policy.issuer.is_empty() || claims.iss != policy.issuer {
             return Err(Rejection::WrongIssuer);
         }
-        if !claims.aud.contains(&policy.audience) {
+        if policy.audience.is_empty() || !claims.aud.contains(&policy.audience) {
             return Err(Rejection::WrongAudience);
         }
         let UnixTime(now) = now;

@@ -222,8 +222,9 @@ fn non_base64url_characters_are_refused() {
     let parts: Vec<&str> = token.split('.').collect();
     for segment in 0..3 {
         for bad in ["+", "/", "=", " ", "%", "\u{e9}"] {
+            // Replace one character, so the segment's length stays valid and only the alphabet is wrong.
             let mut p: Vec<String> = parts.iter().map(|s| (*s).to_owned()).collect();
-            p[segment].insert_str(4, bad);
+            p[segment].replace_range(4..5, bad);
             assert_eq!(reason(&p.join(".")), Rejection::InvalidBase64, "segment {segment}, {bad:?}");
         }
     }
@@ -279,6 +280,7 @@ fn future_nbf_is_refused() {
 #[test]
 fn future_iat_is_refused() {
     assert_eq!(reason(&with(|c| c.iat = NOW + 31)), Rejection::IssuedInFuture);
+    assert!(check(&with(|c| c.iat = NOW + 30)).is_ok(), "within the leeway");
 }
 
 #[test]
@@ -290,6 +292,33 @@ fn token_older_than_max_age_is_refused_even_if_unexpired() {
         })),
         Rejection::TooOld
     );
+    assert!(check(&with(|c| c.iat = NOW - 900)).is_ok(), "exactly the maximum age");
+}
+
+#[test]
+fn blank_expected_issuer_or_audience_matches_nothing() {
+    let token = with(|c| {
+        c.iss = String::new();
+        c.aud = tessera_token::Audience::one("");
+    });
+    let blank_iss = tessera_token::Validation::access_token("", crate::common::AUDIENCE);
+    assert_eq!(validate_access_token(&token, &key_set(), &blank_iss, now()), Err(Rejection::WrongIssuer));
+    let token = with(|c| c.aud = tessera_token::Audience::one(""));
+    let blank_aud = tessera_token::Validation::access_token(crate::common::ISSUER, "");
+    assert_eq!(validate_access_token(&token, &key_set(), &blank_aud, now()), Err(Rejection::WrongAudience));
+}
+
+#[test]
+fn debug_output_of_a_parsed_token_does_not_contain_the_token() {
+    let token = key(Algorithm::EdDSA).sign_jwt("at+jwt", &claims()).unwrap();
+    let parsed = UnverifiedJwt::parse(&token).unwrap();
+    let debug = format!("{parsed:?}");
+    for part in token.split('.') {
+        assert!(!debug.contains(&part[..16]), "{debug}");
+    }
+    let verified = parsed.verify(&key_set()).unwrap();
+    let debug = format!("{verified:?}");
+    assert!(!debug.contains("user-42") && !debug.contains(&token[..16]), "{debug}");
 }
 
 #[test]
@@ -351,6 +380,35 @@ fn malformed_claims_are_refused() {
 #[test]
 fn rejection_names_are_stable_snake_case_and_unique() {
     let names: Vec<&str> = Rejection::ALL.iter().map(|r| r.name()).collect();
+    // These names are audit-event reasons: renaming one breaks every SIEM query that uses it.
+    assert_eq!(
+        names,
+        [
+            "token_too_large",
+            "json_serialization",
+            "malformed_token",
+            "invalid_base64",
+            "invalid_header",
+            "duplicate_member",
+            "unsupported_algorithm",
+            "crit_header",
+            "embedded_key_header",
+            "key_url_header",
+            "missing_kid",
+            "unknown_kid",
+            "algorithm_mismatch",
+            "bad_signature",
+            "wrong_typ",
+            "invalid_claims",
+            "missing_claim",
+            "wrong_issuer",
+            "wrong_audience",
+            "expired",
+            "not_yet_valid",
+            "issued_in_future",
+            "too_old",
+        ]
+    );
     for name in &names {
         assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{name}");
     }

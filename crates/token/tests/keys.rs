@@ -172,7 +172,6 @@ fn unsupported_or_mismatched_jwks_are_refused() {
         ),
         (r#"{"kty":"OKP","crv":"Ed25519","x":"AAAA"}"#, "short x"),
         (r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo=="}"#, "padded"),
-        (r#"{"kty":"OKP","crv":"Ed25519","x":"a","x":"b"}"#, "duplicate member"),
         // A point that is not on P-256.
         (
             r#"{"kty":"EC","crv":"P-256","x":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAE","y":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAE"}"#,
@@ -188,6 +187,43 @@ fn unsupported_or_mismatched_jwks_are_refused() {
     for (jwk, what) in cases.iter().map(|(j, w)| (j.to_string(), w)) {
         assert!(VerifyingKey::from_jwk(&jwk, None).is_err(), "{what} must be refused");
     }
+}
+
+#[test]
+fn jwk_with_a_repeated_member_is_refused() {
+    let x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    let jwk = format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"{x}","x":"{x}"}}"#);
+    assert!(matches!(VerifyingKey::from_jwk(&jwk, None), Err(KeyError::InvalidJwk(_))));
+    let once = format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"{x}"}}"#);
+    assert!(VerifyingKey::from_jwk(&once, None).is_ok());
+}
+
+#[test]
+fn jwks_with_two_keys_under_one_kid_is_refused() {
+    // One RSA modulus published for RS256 and PS256 has one thumbprint: which would verify is ambiguous.
+    let rs = key(Algorithm::RS256).verifying_key().to_jwk();
+    let mut ps = rs.clone();
+    ps["alg"] = "PS256".into();
+    let jwks = serde_json::json!({ "keys": [rs, ps] }).to_string();
+    assert_eq!(KeySet::from_jwks(&jwks).unwrap_err(), KeyError::DuplicateKid);
+}
+
+#[test]
+fn key_errors_stay_on_one_line_and_quote_only_public_values() {
+    let cases = [
+        r#"{"kty":"X
+Y","x":"a"}"#,
+        r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","use":"a
+b"}"#,
+        r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","alg":"HS
+256"}"#,
+    ];
+    for jwk in cases {
+        let message = VerifyingKey::from_jwk(jwk, None).unwrap_err().to_string();
+        assert_eq!(message.lines().count(), 1, "{message}");
+    }
+    let long = format!(r#"{{"kty":"{}"}}"#, "K".repeat(10_000));
+    assert!(VerifyingKey::from_jwk(&long, None).unwrap_err().to_string().len() < 100);
 }
 
 #[test]

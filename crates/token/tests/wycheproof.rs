@@ -118,24 +118,28 @@ fn run(file: &str, alg: Algorithm, jwk_field: &str) -> Tally {
 fn wycheproof_ed25519_vectors() {
     let t = run("ed25519_test.json", Algorithm::EdDSA, "publicKeyJwk");
     assert_eq!((t.valid_accepted, t.invalid_refused, t.acceptable_refused), (88, 63, 0));
+    assert_eq!(t.refused_with_key, 0, "every group's key imports");
 }
 
 #[test]
 fn wycheproof_es256_p1363_vectors_including_psychic_signatures() {
     let t = run("ecdsa_secp256r1_sha256_p1363_test.json", Algorithm::ES256, "publicKeyJwk");
     assert_eq!((t.valid_accepted, t.invalid_refused, t.acceptable_refused), (173, 89, 0));
+    assert_eq!(t.refused_with_key, 0, "every group's key imports");
 }
 
 #[test]
 fn wycheproof_rs256_vectors() {
     let t = run("rsa_signature_2048_sha256_test.json", Algorithm::RS256, "keyJwk");
     assert_eq!((t.valid_accepted, t.invalid_refused, t.acceptable_refused), (9, 249, 1));
+    assert_eq!(t.refused_with_key, 0, "every group's key imports");
 }
 
 #[test]
 fn wycheproof_ps256_vectors() {
     let t = run("rsa_pss_2048_sha256_mgf1_32_test.json", Algorithm::PS256, "publicKeyJwk");
     assert_eq!((t.valid_accepted, t.invalid_refused, t.acceptable_refused), (63, 45, 0));
+    assert_eq!(t.refused_with_key, 0, "every group's key imports");
 }
 
 #[test]
