@@ -95,6 +95,7 @@ impl From<TypArg> for TokenType {
 }
 
 /// The system clock: the only place the CLI reads it.
+#[allow(clippy::disallowed_methods, reason = "the command line's one clock read")]
 fn system_now() -> Result<u64, Failure> {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

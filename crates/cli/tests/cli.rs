@@ -14,18 +14,23 @@ struct Run {
     stderr: String,
 }
 
-fn tessera(dir: &Path, args: &[&str], stdin: &str) -> Run {
+/// Runs `tessera` with `stdin` and the given stdout.
+fn spawn(dir: &Path, args: &[&str], stdin: &[u8], stdout: Stdio) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // The command may exit without reading all of stdin (a usage error, the 64 KiB cap): that is its right.
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    let out = child.wait_with_output().unwrap();
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().unwrap()
+}
+
+fn tessera(dir: &Path, args: &[&str], stdin: &str) -> Run {
+    let out = spawn(dir, args, stdin.as_bytes(), Stdio::piped());
     Run {
         code: out.status.code().unwrap(),
         stdout: String::from_utf8(out.stdout).unwrap(),
@@ -78,23 +83,16 @@ fn setup(alg: &str) -> (tempfile::TempDir, String) {
     (dir, signed.stdout)
 }
 
+/// `token verify` against the set-up's JWKS and issuer, with `extra` flags.
+fn verify_args<'a>(audience: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args =
+        vec!["token", "verify", "--jwks", "jwks.json", "--issuer", "https://id.test", "--audience", audience];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn verify(dir: &Path, token: &str, audience: &str) -> Run {
-    tessera(
-        dir,
-        &[
-            "token",
-            "verify",
-            "--jwks",
-            "jwks.json",
-            "--issuer",
-            "https://id.test",
-            "--audience",
-            audience,
-            "--now",
-            LATER,
-        ],
-        token,
-    )
+    tessera(dir, &verify_args(audience, &["--now", LATER]), token)
 }
 
 #[test]
@@ -162,22 +160,7 @@ fn token_verify_prints_the_rejection_name_and_exits_1() {
     let run = verify(dir.path(), &token, "billing");
     assert_eq!((run.code, run.stderr.trim(), run.stdout.as_str()), (1, "wrong_audience", ""));
 
-    let expired = tessera(
-        dir.path(),
-        &[
-            "token",
-            "verify",
-            "--jwks",
-            "jwks.json",
-            "--issuer",
-            "https://id.test",
-            "--audience",
-            "orders",
-            "--now",
-            "1800000000",
-        ],
-        &token,
-    );
+    let expired = tessera(dir.path(), &verify_args("orders", &["--now", "1800000000"]), &token);
     assert_eq!((expired.code, expired.stderr.trim()), (1, "expired"));
 
     let mut parts: Vec<&str> = token.trim().split('.').collect();
@@ -189,24 +172,7 @@ fn token_verify_prints_the_rejection_name_and_exits_1() {
     let none = verify(dir.path(), "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.", "orders");
     assert_eq!((none.code, none.stderr.trim()), (1, "unsupported_algorithm"));
 
-    let typ = tessera(
-        dir.path(),
-        &[
-            "token",
-            "verify",
-            "--jwks",
-            "jwks.json",
-            "--issuer",
-            "https://id.test",
-            "--audience",
-            "orders",
-            "--now",
-            LATER,
-            "--typ",
-            "JWT",
-        ],
-        &token,
-    );
+    let typ = tessera(dir.path(), &verify_args("orders", &["--now", LATER, "--typ", "JWT"]), &token);
     assert_eq!((typ.code, typ.stderr.trim()), (1, "wrong_typ"));
 }
 
@@ -380,27 +346,8 @@ fn a_closed_stdout_is_an_error_not_a_panic() {
     let (dir, token) = setup("EdDSA");
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args([
-            "token",
-            "verify",
-            "--jwks",
-            "jwks.json",
-            "--issuer",
-            "https://id.test",
-            "--audience",
-            "orders",
-            "--now",
-            LATER,
-        ])
-        .current_dir(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(writer)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(token.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let args = verify_args("orders", &["--now", LATER]);
+    let out = spawn(dir.path(), &args, token.as_bytes(), writer.into());
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -410,16 +357,8 @@ fn a_closed_stdout_is_an_error_not_a_panic() {
 #[test]
 fn bytes_that_are_not_a_token_are_a_rejection_not_a_usage_error() {
     let (dir, _) = setup("EdDSA");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["token", "verify", "--jwks", "jwks.json", "--issuer", "i", "--audience", "a"])
-        .current_dir(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"eyJ\xff\xfe.abc.def").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let args = ["token", "verify", "--jwks", "jwks.json", "--issuer", "i", "--audience", "a"];
+    let out = spawn(dir.path(), &args, b"eyJ\xff\xfe.abc.def", Stdio::piped());
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(String::from_utf8(out.stderr).unwrap().trim(), "malformed_token");
     let huge = "a".repeat(100 * 1024);

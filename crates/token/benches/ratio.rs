@@ -21,6 +21,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Times `iters` calls of `f`, in nanoseconds per call.
+#[allow(clippy::disallowed_methods, reason = "a benchmark measures wall time")]
 fn batch(iters: u32, f: &mut dyn FnMut()) -> f64 {
     let start = Instant::now();
     for _ in 0..iters {
