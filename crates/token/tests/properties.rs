@@ -5,7 +5,7 @@ use tessera_token::{
     AccessClaims, Algorithm, Audience, Rejection, UnixTime, Validation, validate_access_token,
 };
 
-use crate::common::{AUDIENCE, ISSUER, NOW, claims, key, key_set, now, policy};
+use crate::common::{AUDIENCE, ISSUER, NOW, claims, forge, header_for, key, key_set, now, policy};
 
 fn any_alg() -> impl Strategy<Value = Algorithm> {
     prop::sample::select(Algorithm::ALL.to_vec())
@@ -40,6 +40,53 @@ prop_compose! {
     }
 }
 
+/// Claim names we know, and some we do not, so that generated objects hit every branch of the parser.
+fn claim_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "iss",
+            "sub",
+            "aud",
+            "exp",
+            "iat",
+            "nbf",
+            "jti",
+            "client_id",
+            "scope",
+            "sid",
+            "roles",
+            "auth_time",
+            "amr",
+            "acr",
+            "cnf",
+            "act",
+            "jkt",
+        ])
+        .prop_map(String::from),
+        "[a-z]{1,3}",
+    ]
+}
+
+/// Any JSON value, nested a few levels deep, over those names.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        (NOW - 2000..NOW + 2000).prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        prop_oneof![Just(ISSUER.to_owned()), Just(AUDIENCE.to_owned()), "\\PC{0,8}"].prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::vec((claim_name(), inner), 0..4)
+                .prop_map(|members| Value::Object(members.into_iter().collect())),
+        ]
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -49,6 +96,32 @@ proptest! {
         let policy = Validation::access_token(ISSUER, AUDIENCE);
         let back = validate_access_token(&token, &key_set(), &policy, UnixTime(NOW)).unwrap();
         prop_assert_eq!(back, c);
+    }
+
+    /// The stable-Rust counterpart of the `claims` fuzz target: any claims object, members possibly
+    /// repeated, correctly signed, through the whole path. It never panics, and a repeated top-level member
+    /// is always `duplicate_member`.
+    #[test]
+    fn any_signed_claims_object_is_decided_without_panic(
+        members in prop::collection::vec((claim_name(), json_value()), 0..12),
+    ) {
+        let body = members
+            .iter()
+            .map(|(k, v)| format!("{}:{v}", serde_json::Value::from(k.as_str())))
+            .collect::<Vec<_>>()
+            .join(",");
+        let k = key(Algorithm::EdDSA);
+        let outcome = validate_access_token(&forge(k, &header_for(k), &format!("{{{body}}}")), &key_set(), &policy(), now());
+        let mut names: Vec<&str> = members.iter().map(|(k, _)| k.as_str()).collect();
+        names.sort_unstable();
+        let repeated = names.windows(2).any(|w| w[0] == w[1]);
+        if repeated {
+            prop_assert!(
+                matches!(outcome, Err(Rejection::DuplicateMember | Rejection::InvalidClaims)),
+                "{:?}",
+                outcome
+            );
+        }
     }
 
     #[test]
