@@ -1,6 +1,7 @@
 //! Paired ratios: our path against the raw aws-lc-rs operation on the same bytes, measured in alternating
 //! short batches in one process, so that the machine's drift (frequency, neighbours) hits both sides alike.
-//! Prints the median of the per-round ratios and the median per-operation times.
+//! Prints the median of the per-round ratios and the median per-operation times, and where validation's
+//! overhead goes in situ: the raw verify plus only the parse, and plus only the claims parse.
 //!
 //! `cargo bench -p tessera-token --bench ratio` (add `-- quick` for a shorter run).
 
@@ -11,7 +12,7 @@ mod common;
 use std::hint::black_box;
 use std::time::Instant;
 
-use tessera_token::{Algorithm, UnixTime, validate_access_token};
+use tessera_token::{AccessClaims, Algorithm, UnixTime, UnverifiedJwt, b64, validate_access_token};
 
 use common::{Fixture, NOW};
 
@@ -56,8 +57,10 @@ fn paired(rounds: usize, ours: &mut dyn FnMut(), raw: &mut dyn FnMut()) -> (f64,
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let rounds = if quick { 40 } else { 400 };
-    println!("| alg | validate | raw verify | validate / raw verify | issue | raw sign | issue / raw sign |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| alg | validate | raw verify | validate / raw verify | (parse + raw) / raw | (claims + raw) / raw | issue | raw sign | issue / raw sign |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for alg in Algorithm::ALL {
         let f = Fixture::new(alg);
         let (vr, v, rv) = paired(
@@ -69,6 +72,24 @@ fn main() {
             },
             &mut || f.parsed.verify_sig(black_box(f.input.as_bytes()), black_box(&f.sig)).unwrap(),
         );
+        let raw_verify = || f.parsed.verify_sig(black_box(f.input.as_bytes()), black_box(&f.sig)).unwrap();
+        let (pr, _, _) = paired(
+            rounds,
+            &mut || {
+                black_box(UnverifiedJwt::parse(black_box(&f.token)).unwrap());
+                raw_verify();
+            },
+            &mut || raw_verify(),
+        );
+        let payload = String::from_utf8(b64::decode(f.token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+        let (cr, _, _) = paired(
+            rounds,
+            &mut || {
+                black_box(serde_json::from_str::<AccessClaims>(black_box(&payload)).unwrap());
+                raw_verify();
+            },
+            &mut || raw_verify(),
+        );
         let (ir, i, rs) = paired(
             rounds,
             &mut || {
@@ -79,6 +100,12 @@ fn main() {
             },
         );
         let us = |ns: f64| format!("{:.2} µs", ns / 1000.0);
-        println!("| {alg} | {} | {} | {vr:.3}x | {} | {} | {ir:.3}x |", us(v), us(rv), us(i), us(rs));
+        println!(
+            "| {alg} | {} | {} | {vr:.3}x | {pr:.3}x | {cr:.3}x | {} | {} | {ir:.3}x |",
+            us(v),
+            us(rv),
+            us(i),
+            us(rs)
+        );
     }
 }
