@@ -219,36 +219,6 @@ fn token_verify_usage_errors_are_one_line_and_exit_2() {
 }
 
 #[test]
-fn error_messages_never_echo_key_material() {
-    let (dir, _) = setup("ES256");
-    let jwk = std::fs::read_to_string(dir.path().join("key.jwk")).unwrap();
-    let d: serde_json::Value = serde_json::from_str(&jwk).unwrap();
-    let d = d["d"].as_str().unwrap();
-    // Corrupt the key file so that loading it fails.
-    std::fs::write(dir.path().join("bad.jwk"), jwk.replace("\"kty\":\"EC\"", "\"kty\":\"XX\"")).unwrap();
-    let run = tessera(
-        dir.path(),
-        &[
-            "token",
-            "sign",
-            "--key",
-            "bad.jwk",
-            "--issuer",
-            "i",
-            "--audience",
-            "a",
-            "--subject",
-            "s",
-            "--client-id",
-            "c",
-        ],
-        "",
-    );
-    assert_usage_error(&run, "bad.jwk");
-    assert!(!run.stderr.contains(d));
-}
-
-#[test]
 fn keys_import_reads_a_pkcs8_pem_with_its_algorithm() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate(Algorithm::ES256).unwrap();
@@ -302,6 +272,7 @@ fn key_loading_errors_never_echo_key_material() {
         ),
         ("bad-use.jwk", edit(&|v| v["use"] = "enc\nmore".into())),
         ("bad-alg.jwk", edit(&|v| v["alg"] = "HS256".into())),
+        ("bad-kty.jwk", edit(&|v| v["kty"] = "XX".into())),
         ("bad-d.jwk", edit(&|v| v["d"] = format!("{}!", v["d"].as_str().unwrap()).into())),
     ];
     for (name, value) in variants {

@@ -145,29 +145,31 @@ impl AccessClaims {
     }
 }
 
-/// Registered and Tessera claim names, which `extra` may not repeat.
-const KNOWN: [&str; 16] = [
-    "iss",
-    "sub",
-    "aud",
-    "exp",
-    "iat",
-    "nbf",
-    "jti",
-    "client_id",
-    "scope",
-    "sid",
-    "roles",
-    "auth_time",
-    "amr",
-    "acr",
-    "cnf",
-    "act",
-];
+impl AccessClaims {
+    /// The registered and Tessera claim names this type reads into typed fields; `extra` may not repeat them.
+    pub const REGISTERED: [&'static str; 16] = [
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "iat",
+        "nbf",
+        "jti",
+        "client_id",
+        "scope",
+        "sid",
+        "roles",
+        "auth_time",
+        "amr",
+        "acr",
+        "cnf",
+        "act",
+    ];
+}
 
 impl Serialize for AccessClaims {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if let Some(name) = self.extra.keys().find(|k| KNOWN.contains(&k.as_str())) {
+        if let Some(name) = self.extra.keys().find(|k| Self::REGISTERED.contains(&k.as_str())) {
             return Err(ser::Error::custom(format_args!("extra claim {name} shadows a registered claim")));
         }
         let mut m = s.serialize_map(None)?;
