@@ -95,7 +95,15 @@ pub(crate) fn run(cmd: KeysCommand) -> Result<(), Failure> {
         KeysCommand::Jwks { keys } => {
             let mut set = KeySet::new();
             for path in &keys {
-                set.insert(load_private(path)?.verifying_key().clone());
+                let key = load_private(path)?;
+                if set.get(key.kid()).is_some() {
+                    // One RSA key bound to RS256 and to PS256 has one thumbprint: publishing both is ambiguous.
+                    return Err(Failure::usage(format!(
+                        "{} has the same kid as an earlier key; a JWKS needs one key per kid",
+                        path.display()
+                    )));
+                }
+                set.insert(key.verifying_key().clone());
             }
             let text = serde_json::to_string_pretty(&set.to_jwks())
                 .map_err(|_| Failure::usage("cannot serialize the JWKS"))?;

@@ -77,7 +77,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            report(&one_line(&e.to_string()));
+            report(&usage_message(&e));
             return ExitCode::from(2);
         }
     };
@@ -95,6 +95,42 @@ fn main() -> ExitCode {
             }
             ExitCode::from(code)
         }
+    }
+}
+
+/// One line for a command-line error that never repeats a value the user typed: a value may be a token or a
+/// password typed in the wrong place. Flag names and short lower-case words (a mistyped subcommand) are shown.
+fn usage_message(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let context = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => Some(v.join(", ")),
+        _ => None,
+    };
+    let flag_like = |s: &str| s.starts_with('-') && s.len() <= 40 && !s.contains('=');
+    let word_like = |s: &str| s.len() <= 32 && s.chars().all(|c| c.is_ascii_lowercase() || c == '-');
+    let see_help = "see `tessera --help`";
+    match e.kind() {
+        // Messages made only of argument names.
+        ErrorKind::MissingRequiredArgument | ErrorKind::ArgumentConflict | ErrorKind::MissingSubcommand => {
+            one_line(&e.to_string())
+        }
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
+            let arg = context(ContextKind::InvalidArg).unwrap_or_else(|| "an argument".to_owned());
+            match context(ContextKind::ValidValue) {
+                Some(valid) => format!("error: invalid value for {arg} [possible values: {valid}]"),
+                None => format!("error: invalid value for {arg}"),
+            }
+        }
+        ErrorKind::UnknownArgument => match context(ContextKind::InvalidArg) {
+            Some(arg) if flag_like(&arg) => format!("error: unexpected argument {arg}; {see_help}"),
+            _ => format!("error: unexpected argument (not shown: it may be a secret); {see_help}"),
+        },
+        ErrorKind::InvalidSubcommand => match context(ContextKind::InvalidSubcommand) {
+            Some(sub) if word_like(&sub) => format!("error: unrecognized subcommand {sub}; {see_help}"),
+            _ => format!("error: unrecognized subcommand (not shown: it may be a secret); {see_help}"),
+        },
+        _ => format!("error: the command line could not be read; {see_help}"),
     }
 }
 

@@ -212,7 +212,8 @@ fn token_verify_usage_errors_are_one_line_and_exit_2() {
     assert_usage_error(&private, "private key material");
 
     let bad_alg = tessera(dir.path(), &["keys", "generate", "--alg", "HS256", "--out", "h.jwk"], "");
-    assert_usage_error(&bad_alg, "HS256");
+    assert_usage_error(&bad_alg, "--alg");
+    assert!(bad_alg.stderr.contains("EdDSA, ES256, RS256, PS256"), "{}", bad_alg.stderr);
 
     let unknown = tessera(dir.path(), &["frobnicate"], "");
     assert_usage_error(&unknown, "frobnicate");
@@ -359,4 +360,38 @@ fn blank_issuer_or_audience_is_a_usage_error() {
         &token,
     );
     assert_usage_error(&run, "must not be empty");
+}
+
+#[test]
+fn command_line_errors_never_repeat_a_value_that_may_be_a_secret() {
+    let (dir, token) = setup("EdDSA");
+    let token = token.trim();
+    for args in [
+        vec!["token", "verify", "--jwks", "jwks.json", "--issuer", "i", "--audience", "a", token],
+        vec!["token", "verify", "--jwks", "jwks.json", "--issuer", "i", "--audience", "a", "--now", token],
+        vec![token],
+        vec!["keys", "generate", "--alg", "S3cret-Passw0rd", "--out", "x.jwk"],
+    ] {
+        let run = tessera(dir.path(), &args, "");
+        assert_eq!(run.code, 2);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(!run.stderr.contains(&token[..20]) && !run.stderr.contains("S3cret"), "{}", run.stderr);
+    }
+    // Flag names are still shown, so that typos are easy to fix.
+    let typo = tessera(dir.path(), &["token", "verify", "--jwks", "jwks.json", "--isuer", "i"], "");
+    assert_usage_error(&typo, "--isuer");
+}
+
+#[test]
+fn keys_jwks_refuses_two_keys_with_one_kid() {
+    let dir = tempfile::tempdir().unwrap();
+    let rsa = SigningKey::generate(Algorithm::RS256).unwrap();
+    std::fs::write(dir.path().join("rsa.pem"), rsa.to_pkcs8_pem().unwrap().as_bytes()).unwrap();
+    for (alg, out) in [("RS256", "rs.jwk"), ("PS256", "ps.jwk")] {
+        let run =
+            tessera(dir.path(), &["keys", "import", "--alg", alg, "--pem", "rsa.pem", "--out", out], "");
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    let run = tessera(dir.path(), &["keys", "jwks", "rs.jwk", "ps.jwk"], "");
+    assert_usage_error(&run, "same kid");
 }

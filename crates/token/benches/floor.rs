@@ -1,6 +1,6 @@
 //! How far claims parsing is from serde_json's floor on the same payload: scanning only (`IgnoredAny`), a
 //! generic `Value`, our `AccessClaims` through the generic `Deserialize` (a string allocated per claim), and
-//! through `VerifiedJwt::validate` (claims are substrings of the one payload buffer, plus the policy checks).
+//! through `VerifiedJwt::validate` (the same, plus the policy and time checks).
 //!
 //! `cargo bench -p tessera-token --bench floor`
 

@@ -325,6 +325,12 @@ fn debug_output_of_a_parsed_token_does_not_contain_the_token() {
 fn wrong_issuer_is_refused() {
     assert_eq!(reason(&with(|c| c.iss = "https://evil.example".into())), Rejection::WrongIssuer);
     // Exact match: no prefix, case or trailing-slash leniency.
+    assert_eq!(reason(&with(|c| c.iss = crate::common::ISSUER.to_uppercase())), Rejection::WrongIssuer);
+    assert_eq!(
+        reason(&with(|c| c.iss = format!("{}.evil.example", crate::common::ISSUER))),
+        Rejection::WrongIssuer
+    );
+    assert_eq!(reason(&with(|c| c.iss = "https://id.tessera".into())), Rejection::WrongIssuer);
     assert_eq!(reason(&with(|c| c.iss = format!("{}/", crate::common::ISSUER))), Rejection::WrongIssuer);
 }
 
@@ -369,6 +375,7 @@ fn malformed_claims_are_refused() {
         "{",
         r#"{"exp":"soon"}"#,
         r#"{"exp":1.5e9}"#,
+        r#"{"exp":1700000000.5}"#,
         r#"{"exp":-1}"#,
         r#"{"sub":null}"#,
     ] {

@@ -182,6 +182,21 @@ fn unsupported_or_mismatched_jwks_are_refused() {
             &format!(r#"{{"kty":"RSA","alg":"RS256","e":"AQAB","n":"{}"}}"#, b64::encode(&[0xc5; 128])),
             "RSA-1024",
         ),
+        // 256 bytes, but the top bit clear: 2047 bits. And 8193 bits.
+        (
+            &format!(
+                r#"{{"kty":"RSA","alg":"RS256","e":"AQAB","n":"{}"}}"#,
+                b64::encode(&[&[0x7f][..], &[0xc5; 255]].concat())
+            ),
+            "RSA-2047",
+        ),
+        (
+            &format!(
+                r#"{{"kty":"RSA","alg":"RS256","e":"AQAB","n":"{}"}}"#,
+                b64::encode(&[&[0x01][..], &[0xc5; 1024]].concat())
+            ),
+            "RSA-8193",
+        ),
         ("[]", "not an object"),
     ];
     for (jwk, what) in cases.iter().map(|(j, w)| (j.to_string(), w)) {

@@ -48,6 +48,17 @@ fn claim_name() -> impl Strategy<Value = String> {
     ]
 }
 
+/// JWK member names, and some others.
+fn jwk_member() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "kty", "crv", "x", "y", "n", "e", "d", "p", "q", "dp", "dq", "qi", "oth", "alg", "kid", "use",
+        ])
+        .prop_map(String::from),
+        "[a-z]{1,3}",
+    ]
+}
+
 /// Any JSON value, nested a few levels deep, over those names.
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
     use serde_json::Value;
@@ -80,8 +91,8 @@ proptest! {
     }
 
     /// The stable-Rust counterpart of the `claims` fuzz target: any claims object, members possibly
-    /// repeated, correctly signed, through the whole path. It never panics, and a repeated top-level member
-    /// is always `duplicate_member`.
+    /// repeated, correctly signed, through the whole path. It never panics, and a repeated top-level member is
+    /// never accepted: `duplicate_member`, or `invalid_claims` when an ill-typed member comes first.
     #[test]
     fn any_signed_claims_object_is_decided_without_panic(
         members in prop::collection::vec((claim_name(), json_value()), 0..12),
@@ -102,6 +113,26 @@ proptest! {
                 "{:?}",
                 outcome
             );
+        }
+    }
+
+    /// The stable-Rust counterpart of the `jwk` fuzz target: JWK-shaped objects and arbitrary text through
+    /// every key import. It never panics, and nothing with a private member becomes a public key.
+    #[test]
+    fn any_text_as_a_key_is_decided_without_panic(
+        members in prop::collection::vec((jwk_member(), json_value()), 0..8),
+        text in "\\PC{0,120}",
+    ) {
+        let object = serde_json::Value::Object(members.into_iter().collect()).to_string();
+        for input in [object.as_str(), text.as_str()] {
+            let public = tessera_token::VerifyingKey::from_jwk(input, None);
+            let _ = tessera_token::SigningKey::from_jwk(input, None);
+            let _ = tessera_token::KeySet::from_jwks(&format!(r#"{{"keys":[{input}]}}"#));
+            let _ = tessera_token::SigningKey::from_pkcs8_pem(input, Algorithm::ES256);
+            let private = ["\"d\"", "\"p\"", "\"q\"", "\"dp\"", "\"dq\"", "\"qi\"", "\"oth\""];
+            if private.iter().any(|m| input.contains(m)) {
+                prop_assert!(public.is_err());
+            }
         }
     }
 
