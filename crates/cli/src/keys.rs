@@ -95,15 +95,12 @@ pub(crate) fn run(cmd: KeysCommand) -> Result<(), Failure> {
         KeysCommand::Jwks { keys } => {
             let mut set = KeySet::new();
             for path in &keys {
-                let key = load_private(path)?;
-                if set.get(key.kid()).is_some() {
-                    // One RSA key bound to RS256 and to PS256 has one thumbprint: publishing both is ambiguous.
-                    return Err(Failure::usage(format!(
+                set.try_insert(load_private(path)?.verifying_key().clone()).map_err(|_| {
+                    Failure::usage(format!(
                         "{} has the same kid as an earlier key; a JWKS needs one key per kid",
                         path.display()
-                    )));
-                }
-                set.insert(key.verifying_key().clone());
+                    ))
+                })?;
             }
             let text = serde_json::to_string_pretty(&set.to_jwks())
                 .map_err(|_| Failure::usage("cannot serialize the JWKS"))?;

@@ -12,8 +12,7 @@ use serde::{Serialize, de::Error as _};
 use serde_json::{Map, Value};
 
 use crate::error::Rejection;
-use crate::json::{self, StrictValue};
-use crate::jws::set_once;
+use crate::json::{self, StrictValue, set_once};
 
 /// The `aud` claim: one audience or several. Tessera issues exactly one (RFC 8707 resource indicators).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,13 +220,7 @@ pub(crate) struct ParsedClaims(pub(crate) Result<AccessClaims, Rejection>);
 impl ParsedClaims {
     /// Parses claims JSON: duplicates refused, types checked, required claims present.
     pub(crate) fn from_slice(bytes: &[u8]) -> Result<AccessClaims, Rejection> {
-        // One UTF-8 check of the whole payload is cheaper than serde_json's check of each string.
-        let text = std::str::from_utf8(bytes).map_err(|_| Rejection::InvalidClaims)?;
-        match serde_json::from_str::<Self>(text) {
-            Ok(Self(outcome)) => outcome,
-            Err(e) if json::is_duplicate(&e) => Err(Rejection::DuplicateMember),
-            Err(_) => Err(Rejection::InvalidClaims),
-        }
+        json::parse_segment::<Self>(bytes, Rejection::InvalidClaims)?.0
     }
 }
 

@@ -6,8 +6,10 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+
+use crate::error::Rejection;
 
 /// The message prefix that marks a duplicate-member error inside a `serde_json::Error`.
 pub(crate) const DUPLICATE: &str = "duplicate member";
@@ -20,6 +22,24 @@ pub(crate) fn is_duplicate(err: &serde_json::Error) -> bool {
 /// The error to raise from a visitor when an object repeats `name`.
 pub(crate) fn duplicate<E: de::Error>(name: &str) -> E {
     E::custom(format_args!("{DUPLICATE} `{name}`"))
+}
+
+/// Stores `value` in `slot`, refusing a second occurrence of `name`.
+pub(crate) fn set_once<T, E: de::Error>(slot: &mut Option<T>, value: T, name: &str) -> Result<(), E> {
+    if slot.is_some() {
+        return Err(duplicate(name));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// Parses a token segment as `T`: a repeated member is [`Rejection::DuplicateMember`], anything else that
+/// fails (not UTF-8, not JSON, wrong types, too deep) is `invalid`. One UTF-8 check of the whole segment is
+/// cheaper than serde_json's check of each string.
+pub(crate) fn parse_segment<T: DeserializeOwned>(bytes: &[u8], invalid: Rejection) -> Result<T, Rejection> {
+    let text = std::str::from_utf8(bytes).map_err(|_| invalid)?;
+    serde_json::from_str(text)
+        .map_err(|e| if is_duplicate(&e) { Rejection::DuplicateMember } else { invalid })
 }
 
 /// A JSON value whose objects, at every depth, had no duplicate member names.

@@ -5,6 +5,7 @@
 
 use aws_lc_rs::digest;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
 use crate::alg::Algorithm;
@@ -33,7 +34,25 @@ pub(crate) struct RawJwk {
     pub(crate) use_: Option<String>,
 }
 
+/// Parses key JSON (a JWK or a JWKS, named by `what` in the error). The error names the kind of problem,
+/// never quotes the input: it may hold private members.
+pub(crate) fn parse_json<T: DeserializeOwned>(json: &str, what: &str) -> Result<T, KeyError> {
+    serde_json::from_str(json).map_err(|e| {
+        let problem = match e.classify() {
+            serde_json::error::Category::Io => "I/O error",
+            serde_json::error::Category::Syntax => "JSON syntax error",
+            serde_json::error::Category::Data => "unexpected or missing member",
+            serde_json::error::Category::Eof => "truncated JSON",
+        };
+        KeyError::InvalidJwk(format!("not {what} ({problem})"))
+    })
+}
+
 impl RawJwk {
+    /// Parses one JWK.
+    pub(crate) fn parse(json: &str) -> Result<Self, KeyError> {
+        parse_json(json, "a JWK object")
+    }
     /// Whether any private member (`d`, `p`, `q`, `dp`, `dq`, `qi`, `oth`) is present.
     pub(crate) fn has_private_members(&self) -> bool {
         self.d.is_some()
@@ -149,6 +168,18 @@ impl PublicParams {
             }
         }
     }
+}
+
+/// Length of an Ed25519 public key and of a P-256 coordinate or scalar.
+pub(crate) const POINT_LEN: usize = 32;
+
+/// The uncompressed SEC 1 point `0x04 ‖ x ‖ y` of a P-256 JWK's coordinates.
+pub(crate) fn ec_point(x: &str, y: &str) -> Result<Vec<u8>, KeyError> {
+    let (x, y) = (decode_member("x", x)?, decode_member("y", y)?);
+    if x.len() != POINT_LEN || y.len() != POINT_LEN {
+        return Err(KeyError::InvalidJwk("members x and y must be 32 bytes".into()));
+    }
+    Ok([&[0x04][..], &x, &y].concat())
 }
 
 /// Decodes a base64url JWK member, naming the member (never its value) on error.

@@ -12,7 +12,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use crate::alg::Algorithm;
 use crate::b64;
 use crate::error::{KeyError, Rejection};
-use crate::json::{self, StrictValue};
+use crate::json::{self, StrictValue, set_once};
 use crate::key::{KeySet, SigningKey};
 
 /// The default size limit for a compact token: 8 KiB.
@@ -109,15 +109,6 @@ impl<'de> de::Deserialize<'de> for AlgValue {
 
 struct RawHeaderVisitor;
 
-/// Stores `value` in `slot`, refusing a second occurrence of `name`.
-pub(crate) fn set_once<T, E: de::Error>(slot: &mut Option<T>, value: T, name: &str) -> Result<(), E> {
-    if slot.is_some() {
-        return Err(json::duplicate(name));
-    }
-    *slot = Some(value);
-    Ok(())
-}
-
 impl<'de> Visitor<'de> for RawHeaderVisitor {
     type Value = RawHeader;
 
@@ -157,9 +148,7 @@ impl<'de> Visitor<'de> for RawHeaderVisitor {
 impl Header {
     /// Parses and checks a decoded header.
     fn parse(bytes: &[u8]) -> Result<Self, Rejection> {
-        let raw: RawHeader = serde_json::from_slice(bytes).map_err(|e| {
-            if json::is_duplicate(&e) { Rejection::DuplicateMember } else { Rejection::InvalidHeader }
-        })?;
+        let raw: RawHeader = json::parse_segment(bytes, Rejection::InvalidHeader)?;
         if raw.crit {
             return Err(Rejection::CritHeader);
         }

@@ -19,10 +19,8 @@ use zeroize::Zeroizing;
 use crate::alg::Algorithm;
 use crate::b64;
 use crate::error::{KeyError, Rejection};
-use crate::jwk::{PublicParams, RawJwk, decode_member, decode_secret};
+use crate::jwk::{POINT_LEN, PublicParams, RawJwk, decode_member, decode_secret, ec_point, parse_json};
 
-/// Length of an Ed25519 public key and of a P-256 coordinate or scalar.
-const POINT_LEN: usize = 32;
 /// Length of an Ed25519 or fixed-form ES256 signature.
 const SIG64: usize = 64;
 
@@ -74,15 +72,7 @@ impl VerifyingKey {
                 ParsedPublicKey::new(&signature::ED25519, x)?
             }
             (PublicParams::Ec { x, y }, Algorithm::ES256) => {
-                let (x, y) = (decode_member("x", x)?, decode_member("y", y)?);
-                if x.len() != POINT_LEN || y.len() != POINT_LEN {
-                    return Err(KeyError::InvalidJwk("members x and y must be 32 bytes".into()));
-                }
-                let mut point = Vec::with_capacity(1 + 2 * POINT_LEN);
-                point.push(0x04);
-                point.extend_from_slice(&x);
-                point.extend_from_slice(&y);
-                ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)?
+                ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, ec_point(x, y)?)?
             }
             (PublicParams::Rsa { n, e }, Algorithm::RS256 | Algorithm::PS256) => {
                 let (n, e) = (decode_member("n", n)?, decode_member("e", e)?);
@@ -105,9 +95,7 @@ impl VerifyingKey {
     /// # Errors
     /// [`KeyError`] if the JWK is malformed, unsupported, private, or inconsistent.
     pub fn from_jwk(json: &str, alg_hint: Option<Algorithm>) -> Result<Self, KeyError> {
-        let raw: RawJwk = serde_json::from_str(json)
-            .map_err(|e| KeyError::InvalidJwk(format!("not a JWK object ({})", e.classify_name())))?;
-        Self::from_raw(&raw, alg_hint)
+        Self::from_raw(&RawJwk::parse(json)?, alg_hint)
     }
 
     fn from_raw(raw: &RawJwk, alg_hint: Option<Algorithm>) -> Result<Self, KeyError> {
@@ -292,8 +280,7 @@ impl SigningKey {
     /// # Errors
     /// [`KeyError`] if the JWK is malformed, public only, unsupported, or inconsistent.
     pub fn from_jwk(json: &str, alg_hint: Option<Algorithm>) -> Result<Self, KeyError> {
-        let raw: RawJwk = serde_json::from_str(json)
-            .map_err(|e| KeyError::InvalidJwk(format!("not a JWK object ({})", e.classify_name())))?;
+        let raw = RawJwk::parse(json)?;
         let alg = raw.algorithm(alg_hint)?;
         let params = raw.public_params(alg)?;
         let private = match &params {
@@ -303,13 +290,10 @@ impl SigningKey {
             }
             PublicParams::Ec { x, y } => {
                 let d = decode_secret("d", raw.d.as_ref())?;
-                let mut point = vec![0x04];
-                point.extend_from_slice(&decode_member("x", x)?);
-                point.extend_from_slice(&decode_member("y", y)?);
                 Private::Ecdsa(EcdsaKeyPair::from_private_key_and_public_key(
                     &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
                     &d,
-                    &point,
+                    &ec_point(x, y)?,
                 )?)
             }
             PublicParams::Rsa { n, e } => {
@@ -466,6 +450,19 @@ impl KeySet {
         Self::default()
     }
 
+    /// Adds `key`, refusing it if the set already has a key with its `kid`: one RSA modulus bound to RS256
+    /// and to PS256 has one thumbprint, and which of the two verifies would be ambiguous.
+    ///
+    /// # Errors
+    /// [`KeyError::DuplicateKid`].
+    pub fn try_insert(&mut self, key: VerifyingKey) -> Result<(), KeyError> {
+        if self.get(key.kid()).is_some() {
+            return Err(KeyError::DuplicateKid);
+        }
+        self.keys.push(key);
+        Ok(())
+    }
+
     /// Adds `key`, replacing any key with the same `kid`.
     pub fn insert(&mut self, key: VerifyingKey) {
         self.keys.retain(|k| k.kid != key.kid);
@@ -513,8 +510,7 @@ impl KeySet {
         struct Jwks {
             keys: Vec<RawJwk>,
         }
-        let jwks: Jwks = serde_json::from_str(json)
-            .map_err(|e| KeyError::InvalidJwk(format!("not a JWKS ({})", e.classify_name())))?;
+        let jwks: Jwks = parse_json(json, "a JWKS")?;
         let mut set = Self::new();
         for raw in &jwks.keys {
             if raw.has_private_members() {
@@ -523,11 +519,7 @@ impl KeySet {
             if raw.use_.as_deref() == Some("enc") {
                 continue;
             }
-            let key = VerifyingKey::from_raw(raw, None)?;
-            if set.get(key.kid()).is_some() {
-                return Err(KeyError::DuplicateKid);
-            }
-            set.insert(key);
+            set.try_insert(VerifyingKey::from_raw(raw, None)?)?;
         }
         Ok(set)
     }
@@ -549,21 +541,5 @@ impl FromIterator<VerifyingKey> for KeySet {
             set.insert(key);
         }
         set
-    }
-}
-
-/// A short name for a `serde_json` error's category, safe to show: it never quotes the input.
-trait ClassifyName {
-    fn classify_name(&self) -> &'static str;
-}
-
-impl ClassifyName for serde_json::Error {
-    fn classify_name(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "I/O error",
-            serde_json::error::Category::Syntax => "JSON syntax error",
-            serde_json::error::Category::Data => "unexpected or missing member",
-            serde_json::error::Category::Eof => "truncated JSON",
-        }
     }
 }
