@@ -1,0 +1,11 @@
+//! Tessera's pure core: the vocabulary of the OAuth flows (grants, client kinds, key states, revocation
+//! subjects), opaque secrets and their hashes, and the flow decisions that need no I/O.
+//!
+//! Nothing here reads a clock, a socket, a file or a random source: time and random bytes come in as
+//! arguments, so every decision can be tested at a fixed time.
+
+pub mod model;
+pub mod secret;
+
+pub use model::{ClientKind, GrantType, KeyState, RevocationKind};
+pub use secret::{OpaqueSecret, SecretKind, SuccessorKey, TokenHash};

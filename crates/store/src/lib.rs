@@ -1,0 +1,215 @@
+//! Tessera's storage: one trait family ([`Store`]) and two backends behind it, SQLite (the embedded default)
+//! and PostgreSQL (several server nodes). Call sites hold an `Arc<dyn Store>` and never ask which backend
+//! it is.
+//!
+//! Both backends run the same SQL text ([`sql_body.rs`](../src/tessera_store/sql_body.rs.html) is compiled
+//! once per backend), so they cannot drift apart; only the schema's column types and the connection set-up
+//! differ. Every multi-row change is one transaction. Refresh rotation is a single compare-and-swap
+//! (`UPDATE … WHERE rotated_at IS NULL`), so concurrent rotations of one token yield at most one successor.
+//! Revocation sequence numbers come from a counter row incremented inside the inserting transaction, which
+//! serialises revocation writers and makes sequence order equal to commit order.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tessera_core::{KeyState, TokenHash};
+
+mod model;
+mod postgres;
+mod sqlite;
+
+pub use model::{
+    AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewRevocation, RefreshRecord,
+    Resource, Revocation, Rotation, Time, TokenRef, User,
+};
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// How long a revocation entry is kept: the longest access-token lifetime (900 s) plus a minute of leeway.
+/// After that no token it could match is still valid anywhere.
+pub const REVOCATION_HORIZON_SECS: i64 = 960;
+
+/// How long a spent authorization code is kept, so that a replay is still recognised and punished.
+pub const SPENT_CODE_RETENTION_SECS: i64 = 86_400;
+
+/// A storage failure. The message never contains a secret or a value a client sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// A unique key already exists (a username, a client id, an audience, a kid).
+    Conflict(&'static str),
+    /// The database cannot be reached or did not answer in time: try again later (HTTP 503).
+    Unavailable(String),
+    /// A stored value could not be read back (a corrupt row, an unknown enum spelling).
+    Corrupt(String),
+    /// Any other database error.
+    Database(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Conflict(what) => write!(f, "{what} already exists"),
+            StoreError::Unavailable(why) => write!(f, "database unavailable: {why}"),
+            StoreError::Corrupt(why) => write!(f, "stored data unreadable: {why}"),
+            StoreError::Database(why) => write!(f, "database error: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict("record"),
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
+                StoreError::Corrupt(e.to_string())
+            }
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Database(format!("migration failed: {e}"))
+    }
+}
+
+/// Shorthand for store results.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Everything the server keeps. Implemented by [`SqliteStore`] and [`PostgresStore`]; the conformance suite
+/// in `tests/conformance.rs` holds both to the same behaviour.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// `"sqlite"` or `"postgres"`, for logs and metrics only.
+    fn backend(&self) -> &'static str;
+    /// Applies the embedded migrations that have not been applied yet.
+    async fn migrate(&self) -> Result<()>;
+    /// A round trip to the database (readiness).
+    async fn ping(&self) -> Result<()>;
+
+    /// Creates a user; [`StoreError::Conflict`] if the username is taken.
+    async fn create_user(&self, user: &User) -> Result<()>;
+    /// A user by id.
+    async fn user_by_id(&self, id: &str) -> Result<Option<User>>;
+    /// A user by username.
+    async fn user_by_name(&self, username: &str) -> Result<Option<User>>;
+    /// Every user, by username.
+    async fn list_users(&self) -> Result<Vec<User>>;
+    /// Enables or disables a user; `false` if there is no such user.
+    async fn set_user_disabled(&self, id: &str, disabled: bool) -> Result<bool>;
+    /// Replaces a user's roles; `false` if there is no such user.
+    async fn set_user_roles(&self, id: &str, roles: &[String]) -> Result<bool>;
+    /// Sets a new password hash and, in the same transaction, revokes every session of the user (as
+    /// [`Store::revoke_user`]). `None` if there is no such user, else the revocation's sequence number.
+    async fn set_password(&self, id: &str, password_hash: &str, now: Time) -> Result<Option<i64>>;
+
+    /// Registers a client; [`StoreError::Conflict`] if the id is taken.
+    async fn create_client(&self, client: &Client) -> Result<()>;
+    /// A client by id.
+    async fn client(&self, id: &str) -> Result<Option<Client>>;
+    /// Every client, by id.
+    async fn list_clients(&self) -> Result<Vec<Client>>;
+    /// Replaces a confidential client's secret hash; `false` if there is no such client.
+    async fn set_client_secret(&self, id: &str, secret_hash: &TokenHash) -> Result<bool>;
+    /// Enables or disables a client; `false` if there is no such client.
+    async fn set_client_disabled(&self, id: &str, disabled: bool) -> Result<bool>;
+
+    /// Registers a resource; [`StoreError::Conflict`] if the audience exists.
+    async fn create_resource(&self, resource: &Resource) -> Result<()>;
+    /// A resource by audience.
+    async fn resource(&self, audience: &str) -> Result<Option<Resource>>;
+    /// Every resource, by audience.
+    async fn list_resources(&self) -> Result<Vec<Resource>>;
+
+    /// Stores a new key; [`StoreError::Conflict`] if the kid exists.
+    async fn insert_key(&self, key: &KeyRecord) -> Result<()>;
+    /// Every key, oldest first.
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>>;
+    /// Makes `kid` the current key and retires the previous current key, in one transaction. `false` if
+    /// `kid` does not exist or is revoked.
+    async fn activate_key(&self, kid: &str, now: Time) -> Result<bool>;
+    /// Moves a key to `state` (for retiring or revoking); `false` if there is no such key.
+    async fn set_key_state(&self, kid: &str, state: KeyState, now: Time) -> Result<bool>;
+    /// Deletes a key (after its last token expired); `false` if there is no such key.
+    async fn delete_key(&self, kid: &str) -> Result<bool>;
+
+    /// Stores a new login session.
+    async fn create_login_session(&self, session: &LoginSession) -> Result<()>;
+    /// A login session by its cookie's hash.
+    async fn login_session(&self, hash: &TokenHash) -> Result<Option<LoginSession>>;
+    /// Ends a login session and revokes every refresh family started from it, in one transaction.
+    /// Returns the number of families revoked.
+    async fn end_login_session(&self, hash: &TokenHash, reason: &str, now: Time) -> Result<u64>;
+
+    /// Stores a new authorization code.
+    async fn insert_code(&self, code: &AuthCode) -> Result<()>;
+    /// Spends a code: the first call gets [`CodeUse::Fresh`], every later one [`CodeUse::Replayed`].
+    async fn redeem_code(&self, hash: &TokenHash, now: Time) -> Result<CodeUse>;
+
+    /// Starts a refresh family, with its first refresh token if the client may refresh.
+    async fn create_family(&self, family: &Family, first: Option<&RefreshRecord>) -> Result<()>;
+    /// A family by id.
+    async fn family(&self, id: &str) -> Result<Option<Family>>;
+    /// A refresh token and its family, by the token's hash.
+    async fn refresh_token(&self, hash: &TokenHash) -> Result<Option<(RefreshRecord, Family)>>;
+    /// The compare-and-swap at the heart of rotation: marks `old` rotated and stores `successor`, only if
+    /// `old` has not been rotated and its family is not revoked. Exactly one of any number of concurrent
+    /// calls for one token gets [`Rotation::Rotated`].
+    async fn rotate_refresh(&self, old: &TokenHash, successor: &RefreshRecord, now: Time)
+    -> Result<Rotation>;
+    /// Revokes a family and adds a session revocation for its `sid`. `true` if this call revoked it.
+    async fn revoke_family(&self, id: &str, reason: &str, now: Time) -> Result<bool>;
+    /// Revokes every family redeemed from a code (the code was replayed). Returns how many.
+    async fn revoke_code_families(&self, code: &TokenHash, reason: &str, now: Time) -> Result<u64>;
+
+    /// Commits one revocation entry and returns its sequence number.
+    async fn revoke(&self, revocation: &NewRevocation, now: Time) -> Result<i64>;
+    /// Revokes everything of a user: every family (with a session entry each) and login session, and a user
+    /// entry with not-before `now`. Returns the user entry's sequence number.
+    async fn revoke_user(&self, user_id: &str, reason: &str, now: Time) -> Result<i64>;
+    /// Revokes everything of a client: every family, and a client entry with not-before `now`.
+    async fn revoke_client(&self, client_id: &str, reason: &str, now: Time) -> Result<i64>;
+    /// Revocations with a sequence number above `after`, in order, at most `limit`.
+    async fn revocations_after(&self, after: i64, limit: i64) -> Result<Vec<Revocation>>;
+    /// Every revocation that can still match a valid token.
+    async fn live_revocations(&self, now: Time) -> Result<Vec<Revocation>>;
+    /// The highest sequence number committed so far (0 if none).
+    async fn revocation_seq(&self) -> Result<i64>;
+    /// Whether any live revocation matches the token.
+    async fn is_revoked(&self, token: TokenRef<'_>, now: Time) -> Result<bool>;
+    /// Deletes what can no longer matter: expired revocations, codes and login sessions, and families past
+    /// their absolute lifetime. Returns the number of rows deleted.
+    async fn prune(&self, now: Time) -> Result<u64>;
+
+    /// Appends a security event.
+    async fn append_event(&self, event: &Event) -> Result<()>;
+    /// The newest events, optionally of one kind, newest first.
+    async fn recent_events(&self, kind: Option<&str>, limit: i64) -> Result<Vec<Event>>;
+}
+
+/// Opens the store a URL names (`sqlite://PATH` or `postgres://…`), creating an SQLite file if needed, and
+/// applies the migrations.
+///
+/// # Errors
+/// [`StoreError::Unavailable`] if the database cannot be reached; `Database` for a bad URL or a failed
+/// migration.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Arc::new(PostgresStore::connect(url, None).await?)
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        Arc::new(SqliteStore::open(std::path::Path::new(path)).await?)
+    } else {
+        return Err(StoreError::Database("the database URL must start with sqlite:// or postgres://".into()));
+    };
+    store.migrate().await?;
+    Ok(store)
+}

@@ -1,0 +1,315 @@
+//! The records the store keeps. Secrets appear only as [`TokenHash`]es; password hashes and sealed keys are
+//! redacted from `Debug`.
+
+use std::fmt;
+
+use tessera_core::{ClientKind, GrantType, KeyState, RevocationKind, TokenHash};
+
+/// Unix seconds, as the store keeps every time.
+pub type Time = i64;
+
+/// A user who can log in.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    /// Stable, random id: the `sub` of the user's tokens.
+    pub id: String,
+    /// Unique login name.
+    pub username: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Roles copied into the user's access tokens.
+    pub roles: Vec<String>,
+    /// A disabled user cannot log in or refresh.
+    pub disabled: bool,
+    /// When the user was created.
+    pub created_at: Time,
+    /// When the password was last set.
+    pub password_changed_at: Time,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("roles", &self.roles)
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An OAuth client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// `client_id`.
+    pub id: String,
+    /// Human-readable name, shown on the consent screen.
+    pub name: String,
+    /// Public or confidential.
+    pub kind: ClientKind,
+    /// SHA-256 of the secret (confidential clients only).
+    pub secret_hash: Option<TokenHash>,
+    /// Registered redirect URIs, matched exactly.
+    pub redirect_uris: Vec<String>,
+    /// Grants this client may use.
+    pub grant_types: Vec<GrantType>,
+    /// Audiences (resources) this client may get tokens for.
+    pub audiences: Vec<String>,
+    /// Scopes this client may ask for.
+    pub scopes: Vec<String>,
+    /// Access-token lifetime, seconds.
+    pub access_ttl: i64,
+    /// Refresh-token idle lifetime, seconds.
+    pub refresh_idle_ttl: i64,
+    /// Refresh-family absolute lifetime, seconds.
+    pub refresh_absolute_ttl: i64,
+    /// First-party clients skip the consent screen.
+    pub first_party: bool,
+    /// A disabled client gets no tokens.
+    pub disabled: bool,
+    /// When the client was created.
+    pub created_at: Time,
+}
+
+/// A resource server: an audience tokens can be issued for, with the scopes it understands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// The `aud` value, usually the service's URL.
+    pub audience: String,
+    /// Scopes defined by this resource.
+    pub scopes: Vec<String>,
+    /// When it was registered.
+    pub created_at: Time,
+}
+
+/// A signing key with its private half sealed under the key-encryption key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// RFC 7638 thumbprint.
+    pub kid: String,
+    /// JWS `alg`.
+    pub alg: String,
+    /// Lifecycle state.
+    pub state: KeyState,
+    /// The public JWK, as published.
+    pub public_jwk: String,
+    /// AES-256-GCM nonce ‖ ciphertext ‖ tag of the PKCS#8 document.
+    pub private_sealed: Vec<u8>,
+    /// When it was created.
+    pub created_at: Time,
+    /// When it became current.
+    pub activated_at: Option<Time>,
+    /// When it stopped signing.
+    pub retired_at: Option<Time>,
+}
+
+impl fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("state", &self.state)
+            .field("created_at", &self.created_at)
+            .field("activated_at", &self.activated_at)
+            .field("retired_at", &self.retired_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A browser login session (the cookie's hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginSession {
+    /// SHA-256 of the cookie value.
+    pub hash: TokenHash,
+    /// Who logged in.
+    pub user_id: String,
+    /// When the user authenticated.
+    pub auth_time: Time,
+    /// Authentication methods used (`pwd`, `otp`, …).
+    pub amr: Vec<String>,
+    /// When the session was created.
+    pub created_at: Time,
+    /// When it ends.
+    pub expires_at: Time,
+    /// When it was ended early (logout, revocation).
+    pub revoked_at: Option<Time>,
+}
+
+/// An authorization code, bound to its client, redirect URI and PKCE challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthCode {
+    /// SHA-256 of the code.
+    pub hash: TokenHash,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// The user who authorised it.
+    pub user_id: String,
+    /// The exact redirect URI of the request.
+    pub redirect_uri: String,
+    /// PKCE S256 challenge.
+    pub code_challenge: String,
+    /// Granted scope (space-separated).
+    pub scope: String,
+    /// RFC 8707 resource: the access token's single audience.
+    pub audience: Option<String>,
+    /// OIDC nonce for the ID token.
+    pub nonce: Option<String>,
+    /// The login session it came from.
+    pub login_session: Option<TokenHash>,
+    /// When the user authenticated.
+    pub auth_time: Time,
+    /// Authentication methods used.
+    pub amr: Vec<String>,
+    /// When it was issued.
+    pub created_at: Time,
+    /// When it stops being redeemable.
+    pub expires_at: Time,
+}
+
+/// What redeeming a code found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeUse {
+    /// First use: the code is now spent.
+    Fresh(AuthCode),
+    /// The code was already spent: a replay.
+    Replayed(AuthCode),
+    /// No such code.
+    Unknown,
+}
+
+/// A refresh family: one session's chain of rotated refresh tokens. Its id is the tokens' `sid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    /// Random id, the `sid`.
+    pub id: String,
+    /// The client it belongs to.
+    pub client_id: String,
+    /// The user.
+    pub user_id: String,
+    /// Scope granted at the start.
+    pub scope: String,
+    /// The single audience of its access tokens.
+    pub audience: Option<String>,
+    /// When the user authenticated.
+    pub auth_time: Time,
+    /// Authentication methods used.
+    pub amr: Vec<String>,
+    /// The browser session it came from.
+    pub login_session: Option<TokenHash>,
+    /// The code it was redeemed from.
+    pub code_hash: Option<TokenHash>,
+    /// When it started.
+    pub created_at: Time,
+    /// Absolute end of the family.
+    pub expires_at: Time,
+    /// When it was revoked.
+    pub revoked_at: Option<Time>,
+}
+
+/// One refresh token of a family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshRecord {
+    /// SHA-256 of the token.
+    pub hash: TokenHash,
+    /// Its family.
+    pub family_id: String,
+    /// 0 for the first token, +1 per rotation.
+    pub generation: i64,
+    /// Scope of this token (can only narrow along the chain).
+    pub scope: String,
+    /// When it was issued.
+    pub created_at: Time,
+    /// Idle expiry.
+    pub expires_at: Time,
+    /// When it was rotated, if it was.
+    pub rotated_at: Option<Time>,
+    /// The hash of its successor, once rotated.
+    pub successor: Option<TokenHash>,
+}
+
+/// What a rotation compare-and-swap found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// This call rotated the token; the successor is stored.
+    Rotated,
+    /// Another call had rotated it (or the family is revoked): nothing was written.
+    Lost,
+}
+
+/// A committed revocation entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Monotonic sequence number; commit order.
+    pub seq: i64,
+    /// What it matches.
+    pub kind: RevocationKind,
+    /// The `jti`, `sid`, `sub`, `client_id` or `kid`.
+    pub subject: String,
+    /// For users and clients: tokens issued before this time are revoked.
+    pub not_before: Option<Time>,
+    /// When it was committed.
+    pub created_at: Time,
+    /// When no token it can match is still valid; it may be pruned after.
+    pub expires_at: Time,
+    /// Why (a stable snake_case reason).
+    pub reason: String,
+}
+
+/// A revocation to commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRevocation {
+    /// What it matches.
+    pub kind: RevocationKind,
+    /// The `jti`, `sid`, `sub`, `client_id` or `kid`.
+    pub subject: String,
+    /// For users and clients: tokens issued before this time are revoked.
+    pub not_before: Option<Time>,
+    /// When it may be pruned.
+    pub expires_at: Time,
+    /// Why.
+    pub reason: String,
+}
+
+/// The identifying claims of a token, to check against the revocation set.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenRef<'a> {
+    /// `jti`.
+    pub jti: &'a str,
+    /// `sid`, if any.
+    pub sid: Option<&'a str>,
+    /// `sub`.
+    pub sub: &'a str,
+    /// `client_id`.
+    pub client_id: &'a str,
+    /// `kid` of the signing key.
+    pub kid: &'a str,
+    /// `iat`.
+    pub iat: Time,
+}
+
+/// A security event (the audit log grows from this table).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Event {
+    /// When.
+    pub at: Time,
+    /// Stable snake_case kind (`refresh_token_reuse`, `token_issued`, …).
+    pub kind: String,
+    /// Source IP.
+    pub ip: Option<String>,
+    /// User agent.
+    pub user_agent: Option<String>,
+    /// Subject.
+    pub sub: Option<String>,
+    /// Session (refresh family).
+    pub sid: Option<String>,
+    /// Token id, or a token hash prefix.
+    pub jti: Option<String>,
+    /// Client.
+    pub client_id: Option<String>,
+    /// Audience.
+    pub audience: Option<String>,
+    /// Reason (a stable name).
+    pub reason: Option<String>,
+    /// Extra detail, never a secret.
+    pub detail: Option<String>,
+}

@@ -1,0 +1,963 @@
+// The one implementation of `Store`, compiled once per backend: `sqlite.rs` and `postgres.rs` each define
+// `Db`, `StoreImpl` (with `read()`, `write()`, `begin_write()`, `backend_name()`) and `MIGRATOR`, then
+// `include!` this file. Both backends therefore run the very same SQL text; `$n` placeholders are understood
+// by both. Nothing here may name a backend.
+
+use async_trait::async_trait;
+use sqlx::Row;
+use tessera_core::{ClientKind, GrantType, KeyState, RevocationKind, TokenHash};
+
+use crate::model::{
+    AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewRevocation, RefreshRecord,
+    Resource, Revocation, Rotation, Time, TokenRef, User,
+};
+use crate::{REVOCATION_HORIZON_SECS, SPENT_CODE_RETENTION_SECS, Store};
+
+type DbRow = <Db as sqlx::Database>::Row;
+type Tx = sqlx::Transaction<'static, Db>;
+
+macro_rules! user_cols {
+    () => {
+        "id, username, password_hash, roles, disabled, created_at, password_changed_at"
+    };
+}
+macro_rules! client_cols {
+    () => {
+        "id, name, kind, secret_hash, redirect_uris, grant_types, audiences, scopes, access_ttl, \
+         refresh_idle_ttl, refresh_absolute_ttl, first_party, disabled, created_at"
+    };
+}
+macro_rules! key_cols {
+    () => {
+        "kid, alg, state, public_jwk, private_sealed, created_at, activated_at, retired_at"
+    };
+}
+macro_rules! code_cols {
+    () => {
+        "hash, client_id, user_id, redirect_uri, code_challenge, scope, audience, nonce, login_session, \
+         auth_time, amr, created_at, expires_at"
+    };
+}
+macro_rules! family_cols {
+    () => {
+        "f.id AS f_id, f.client_id AS f_client_id, f.user_id AS f_user_id, f.scope AS f_scope, \
+         f.audience AS f_audience, f.auth_time AS f_auth_time, f.amr AS f_amr, \
+         f.login_session AS f_login_session, f.code_hash AS f_code_hash, f.created_at AS f_created_at, \
+         f.expires_at AS f_expires_at, f.revoked_at AS f_revoked_at"
+    };
+}
+macro_rules! revocation_cols {
+    () => {
+        "seq, kind, subject, not_before, created_at, expires_at, reason"
+    };
+}
+macro_rules! event_cols {
+    () => {
+        "at, kind, ip, user_agent, sub, sid, jti, client_id, audience, reason, detail"
+    };
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}
+
+fn to_list(items: &[String]) -> String {
+    serde_json::Value::from(items.to_vec()).to_string()
+}
+
+fn from_list(row: &DbRow, col: &str) -> Result<Vec<String>> {
+    let text: String = row.try_get(col)?;
+    serde_json::from_str(&text).map_err(|_| corrupt(col))
+}
+
+fn parse_enum<T: std::str::FromStr>(text: &str, col: &str) -> Result<T> {
+    text.parse().map_err(|_| corrupt(col))
+}
+
+fn hash_col(row: &DbRow, col: &str) -> Result<TokenHash> {
+    let bytes: Vec<u8> = row.try_get(col)?;
+    TokenHash::from_slice(&bytes).ok_or_else(|| corrupt(col))
+}
+
+fn opt_hash_col(row: &DbRow, col: &str) -> Result<Option<TokenHash>> {
+    let bytes: Option<Vec<u8>> = row.try_get(col)?;
+    bytes.map(|b| TokenHash::from_slice(&b).ok_or_else(|| corrupt(col))).transpose()
+}
+
+fn opt_hash(hash: Option<&TokenHash>) -> Option<Vec<u8>> {
+    hash.map(|h| h.as_bytes().to_vec())
+}
+
+fn user_from(row: &DbRow) -> Result<User> {
+    Ok(User {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        password_hash: row.try_get("password_hash")?,
+        roles: from_list(row, "roles")?,
+        disabled: row.try_get("disabled")?,
+        created_at: row.try_get("created_at")?,
+        password_changed_at: row.try_get("password_changed_at")?,
+    })
+}
+
+fn client_from(row: &DbRow) -> Result<Client> {
+    let kind: String = row.try_get("kind")?;
+    let grants = from_list(row, "grant_types")?
+        .iter()
+        .map(|g| parse_enum::<GrantType>(g, "grant_types"))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Client {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        kind: parse_enum::<ClientKind>(&kind, "kind")?,
+        secret_hash: opt_hash_col(row, "secret_hash")?,
+        redirect_uris: from_list(row, "redirect_uris")?,
+        grant_types: grants,
+        audiences: from_list(row, "audiences")?,
+        scopes: from_list(row, "scopes")?,
+        access_ttl: row.try_get("access_ttl")?,
+        refresh_idle_ttl: row.try_get("refresh_idle_ttl")?,
+        refresh_absolute_ttl: row.try_get("refresh_absolute_ttl")?,
+        first_party: row.try_get("first_party")?,
+        disabled: row.try_get("disabled")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn resource_from(row: &DbRow) -> Result<Resource> {
+    Ok(Resource {
+        audience: row.try_get("audience")?,
+        scopes: from_list(row, "scopes")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn key_from(row: &DbRow) -> Result<KeyRecord> {
+    let state: String = row.try_get("state")?;
+    Ok(KeyRecord {
+        kid: row.try_get("kid")?,
+        alg: row.try_get("alg")?,
+        state: parse_enum::<KeyState>(&state, "state")?,
+        public_jwk: row.try_get("public_jwk")?,
+        private_sealed: row.try_get("private_sealed")?,
+        created_at: row.try_get("created_at")?,
+        activated_at: row.try_get("activated_at")?,
+        retired_at: row.try_get("retired_at")?,
+    })
+}
+
+fn session_from(row: &DbRow) -> Result<LoginSession> {
+    Ok(LoginSession {
+        hash: hash_col(row, "hash")?,
+        user_id: row.try_get("user_id")?,
+        auth_time: row.try_get("auth_time")?,
+        amr: from_list(row, "amr")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+fn code_from(row: &DbRow) -> Result<AuthCode> {
+    Ok(AuthCode {
+        hash: hash_col(row, "hash")?,
+        client_id: row.try_get("client_id")?,
+        user_id: row.try_get("user_id")?,
+        redirect_uri: row.try_get("redirect_uri")?,
+        code_challenge: row.try_get("code_challenge")?,
+        scope: row.try_get("scope")?,
+        audience: row.try_get("audience")?,
+        nonce: row.try_get("nonce")?,
+        login_session: opt_hash_col(row, "login_session")?,
+        auth_time: row.try_get("auth_time")?,
+        amr: from_list(row, "amr")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+fn family_from(row: &DbRow) -> Result<Family> {
+    Ok(Family {
+        id: row.try_get("f_id")?,
+        client_id: row.try_get("f_client_id")?,
+        user_id: row.try_get("f_user_id")?,
+        scope: row.try_get("f_scope")?,
+        audience: row.try_get("f_audience")?,
+        auth_time: row.try_get("f_auth_time")?,
+        amr: from_list(row, "f_amr")?,
+        login_session: opt_hash_col(row, "f_login_session")?,
+        code_hash: opt_hash_col(row, "f_code_hash")?,
+        created_at: row.try_get("f_created_at")?,
+        expires_at: row.try_get("f_expires_at")?,
+        revoked_at: row.try_get("f_revoked_at")?,
+    })
+}
+
+fn refresh_from(row: &DbRow) -> Result<RefreshRecord> {
+    Ok(RefreshRecord {
+        hash: hash_col(row, "hash")?,
+        family_id: row.try_get("family_id")?,
+        generation: row.try_get("generation")?,
+        scope: row.try_get("scope")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        rotated_at: row.try_get("rotated_at")?,
+        successor: opt_hash_col(row, "successor")?,
+    })
+}
+
+fn revocation_from(row: &DbRow) -> Result<Revocation> {
+    let kind: String = row.try_get("kind")?;
+    Ok(Revocation {
+        seq: row.try_get("seq")?,
+        kind: parse_enum::<RevocationKind>(&kind, "kind")?,
+        subject: row.try_get("subject")?,
+        not_before: row.try_get("not_before")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        reason: row.try_get("reason")?,
+    })
+}
+
+fn event_from(row: &DbRow) -> Result<Event> {
+    Ok(Event {
+        at: row.try_get("at")?,
+        kind: row.try_get("kind")?,
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
+        sub: row.try_get("sub")?,
+        sid: row.try_get("sid")?,
+        jti: row.try_get("jti")?,
+        client_id: row.try_get("client_id")?,
+        audience: row.try_get("audience")?,
+        reason: row.try_get("reason")?,
+        detail: row.try_get("detail")?,
+    })
+}
+
+/// Takes the next sequence number and inserts the entry, inside the caller's transaction. The counter row
+/// stays locked until the transaction ends, so sequence order is commit order.
+async fn insert_revocation(tx: &mut Tx, r: &NewRevocation, now: Time) -> Result<i64> {
+    let seq: i64 =
+        sqlx::query_scalar("UPDATE revocation_counter SET value = value + 1 WHERE id = 1 RETURNING value")
+            .fetch_one(&mut **tx)
+            .await?;
+    sqlx::query(
+        "INSERT INTO revocations (seq, kind, subject, not_before, created_at, expires_at, reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(seq)
+    .bind(r.kind.as_str())
+    .bind(&r.subject)
+    .bind(r.not_before)
+    .bind(now)
+    .bind(r.expires_at)
+    .bind(&r.reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(seq)
+}
+
+/// Revokes one family inside the caller's transaction, with a session entry for its `sid`. `true` if it
+/// was live.
+async fn revoke_family_in(tx: &mut Tx, id: &str, reason: &str, now: Time) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE refresh_families SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(reason)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if done == 0 {
+        return Ok(false);
+    }
+    let entry = NewRevocation {
+        kind: RevocationKind::Session,
+        subject: id.to_owned(),
+        not_before: None,
+        expires_at: now + REVOCATION_HORIZON_SECS,
+        reason: reason.to_owned(),
+    };
+    insert_revocation(tx, &entry, now).await?;
+    Ok(true)
+}
+
+/// Which families [`revoke_families_where`] revokes.
+#[derive(Clone, Copy)]
+enum Filter<'a> {
+    User(&'a str),
+    Login(&'a TokenHash),
+    Code(&'a TokenHash),
+}
+
+/// Revokes every live family of a user, a login session or a code, each with a session entry.
+async fn revoke_families_where(tx: &mut Tx, filter: Filter<'_>, reason: &str, now: Time) -> Result<u64> {
+    let query = match filter {
+        Filter::User(id) => {
+            sqlx::query_scalar("SELECT id FROM refresh_families WHERE user_id = $1 AND revoked_at IS NULL")
+                .bind(id.to_owned())
+        }
+        Filter::Login(hash) => sqlx::query_scalar(
+            "SELECT id FROM refresh_families WHERE login_session = $1 AND revoked_at IS NULL",
+        )
+        .bind(hash.as_bytes().to_vec()),
+        Filter::Code(hash) => {
+            sqlx::query_scalar("SELECT id FROM refresh_families WHERE code_hash = $1 AND revoked_at IS NULL")
+                .bind(hash.as_bytes().to_vec())
+        }
+    };
+    let ids: Vec<String> = query.fetch_all(&mut **tx).await?;
+    let mut count = 0;
+    for id in ids {
+        if revoke_family_in(tx, &id, reason, now).await? {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+#[async_trait]
+impl Store for StoreImpl {
+    fn backend(&self) -> &'static str {
+        self.backend_name()
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(self.write()).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(self.read()).await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, user: &User) -> Result<()> {
+        sqlx::query(concat!("INSERT INTO users (", user_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7)"))
+            .bind(&user.id)
+            .bind(&user.username)
+            .bind(&user.password_hash)
+            .bind(to_list(&user.roles))
+            .bind(user.disabled)
+            .bind(user.created_at)
+            .bind(user.password_changed_at)
+            .execute(self.write())
+            .await
+            .map_err(|e| conflict(e, "user"))?;
+        Ok(())
+    }
+
+    async fn user_by_id(&self, id: &str) -> Result<Option<User>> {
+        let row = sqlx::query(concat!("SELECT ", user_cols!(), " FROM users WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.read())
+            .await?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<User>> {
+        let row = sqlx::query(concat!("SELECT ", user_cols!(), " FROM users WHERE username = $1"))
+            .bind(username)
+            .fetch_optional(self.read())
+            .await?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>> {
+        let rows = sqlx::query(concat!("SELECT ", user_cols!(), " FROM users ORDER BY username"))
+            .fetch_all(self.read())
+            .await?;
+        rows.iter().map(user_from).collect()
+    }
+
+    async fn set_user_disabled(&self, id: &str, disabled: bool) -> Result<bool> {
+        let n = sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
+            .bind(disabled)
+            .bind(id)
+            .execute(self.write())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn set_user_roles(&self, id: &str, roles: &[String]) -> Result<bool> {
+        let n = sqlx::query("UPDATE users SET roles = $1 WHERE id = $2")
+            .bind(to_list(roles))
+            .bind(id)
+            .execute(self.write())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn set_password(&self, id: &str, password_hash: &str, now: Time) -> Result<Option<i64>> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query("UPDATE users SET password_hash = $1, password_changed_at = $2 WHERE id = $3")
+            .bind(password_hash)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n != 1 {
+            return Ok(None);
+        }
+        let seq = revoke_user_in(&mut tx, id, "password_changed", now).await?;
+        tx.commit().await?;
+        Ok(Some(seq))
+    }
+
+    async fn create_client(&self, c: &Client) -> Result<()> {
+        let grants: Vec<String> = c.grant_types.iter().map(|g| g.as_str().to_owned()).collect();
+        sqlx::query(concat!(
+            "INSERT INTO clients (",
+            client_cols!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        ))
+        .bind(&c.id)
+        .bind(&c.name)
+        .bind(c.kind.as_str())
+        .bind(opt_hash(c.secret_hash.as_ref()))
+        .bind(to_list(&c.redirect_uris))
+        .bind(to_list(&grants))
+        .bind(to_list(&c.audiences))
+        .bind(to_list(&c.scopes))
+        .bind(c.access_ttl)
+        .bind(c.refresh_idle_ttl)
+        .bind(c.refresh_absolute_ttl)
+        .bind(c.first_party)
+        .bind(c.disabled)
+        .bind(c.created_at)
+        .execute(self.write())
+        .await
+        .map_err(|e| conflict(e, "client"))?;
+        Ok(())
+    }
+
+    async fn client(&self, id: &str) -> Result<Option<Client>> {
+        let row = sqlx::query(concat!("SELECT ", client_cols!(), " FROM clients WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.read())
+            .await?;
+        row.as_ref().map(client_from).transpose()
+    }
+
+    async fn list_clients(&self) -> Result<Vec<Client>> {
+        let rows = sqlx::query(concat!("SELECT ", client_cols!(), " FROM clients ORDER BY id"))
+            .fetch_all(self.read())
+            .await?;
+        rows.iter().map(client_from).collect()
+    }
+
+    async fn set_client_secret(&self, id: &str, secret_hash: &TokenHash) -> Result<bool> {
+        let n = sqlx::query("UPDATE clients SET secret_hash = $1 WHERE id = $2 AND kind = 'confidential'")
+            .bind(secret_hash.as_bytes())
+            .bind(id)
+            .execute(self.write())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn set_client_disabled(&self, id: &str, disabled: bool) -> Result<bool> {
+        let n = sqlx::query("UPDATE clients SET disabled = $1 WHERE id = $2")
+            .bind(disabled)
+            .bind(id)
+            .execute(self.write())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn create_resource(&self, r: &Resource) -> Result<()> {
+        sqlx::query("INSERT INTO resources (audience, scopes, created_at) VALUES ($1, $2, $3)")
+            .bind(&r.audience)
+            .bind(to_list(&r.scopes))
+            .bind(r.created_at)
+            .execute(self.write())
+            .await
+            .map_err(|e| conflict(e, "resource"))?;
+        Ok(())
+    }
+
+    async fn resource(&self, audience: &str) -> Result<Option<Resource>> {
+        let row = sqlx::query("SELECT audience, scopes, created_at FROM resources WHERE audience = $1")
+            .bind(audience)
+            .fetch_optional(self.read())
+            .await?;
+        row.as_ref().map(resource_from).transpose()
+    }
+
+    async fn list_resources(&self) -> Result<Vec<Resource>> {
+        let rows = sqlx::query("SELECT audience, scopes, created_at FROM resources ORDER BY audience")
+            .fetch_all(self.read())
+            .await?;
+        rows.iter().map(resource_from).collect()
+    }
+
+    async fn insert_key(&self, k: &KeyRecord) -> Result<()> {
+        sqlx::query(concat!(
+            "INSERT INTO signing_keys (",
+            key_cols!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(&k.kid)
+        .bind(&k.alg)
+        .bind(k.state.as_str())
+        .bind(&k.public_jwk)
+        .bind(&k.private_sealed)
+        .bind(k.created_at)
+        .bind(k.activated_at)
+        .bind(k.retired_at)
+        .execute(self.write())
+        .await
+        .map_err(|e| conflict(e, "key"))?;
+        Ok(())
+    }
+
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>> {
+        let rows =
+            sqlx::query(concat!("SELECT ", key_cols!(), " FROM signing_keys ORDER BY created_at, kid"))
+                .fetch_all(self.read())
+                .await?;
+        rows.iter().map(key_from).collect()
+    }
+
+    async fn activate_key(&self, kid: &str, now: Time) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let target: Option<String> = sqlx::query_scalar("SELECT state FROM signing_keys WHERE kid = $1")
+            .bind(kid)
+            .fetch_optional(&mut *tx)
+            .await?;
+        match target.as_deref() {
+            None | Some("revoked") => return Ok(false),
+            Some("current") => return Ok(true),
+            Some(_) => {}
+        }
+        sqlx::query("UPDATE signing_keys SET state = 'retired', retired_at = $1 WHERE state = 'current'")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE signing_keys SET state = 'current', activated_at = $1, retired_at = NULL WHERE kid = $2",
+        )
+        .bind(now)
+        .bind(kid)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn set_key_state(&self, kid: &str, state: KeyState, now: Time) -> Result<bool> {
+        let retired_at = matches!(state, KeyState::Retired | KeyState::Revoked).then_some(now);
+        let n = sqlx::query(
+            "UPDATE signing_keys SET state = $1, retired_at = COALESCE($2, retired_at) WHERE kid = $3",
+        )
+        .bind(state.as_str())
+        .bind(retired_at)
+        .bind(kid)
+        .execute(self.write())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn delete_key(&self, kid: &str) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM signing_keys WHERE kid = $1")
+            .bind(kid)
+            .execute(self.write())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn create_login_session(&self, s: &LoginSession) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO login_sessions (hash, user_id, auth_time, amr, created_at, expires_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(s.hash.as_bytes())
+        .bind(&s.user_id)
+        .bind(s.auth_time)
+        .bind(to_list(&s.amr))
+        .bind(s.created_at)
+        .bind(s.expires_at)
+        .bind(s.revoked_at)
+        .execute(self.write())
+        .await
+        .map_err(|e| conflict(e, "login session"))?;
+        Ok(())
+    }
+
+    async fn login_session(&self, hash: &TokenHash) -> Result<Option<LoginSession>> {
+        let row = sqlx::query(
+            "SELECT hash, user_id, auth_time, amr, created_at, expires_at, revoked_at FROM login_sessions \
+             WHERE hash = $1",
+        )
+        .bind(hash.as_bytes())
+        .fetch_optional(self.read())
+        .await?;
+        row.as_ref().map(session_from).transpose()
+    }
+
+    async fn end_login_session(&self, hash: &TokenHash, reason: &str, now: Time) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE login_sessions SET revoked_at = $1 WHERE hash = $2 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(hash.as_bytes())
+            .execute(&mut *tx)
+            .await?;
+        let n = revoke_families_where(&mut tx, Filter::Login(hash), reason, now).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn insert_code(&self, c: &AuthCode) -> Result<()> {
+        sqlx::query(concat!(
+            "INSERT INTO auth_codes (",
+            code_cols!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        ))
+        .bind(c.hash.as_bytes())
+        .bind(&c.client_id)
+        .bind(&c.user_id)
+        .bind(&c.redirect_uri)
+        .bind(&c.code_challenge)
+        .bind(&c.scope)
+        .bind(&c.audience)
+        .bind(&c.nonce)
+        .bind(opt_hash(c.login_session.as_ref()))
+        .bind(c.auth_time)
+        .bind(to_list(&c.amr))
+        .bind(c.created_at)
+        .bind(c.expires_at)
+        .execute(self.write())
+        .await
+        .map_err(|e| conflict(e, "code"))?;
+        Ok(())
+    }
+
+    async fn redeem_code(&self, hash: &TokenHash, now: Time) -> Result<CodeUse> {
+        let fresh = sqlx::query(concat!(
+            "UPDATE auth_codes SET used_at = $1 WHERE hash = $2 AND used_at IS NULL RETURNING ",
+            code_cols!()
+        ))
+        .bind(now)
+        .bind(hash.as_bytes())
+        .fetch_optional(self.write())
+        .await?;
+        if let Some(row) = fresh {
+            return Ok(CodeUse::Fresh(code_from(&row)?));
+        }
+        let spent = sqlx::query(concat!("SELECT ", code_cols!(), " FROM auth_codes WHERE hash = $1"))
+            .bind(hash.as_bytes())
+            .fetch_optional(self.write())
+            .await?;
+        Ok(match spent {
+            Some(row) => CodeUse::Replayed(code_from(&row)?),
+            None => CodeUse::Unknown,
+        })
+    }
+
+    async fn create_family(&self, f: &Family, first: Option<&RefreshRecord>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO refresh_families (id, client_id, user_id, scope, audience, auth_time, amr, \
+             login_session, code_hash, created_at, expires_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&f.id)
+        .bind(&f.client_id)
+        .bind(&f.user_id)
+        .bind(&f.scope)
+        .bind(&f.audience)
+        .bind(f.auth_time)
+        .bind(to_list(&f.amr))
+        .bind(opt_hash(f.login_session.as_ref()))
+        .bind(opt_hash(f.code_hash.as_ref()))
+        .bind(f.created_at)
+        .bind(f.expires_at)
+        .bind(f.revoked_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| conflict(e, "family"))?;
+        if let Some(first) = first {
+            insert_refresh(&mut tx, first).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn family(&self, id: &str) -> Result<Option<Family>> {
+        let row = sqlx::query(concat!("SELECT ", family_cols!(), " FROM refresh_families f WHERE f.id = $1"))
+            .bind(id)
+            .fetch_optional(self.read())
+            .await?;
+        row.as_ref().map(family_from).transpose()
+    }
+
+    async fn refresh_token(&self, hash: &TokenHash) -> Result<Option<(RefreshRecord, Family)>> {
+        let row = sqlx::query(concat!(
+            "SELECT t.hash, t.family_id, t.generation, t.scope, t.created_at, t.expires_at, t.rotated_at, \
+             t.successor, ",
+            family_cols!(),
+            " FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id WHERE t.hash = $1"
+        ))
+        .bind(hash.as_bytes())
+        .fetch_optional(self.read())
+        .await?;
+        match row {
+            Some(row) => Ok(Some((refresh_from(&row)?, family_from(&row)?))),
+            None => Ok(None),
+        }
+    }
+
+    async fn rotate_refresh(
+        &self,
+        old: &TokenHash,
+        successor: &RefreshRecord,
+        now: Time,
+    ) -> Result<Rotation> {
+        let mut tx = self.begin_write().await?;
+        let won = sqlx::query(
+            "UPDATE refresh_tokens SET rotated_at = $1, successor = $2 \
+             WHERE hash = $3 AND rotated_at IS NULL AND family_id = $4 AND EXISTS ( \
+               SELECT 1 FROM refresh_families f WHERE f.id = $4 AND f.revoked_at IS NULL)",
+        )
+        .bind(now)
+        .bind(successor.hash.as_bytes())
+        .bind(old.as_bytes())
+        .bind(&successor.family_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if won != 1 {
+            return Ok(Rotation::Lost);
+        }
+        insert_refresh(&mut tx, successor).await?;
+        tx.commit().await?;
+        Ok(Rotation::Rotated)
+    }
+
+    async fn revoke_family(&self, id: &str, reason: &str, now: Time) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let done = revoke_family_in(&mut tx, id, reason, now).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    async fn revoke_code_families(&self, code: &TokenHash, reason: &str, now: Time) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let n = revoke_families_where(&mut tx, Filter::Code(code), reason, now).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn revoke(&self, r: &NewRevocation, now: Time) -> Result<i64> {
+        let mut tx = self.begin_write().await?;
+        let seq = insert_revocation(&mut tx, r, now).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    async fn revoke_user(&self, user_id: &str, reason: &str, now: Time) -> Result<i64> {
+        let mut tx = self.begin_write().await?;
+        let seq = revoke_user_in(&mut tx, user_id, reason, now).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    async fn revoke_client(&self, client_id: &str, reason: &str, now: Time) -> Result<i64> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE refresh_families SET revoked_at = $1, revoke_reason = $2 \
+             WHERE client_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(client_id)
+        .execute(&mut *tx)
+        .await?;
+        let entry = NewRevocation {
+            kind: RevocationKind::Client,
+            subject: client_id.to_owned(),
+            not_before: Some(now),
+            expires_at: now + REVOCATION_HORIZON_SECS,
+            reason: reason.to_owned(),
+        };
+        let seq = insert_revocation(&mut tx, &entry, now).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    async fn revocations_after(&self, after: i64, limit: i64) -> Result<Vec<Revocation>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            revocation_cols!(),
+            " FROM revocations WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.read())
+        .await?;
+        rows.iter().map(revocation_from).collect()
+    }
+
+    async fn live_revocations(&self, now: Time) -> Result<Vec<Revocation>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            revocation_cols!(),
+            " FROM revocations WHERE expires_at > $1 ORDER BY seq"
+        ))
+        .bind(now)
+        .fetch_all(self.read())
+        .await?;
+        rows.iter().map(revocation_from).collect()
+    }
+
+    async fn revocation_seq(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT value FROM revocation_counter WHERE id = 1")
+            .fetch_one(self.read())
+            .await?)
+    }
+
+    async fn is_revoked(&self, t: TokenRef<'_>, now: Time) -> Result<bool> {
+        let hit: Option<i64> = sqlx::query_scalar(
+            "SELECT seq FROM revocations WHERE expires_at > $1 AND ( \
+               (kind = 'token' AND subject = $2) \
+               OR (kind = 'session' AND subject = $3) \
+               OR (kind = 'user' AND subject = $4 AND $5 < not_before) \
+               OR (kind = 'client' AND subject = $6 AND $5 < not_before) \
+               OR (kind = 'key' AND subject = $7)) LIMIT 1",
+        )
+        .bind(now)
+        .bind(t.jti)
+        .bind(t.sid.unwrap_or(""))
+        .bind(t.sub)
+        .bind(t.iat)
+        .bind(t.client_id)
+        .bind(t.kid)
+        .fetch_optional(self.read())
+        .await?;
+        Ok(hit.is_some())
+    }
+
+    async fn prune(&self, now: Time) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let mut n = 0;
+        n += sqlx::query("DELETE FROM revocations WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        n += sqlx::query("DELETE FROM auth_codes WHERE expires_at <= $1")
+            .bind(now - SPENT_CODE_RETENTION_SECS)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        n += sqlx::query("DELETE FROM login_sessions WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let horizon = now - REVOCATION_HORIZON_SECS;
+        n += sqlx::query(
+            "DELETE FROM refresh_tokens WHERE family_id IN (SELECT id FROM refresh_families WHERE expires_at <= $1)",
+        )
+        .bind(horizon)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        n += sqlx::query("DELETE FROM refresh_families WHERE expires_at <= $1")
+            .bind(horizon)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn append_event(&self, e: &Event) -> Result<()> {
+        sqlx::query(concat!(
+            "INSERT INTO events (",
+            event_cols!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ))
+        .bind(e.at)
+        .bind(&e.kind)
+        .bind(&e.ip)
+        .bind(&e.user_agent)
+        .bind(&e.sub)
+        .bind(&e.sid)
+        .bind(&e.jti)
+        .bind(&e.client_id)
+        .bind(&e.audience)
+        .bind(&e.reason)
+        .bind(&e.detail)
+        .execute(self.write())
+        .await?;
+        Ok(())
+    }
+
+    async fn recent_events(&self, kind: Option<&str>, limit: i64) -> Result<Vec<Event>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            event_cols!(),
+            " FROM events WHERE ($1 IS NULL OR kind = $1) ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(kind)
+        .bind(limit)
+        .fetch_all(self.read())
+        .await?;
+        rows.iter().map(event_from).collect()
+    }
+}
+
+/// Maps a unique violation to a conflict naming `what`.
+fn conflict(e: sqlx::Error, what: &'static str) -> StoreError {
+    match StoreError::from(e) {
+        StoreError::Conflict(_) => StoreError::Conflict(what),
+        other => other,
+    }
+}
+
+async fn insert_refresh(tx: &mut Tx, r: &RefreshRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (hash, family_id, generation, scope, created_at, expires_at, rotated_at, \
+         successor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(r.hash.as_bytes())
+    .bind(&r.family_id)
+    .bind(r.generation)
+    .bind(&r.scope)
+    .bind(r.created_at)
+    .bind(r.expires_at)
+    .bind(r.rotated_at)
+    .bind(opt_hash(r.successor.as_ref()))
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| conflict(e, "refresh token"))?;
+    Ok(())
+}
+
+/// Revokes every family and login session of a user, with a session entry per live family (so that a token
+/// issued in the same second as the user entry's not-before is still caught) and a user entry.
+async fn revoke_user_in(tx: &mut Tx, user_id: &str, reason: &str, now: Time) -> Result<i64> {
+    revoke_families_where(tx, Filter::User(user_id), reason, now).await?;
+    sqlx::query("UPDATE login_sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL")
+        .bind(now)
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    let entry = NewRevocation {
+        kind: RevocationKind::User,
+        subject: user_id.to_owned(),
+        not_before: Some(now),
+        expires_at: now + REVOCATION_HORIZON_SECS,
+        reason: reason.to_owned(),
+    };
+    insert_revocation(tx, &entry, now).await
+}

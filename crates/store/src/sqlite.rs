@@ -1,0 +1,92 @@
+//! The SQLite backend: the embedded default, one file in the data directory, in WAL mode.
+//!
+//! Writes go through a pool of exactly one connection, so writers in this process queue in memory instead of
+//! spinning on SQLite's lock; reads use a separate pool and see the last committed state (WAL). Transactions
+//! that write start with `BEGIN IMMEDIATE`, so a transaction never has to upgrade a read lock (which SQLite
+//! can refuse with `SQLITE_BUSY` no matter how long it waits). Another process (the management CLI) shares the
+//! file through SQLite's own locking and a five-second busy timeout.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::{Result, StoreError};
+
+type Db = sqlx::Sqlite;
+type StoreImpl = SqliteStore;
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Connections in the read pool.
+const READERS: u32 = 4;
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`. Does not migrate; see [`crate::Store::migrate`].
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the file cannot be opened or created.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk (fsync of the WAL) before the client hears of it.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let unavailable =
+            |e: sqlx::Error| StoreError::Unavailable(format!("cannot open {}: {e}", path.display()));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .map_err(unavailable)?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
+        Ok(SqliteStore { path: path.to_owned(), read, write })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes both pools, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+
+    fn read(&self) -> &SqlitePool {
+        &self.read
+    }
+
+    fn write(&self) -> &SqlitePool {
+        &self.write
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Db>> {
+        Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+include!("sql_body.rs");

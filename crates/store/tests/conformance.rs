@@ -1,0 +1,526 @@
+//! The conformance suite: every test runs against SQLite (a file in a temporary directory) and PostgreSQL
+//! (its own schema in the database `TESSERA_TEST_DATABASE_URL` names; skipped, with a message, when unset).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly by design")]
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+use tessera_core::{ClientKind, GrantType, KeyState, RevocationKind, TokenHash};
+use tessera_store::{
+    AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewRevocation, PostgresStore,
+    RefreshRecord, Resource, Rotation, SqliteStore, Store, StoreError, TokenRef, User,
+};
+
+const NOW: i64 = 1_800_000_000;
+
+/// A store under test and what it takes to clean it up.
+struct Harness {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+    schema: Option<(String, String)>,
+}
+
+impl Harness {
+    async fn sqlite() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("tessera.db")).await.unwrap();
+        store.migrate().await.unwrap();
+        Harness { store: Arc::new(store), _dir: Some(dir), schema: None }
+    }
+
+    async fn postgres() -> Option<Harness> {
+        let Ok(url) = std::env::var("TESSERA_TEST_DATABASE_URL") else {
+            #[allow(clippy::print_stderr, reason = "a skipped test says so")]
+            {
+                eprintln!("skipped: TESSERA_TEST_DATABASE_URL is not set, PostgreSQL conformance not run");
+            }
+            return None;
+        };
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let schema = format!("tessera_test_{}_{random:016x}", std::process::id());
+        admin(&url, &format!("CREATE SCHEMA {schema}")).await;
+        let store = PostgresStore::connect(&url, Some(&schema)).await.unwrap();
+        store.migrate().await.unwrap();
+        Some(Harness { store: Arc::new(store), _dir: None, schema: Some((url, schema)) })
+    }
+
+    async fn finish(self) {
+        if let Some((url, schema)) = &self.schema {
+            admin(url, &format!("DROP SCHEMA {schema} CASCADE")).await;
+        }
+    }
+}
+
+async fn admin(url: &str, sql: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query(sql).execute(&mut conn).await.unwrap();
+}
+
+/// Instantiates every suite function once per backend.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let h = super::Harness::sqlite().await;
+                    super::$name(&h.store).await;
+                    h.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(h) = super::Harness::postgres().await else { return };
+                    super::$name(&h.store).await;
+                    h.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    migrations_apply_twice_without_harm,
+    users_are_unique_by_name_and_round_trip,
+    clients_round_trip_rotate_secret_and_disable,
+    resources_round_trip,
+    activating_a_key_retires_the_current_one,
+    code_redeems_once_then_reports_replay,
+    refresh_rotation_has_exactly_one_winner_under_concurrency,
+    rotation_is_refused_once_the_family_is_revoked,
+    revocation_sequence_is_gapless_and_ordered_under_concurrency,
+    revocation_matches_each_subject_kind_until_it_expires,
+    password_change_revokes_every_session_of_the_user,
+    ending_a_login_session_revokes_its_families,
+    code_replay_revokes_families_from_that_code,
+    prune_removes_only_what_can_no_longer_matter,
+    events_append_and_read_back_newest_first,
+);
+
+fn user(name: &str) -> User {
+    User {
+        id: format!("u-{name}"),
+        username: name.into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
+        roles: vec!["reader".into()],
+        disabled: false,
+        created_at: NOW,
+        password_changed_at: NOW,
+    }
+}
+
+fn client(id: &str) -> Client {
+    Client {
+        id: id.into(),
+        name: format!("{id} app"),
+        kind: ClientKind::Confidential,
+        secret_hash: Some(TokenHash::of("tss_first")),
+        redirect_uris: vec!["https://app.example/cb".into()],
+        grant_types: vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
+        audiences: vec!["https://api.example".into()],
+        scopes: vec!["openid".into(), "orders:read".into()],
+        access_ttl: 300,
+        refresh_idle_ttl: 86_400,
+        refresh_absolute_ttl: 2_592_000,
+        first_party: true,
+        disabled: false,
+        created_at: NOW,
+    }
+}
+
+fn family(id: &str, user_id: &str) -> Family {
+    Family {
+        id: id.into(),
+        client_id: "web".into(),
+        user_id: user_id.into(),
+        scope: "openid orders:read".into(),
+        audience: Some("https://api.example".into()),
+        auth_time: NOW,
+        amr: vec!["pwd".into()],
+        login_session: None,
+        code_hash: None,
+        created_at: NOW,
+        expires_at: NOW + 2_592_000,
+        revoked_at: None,
+    }
+}
+
+fn refresh(secret: &str, family_id: &str, generation: i64) -> RefreshRecord {
+    RefreshRecord {
+        hash: TokenHash::of(secret),
+        family_id: family_id.into(),
+        generation,
+        scope: "openid orders:read".into(),
+        created_at: NOW,
+        expires_at: NOW + 86_400,
+        rotated_at: None,
+        successor: None,
+    }
+}
+
+fn token_ref<'a>(jti: &'a str, sid: Option<&'a str>, sub: &'a str, iat: i64) -> TokenRef<'a> {
+    TokenRef { jti, sid, sub, client_id: "web", kid: "k1", iat }
+}
+
+async fn migrations_apply_twice_without_harm(s: &Arc<dyn Store>) {
+    s.create_user(&user("alice")).await.unwrap();
+    s.migrate().await.unwrap();
+    assert!(s.user_by_name("alice").await.unwrap().is_some());
+    s.ping().await.unwrap();
+}
+
+async fn users_are_unique_by_name_and_round_trip(s: &Arc<dyn Store>) {
+    let alice = user("alice");
+    s.create_user(&alice).await.unwrap();
+    let mut twin = user("alice");
+    twin.id = "other".into();
+    assert_eq!(s.create_user(&twin).await, Err(StoreError::Conflict("user")));
+    assert_eq!(s.user_by_id("u-alice").await.unwrap(), Some(alice.clone()));
+    assert_eq!(s.user_by_name("alice").await.unwrap(), Some(alice));
+    assert_eq!(s.user_by_name("nobody").await.unwrap(), None);
+    s.create_user(&user("bob")).await.unwrap();
+    let names: Vec<String> = s.list_users().await.unwrap().into_iter().map(|u| u.username).collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert!(s.set_user_disabled("u-bob", true).await.unwrap());
+    assert!(s.user_by_id("u-bob").await.unwrap().unwrap().disabled);
+    assert!(s.set_user_roles("u-bob", &["admin".into(), "ops".into()]).await.unwrap());
+    assert_eq!(s.user_by_id("u-bob").await.unwrap().unwrap().roles, ["admin", "ops"]);
+    assert!(!s.set_user_disabled("u-nobody", true).await.unwrap());
+}
+
+async fn clients_round_trip_rotate_secret_and_disable(s: &Arc<dyn Store>) {
+    let web = client("web");
+    s.create_client(&web).await.unwrap();
+    assert_eq!(s.create_client(&web).await, Err(StoreError::Conflict("client")));
+    assert_eq!(s.client("web").await.unwrap(), Some(web.clone()));
+    let mut spa = client("spa");
+    spa.kind = ClientKind::Public;
+    spa.secret_hash = None;
+    s.create_client(&spa).await.unwrap();
+    assert_eq!(s.client("spa").await.unwrap(), Some(spa));
+    assert!(s.set_client_secret("web", &TokenHash::of("tss_second")).await.unwrap());
+    let stored = s.client("web").await.unwrap().unwrap();
+    assert!(stored.secret_hash.unwrap().ct_eq(&TokenHash::of("tss_second")));
+    assert!(
+        !s.set_client_secret("spa", &TokenHash::of("tss_x")).await.unwrap(),
+        "public clients have no secret"
+    );
+    assert!(s.set_client_disabled("web", true).await.unwrap());
+    assert!(s.client("web").await.unwrap().unwrap().disabled);
+    let ids: Vec<String> = s.list_clients().await.unwrap().into_iter().map(|c| c.id).collect();
+    assert_eq!(ids, ["spa", "web"]);
+}
+
+async fn resources_round_trip(s: &Arc<dyn Store>) {
+    let r = Resource {
+        audience: "https://api.example".into(),
+        scopes: vec!["orders:read".into()],
+        created_at: NOW,
+    };
+    s.create_resource(&r).await.unwrap();
+    assert_eq!(s.create_resource(&r).await, Err(StoreError::Conflict("resource")));
+    assert_eq!(s.resource("https://api.example").await.unwrap(), Some(r.clone()));
+    assert_eq!(s.list_resources().await.unwrap(), vec![r]);
+    assert_eq!(s.resource("https://other.example").await.unwrap(), None);
+}
+
+async fn activating_a_key_retires_the_current_one(s: &Arc<dyn Store>) {
+    let key = |kid: &str, state: KeyState, at: i64| KeyRecord {
+        kid: kid.into(),
+        alg: "EdDSA".into(),
+        state,
+        public_jwk: format!("{{\"kid\":\"{kid}\"}}"),
+        private_sealed: vec![1, 2, 3],
+        created_at: at,
+        activated_at: None,
+        retired_at: None,
+    };
+    s.insert_key(&key("k1", KeyState::Current, NOW)).await.unwrap();
+    s.insert_key(&key("k2", KeyState::Next, NOW + 1)).await.unwrap();
+    assert_eq!(s.insert_key(&key("k2", KeyState::Next, NOW + 1)).await, Err(StoreError::Conflict("key")));
+    assert!(s.activate_key("k2", NOW + 10).await.unwrap());
+    let keys = s.list_keys().await.unwrap();
+    assert_eq!(
+        keys.iter().map(|k| (k.kid.as_str(), k.state)).collect::<Vec<_>>(),
+        [("k1", KeyState::Retired), ("k2", KeyState::Current)]
+    );
+    assert_eq!(keys[0].retired_at, Some(NOW + 10));
+    assert_eq!(keys[1].activated_at, Some(NOW + 10));
+    assert_eq!(keys[1].private_sealed, [1, 2, 3]);
+    assert!(s.set_key_state("k1", KeyState::Revoked, NOW + 20).await.unwrap());
+    assert!(!s.activate_key("k1", NOW + 30).await.unwrap(), "a revoked key never signs again");
+    assert!(!s.activate_key("missing", NOW + 30).await.unwrap());
+    assert!(s.delete_key("k1").await.unwrap());
+    assert_eq!(s.list_keys().await.unwrap().len(), 1);
+}
+
+fn code(secret: &str) -> AuthCode {
+    AuthCode {
+        hash: TokenHash::of(secret),
+        client_id: "web".into(),
+        user_id: "u-alice".into(),
+        redirect_uri: "https://app.example/cb".into(),
+        code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+        scope: "openid".into(),
+        audience: Some("https://api.example".into()),
+        nonce: Some("n-0S6_WzA2Mj".into()),
+        login_session: Some(TokenHash::of("tsl_login")),
+        auth_time: NOW,
+        amr: vec!["pwd".into()],
+        created_at: NOW,
+        expires_at: NOW + 60,
+    }
+}
+
+async fn code_redeems_once_then_reports_replay(s: &Arc<dyn Store>) {
+    let c = code("tsc_one");
+    s.insert_code(&c).await.unwrap();
+    assert_eq!(s.redeem_code(&c.hash, NOW + 1).await.unwrap(), CodeUse::Fresh(c.clone()));
+    assert_eq!(s.redeem_code(&c.hash, NOW + 2).await.unwrap(), CodeUse::Replayed(c));
+    assert_eq!(s.redeem_code(&TokenHash::of("tsc_other"), NOW).await.unwrap(), CodeUse::Unknown);
+
+    // Racing redemptions of one code: exactly one is fresh.
+    let racy = code("tsc_racy");
+    s.insert_code(&racy).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let s = Arc::clone(s);
+        let hash = racy.hash;
+        tasks.push(tokio::spawn(async move { s.redeem_code(&hash, NOW + 1).await.unwrap() }));
+    }
+    let mut fresh = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), CodeUse::Fresh(_)) {
+            fresh += 1;
+        }
+    }
+    assert_eq!(fresh, 1);
+}
+
+async fn refresh_rotation_has_exactly_one_winner_under_concurrency(s: &Arc<dyn Store>) {
+    s.create_family(&family("fam1", "u-alice"), Some(&refresh("tsr_root", "fam1", 0))).await.unwrap();
+    let (first, fam) = s.refresh_token(&TokenHash::of("tsr_root")).await.unwrap().unwrap();
+    assert_eq!(first.generation, 0);
+    assert_eq!(fam, family("fam1", "u-alice"));
+
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let s = Arc::clone(s);
+        tasks.push(tokio::spawn(async move {
+            let successor = refresh(&format!("tsr_succ{i}"), "fam1", 1);
+            (i, s.rotate_refresh(&TokenHash::of("tsr_root"), &successor, NOW + 5).await.unwrap())
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (i, outcome) = t.await.unwrap();
+        if outcome == Rotation::Rotated {
+            winners.push(i);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one successor: {winners:?}");
+    let (root, _) = s.refresh_token(&TokenHash::of("tsr_root")).await.unwrap().unwrap();
+    assert_eq!(root.rotated_at, Some(NOW + 5));
+    let winner_hash = TokenHash::of(&format!("tsr_succ{}", winners[0]));
+    assert_eq!(root.successor, Some(winner_hash));
+    let (succ, _) = s.refresh_token(&winner_hash).await.unwrap().unwrap();
+    assert_eq!((succ.generation, succ.rotated_at), (1, None));
+    for i in (0..50).filter(|i| *i != winners[0]) {
+        assert!(s.refresh_token(&TokenHash::of(&format!("tsr_succ{i}"))).await.unwrap().is_none());
+    }
+}
+
+async fn rotation_is_refused_once_the_family_is_revoked(s: &Arc<dyn Store>) {
+    s.create_family(&family("fam2", "u-alice"), Some(&refresh("tsr_a", "fam2", 0))).await.unwrap();
+    assert!(s.revoke_family("fam2", "refresh_token_reuse", NOW).await.unwrap());
+    assert!(
+        !s.revoke_family("fam2", "refresh_token_reuse", NOW).await.unwrap(),
+        "revoking twice is harmless"
+    );
+    let outcome =
+        s.rotate_refresh(&TokenHash::of("tsr_a"), &refresh("tsr_b", "fam2", 1), NOW + 1).await.unwrap();
+    assert_eq!(outcome, Rotation::Lost);
+    assert_eq!(s.family("fam2").await.unwrap().unwrap().revoked_at, Some(NOW));
+    let live = s.live_revocations(NOW).await.unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!((live[0].kind, live[0].subject.as_str()), (RevocationKind::Session, "fam2"));
+    assert_eq!(live[0].reason, "refresh_token_reuse");
+    // A successor may not be smuggled into another family through the CAS either.
+    s.create_family(&family("fam3", "u-alice"), Some(&refresh("tsr_c", "fam3", 0))).await.unwrap();
+    let outcome =
+        s.rotate_refresh(&TokenHash::of("tsr_c"), &refresh("tsr_d", "fam2", 1), NOW + 1).await.unwrap();
+    assert_eq!(outcome, Rotation::Lost);
+}
+
+async fn revocation_sequence_is_gapless_and_ordered_under_concurrency(s: &Arc<dyn Store>) {
+    assert_eq!(s.revocation_seq().await.unwrap(), 0);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = Arc::clone(s);
+        tasks.push(tokio::spawn(async move {
+            let r = NewRevocation {
+                kind: RevocationKind::Token,
+                subject: format!("jti-{i}"),
+                not_before: None,
+                expires_at: NOW + 960,
+                reason: "admin".into(),
+            };
+            s.revoke(&r, NOW).await.unwrap()
+        }));
+    }
+    let mut seqs = HashSet::new();
+    for t in tasks {
+        assert!(seqs.insert(t.await.unwrap()));
+    }
+    assert_eq!(seqs, (1..=40).collect::<HashSet<i64>>());
+    assert_eq!(s.revocation_seq().await.unwrap(), 40);
+    let page = s.revocations_after(10, 5).await.unwrap();
+    assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), [11, 12, 13, 14, 15]);
+    assert_eq!(s.revocations_after(40, 100).await.unwrap(), vec![]);
+}
+
+async fn revocation_matches_each_subject_kind_until_it_expires(s: &Arc<dyn Store>) {
+    let entry = |kind, subject: &str, not_before| NewRevocation {
+        kind,
+        subject: subject.into(),
+        not_before,
+        expires_at: NOW + 960,
+        reason: "admin".into(),
+    };
+    let clean = token_ref("j0", Some("s0"), "u0", NOW);
+    assert!(!s.is_revoked(clean, NOW).await.unwrap());
+
+    s.revoke(&entry(RevocationKind::Token, "j1", None), NOW).await.unwrap();
+    assert!(s.is_revoked(token_ref("j1", None, "u0", NOW), NOW).await.unwrap());
+
+    s.revoke(&entry(RevocationKind::Session, "s2", None), NOW).await.unwrap();
+    assert!(s.is_revoked(token_ref("jx", Some("s2"), "u0", NOW), NOW).await.unwrap());
+
+    s.revoke(&entry(RevocationKind::User, "u3", Some(NOW)), NOW).await.unwrap();
+    assert!(s.is_revoked(token_ref("jx", None, "u3", NOW - 1), NOW).await.unwrap());
+    assert!(!s.is_revoked(token_ref("jx", None, "u3", NOW + 1), NOW + 1).await.unwrap(), "issued after");
+
+    s.revoke(&entry(RevocationKind::Client, "web", Some(NOW)), NOW).await.unwrap();
+    assert!(s.is_revoked(token_ref("jx", None, "u9", NOW - 1), NOW).await.unwrap());
+
+    s.revoke(&entry(RevocationKind::Key, "k1", None), NOW).await.unwrap();
+    assert!(s.is_revoked(token_ref("jx", None, "u9", NOW + 5), NOW + 5).await.unwrap());
+
+    assert!(
+        !s.is_revoked(token_ref("j1", None, "u0", NOW), NOW + 960).await.unwrap(),
+        "expired entries match nothing"
+    );
+    let other_key = TokenRef { kid: "k2", ..clean };
+    assert!(!s.is_revoked(other_key, NOW).await.unwrap(), "nothing matches an unrelated token");
+}
+
+async fn password_change_revokes_every_session_of_the_user(s: &Arc<dyn Store>) {
+    s.create_user(&user("alice")).await.unwrap();
+    s.create_user(&user("bob")).await.unwrap();
+    s.create_family(&family("fa1", "u-alice"), Some(&refresh("tsr_fa1", "fa1", 0))).await.unwrap();
+    s.create_family(&family("fa2", "u-alice"), None).await.unwrap();
+    s.create_family(&family("fb1", "u-bob"), Some(&refresh("tsr_fb1", "fb1", 0))).await.unwrap();
+    let login = LoginSession {
+        hash: TokenHash::of("tsl_alice"),
+        user_id: "u-alice".into(),
+        auth_time: NOW,
+        amr: vec!["pwd".into()],
+        created_at: NOW,
+        expires_at: NOW + 3600,
+        revoked_at: None,
+    };
+    s.create_login_session(&login).await.unwrap();
+
+    let seq = s.set_password("u-alice", "$argon2id$new", NOW + 100).await.unwrap();
+    assert!(seq.is_some());
+    assert_eq!(s.set_password("u-nobody", "$argon2id$x", NOW).await.unwrap(), None);
+    let alice = s.user_by_id("u-alice").await.unwrap().unwrap();
+    assert_eq!((alice.password_hash.as_str(), alice.password_changed_at), ("$argon2id$new", NOW + 100));
+    assert_eq!(s.family("fa1").await.unwrap().unwrap().revoked_at, Some(NOW + 100));
+    assert_eq!(s.family("fa2").await.unwrap().unwrap().revoked_at, Some(NOW + 100));
+    assert_eq!(s.family("fb1").await.unwrap().unwrap().revoked_at, None, "other users keep their sessions");
+    assert_eq!(s.login_session(&login.hash).await.unwrap().unwrap().revoked_at, Some(NOW + 100));
+    let kinds: Vec<(RevocationKind, String)> =
+        s.live_revocations(NOW + 100).await.unwrap().into_iter().map(|r| (r.kind, r.subject)).collect();
+    assert!(kinds.contains(&(RevocationKind::User, "u-alice".into())));
+    assert!(kinds.contains(&(RevocationKind::Session, "fa1".into())));
+    assert!(s.is_revoked(token_ref("j", Some("fa1"), "u-alice", NOW + 100), NOW + 100).await.unwrap());
+    assert_eq!(seq, Some(s.revocation_seq().await.unwrap()));
+}
+
+async fn ending_a_login_session_revokes_its_families(s: &Arc<dyn Store>) {
+    s.create_user(&user("alice")).await.unwrap();
+    let login = LoginSession {
+        hash: TokenHash::of("tsl_x"),
+        user_id: "u-alice".into(),
+        auth_time: NOW,
+        amr: vec!["pwd".into()],
+        created_at: NOW,
+        expires_at: NOW + 3600,
+        revoked_at: None,
+    };
+    s.create_login_session(&login).await.unwrap();
+    let mut from_login = family("fl1", "u-alice");
+    from_login.login_session = Some(login.hash);
+    s.create_family(&from_login, None).await.unwrap();
+    s.create_family(&family("other", "u-alice"), None).await.unwrap();
+    assert_eq!(s.end_login_session(&login.hash, "logout", NOW + 1).await.unwrap(), 1);
+    assert_eq!(s.login_session(&login.hash).await.unwrap().unwrap().revoked_at, Some(NOW + 1));
+    assert!(s.family("fl1").await.unwrap().unwrap().revoked_at.is_some());
+    assert!(s.family("other").await.unwrap().unwrap().revoked_at.is_none());
+}
+
+async fn code_replay_revokes_families_from_that_code(s: &Arc<dyn Store>) {
+    let mut f = family("fc1", "u-alice");
+    f.code_hash = Some(TokenHash::of("tsc_c"));
+    s.create_family(&f, Some(&refresh("tsr_fc1", "fc1", 0))).await.unwrap();
+    assert_eq!(s.revoke_code_families(&TokenHash::of("tsc_c"), "code_reuse", NOW).await.unwrap(), 1);
+    assert_eq!(s.revoke_code_families(&TokenHash::of("tsc_c"), "code_reuse", NOW).await.unwrap(), 0);
+    assert!(s.is_revoked(token_ref("j", Some("fc1"), "u-alice", NOW), NOW).await.unwrap());
+}
+
+async fn prune_removes_only_what_can_no_longer_matter(s: &Arc<dyn Store>) {
+    let r = NewRevocation {
+        kind: RevocationKind::Token,
+        subject: "j".into(),
+        not_before: None,
+        expires_at: NOW + 960,
+        reason: "admin".into(),
+    };
+    s.revoke(&r, NOW).await.unwrap();
+    s.insert_code(&code("tsc_p")).await.unwrap();
+    s.create_family(&family("fp", "u-alice"), Some(&refresh("tsr_p", "fp", 0))).await.unwrap();
+    assert_eq!(s.prune(NOW + 100).await.unwrap(), 0);
+    assert_eq!(s.live_revocations(NOW + 100).await.unwrap().len(), 1);
+    let much_later = NOW + 2_592_000 + 86_400 + 1_000;
+    assert!(s.prune(much_later).await.unwrap() >= 4);
+    assert!(s.live_revocations(NOW).await.unwrap().is_empty());
+    assert_eq!(s.redeem_code(&TokenHash::of("tsc_p"), much_later).await.unwrap(), CodeUse::Unknown);
+    assert!(s.refresh_token(&TokenHash::of("tsr_p")).await.unwrap().is_none());
+    assert_eq!(s.revocation_seq().await.unwrap(), 1, "the sequence never goes back");
+}
+
+async fn events_append_and_read_back_newest_first(s: &Arc<dyn Store>) {
+    for (i, kind) in ["token_issued", "refresh_token_reuse", "token_issued"].iter().enumerate() {
+        let e = Event {
+            at: NOW + i as i64,
+            kind: (*kind).into(),
+            sub: Some("u-alice".into()),
+            sid: Some("fam".into()),
+            client_id: Some("web".into()),
+            reason: Some("x".into()),
+            ..Event::default()
+        };
+        s.append_event(&e).await.unwrap();
+    }
+    let issued = s.recent_events(Some("token_issued"), 10).await.unwrap();
+    assert_eq!(issued.iter().map(|e| e.at).collect::<Vec<_>>(), [NOW + 2, NOW]);
+    assert_eq!(s.recent_events(None, 10).await.unwrap().len(), 3);
+    assert_eq!(s.recent_events(None, 1).await.unwrap()[0].at, NOW + 2);
+}
