@@ -1,9 +1,10 @@
-//! `tessera`: the command line. Today it manages signing keys and signs and verifies tokens; the
-//! authorization server, gateway and admin commands join it as they land.
+//! `tessera`: the command line. It runs the authorization server (`serve`), manages its database (`migrate`,
+//! `client`, `resource`), manages signing keys, and signs and verifies tokens.
 //!
 //! Exit codes: 0 success; 1 a token was rejected (`token verify`); 2 a usage or input error. Every error is
 //! one line on stderr and never contains key material or a token.
 
+mod admin;
 mod keys;
 mod token;
 
@@ -29,6 +30,31 @@ enum Command {
     /// Sign and verify JWT access tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Run the authorization server.
+    Serve {
+        #[command(flatten)]
+        cfg: admin::ConfigArgs,
+        /// Address to listen on [default: 127.0.0.1:8080].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Issuer URL [default: http://127.0.0.1:8080].
+        #[arg(long, value_name = "URL")]
+        issuer: Option<String>,
+    },
+    /// Apply the database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        cfg: admin::ConfigArgs,
+    },
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(admin::ConfigCommand),
+    /// Manage OAuth clients.
+    #[command(subcommand)]
+    Client(admin::ClientCommand),
+    /// Manage resource servers (audiences and their scopes).
+    #[command(subcommand)]
+    Resource(admin::ResourceCommand),
 }
 
 /// A failure to report: one line, and the exit code.
@@ -84,6 +110,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keys(cmd) => keys::run(cmd),
         Command::Token(cmd) => token::run(cmd),
+        Command::Serve { cfg, listen, issuer } => admin::serve(&cfg, listen, issuer),
+        Command::Migrate { cfg } => admin::migrate(&cfg),
+        Command::Config(cmd) => admin::config(cmd),
+        Command::Client(cmd) => admin::client(cmd),
+        Command::Resource(cmd) => admin::resource(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@
 //! Nothing here reads a clock, a socket, a file or a random source: time and random bytes come in as
 //! arguments, so every decision can be tested at a fixed time.
 
+pub mod flow;
 pub mod model;
 pub mod secret;
 

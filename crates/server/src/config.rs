@@ -1,0 +1,330 @@
+//! The server's configuration: defaults, then a TOML file, then `TESSERA_*` environment variables, then
+//! command-line flags, each overriding the one before.
+//!
+//! Every key of the file can be set from the environment as `TESSERA_` + the key in upper case
+//! (`access_token_ttl` → `TESSERA_ACCESS_TOKEN_TTL`). Unknown keys in the file are refused, so a typo cannot
+//! silently leave a default in place.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tessera_token::Algorithm;
+
+/// The longest access-token lifetime Tessera issues (DESIGN §3), seconds.
+pub const MAX_ACCESS_TOKEN_TTL: i64 = 900;
+
+/// Everything `tessera serve` and the management commands read.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: String,
+    /// The issuer identifier (`iss`), an http(s) URL without query or fragment.
+    pub issuer: String,
+    /// Directory for the SQLite database and the key-encryption key file.
+    pub data_dir: PathBuf,
+    /// `postgres://…` for PostgreSQL; empty for SQLite in `data_dir/tessera.db`.
+    pub database_url: String,
+    /// Algorithm of new signing keys: EdDSA, ES256, RS256 or PS256.
+    pub signing_alg: String,
+    /// Default access-token lifetime, seconds (at most 900).
+    pub access_token_ttl: i64,
+    /// ID-token lifetime, seconds.
+    pub id_token_ttl: i64,
+    /// Default refresh-token idle lifetime for new clients, seconds.
+    pub refresh_idle_ttl: i64,
+    /// Default refresh-family absolute lifetime for new clients, seconds.
+    pub refresh_absolute_ttl: i64,
+    /// How long after a rotation a retry of the old refresh token gets the same successor, seconds.
+    pub refresh_retry_window: i64,
+    /// Authorization-code lifetime, seconds.
+    pub code_ttl: i64,
+    /// Browser login-session lifetime, seconds.
+    pub login_session_ttl: i64,
+    /// How long a new key is published before it signs (`tessera keys rotate`), seconds.
+    pub key_publish_delay: i64,
+    /// Password hashes computed at once; further logins wait their turn.
+    pub password_hash_concurrency: usize,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// A `tracing` filter: `info`, `tessera_server=debug`, …
+    pub log_level: String,
+    /// Base64url of 32 bytes: the key-encryption key. Empty: a 0600 file in `data_dir` is used (and created).
+    pub master_key: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            issuer: "http://127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./tessera-data"),
+            database_url: String::new(),
+            signing_alg: "EdDSA".into(),
+            access_token_ttl: 300,
+            id_token_ttl: 300,
+            refresh_idle_ttl: 14 * 86_400,
+            refresh_absolute_ttl: 30 * 86_400,
+            refresh_retry_window: 10,
+            code_ttl: 60,
+            login_session_ttl: 12 * 3600,
+            key_publish_delay: 300,
+            password_hash_concurrency: 2,
+            log_format: "text".into(),
+            log_level: "info".into(),
+            master_key: String::new(),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_redacted_toml())
+    }
+}
+
+/// A configuration error: one line naming the key or file, never a secret value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Flags given on the command line; `None` leaves the value from file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--issuer`.
+    pub issuer: Option<String>,
+    /// `--database-url`.
+    pub database_url: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the configuration: defaults, the file (if given), the environment (`env` yields
+    /// `(name, value)` pairs, normally `std::env::vars()`), then the flags; and checks it.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file, key or variable at fault.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("cannot read {}: {}", path.display(), e.kind())))?;
+                text.parse::<toml::Table>().map_err(|e| {
+                    let line = e.span().map(|s| text[..s.start].lines().count().max(1)).unwrap_or(1);
+                    ConfigError(format!("{}: line {line}: {}", path.display(), e.message()))
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let defaults = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError(format!("cannot describe the defaults: {e}")))?;
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        for (key, default) in &defaults {
+            let var = format!("TESSERA_{}", key.to_uppercase());
+            let Some((_, raw)) = env.iter().find(|(name, _)| *name == var) else { continue };
+            let value = match default {
+                toml::Value::Integer(_) => toml::Value::Integer(
+                    raw.trim().parse().map_err(|_| ConfigError(format!("{var} must be an integer")))?,
+                ),
+                toml::Value::Boolean(_) => toml::Value::Boolean(
+                    raw.trim().parse().map_err(|_| ConfigError(format!("{var} must be true or false")))?,
+                ),
+                _ => toml::Value::String(raw.clone()),
+            };
+            table.insert(key.clone(), value);
+        }
+        let mut config: Config = table.try_into().map_err(|e: toml::de::Error| {
+            let where_ = file.map(|p| format!("{}: ", p.display())).unwrap_or_default();
+            ConfigError(format!("{where_}{}", e.message()))
+        })?;
+        if let Some(v) = &flags.listen {
+            config.listen.clone_from(v);
+        }
+        if let Some(v) = &flags.issuer {
+            config.issuer.clone_from(v);
+        }
+        if let Some(v) = &flags.database_url {
+            config.database_url.clone_from(v);
+        }
+        if let Some(v) = &flags.data_dir {
+            config.data_dir.clone_from(v);
+        }
+        config.issuer = config.issuer.trim_end_matches('/').to_owned();
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return bad("listen", "must be an address and port, such as 127.0.0.1:8080");
+        }
+        let rest = self.issuer.strip_prefix("https://").or_else(|| self.issuer.strip_prefix("http://"));
+        match rest {
+            Some(host) if !host.is_empty() && !host.contains(['?', '#', ' ']) => {}
+            _ => return bad("issuer", "must be an http:// or https:// URL without query or fragment"),
+        }
+        if self.signing_alg.parse::<Algorithm>().is_err() {
+            return bad("signing_alg", "must be one of EdDSA, ES256, RS256, PS256");
+        }
+        if !(1..=MAX_ACCESS_TOKEN_TTL).contains(&self.access_token_ttl) {
+            return bad("access_token_ttl", "must be between 1 and 900 seconds");
+        }
+        for (key, value) in [
+            ("id_token_ttl", self.id_token_ttl),
+            ("refresh_idle_ttl", self.refresh_idle_ttl),
+            ("refresh_absolute_ttl", self.refresh_absolute_ttl),
+            ("code_ttl", self.code_ttl),
+            ("login_session_ttl", self.login_session_ttl),
+        ] {
+            if value < 1 {
+                return bad(key, "must be at least 1 second");
+            }
+        }
+        if self.refresh_retry_window < 0 || self.key_publish_delay < 0 {
+            return bad("refresh_retry_window/key_publish_delay", "must not be negative");
+        }
+        if self.password_hash_concurrency == 0 {
+            return bad("password_hash_concurrency", "must be at least 1");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad("log_format", "must be text or json");
+        }
+        let db = self.database_url.as_str();
+        if !(db.is_empty()
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://")
+            || db.starts_with("sqlite://"))
+        {
+            return bad("database_url", "must be empty (SQLite in data_dir), postgres://… or sqlite://…");
+        }
+        Ok(())
+    }
+
+    /// The database URL the store opens: `database_url`, or SQLite in the data directory.
+    pub fn effective_database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("tessera.db").display())
+        } else {
+            self.database_url.clone()
+        }
+    }
+
+    /// The signing algorithm (checked at load).
+    pub fn signing_algorithm(&self) -> Algorithm {
+        self.signing_alg.parse().unwrap_or(Algorithm::EdDSA)
+    }
+
+    /// Whether the issuer is served over https (cookies are `Secure` and `__Host-` then).
+    pub fn is_https(&self) -> bool {
+        self.issuer.starts_with("https://")
+    }
+
+    /// The effective configuration as TOML, with the master key and any database password redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.master_key.is_empty() {
+            shown.master_key = "<redacted>".into();
+        }
+        shown.database_url = redact_url_password(&shown.database_url);
+        toml::to_string(&shown).unwrap_or_else(|_| "<unprintable configuration>".into())
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:<redacted>@host/db`.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.issuer, "http://127.0.0.1:8080");
+        assert_eq!(c.effective_database_url(), "sqlite://./tessera-data/tessera.db");
+        assert_eq!(c.access_token_ttl, 300);
+    }
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.toml");
+        std::fs::write(
+            &path,
+            "access_token_ttl = 120\nissuer = \"https://id.example/\"\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let vars = env(&[("TESSERA_ACCESS_TOKEN_TTL", "60"), ("TESSERA_LISTEN", "127.0.0.1:9000")]);
+        let flags = Overrides { listen: Some("127.0.0.1:9100".into()), ..Overrides::default() };
+        let c = Config::load(Some(&path), vars, &flags).unwrap();
+        assert_eq!(c.access_token_ttl, 60, "environment beats file");
+        assert_eq!(c.listen, "127.0.0.1:9100", "flag beats environment");
+        assert_eq!(c.issuer, "https://id.example", "trailing slash dropped");
+        assert_eq!(c.log_format, "json");
+        assert!(c.is_https());
+    }
+
+    #[test]
+    fn unknown_keys_bad_values_and_bad_variables_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "acces_token_ttl = 5\n").unwrap();
+        let e = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(e.0.contains("acces_token_ttl"), "{e}");
+        std::fs::write(&path, "listen = \n").unwrap();
+        let e = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(e.0.contains("line 1"), "{e}");
+        let e = Config::load(None, env(&[("TESSERA_ACCESS_TOKEN_TTL", "soon")]), &Overrides::default())
+            .unwrap_err();
+        assert_eq!(e.0, "TESSERA_ACCESS_TOKEN_TTL must be an integer");
+        let e = Config::load(None, env(&[("TESSERA_ACCESS_TOKEN_TTL", "3600")]), &Overrides::default())
+            .unwrap_err();
+        assert!(e.0.starts_with("access_token_ttl"), "{e}");
+        let e = Config::load(None, env(&[("TESSERA_ISSUER", "ftp://x")]), &Overrides::default()).unwrap_err();
+        assert!(e.0.starts_with("issuer"), "{e}");
+    }
+
+    #[test]
+    fn redacted_output_hides_the_master_key_and_database_password() {
+        let vars = env(&[
+            ("TESSERA_MASTER_KEY", "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI"),
+            ("TESSERA_DATABASE_URL", "postgres://tessera:hunter2@db:5432/tessera"),
+        ]);
+        let c = Config::load(None, vars, &Overrides::default()).unwrap();
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("postgres://tessera:<redacted>@db:5432/tessera"), "{shown}");
+        assert_eq!(format!("{c:?}"), shown);
+    }
+}

@@ -1,0 +1,139 @@
+//! Minting tokens: RFC 9068 access tokens, OIDC ID tokens, and the token response.
+
+use serde::Serialize;
+use tessera_token::{AccessClaims, Audience};
+
+use crate::AppState;
+use crate::config::MAX_ACCESS_TOKEN_TTL;
+use crate::crypto::random_id;
+use crate::oauth::OAuthError;
+
+/// What an access token says.
+#[derive(Debug, Clone)]
+pub struct AccessGrant {
+    /// `sub`: the user id, or the client id for client_credentials.
+    pub sub: String,
+    /// `client_id`.
+    pub client_id: String,
+    /// The single `aud`.
+    pub audience: String,
+    /// Granted scope, space-separated.
+    pub scope: String,
+    /// `sid`: the refresh family, absent for client_credentials.
+    pub sid: Option<String>,
+    /// The user's roles.
+    pub roles: Vec<String>,
+    /// When the user authenticated.
+    pub auth_time: Option<i64>,
+    /// How.
+    pub amr: Vec<String>,
+    /// Lifetime, seconds (capped at 900).
+    pub ttl: i64,
+}
+
+/// A signed access token and its `jti`.
+#[derive(Debug)]
+pub struct Minted {
+    /// The JWT.
+    pub token: String,
+    /// Its id.
+    pub jti: String,
+    /// Its lifetime, seconds.
+    pub expires_in: i64,
+}
+
+/// Signs an access token with the current key.
+///
+/// # Errors
+/// `server_error` if signing fails.
+pub fn access_token(state: &AppState, grant: AccessGrant, now: i64) -> Result<Minted, OAuthError> {
+    let ttl = grant.ttl.clamp(1, MAX_ACCESS_TOKEN_TTL);
+    let jti = random_id().map_err(internal)?;
+    let claims = AccessClaims {
+        iss: state.config.issuer.clone(),
+        sub: grant.sub,
+        aud: Audience::one(grant.audience),
+        exp: unsigned(now + ttl),
+        iat: unsigned(now),
+        nbf: Some(unsigned(now)),
+        jti: jti.clone(),
+        client_id: grant.client_id,
+        scope: (!grant.scope.is_empty()).then_some(grant.scope),
+        sid: grant.sid,
+        roles: grant.roles,
+        auth_time: grant.auth_time.map(unsigned),
+        amr: grant.amr,
+        acr: None,
+        cnf: None,
+        act: None,
+        extra: Default::default(),
+    };
+    let keyring = state.keyring();
+    let token = keyring.signer().sign_jwt("at+jwt", &claims).map_err(internal)?;
+    Ok(Minted { token, jti, expires_in: ttl })
+}
+
+/// OIDC Core §2 ID token claims.
+#[derive(Debug, Serialize)]
+pub struct IdClaims {
+    /// Issuer.
+    pub iss: String,
+    /// User id.
+    pub sub: String,
+    /// The client.
+    pub aud: String,
+    /// Expiry.
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// When the user authenticated.
+    pub auth_time: i64,
+    /// The authorization request's nonce.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// Authentication methods.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// Session id (the refresh family).
+    pub sid: String,
+    /// With the `profile` scope: the username.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preferred_username: Option<String>,
+}
+
+/// Signs an ID token.
+///
+/// # Errors
+/// `server_error` if signing fails.
+pub fn id_token(state: &AppState, claims: &IdClaims) -> Result<String, OAuthError> {
+    state.keyring().signer().sign_jwt("JWT", claims).map_err(internal)
+}
+
+/// The successful token response (RFC 6749 §5.1).
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    /// The JWT access token.
+    pub access_token: String,
+    /// `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds.
+    pub expires_in: i64,
+    /// Granted scope.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+    /// The opaque refresh token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// The OIDC ID token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+}
+
+fn unsigned(t: i64) -> u64 {
+    u64::try_from(t).unwrap_or(0)
+}
+
+fn internal(e: impl std::fmt::Display) -> OAuthError {
+    tracing::error!(error = %e, "token minting failed");
+    OAuthError::server_error()
+}

@@ -1,0 +1,373 @@
+//! Tessera's authorization server: OAuth 2.1 and OpenID Connect over axum, on the [`tessera_store`] traits.
+//!
+//! [`prepare`] does everything a start needs (data directory, key-encryption key, database and migrations,
+//! a first signing key) and [`serve`] answers HTTP until the shutdown future completes. The binary's
+//! `tessera serve` calls both; tests call them in-process on a free port.
+
+pub mod config;
+pub mod crypto;
+pub mod issue;
+pub mod keyring;
+pub mod metrics;
+pub mod oauth;
+pub mod passwords;
+mod routes;
+mod token;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tessera_core::{ClientKind, GrantType, SecretKind};
+use tessera_store::{Client, Event, Resource, Store, StoreError};
+use tokio::net::TcpListener;
+
+pub use config::{Config, ConfigError, Overrides};
+use crypto::{Kek, KekSource};
+use keyring::Keyring;
+use metrics::Metrics;
+use oauth::OAuthError;
+use passwords::Passwords;
+
+/// The current time, Unix seconds. The server's only clock: everything below takes `now` as an argument.
+pub fn now() -> i64 {
+    #[allow(clippy::disallowed_methods, reason = "the server's one clock read, at the edge")]
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
+/// Everything a request handler can reach.
+pub struct AppState {
+    /// The effective configuration.
+    pub config: Config,
+    /// The database.
+    pub store: Arc<dyn Store>,
+    /// The key-encryption key.
+    pub kek: Kek,
+    keyring: RwLock<Arc<Keyring>>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The bounded password hasher.
+    pub passwords: Passwords,
+    discovery: String,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("issuer", &self.config.issuer)
+            .field("store", &self.store.backend())
+            .finish()
+    }
+}
+
+impl AppState {
+    /// The keys in use now.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        match self.keyring.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    fn set_keyring(&self, keyring: Keyring) {
+        let keyring = Arc::new(keyring);
+        match self.keyring.write() {
+            Ok(mut guard) => *guard = keyring,
+            Err(poisoned) => *poisoned.into_inner() = keyring,
+        }
+    }
+
+    /// Records a security event; a failure to record is logged, never shown to the client.
+    pub async fn event(&self, event: Event) {
+        if let Err(e) = self.store.append_event(&event).await {
+            tracing::error!(error = %e, kind = %event.kind, "cannot record event");
+        }
+    }
+
+    /// The scopes a registered resource defines.
+    ///
+    /// # Errors
+    /// `invalid_target` if no such resource is registered.
+    pub async fn resource_scopes(&self, audience: &str) -> Result<Vec<String>, OAuthError> {
+        match self.store.resource(audience).await? {
+            Some(r) => Ok(r.scopes),
+            None => Err(OAuthError::invalid_target()),
+        }
+    }
+}
+
+/// Who sent a request: source address and user agent, for events and logs.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    /// Peer IP.
+    pub ip: Option<String>,
+    /// `User-Agent`, at most 256 bytes.
+    pub user_agent: Option<String>,
+}
+
+impl RequestMeta {
+    /// An event at `now` carrying this request's source.
+    pub fn event(&self, now: i64) -> Event {
+        Event { at: now, ip: self.ip.clone(), user_agent: self.user_agent.clone(), ..Event::default() }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|ua| {
+            let mut end = ua.len().min(256);
+            while !ua.is_char_boundary(end) {
+                end -= 1;
+            }
+            ua[..end].to_owned()
+        });
+        Ok(RequestMeta { ip, user_agent })
+    }
+}
+
+/// A failure to start: one line for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn start_error(e: impl std::fmt::Display) -> StartError {
+    StartError(e.to_string())
+}
+
+/// What a start created, for the first-start message.
+#[derive(Debug, Default)]
+pub struct Startup {
+    /// The data directory was created.
+    pub created_data_dir: bool,
+    /// Where the KEK came from.
+    pub kek: Option<KekSource>,
+    /// The kid of a signing key created now.
+    pub created_key: Option<String>,
+    /// A quickstart client created now: its id, secret (shown once) and audience.
+    pub quickstart: Option<(String, String, String)>,
+}
+
+/// The quickstart client and resource created on first start, so that the printed `curl` line works.
+pub const QUICKSTART_CLIENT: &str = "quickstart";
+/// The quickstart resource's audience.
+pub const QUICKSTART_AUDIENCE: &str = "urn:tessera:quickstart";
+
+/// Opens the data directory, the KEK and the database, applies migrations, and on first start creates the
+/// signing key (and a quickstart client); then loads the keyring.
+///
+/// # Errors
+/// A [`StartError`] that names what failed.
+pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartError> {
+    let mut startup = Startup { created_data_dir: ensure_data_dir(&config.data_dir)?, ..Startup::default() };
+    let (kek, source) = Kek::load_or_create(&config.master_key, &config.data_dir).map_err(start_error)?;
+    startup.kek = Some(source);
+    let store = tessera_store::open(&config.effective_database_url()).await.map_err(start_error)?;
+    let now = now();
+    startup.created_key = keyring::ensure_signing_key(&*store, &kek, config.signing_algorithm(), now)
+        .await
+        .map_err(start_error)?;
+    if startup.created_key.is_some() && store.list_clients().await.map_err(start_error)?.is_empty() {
+        startup.quickstart = Some(create_quickstart(&*store, &config, now).await?);
+    }
+    let keyring = Keyring::load(&*store, &kek).await.map_err(start_error)?;
+    let passwords = Passwords::new(config.password_hash_concurrency).map_err(StartError)?;
+    let discovery = routes::discovery_document(&config.issuer, &keyring.signer().alg().to_string());
+    let state = AppState {
+        config,
+        store,
+        kek,
+        keyring: RwLock::new(Arc::new(keyring)),
+        metrics: Metrics::new(),
+        passwords,
+        discovery,
+    };
+    Ok((Arc::new(state), startup))
+}
+
+/// Creates the data directory (0700) if missing; `true` if it did.
+fn ensure_data_dir(dir: &std::path::Path) -> Result<bool, StartError> {
+    if dir.is_dir() {
+        return Ok(false);
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|e| StartError(format!("cannot create {}: {}", dir.display(), e.kind())))?;
+    Ok(true)
+}
+
+async fn create_quickstart(
+    store: &dyn Store,
+    config: &Config,
+    now: i64,
+) -> Result<(String, String, String), StartError> {
+    let secret = crypto::new_secret(SecretKind::ClientSecret).map_err(start_error)?;
+    let resource =
+        Resource { audience: QUICKSTART_AUDIENCE.into(), scopes: vec!["demo".into()], created_at: now };
+    match store.create_resource(&resource).await {
+        Ok(()) | Err(StoreError::Conflict(_)) => {}
+        Err(e) => return Err(start_error(e)),
+    }
+    let client = Client {
+        id: QUICKSTART_CLIENT.into(),
+        name: "Quickstart (created on first start; disable with `tessera client disable quickstart`)".into(),
+        kind: ClientKind::Confidential,
+        secret_hash: Some(secret.hash()),
+        redirect_uris: Vec::new(),
+        grant_types: vec![GrantType::ClientCredentials],
+        audiences: vec![QUICKSTART_AUDIENCE.into()],
+        scopes: vec!["demo".into()],
+        access_ttl: config.access_token_ttl,
+        refresh_idle_ttl: config.refresh_idle_ttl,
+        refresh_absolute_ttl: config.refresh_absolute_ttl,
+        first_party: true,
+        disabled: false,
+        created_at: now,
+    };
+    store.create_client(&client).await.map_err(start_error)?;
+    Ok((client.id, secret.expose().to_owned(), QUICKSTART_AUDIENCE.into()))
+}
+
+/// The HTTP routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/.well-known/openid-configuration", get(routes::discovery))
+        .route("/.well-known/oauth-authorization-server", get(routes::discovery))
+        .route("/jwks.json", get(routes::jwks))
+        .route("/token", post(token::token))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), track))
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+/// Counts and times every request by matched route and status.
+async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    #[allow(clippy::disallowed_methods, reason = "request latency is measured at the edge")]
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    state.metrics.request(&endpoint, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+/// Serves HTTP on `listener` until `shutdown` completes, then finishes the requests in flight. Runs the
+/// key and pruning housekeeping in the background meanwhile.
+///
+/// # Errors
+/// An I/O error from the listener.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let housekeeping = tokio::spawn(housekeeping(Arc::clone(&state), stop_rx));
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = housekeeping.await;
+    result
+}
+
+/// Every 2 s: key promotion and reload; every 60 s: pruning.
+async fn housekeeping(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut rounds: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        rounds += 1;
+        let now = now();
+        if let Err(e) = keyring::housekeeping(&*state.store, state.config.key_publish_delay, now).await {
+            tracing::warn!(error = %e, "key housekeeping failed");
+        }
+        if let Err(e) = reload_keys(&state).await {
+            tracing::error!(error = %e, "cannot reload signing keys; still signing with the previous key");
+        }
+        if rounds.is_multiple_of(30) {
+            match state.store.prune(now).await {
+                Ok(n) if n > 0 => tracing::info!(rows = n, "pruned expired records"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning failed"),
+            }
+        }
+    }
+}
+
+/// Reloads the keyring if the stored keys changed (a rotation or import by the CLI or another node).
+async fn reload_keys(state: &AppState) -> Result<(), keyring::KeyringError> {
+    let records = state.store.list_keys().await?;
+    if state.keyring().is_current_for(&records) {
+        return Ok(());
+    }
+    let fresh = Keyring::load(&*state.store, &state.kek).await?;
+    tracing::info!(kid = %fresh.signer().kid(), published = fresh.published().len(), "signing keys reloaded");
+    state.set_keyring(fresh);
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Sets up `tracing` output as configured (`text` or `json`, with `log_level` as the filter).
+pub fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = if config.log_format == "json" { builder.json().try_init() } else { builder.try_init() };
+}

@@ -1,0 +1,113 @@
+//! Prometheus metrics: requests by endpoint and status, latency histograms, tokens issued by grant, refresh
+//! reuse, login failures. Served as text at `/metrics`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrantLabel {
+    grant: &'static str,
+}
+
+type LatencyFamily = Family<EndpointLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms … ~4 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+/// The server's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    latency: LatencyFamily,
+    tokens: Family<GrantLabel, Counter>,
+    refresh_reuse: Counter,
+    login_failures: Counter,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Metrics(..)")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tessera");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
+        let tokens = Family::<GrantLabel, Counter>::default();
+        let refresh_reuse = Counter::default();
+        let login_failures = Counter::default();
+        registry.register("http_requests", "HTTP requests by endpoint and status", requests.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by endpoint",
+            latency.clone(),
+        );
+        registry.register("tokens_issued", "Access tokens issued by grant type", tokens.clone());
+        registry.register(
+            "refresh_token_reuse",
+            "Rotated refresh tokens presented again",
+            refresh_reuse.clone(),
+        );
+        registry.register("login_failures", "Failed logins", login_failures.clone());
+        Metrics { registry: Arc::new(registry), requests, latency, tokens, refresh_reuse, login_failures }
+    }
+
+    /// Counts one request.
+    pub fn request(&self, endpoint: &str, status: u16, seconds: f64) {
+        self.requests.get_or_create(&RequestLabels { endpoint: endpoint.to_owned(), status }).inc();
+        self.latency.get_or_create(&EndpointLabel { endpoint: endpoint.to_owned() }).observe(seconds);
+    }
+
+    /// Counts one access token issued by `grant`.
+    pub fn token_issued(&self, grant: &'static str) {
+        self.tokens.get_or_create(&GrantLabel { grant }).inc();
+    }
+
+    /// Counts one refresh-token reuse.
+    pub fn refresh_reuse(&self) {
+        self.refresh_reuse.inc();
+    }
+
+    /// Counts one failed login.
+    pub fn login_failure(&self) {
+        self.login_failures.inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

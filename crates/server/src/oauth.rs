@@ -1,0 +1,239 @@
+//! The wire side of OAuth: RFC 6749 §5.2 error responses, form parameters, and client authentication.
+//!
+//! A client only ever sees an error code and a fixed description; the detailed reason goes to the log.
+
+use std::collections::HashSet;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use tessera_core::TokenHash;
+use tessera_store::{Client, Store, StoreError};
+use zeroize::Zeroizing;
+
+/// An OAuth error response (RFC 6749 §5.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The RFC error code.
+    pub error: &'static str,
+    /// A fixed, human-readable description; never contains input or internal detail.
+    pub description: &'static str,
+}
+
+impl OAuthError {
+    const fn new(status: StatusCode, error: &'static str, description: &'static str) -> Self {
+        OAuthError { status, error, description }
+    }
+    /// `invalid_request`.
+    pub const fn invalid_request(description: &'static str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+    /// `invalid_client`, 401 with a `WWW-Authenticate` challenge.
+    pub const fn invalid_client() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed")
+    }
+    /// `invalid_grant`.
+    pub const fn invalid_grant(description: &'static str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
+    }
+    /// `unauthorized_client`.
+    pub const fn unauthorized_client(description: &'static str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "unauthorized_client", description)
+    }
+    /// `unsupported_grant_type`.
+    pub const fn unsupported_grant_type() -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "unsupported_grant_type", "the grant type is not supported")
+    }
+    /// `invalid_scope`.
+    pub const fn invalid_scope() -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_scope", "the requested scope is not allowed")
+    }
+    /// `invalid_target` (RFC 8707).
+    pub const fn invalid_target() -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_target", "the requested resource is not allowed")
+    }
+    /// `server_error`: our fault, logged in detail.
+    pub const fn server_error() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "the server could not complete the request",
+        )
+    }
+    /// `temporarily_unavailable`: the database is down or overloaded.
+    pub const fn temporarily_unavailable() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "try again later")
+    }
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(why) => {
+                tracing::warn!(error = %why, "database unavailable");
+                OAuthError::temporarily_unavailable()
+            }
+            other => {
+                tracing::error!(error = %other, "store failure");
+                OAuthError::server_error()
+            }
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.error, "error_description": self.description });
+        let mut response = (self.status, no_store_json(body.to_string())).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"tessera\", charset=\"UTF-8\""),
+            );
+        }
+        response
+    }
+}
+
+/// A JSON body with `Cache-Control: no-store` (RFC 6749 §5.1), for anything that carries or concerns tokens.
+pub fn no_store_json(body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (header::PRAGMA, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Form parameters of a POST (or a query string). Each parameter may appear once (RFC 6749 §3.1), except
+/// the ones listed as repeatable; an empty value counts as absent.
+#[derive(Default)]
+pub struct Params {
+    pairs: Vec<(String, Zeroizing<String>)>,
+}
+
+impl std::fmt::Debug for Params {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Values may be secrets (client_secret, code, refresh_token, password): names only.
+        f.debug_list().entries(self.pairs.iter().map(|(k, _)| k)).finish()
+    }
+}
+
+/// Parameters that may legitimately repeat (RFC 8707 `resource`).
+const REPEATABLE: &[&str] = &["resource"];
+
+impl Params {
+    /// Reads `application/x-www-form-urlencoded` bytes.
+    ///
+    /// # Errors
+    /// `invalid_request` if a parameter repeats.
+    pub fn parse(bytes: &[u8]) -> Result<Params, OAuthError> {
+        let mut seen = HashSet::new();
+        let mut pairs = Vec::new();
+        for (k, v) in form_urlencoded::parse(bytes) {
+            if v.is_empty() {
+                continue;
+            }
+            if !REPEATABLE.contains(&k.as_ref()) && !seen.insert(k.to_string()) {
+                return Err(OAuthError::invalid_request("a parameter was repeated"));
+            }
+            pairs.push((k.into_owned(), Zeroizing::new(v.into_owned())));
+        }
+        Ok(Params { pairs })
+    }
+
+    /// Reads a POST body, which must be form-encoded.
+    ///
+    /// # Errors
+    /// `invalid_request` for another content type or a repeated parameter.
+    pub fn from_form(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthError> {
+        let form = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        if !form {
+            return Err(OAuthError::invalid_request("the body must be application/x-www-form-urlencoded"));
+        }
+        Params::parse(body)
+    }
+
+    /// The value of `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a repeatable `name`.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+/// How a client authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A confidential client proved its secret.
+    Secret,
+    /// A public client identified itself (no secret exists).
+    None,
+}
+
+/// Authenticates the client of a token, revocation or introspection request: `client_secret_basic`,
+/// `client_secret_post`, or a public client's bare `client_id`. Using two methods at once is refused.
+///
+/// # Errors
+/// `invalid_client` (401) for anything that does not authenticate; `invalid_request` for two methods.
+pub async fn authenticate_client(
+    store: &dyn Store,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<(Client, ClientAuth), OAuthError> {
+    let basic = basic_credentials(headers)?;
+    let posted_secret = params.get("client_secret");
+    let (id, secret) = match (basic, params.get("client_id"), posted_secret) {
+        (Some(_), _, Some(_)) => {
+            return Err(OAuthError::invalid_request("use one client authentication method"));
+        }
+        (Some((id, secret)), body_id, None) => {
+            if body_id.is_some_and(|b| b != id.as_str()) {
+                return Err(OAuthError::invalid_request("client_id does not match the credentials"));
+            }
+            (id, Some(secret))
+        }
+        (None, Some(id), secret) => (id.to_owned(), secret.map(|s| Zeroizing::new(s.to_owned()))),
+        (None, None, _) => return Err(OAuthError::invalid_client()),
+    };
+    let client = store.client(&id).await?.filter(|c| !c.disabled).ok_or_else(OAuthError::invalid_client)?;
+    match (&client.secret_hash, secret) {
+        (Some(stored), Some(secret)) if stored.ct_eq(&TokenHash::of(&secret)) => {
+            Ok((client, ClientAuth::Secret))
+        }
+        (None, None) => Ok((client, ClientAuth::None)),
+        _ => Err(OAuthError::invalid_client()),
+    }
+}
+
+/// `Authorization: Basic` credentials, form-decoded (RFC 6749 §2.3.1). `None` without the header.
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, Zeroizing<String>)>, OAuthError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let value = value.to_str().map_err(|_| OAuthError::invalid_client())?;
+    let Some(encoded) = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic ")) else {
+        return Err(OAuthError::invalid_client());
+    };
+    let decoded = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| OAuthError::invalid_client())?,
+    );
+    let text = std::str::from_utf8(&decoded).map_err(|_| OAuthError::invalid_client())?;
+    let (id, secret) = text.split_once(':').ok_or_else(OAuthError::invalid_client)?;
+    let unescape = |s: &str| -> String {
+        form_urlencoded::parse(format!("x={s}").as_bytes()).map(|(_, v)| v.into_owned()).collect()
+    };
+    Ok(Some((unescape(id), Zeroizing::new(unescape(secret)))))
+}

@@ -1,0 +1,330 @@
+//! `POST /token`: the authorization_code, refresh_token and client_credentials grants.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use tessera_core::flow::{self, FlowError, RefreshDecision};
+use tessera_core::{ClientKind, GrantType, OpaqueSecret, SecretKind};
+use tessera_store::{Client, CodeUse, Event, Family, RefreshRecord, Rotation, User};
+
+use crate::crypto::random_id;
+use crate::issue::{self, AccessGrant, IdClaims, TokenResponse};
+use crate::oauth::{ClientAuth, OAuthError, Params, authenticate_client, no_store_json};
+use crate::{AppState, RequestMeta, now};
+
+impl From<FlowError> for OAuthError {
+    fn from(e: FlowError) -> Self {
+        match e {
+            FlowError::InvalidTarget => OAuthError::invalid_target(),
+            FlowError::InvalidScope => OAuthError::invalid_scope(),
+        }
+    }
+}
+
+/// The token endpoint.
+pub async fn token(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match grant(&state, &meta, &headers, &body).await {
+        Ok(response) => no_store_json(serde_json::to_string(&response).unwrap_or_default()),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn grant(
+    state: &AppState,
+    meta: &RequestMeta,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<TokenResponse, OAuthError> {
+    let params = Params::from_form(headers, body)?;
+    let grant_type = params.get("grant_type").ok_or(OAuthError::invalid_request("grant_type is required"))?;
+    let grant: GrantType = grant_type.parse().map_err(|_| OAuthError::unsupported_grant_type())?;
+    let (client, auth) = authenticate_client(&*state.store, headers, &params).await?;
+    if !client.grant_types.contains(&grant) {
+        return Err(OAuthError::unauthorized_client("this client may not use this grant type"));
+    }
+    let now = now();
+    let response = match grant {
+        GrantType::ClientCredentials => client_credentials(state, &client, auth, &params, now).await?,
+        GrantType::AuthorizationCode => authorization_code(state, meta, &client, &params, now).await?,
+        GrantType::RefreshToken => refresh(state, meta, &client, &params, now).await?,
+    };
+    state.metrics.token_issued(grant.as_str());
+    Ok(response)
+}
+
+async fn client_credentials(
+    state: &AppState,
+    client: &Client,
+    auth: ClientAuth,
+    params: &Params,
+    now: i64,
+) -> Result<TokenResponse, OAuthError> {
+    if client.kind != ClientKind::Confidential || auth != ClientAuth::Secret {
+        return Err(OAuthError::unauthorized_client("client_credentials needs a confidential client"));
+    }
+    let audience = flow::select_audience(&params.all("resource"), &client.audiences)?;
+    let resource = state.resource_scopes(&audience).await?;
+    let scope = flow::grant_scope(params.get("scope"), &[&client.scopes, &resource])?;
+    let minted = issue::access_token(
+        state,
+        AccessGrant {
+            sub: client.id.clone(),
+            client_id: client.id.clone(),
+            audience,
+            scope: scope.clone(),
+            sid: None,
+            roles: Vec::new(),
+            auth_time: None,
+            amr: Vec::new(),
+            ttl: client.access_ttl,
+        },
+        now,
+    )?;
+    Ok(TokenResponse {
+        access_token: minted.token,
+        token_type: "Bearer",
+        expires_in: minted.expires_in,
+        scope,
+        refresh_token: None,
+        id_token: None,
+    })
+}
+
+async fn authorization_code(
+    state: &AppState,
+    meta: &RequestMeta,
+    client: &Client,
+    params: &Params,
+    now: i64,
+) -> Result<TokenResponse, OAuthError> {
+    let code = params.get("code").ok_or(OAuthError::invalid_request("code is required"))?;
+    let redirect_uri =
+        params.get("redirect_uri").ok_or(OAuthError::invalid_request("redirect_uri is required"))?;
+    let verifier =
+        params.get("code_verifier").ok_or(OAuthError::invalid_request("code_verifier is required"))?;
+    let invalid = OAuthError::invalid_grant("the authorization code is invalid, expired or spent");
+    let code = OpaqueSecret::parse(SecretKind::AuthorizationCode, code).ok_or_else(|| invalid.clone())?;
+    let record = match state.store.redeem_code(&code.hash(), now).await? {
+        CodeUse::Fresh(record) => record,
+        CodeUse::Replayed(record) => {
+            let revoked = state.store.revoke_code_families(&record.hash, "code_reuse", now).await?;
+            tracing::warn!(code = %record.hash.short(), client = %record.client_id, revoked, "authorization code replayed");
+            state
+                .event(Event {
+                    kind: "code_reuse".into(),
+                    sub: Some(record.user_id.clone()),
+                    client_id: Some(record.client_id.clone()),
+                    jti: Some(format!("sha256:{}", record.hash.short())),
+                    reason: Some("code_reuse".into()),
+                    ..meta.event(now)
+                })
+                .await;
+            return Err(invalid);
+        }
+        CodeUse::Unknown => return Err(invalid),
+    };
+    if record.client_id != client.id
+        || record.expires_at <= now
+        || record.redirect_uri != redirect_uri
+        || !flow::verify_pkce(verifier, &record.code_challenge)
+    {
+        return Err(invalid);
+    }
+    let user = active_user(state, &record.user_id).await?;
+    let family = Family {
+        id: random_id().map_err(|_| OAuthError::server_error())?,
+        client_id: client.id.clone(),
+        user_id: user.id.clone(),
+        scope: record.scope.clone(),
+        audience: record.audience.clone(),
+        auth_time: record.auth_time,
+        amr: record.amr.clone(),
+        login_session: record.login_session,
+        code_hash: Some(record.hash),
+        created_at: now,
+        expires_at: now + client.refresh_absolute_ttl,
+        revoked_at: None,
+    };
+    let refresh = if client.grant_types.contains(&GrantType::RefreshToken) {
+        let secret =
+            crate::crypto::new_secret(SecretKind::RefreshToken).map_err(|_| OAuthError::server_error())?;
+        let first = RefreshRecord {
+            hash: secret.hash(),
+            family_id: family.id.clone(),
+            generation: 0,
+            scope: record.scope.clone(),
+            created_at: now,
+            expires_at: (now + client.refresh_idle_ttl).min(family.expires_at),
+            rotated_at: None,
+            successor: None,
+        };
+        Some((secret, first))
+    } else {
+        None
+    };
+    state.store.create_family(&family, refresh.as_ref().map(|(_, r)| r)).await?;
+    let id_token = if flow::has_scope(&record.scope, "openid") {
+        let claims = IdClaims {
+            iss: state.config.issuer.clone(),
+            sub: user.id.clone(),
+            aud: client.id.clone(),
+            exp: now + state.config.id_token_ttl,
+            iat: now,
+            auth_time: record.auth_time,
+            nonce: record.nonce.clone(),
+            amr: record.amr.clone(),
+            sid: family.id.clone(),
+            preferred_username: flow::has_scope(&record.scope, "profile").then(|| user.username.clone()),
+        };
+        Some(issue::id_token(state, &claims)?)
+    } else {
+        None
+    };
+    let minted = issue::access_token(state, user_grant(state, client, &user, &family, &record.scope), now)?;
+    Ok(TokenResponse {
+        access_token: minted.token,
+        token_type: "Bearer",
+        expires_in: minted.expires_in,
+        scope: record.scope,
+        refresh_token: refresh.map(|(secret, _)| secret.expose().to_owned()),
+        id_token,
+    })
+}
+
+async fn refresh(
+    state: &AppState,
+    meta: &RequestMeta,
+    client: &Client,
+    params: &Params,
+    now: i64,
+) -> Result<TokenResponse, OAuthError> {
+    let presented =
+        params.get("refresh_token").ok_or(OAuthError::invalid_request("refresh_token is required"))?;
+    let invalid = OAuthError::invalid_grant("the refresh token is invalid, expired or revoked");
+    let secret = OpaqueSecret::parse(SecretKind::RefreshToken, presented).ok_or_else(|| invalid.clone())?;
+    let hash = secret.hash();
+    let Some((mut record, family)) = state.store.refresh_token(&hash).await? else { return Err(invalid) };
+    if family.client_id != client.id {
+        tracing::warn!(token = %hash.short(), family = %family.id, client = %client.id, "refresh token presented by another client");
+        return Err(invalid);
+    }
+    if family.revoked_at.is_some() || family.expires_at <= now || record.expires_at <= now {
+        return Err(invalid);
+    }
+    let user = active_user(state, &family.user_id).await?;
+    let scope = flow::narrow_scope(params.get("scope"), &record.scope)?;
+    let successor = state.kek.successor_key().successor(&secret);
+    // At most two rounds: a lost compare-and-swap re-reads the token once and decides again.
+    for _ in 0..2 {
+        let successor_unused = match record.successor {
+            Some(next) => {
+                state.store.refresh_token(&next).await?.is_some_and(|(s, _)| s.rotated_at.is_none())
+            }
+            None => true,
+        };
+        match flow::refresh_decision(
+            record.rotated_at,
+            successor_unused,
+            now,
+            state.config.refresh_retry_window,
+        ) {
+            RefreshDecision::Rotate => {
+                let next = RefreshRecord {
+                    hash: successor.hash(),
+                    family_id: family.id.clone(),
+                    generation: record.generation + 1,
+                    scope: scope.clone(),
+                    created_at: now,
+                    expires_at: (now + client.refresh_idle_ttl).min(family.expires_at),
+                    rotated_at: None,
+                    successor: None,
+                };
+                match state.store.rotate_refresh(&hash, &next, now).await? {
+                    Rotation::Rotated => {
+                        return answer_refresh(state, client, &user, &family, &successor, &scope, now);
+                    }
+                    Rotation::Lost => {
+                        let Some((fresh, _)) = state.store.refresh_token(&hash).await? else {
+                            return Err(invalid);
+                        };
+                        record = fresh;
+                    }
+                }
+            }
+            RefreshDecision::ReturnSuccessor if record.successor == Some(successor.hash()) => {
+                let granted = match state.store.refresh_token(&successor.hash()).await? {
+                    Some((next, _)) => next.scope,
+                    None => return Err(invalid),
+                };
+                return answer_refresh(state, client, &user, &family, &successor, &granted, now);
+            }
+            RefreshDecision::ReturnSuccessor | RefreshDecision::Reuse => break,
+        }
+    }
+    // A rotated token came back outside the retry window (or the family was revoked under us): theft.
+    if state.store.revoke_family(&family.id, "refresh_token_reuse", now).await? {
+        state.metrics.refresh_reuse();
+        tracing::warn!(token = %hash.short(), family = %family.id, client = %client.id, "refresh token reuse: family revoked");
+        state
+            .event(Event {
+                kind: "refresh_token_reuse".into(),
+                sub: Some(user.id.clone()),
+                sid: Some(family.id.clone()),
+                client_id: Some(client.id.clone()),
+                jti: Some(format!("sha256:{}", hash.short())),
+                reason: Some("refresh_token_reuse".into()),
+                ..meta.event(now)
+            })
+            .await;
+    }
+    Err(invalid)
+}
+
+fn answer_refresh(
+    state: &AppState,
+    client: &Client,
+    user: &User,
+    family: &Family,
+    successor: &OpaqueSecret,
+    scope: &str,
+    now: i64,
+) -> Result<TokenResponse, OAuthError> {
+    let minted = issue::access_token(state, user_grant(state, client, user, family, scope), now)?;
+    Ok(TokenResponse {
+        access_token: minted.token,
+        token_type: "Bearer",
+        expires_in: minted.expires_in,
+        scope: scope.to_owned(),
+        refresh_token: Some(successor.expose().to_owned()),
+        id_token: None,
+    })
+}
+
+fn user_grant(state: &AppState, client: &Client, user: &User, family: &Family, scope: &str) -> AccessGrant {
+    AccessGrant {
+        sub: user.id.clone(),
+        client_id: client.id.clone(),
+        audience: family.audience.clone().unwrap_or_else(|| state.config.issuer.clone()),
+        scope: scope.to_owned(),
+        sid: Some(family.id.clone()),
+        roles: user.roles.clone(),
+        auth_time: Some(family.auth_time),
+        amr: family.amr.clone(),
+        ttl: client.access_ttl,
+    }
+}
+
+async fn active_user(state: &AppState, id: &str) -> Result<User, OAuthError> {
+    match state.store.user_by_id(id).await? {
+        Some(user) if !user.disabled => Ok(user),
+        _ => Err(OAuthError::invalid_grant("the user is disabled or gone")),
+    }
+}
