@@ -1,11 +1,15 @@
-//! `tessera keys`: generate a signing key, import one from PKCS#8 PEM, publish the public JWKS.
+//! `tessera keys`: the server's signing keys (`list`, `rotate`, `import`, kept sealed in its database) and
+//! standalone key files (`generate`, `convert`, `jwks`) for testing resource servers without a server.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::{Subcommand, ValueEnum};
+use tessera_server::crypto::Kek;
+use tessera_server::keyring::{self, RotationMode};
 use tessera_token::{Algorithm, KeySet, RsaBits, SigningKey};
 
+use crate::admin::{ConfigArgs, store_failure, with_store};
 use crate::{Failure, emit, read_file};
 
 #[derive(Debug, Subcommand)]
@@ -23,8 +27,8 @@ pub(crate) enum KeysCommand {
         #[arg(long, value_name = "BITS", default_value_t = 2048)]
         rsa_bits: u32,
     },
-    /// Import an unencrypted PKCS#8 PEM private key into a private JWK file (mode 0600).
-    Import {
+    /// Convert an unencrypted PKCS#8 PEM private key into a private JWK file (mode 0600).
+    Convert {
         /// The signature algorithm the key is bound to (required: RSA keys fit RS256 and PS256 alike).
         #[arg(long, value_enum)]
         alg: AlgArg,
@@ -40,6 +44,39 @@ pub(crate) enum KeysCommand {
         /// Private JWK files, as written by `keys generate`.
         #[arg(required = true, value_name = "FILE")]
         keys: Vec<PathBuf>,
+    },
+    /// List the server's signing keys and their states (next, current, retired, revoked).
+    List {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// Rotate the server's signing key. By default the new key is published now and signs once it has been
+    /// published for key_publish_delay; --now switches at once; --emergency also revokes the old key at
+    /// every guard (for a compromised key).
+    Rotate {
+        /// Algorithm of the new key [default: signing_alg].
+        #[arg(long, value_enum)]
+        alg: Option<AlgArg>,
+        /// Switch to the new key at once; the old key stays published until its tokens expire.
+        #[arg(long, conflicts_with = "emergency")]
+        now: bool,
+        /// Switch at once and revoke the old key: every token it signed stops working.
+        #[arg(long)]
+        emergency: bool,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// Import an existing private key (PKCS#8 PEM or private JWK) into the server; it becomes current.
+    Import {
+        /// The key file.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// The algorithm to bind the key to [default: from the JWK's alg; EdDSA or ES256 from the key type;
+        /// RS256 for RSA].
+        #[arg(long, value_enum)]
+        alg: Option<AlgArg>,
+        #[command(flatten)]
+        cfg: ConfigArgs,
     },
 }
 
@@ -85,7 +122,7 @@ pub(crate) fn run(cmd: KeysCommand) -> Result<(), Failure> {
             write_private(&key, &out)?;
             emit(key.kid())
         }
-        KeysCommand::Import { alg, pem, out } => {
+        KeysCommand::Convert { alg, pem, out } => {
             let text = zeroize::Zeroizing::new(read_file(&pem, "PEM file")?);
             let key = SigningKey::from_pkcs8_pem(&text, alg.into())
                 .map_err(|e| Failure::usage(format!("cannot import {}: {e}", pem.display())))?;
@@ -106,7 +143,91 @@ pub(crate) fn run(cmd: KeysCommand) -> Result<(), Failure> {
                 .map_err(|_| Failure::usage("cannot serialize the JWKS"))?;
             emit(&text)
         }
+        KeysCommand::List { cfg } => with_store(&cfg, |store, _| async move {
+            let mut lines = vec![format!(
+                "{:<44} {:<6} {:<8} {:<12} {:<12} RETIRED",
+                "KID", "ALG", "STATE", "CREATED", "ACTIVATED"
+            )];
+            for k in store.list_keys().await.map_err(store_failure)? {
+                let opt = |t: Option<i64>| t.map_or_else(|| "-".to_owned(), |t| t.to_string());
+                lines.push(format!(
+                    "{:<44} {:<6} {:<8} {:<12} {:<12} {}",
+                    k.kid,
+                    k.alg,
+                    k.state.as_str(),
+                    k.created_at,
+                    opt(k.activated_at),
+                    opt(k.retired_at)
+                ));
+            }
+            emit(&lines.join("\n"))
+        }),
+        KeysCommand::Rotate { alg, now, emergency, cfg } => with_store(&cfg, |store, config| async move {
+            let kek = load_kek(&config)?;
+            let alg = alg.map_or_else(|| config.signing_algorithm(), Algorithm::from);
+            let mode = match (now, emergency) {
+                (_, true) => RotationMode::Emergency,
+                (true, false) => RotationMode::Immediate,
+                (false, false) => RotationMode::Scheduled,
+            };
+            let record = keyring::rotate(&*store, &kek, alg, mode, tessera_server::now())
+                .await
+                .map_err(key_failure)?;
+            emit(&match mode {
+                RotationMode::Scheduled => format!(
+                    "key {} ({alg}) published; it starts signing in {} s (key_publish_delay)",
+                    record.kid, config.key_publish_delay
+                ),
+                RotationMode::Immediate => format!(
+                    "key {} ({alg}) is now current; the old key stays published until its tokens expire",
+                    record.kid
+                ),
+                RotationMode::Emergency => format!(
+                    "key {} ({alg}) is now current; the old key is revoked at every guard",
+                    record.kid
+                ),
+            })
+        }),
+        KeysCommand::Import { file, alg, cfg } => {
+            let text = zeroize::Zeroizing::new(read_file(&file, "key file")?);
+            let key = parse_any_private(&text, alg.map(Algorithm::from))
+                .map_err(|e| Failure::usage(format!("cannot import {}: {e}", file.display())))?;
+            with_store(&cfg, |store, config| async move {
+                let kek = load_kek(&config)?;
+                let record =
+                    keyring::import(&*store, &kek, &key, tessera_server::now()).await.map_err(key_failure)?;
+                emit(&format!("key {} ({}) imported and current", record.kid, record.alg))
+            })
+        }
     }
+}
+
+fn load_kek(config: &tessera_server::Config) -> Result<Kek, Failure> {
+    Kek::load_or_create(&config.master_key, &config.data_dir)
+        .map(|(kek, _)| kek)
+        .map_err(|e| Failure::usage(e.0))
+}
+
+fn key_failure(e: keyring::KeyringError) -> Failure {
+    match e {
+        keyring::KeyringError::Store(e) => store_failure(e),
+        keyring::KeyringError::Keys(why) => Failure::usage(why),
+    }
+}
+
+/// A private key from a private JWK or PKCS#8 PEM; without `alg`, the JWK's own, or the one the key type
+/// implies (RSA: RS256).
+fn parse_any_private(text: &str, alg: Option<Algorithm>) -> Result<SigningKey, String> {
+    if text.trim_start().starts_with('{') {
+        return SigningKey::from_jwk(text, alg).map_err(|e| e.to_string());
+    }
+    if let Some(alg) = alg {
+        return SigningKey::from_pkcs8_pem(text, alg).map_err(|e| e.to_string());
+    }
+    [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256]
+        .into_iter()
+        .find_map(|alg| SigningKey::from_pkcs8_pem(text, alg).ok())
+        .ok_or_else(|| "not a PKCS#8 PEM private key of a supported type".to_owned())
 }
 
 /// Reads a private JWK file.

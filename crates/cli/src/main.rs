@@ -7,6 +7,7 @@
 mod admin;
 mod keys;
 mod token;
+mod users;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -55,6 +56,11 @@ enum Command {
     /// Manage resource servers (audiences and their scopes).
     #[command(subcommand)]
     Resource(admin::ResourceCommand),
+    /// Manage users.
+    #[command(subcommand)]
+    User(users::UserCommand),
+    /// Revoke a token, a session, every token of a user, or every token of a client.
+    Revoke(users::RevokeArgs),
 }
 
 /// A failure to report: one line, and the exit code.
@@ -115,6 +121,8 @@ fn main() -> ExitCode {
         Command::Config(cmd) => admin::config(cmd),
         Command::Client(cmd) => admin::client(cmd),
         Command::Resource(cmd) => admin::resource(cmd),
+        Command::User(cmd) => users::user(cmd),
+        Command::Revoke(args) => users::revoke(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -220,12 +220,12 @@ fn token_verify_usage_errors_are_one_line_and_exit_2() {
 }
 
 #[test]
-fn keys_import_reads_a_pkcs8_pem_with_its_algorithm() {
+fn keys_convert_reads_a_pkcs8_pem_with_its_algorithm() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate(Algorithm::ES256).unwrap();
     std::fs::write(dir.path().join("k.pem"), key.to_pkcs8_pem().unwrap().as_bytes()).unwrap();
     let run =
-        tessera(dir.path(), &["keys", "import", "--alg", "ES256", "--pem", "k.pem", "--out", "k.jwk"], "");
+        tessera(dir.path(), &["keys", "convert", "--alg", "ES256", "--pem", "k.pem", "--out", "k.jwk"], "");
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.stdout.trim(), key.kid());
     #[cfg(unix)]
@@ -235,7 +235,7 @@ fn keys_import_reads_a_pkcs8_pem_with_its_algorithm() {
         assert_eq!(mode & 0o777, 0o600);
     }
     let wrong =
-        tessera(dir.path(), &["keys", "import", "--alg", "EdDSA", "--pem", "k.pem", "--out", "e.jwk"], "");
+        tessera(dir.path(), &["keys", "convert", "--alg", "EdDSA", "--pem", "k.pem", "--out", "e.jwk"], "");
     assert_usage_error(&wrong, "k.pem");
     assert!(!dir.path().join("e.jwk").exists());
 }
@@ -305,7 +305,7 @@ fn key_loading_errors_never_echo_key_material() {
     std::fs::write(dir.path().join("broken.pem"), broken.join("\n")).unwrap();
     let run = tessera(
         dir.path(),
-        &["keys", "import", "--alg", "EdDSA", "--pem", "broken.pem", "--out", "x.jwk"],
+        &["keys", "convert", "--alg", "EdDSA", "--pem", "broken.pem", "--out", "x.jwk"],
         "",
     );
     assert_usage_error(&run, "broken.pem");
@@ -389,7 +389,7 @@ fn keys_jwks_refuses_two_keys_with_one_kid() {
     std::fs::write(dir.path().join("rsa.pem"), rsa.to_pkcs8_pem().unwrap().as_bytes()).unwrap();
     for (alg, out) in [("RS256", "rs.jwk"), ("PS256", "ps.jwk")] {
         let run =
-            tessera(dir.path(), &["keys", "import", "--alg", alg, "--pem", "rsa.pem", "--out", out], "");
+            tessera(dir.path(), &["keys", "convert", "--alg", alg, "--pem", "rsa.pem", "--out", out], "");
         assert_eq!(run.code, 0, "{}", run.stderr);
     }
     let run = tessera(dir.path(), &["keys", "jwks", "rs.jwk", "ps.jwk"], "");

@@ -53,6 +53,37 @@ pub fn grant_scope(requested: Option<&str>, allowed: &[&[String]]) -> Result<Str
     Ok(chosen.into_iter().collect::<Vec<_>>().join(" "))
 }
 
+/// The OpenID Connect scopes: about the user, not about any resource, so no resource has to define them.
+pub const OIDC_SCOPES: &[&str] = &["openid", "profile", "offline_access"];
+
+/// The scope of a user's authorization: each requested scope must be allowed to the client, and unless it
+/// is an OIDC scope, defined by the token's resource (with no resource, only OIDC scopes can be granted).
+/// With nothing requested, every scope that would pass.
+///
+/// # Errors
+/// [`FlowError::InvalidScope`] if any requested scope fails.
+pub fn grant_user_scope(
+    requested: Option<&str>,
+    client_scopes: &[String],
+    resource_scopes: Option<&[String]>,
+) -> Result<String, FlowError> {
+    let permitted = |s: &str| {
+        client_scopes.iter().any(|c| c == s)
+            && (OIDC_SCOPES.contains(&s) || resource_scopes.is_some_and(|r| r.iter().any(|x| x == s)))
+    };
+    let chosen: BTreeSet<&str> = match requested {
+        Some(text) => {
+            let wanted: BTreeSet<&str> = text.split(' ').filter(|s| !s.is_empty()).collect();
+            if !wanted.iter().all(|s| permitted(s)) {
+                return Err(FlowError::InvalidScope);
+            }
+            wanted
+        }
+        None => client_scopes.iter().map(String::as_str).filter(|s| permitted(s)).collect(),
+    };
+    Ok(chosen.into_iter().collect::<Vec<_>>().join(" "))
+}
+
 /// Narrows a granted scope on refresh: the requested scopes must all be in `granted`; none requested keeps
 /// `granted`.
 ///
@@ -146,6 +177,24 @@ mod tests {
             grant_scope(Some("orders:write  orders:read orders:read"), &[&client]),
             Ok("orders:read orders:write".into())
         );
+    }
+
+    #[test]
+    fn user_scope_needs_the_client_and_for_api_scopes_the_resource() {
+        let client = v(&["openid", "profile", "orders:read", "admin"]);
+        let resource = v(&["orders:read", "orders:write"]);
+        assert_eq!(
+            grant_user_scope(Some("openid orders:read"), &client, Some(&resource)),
+            Ok("openid orders:read".into())
+        );
+        assert_eq!(
+            grant_user_scope(Some("orders:write"), &client, Some(&resource)),
+            Err(FlowError::InvalidScope)
+        );
+        assert_eq!(grant_user_scope(Some("admin"), &client, Some(&resource)), Err(FlowError::InvalidScope));
+        assert_eq!(grant_user_scope(Some("orders:read"), &client, None), Err(FlowError::InvalidScope));
+        assert_eq!(grant_user_scope(None, &client, Some(&resource)), Ok("openid orders:read profile".into()));
+        assert_eq!(grant_user_scope(None, &client, None), Ok("openid profile".into()));
     }
 
     #[test]

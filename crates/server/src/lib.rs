@@ -4,8 +4,10 @@
 //! a first signing key) and [`serve`] answers HTTP until the shutdown future completes. The binary's
 //! `tessera serve` calls both; tests call them in-process on a free port.
 
+mod authorize;
 pub mod config;
 pub mod crypto;
+pub mod endpoints;
 pub mod issue;
 pub mod keyring;
 pub mod metrics;
@@ -13,6 +15,7 @@ pub mod oauth;
 pub mod passwords;
 mod routes;
 mod token;
+pub mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -258,6 +261,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/.well-known/oauth-authorization-server", get(routes::discovery))
         .route("/jwks.json", get(routes::jwks))
         .route("/token", post(token::token))
+        .route("/authorize", get(authorize::authorize).post(authorize::consent))
+        .route("/login", get(authorize::login_page).post(authorize::login))
+        .route("/logout", get(authorize::logout_page).post(authorize::logout))
+        .route("/userinfo", get(endpoints::userinfo).post(endpoints::userinfo))
+        .route("/revoke", post(endpoints::revoke))
+        .route("/introspect", post(endpoints::introspect))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))

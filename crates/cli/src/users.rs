@@ -1,0 +1,284 @@
+//! `tessera user` and `tessera revoke`: accounts, passwords and revocation, against the server's database.
+//!
+//! Passwords are read from a terminal prompt without echo, or as one line of standard input when it is not a
+//! terminal; never from an argument, where shell history and `ps` would keep them.
+
+use std::io::{BufRead as _, IsTerminal as _};
+
+use clap::{Args, Subcommand};
+use tessera_core::RevocationKind;
+use tessera_store::{NewRevocation, REVOCATION_HORIZON_SECS, Store, StoreError, User};
+use zeroize::Zeroizing;
+
+use crate::admin::{ConfigArgs, store_failure, with_store};
+use crate::{Failure, emit};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum UserCommand {
+    /// Create a user; the password is read from a prompt or standard input.
+    Add {
+        /// The login name.
+        username: String,
+        /// A role for the user's tokens (repeatable).
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// List users.
+    List {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// Show one user.
+    Show {
+        /// The login name.
+        username: String,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// Disable a user and revoke every session and token of theirs.
+    Disable {
+        /// The login name.
+        username: String,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// Enable a disabled user.
+    Enable {
+        /// The login name.
+        username: String,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// Set a new password (read from a prompt or standard input); every session of the user is revoked.
+    SetPassword {
+        /// The login name.
+        username: String,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// Show a user's roles, or replace them with the roles given.
+    Roles {
+        /// The login name.
+        username: String,
+        /// The new roles; none given: print the current roles.
+        roles: Vec<String>,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+}
+
+/// What to revoke: exactly one subject.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct RevokeTarget {
+    /// An access token, by its `jti`.
+    #[arg(long, value_name = "JTI")]
+    token: Option<String>,
+    /// A session (refresh family), by its `sid`: its refresh tokens and access tokens.
+    #[arg(long, value_name = "SID")]
+    session: Option<String>,
+    /// Every session and token of a user, by login name.
+    #[arg(long, value_name = "USERNAME")]
+    user: Option<String>,
+    /// Every token issued to a client.
+    #[arg(long, value_name = "CLIENT_ID")]
+    client: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RevokeArgs {
+    #[command(flatten)]
+    target: RevokeTarget,
+    /// Why, recorded with the revocation (a short snake_case word).
+    #[arg(long, default_value = "admin_revoked")]
+    reason: String,
+    #[command(flatten)]
+    cfg: ConfigArgs,
+}
+
+/// Reads a password: a no-echo prompt on a terminal, else one line of stdin.
+fn read_password(prompt: &str) -> Result<Zeroizing<String>, Failure> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = Zeroizing::new(
+            rpassword::prompt_password(prompt)
+                .map_err(|e| Failure::usage(format!("cannot read the password: {}", e.kind())))?,
+        );
+        let again = Zeroizing::new(
+            rpassword::prompt_password("Repeat: ")
+                .map_err(|e| Failure::usage(format!("cannot read the password: {}", e.kind())))?,
+        );
+        if *first != *again {
+            return Err(Failure::usage("the passwords differ"));
+        }
+        first
+    } else {
+        let mut line = Zeroizing::new(String::new());
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Failure::usage(format!("cannot read the password from stdin: {}", e.kind())))?;
+        Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_owned())
+    };
+    if password.chars().count() < 8 {
+        return Err(Failure::usage("the password must be at least 8 characters"));
+    }
+    if password.len() > 1024 {
+        return Err(Failure::usage("the password must be at most 1024 bytes"));
+    }
+    Ok(password)
+}
+
+fn hash(password: &str) -> Result<String, Failure> {
+    tessera_server::passwords::hash_blocking(password).map_err(Failure::usage)
+}
+
+async fn find(store: &dyn Store, username: &str) -> Result<User, Failure> {
+    store
+        .user_by_name(username)
+        .await
+        .map_err(store_failure)?
+        .ok_or_else(|| Failure::usage(format!("no user {username}")))
+}
+
+fn describe(u: &User) -> String {
+    [
+        format!("username: {}", u.username),
+        format!("id (sub): {}", u.id),
+        format!("state: {}", if u.disabled { "disabled" } else { "enabled" }),
+        format!("roles: {}", u.roles.join(" ")),
+        format!("created_at: {}", u.created_at),
+        format!("password_changed_at: {}", u.password_changed_at),
+    ]
+    .join("\n")
+}
+
+fn valid_username(name: &str) -> Result<(), Failure> {
+    let ok =
+        !name.is_empty() && name.len() <= 128 && !name.chars().any(|c| c.is_control() || c.is_whitespace());
+    if ok { Ok(()) } else { Err(Failure::usage("a username is 1-128 characters without spaces")) }
+}
+
+pub(crate) fn user(cmd: UserCommand) -> Result<(), Failure> {
+    match cmd {
+        UserCommand::Add { username, roles, cfg } => {
+            valid_username(&username)?;
+            let password = read_password(&format!("Password for {username}: "))?;
+            let password_hash = hash(&password)?;
+            with_store(&cfg, |store, _| async move {
+                let now = tessera_server::now();
+                let id = tessera_server::crypto::random_id().map_err(|e| Failure::usage(e.0))?;
+                let mut roles = roles;
+                roles.sort();
+                roles.dedup();
+                let user = User {
+                    id,
+                    username: username.clone(),
+                    password_hash,
+                    roles,
+                    disabled: false,
+                    created_at: now,
+                    password_changed_at: now,
+                };
+                store.create_user(&user).await.map_err(|e| match e {
+                    StoreError::Conflict(_) => Failure::usage(format!("user {username} already exists")),
+                    other => store_failure(other),
+                })?;
+                emit(&describe(&user))
+            })
+        }
+        UserCommand::List { cfg } => with_store(&cfg, |store, _| async move {
+            let mut lines = vec![format!("{:<24} {:<24} {:<9} ROLES", "USERNAME", "ID", "STATE")];
+            for u in store.list_users().await.map_err(store_failure)? {
+                let state = if u.disabled { "disabled" } else { "enabled" };
+                lines.push(format!("{:<24} {:<24} {:<9} {}", u.username, u.id, state, u.roles.join(",")));
+            }
+            emit(&lines.join("\n"))
+        }),
+        UserCommand::Show { username, cfg } => with_store(&cfg, |store, _| async move {
+            let u = find(&*store, &username).await?;
+            emit(&describe(&u))
+        }),
+        UserCommand::Disable { username, cfg } => with_store(&cfg, |store, _| async move {
+            let u = find(&*store, &username).await?;
+            store.set_user_disabled(&u.id, true).await.map_err(store_failure)?;
+            let seq = store
+                .revoke_user(&u.id, "user_disabled", tessera_server::now())
+                .await
+                .map_err(store_failure)?;
+            emit(&format!("user {username} disabled; every session and token revoked (revocation #{seq})"))
+        }),
+        UserCommand::Enable { username, cfg } => with_store(&cfg, |store, _| async move {
+            let u = find(&*store, &username).await?;
+            store.set_user_disabled(&u.id, false).await.map_err(store_failure)?;
+            emit(&format!("user {username} enabled"))
+        }),
+        UserCommand::SetPassword { username, cfg } => {
+            let password = read_password(&format!("New password for {username}: "))?;
+            let password_hash = hash(&password)?;
+            with_store(&cfg, |store, _| async move {
+                let u = find(&*store, &username).await?;
+                let seq = store
+                    .set_password(&u.id, &password_hash, tessera_server::now())
+                    .await
+                    .map_err(store_failure)?
+                    .ok_or_else(|| Failure::usage(format!("no user {username}")))?;
+                emit(&format!("password of {username} changed; every session revoked (revocation #{seq})"))
+            })
+        }
+        UserCommand::Roles { username, roles, cfg } => with_store(&cfg, |store, _| async move {
+            let u = find(&*store, &username).await?;
+            if roles.is_empty() {
+                return emit(&u.roles.join("\n"));
+            }
+            let mut roles = roles;
+            roles.sort();
+            roles.dedup();
+            store.set_user_roles(&u.id, &roles).await.map_err(store_failure)?;
+            emit(&format!("roles of {username}: {} (in tokens issued from now on)", roles.join(" ")))
+        }),
+    }
+}
+
+pub(crate) fn revoke(args: RevokeArgs) -> Result<(), Failure> {
+    let reason = args.reason.clone();
+    if reason.is_empty() || reason.len() > 64 || !reason.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    {
+        return Err(Failure::usage("--reason must be a short snake_case word"));
+    }
+    with_store(&args.cfg, |store, _| async move {
+        let now = tessera_server::now();
+        let t = args.target;
+        let message = if let Some(jti) = t.token {
+            let entry = NewRevocation {
+                kind: RevocationKind::Token,
+                subject: jti.clone(),
+                not_before: None,
+                expires_at: now + REVOCATION_HORIZON_SECS,
+                reason,
+            };
+            let seq = store.revoke(&entry, now).await.map_err(store_failure)?;
+            format!("token {jti} revoked (revocation #{seq})")
+        } else if let Some(sid) = t.session {
+            if store.family(&sid).await.map_err(store_failure)?.is_none() {
+                return Err(Failure::usage(format!("no session {sid}")));
+            }
+            store.revoke_family(&sid, &reason, now).await.map_err(store_failure)?;
+            format!("session {sid} revoked")
+        } else if let Some(username) = t.user {
+            let u = find(&*store, &username).await?;
+            let seq = store.revoke_user(&u.id, &reason, now).await.map_err(store_failure)?;
+            format!("every session and token of {username} revoked (revocation #{seq})")
+        } else if let Some(client) = t.client {
+            if store.client(&client).await.map_err(store_failure)?.is_none() {
+                return Err(Failure::usage(format!("no client {client}")));
+            }
+            let seq = store.revoke_client(&client, &reason, now).await.map_err(store_failure)?;
+            format!("every token of client {client} revoked (revocation #{seq})")
+        } else {
+            return Err(Failure::usage("name what to revoke: --token, --session, --user or --client"));
+        };
+        emit(&message)
+    })
+}

@@ -1,0 +1,540 @@
+//! The browser flow: `/authorize` (with PKCE S256, exact redirect URIs, RFC 9207 `iss`, RFC 8707 `resource`),
+//! the login form, the consent screen, and `/logout` (RP-initiated logout).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tessera_core::flow::{self, FlowError};
+use tessera_core::{GrantType, SecretKind};
+use tessera_store::{AuthCode, Client, Event, LoginSession, User};
+use tessera_token::{KeySet, UnverifiedJwt};
+use zeroize::Zeroizing;
+
+use crate::crypto::new_secret;
+use crate::oauth::Params;
+use crate::web::{self, escape, page};
+use crate::{AppState, RequestMeta, now};
+
+/// A checked authorization request.
+struct AuthzRequest {
+    client: Client,
+    redirect_uri: String,
+    state: Option<String>,
+    scope: String,
+    audience: Option<String>,
+    nonce: Option<String>,
+    challenge: String,
+    prompt: Vec<String>,
+}
+
+/// Why an authorization request fails: before the redirect URI is trusted, an error page; after, an error
+/// sent back to the client.
+enum AuthzError {
+    Page(&'static str),
+    Redirect { redirect_uri: String, state: Option<String>, error: &'static str, description: &'static str },
+}
+
+impl AuthzError {
+    fn into_response(self, state: &AppState) -> Response {
+        match self {
+            AuthzError::Page(message) => {
+                page(StatusCode::BAD_REQUEST, "Request refused", &format!("<p>{}</p>", escape(message)))
+            }
+            AuthzError::Redirect { redirect_uri, state: st, error, description } => redirect_to_client(
+                &redirect_uri,
+                &[
+                    ("error", error),
+                    ("error_description", description),
+                    ("state", st.as_deref().unwrap_or("")),
+                ],
+                &state.config.issuer,
+            ),
+        }
+    }
+}
+
+/// `302` to the client's redirect URI with `params` (empty values dropped) and the RFC 9207 `iss`.
+fn redirect_to_client(redirect_uri: &str, params: &[(&str, &str)], issuer: &str) -> Response {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params.iter().filter(|(_, v)| !v.is_empty()) {
+        query.append_pair(k, v);
+    }
+    query.append_pair("iss", issuer);
+    let separator = if redirect_uri.contains('?') { '&' } else { '?' };
+    let location = format!("{redirect_uri}{separator}{}", query.finish());
+    match HeaderValue::from_str(&location) {
+        Ok(location) => (
+            StatusCode::FOUND,
+            [(header::LOCATION, location), (header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        )
+            .into_response(),
+        Err(_) => page(StatusCode::BAD_REQUEST, "Request refused", "<p>The redirect URI cannot be used.</p>"),
+    }
+}
+
+async fn check_request(state: &AppState, params: &Params) -> Result<AuthzRequest, AuthzError> {
+    let client_id = params.get("client_id").ok_or(AuthzError::Page("The request names no client."))?;
+    let client = match state.store.client(client_id).await {
+        Ok(Some(c)) if !c.disabled => c,
+        Ok(_) => return Err(AuthzError::Page("The client is unknown or disabled.")),
+        Err(e) => {
+            tracing::warn!(error = %e, "authorize: store failure");
+            return Err(AuthzError::Page("The service is temporarily unavailable. Try again later."));
+        }
+    };
+    let redirect_uri =
+        params.get("redirect_uri").ok_or(AuthzError::Page("The request has no redirect URI."))?;
+    if !client.redirect_uris.iter().any(|r| r == redirect_uri) {
+        return Err(AuthzError::Page("The redirect URI is not registered for this client."));
+    }
+    let st = params.get("state").map(str::to_owned);
+    let fail = |error, description| AuthzError::Redirect {
+        redirect_uri: redirect_uri.to_owned(),
+        state: st.clone(),
+        error,
+        description,
+    };
+    if params.get("response_type") != Some("code") {
+        return Err(fail("unsupported_response_type", "only response_type=code is supported"));
+    }
+    if !client.grant_types.contains(&GrantType::AuthorizationCode) {
+        return Err(fail("unauthorized_client", "this client may not use the authorization code grant"));
+    }
+    if params.get("request").is_some() || params.get("request_uri").is_some() {
+        return Err(fail("request_not_supported", "request objects are not supported"));
+    }
+    let challenge = params
+        .get("code_challenge")
+        .ok_or_else(|| fail("invalid_request", "PKCE code_challenge is required"))?;
+    if params.get("code_challenge_method") != Some("S256") || !flow::is_s256_challenge(challenge) {
+        return Err(fail(
+            "invalid_request",
+            "code_challenge_method must be S256 with a 43-character challenge",
+        ));
+    }
+    let requested = params.all("resource");
+    let audience =
+        if requested.is_empty() && client.audiences.len() != 1 {
+            None
+        } else {
+            Some(flow::select_audience(&requested, &client.audiences).map_err(|_| {
+                fail("invalid_target", "the requested resource is not allowed for this client")
+            })?)
+        };
+    let resource_scopes = match &audience {
+        Some(aud) => match state.store.resource(aud).await {
+            Ok(Some(r)) => Some(r.scopes),
+            Ok(None) => return Err(fail("invalid_target", "the requested resource is not registered")),
+            Err(_) => return Err(fail("temporarily_unavailable", "try again later")),
+        },
+        None => None,
+    };
+    let scope = flow::grant_user_scope(params.get("scope"), &client.scopes, resource_scopes.as_deref())
+        .map_err(|e| match e {
+            FlowError::InvalidScope | FlowError::InvalidTarget => {
+                fail("invalid_scope", "the requested scope is not allowed")
+            }
+        })?;
+    let prompt: Vec<String> =
+        params.get("prompt").unwrap_or("").split(' ').filter(|p| !p.is_empty()).map(str::to_owned).collect();
+    Ok(AuthzRequest {
+        redirect_uri: redirect_uri.to_owned(),
+        state: st.clone(),
+        scope,
+        audience,
+        nonce: params.get("nonce").map(str::to_owned),
+        challenge: challenge.to_owned(),
+        prompt,
+        client,
+    })
+}
+
+/// The query string without `prompt`, to return to after a login (so `prompt=login` is asked only once).
+fn without_prompt(query: &str) -> String {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != "prompt") {
+        out.append_pair(&k, &v);
+    }
+    out.finish()
+}
+
+/// `GET /authorize`.
+pub async fn authorize(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let params = match Params::parse(query.as_bytes()) {
+        Ok(p) => p,
+        Err(_) => {
+            return page(StatusCode::BAD_REQUEST, "Request refused", "<p>A parameter was repeated.</p>");
+        }
+    };
+    let request = match check_request(&state, &params).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(&state),
+    };
+    let now = now();
+    let session = web::current_session(&state, &headers, now).await;
+    let force_login = request.prompt.iter().any(|p| p == "login");
+    match session {
+        Some((session, user)) if !force_login => {
+            proceed(&state, &headers, &request, &session, &user, &query, now).await
+        }
+        _ if request.prompt.iter().any(|p| p == "none") => AuthzError::Redirect {
+            redirect_uri: request.redirect_uri,
+            state: request.state,
+            error: "login_required",
+            description: "the user is not signed in",
+        }
+        .into_response(&state),
+        _ => {
+            let (csrf, set) = web::csrf_token(&state, &headers);
+            web::with_cookie(web::login_form(&csrf, &without_prompt(&query), None, StatusCode::OK), set)
+        }
+    }
+}
+
+/// With a signed-in user: a code for first-party clients, the consent screen for the others.
+async fn proceed(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: &AuthzRequest,
+    session: &LoginSession,
+    user: &User,
+    query: &str,
+    now: i64,
+) -> Response {
+    if request.client.first_party {
+        return issue_code(state, request, session, now).await;
+    }
+    let (csrf, set) = web::csrf_token(state, headers);
+    let scopes: String = request.scope.split(' ').map(|s| format!("<li>{}</li>", escape(s))).collect();
+    let body = format!(
+        "<p>Signed in as <b>{user}</b>.</p><p><b>{client}</b> asks for:</p><ul>{scopes}</ul>\
+         <form method=\"post\" action=\"/authorize\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <input type=\"hidden\" name=\"request\" value=\"{request}\">\
+         <button type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\
+         <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form>",
+        user = escape(&user.username),
+        client = escape(&request.client.name),
+        csrf = escape(&csrf),
+        request = escape(&without_prompt(query)),
+    );
+    web::with_cookie(page(StatusCode::OK, "Allow access?", &body), set)
+}
+
+/// `POST /authorize`: the consent decision.
+pub async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(form) = Params::parse(&body) else {
+        return page(StatusCode::BAD_REQUEST, "Request refused", "<p>A parameter was repeated.</p>");
+    };
+    if !web::csrf_ok(&state, &headers, form.get("csrf")) {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Request refused",
+            "<p>The form expired. Go back and try again.</p>",
+        );
+    }
+    let query = form.get("request").unwrap_or("").to_owned();
+    let params = match Params::parse(query.as_bytes()) {
+        Ok(p) => p,
+        Err(_) => {
+            return page(StatusCode::BAD_REQUEST, "Request refused", "<p>A parameter was repeated.</p>");
+        }
+    };
+    let request = match check_request(&state, &params).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(&state),
+    };
+    let now = now();
+    let Some((session, _user)) = web::current_session(&state, &headers, now).await else {
+        let (csrf, set) = web::csrf_token(&state, &headers);
+        return web::with_cookie(web::login_form(&csrf, &query, None, StatusCode::OK), set);
+    };
+    if form.get("decision") == Some("allow") {
+        issue_code(&state, &request, &session, now).await
+    } else {
+        AuthzError::Redirect {
+            redirect_uri: request.redirect_uri,
+            state: request.state,
+            error: "access_denied",
+            description: "the user denied the request",
+        }
+        .into_response(&state)
+    }
+}
+
+async fn issue_code(state: &AppState, request: &AuthzRequest, session: &LoginSession, now: i64) -> Response {
+    let unavailable = || AuthzError::Redirect {
+        redirect_uri: request.redirect_uri.clone(),
+        state: request.state.clone(),
+        error: "temporarily_unavailable",
+        description: "try again later",
+    };
+    let Ok(code) = new_secret(SecretKind::AuthorizationCode) else {
+        return unavailable().into_response(state);
+    };
+    let record = AuthCode {
+        hash: code.hash(),
+        client_id: request.client.id.clone(),
+        user_id: session.user_id.clone(),
+        redirect_uri: request.redirect_uri.clone(),
+        code_challenge: request.challenge.clone(),
+        scope: request.scope.clone(),
+        audience: request.audience.clone(),
+        nonce: request.nonce.clone(),
+        login_session: Some(session.hash),
+        auth_time: session.auth_time,
+        amr: session.amr.clone(),
+        created_at: now,
+        expires_at: now + state.config.code_ttl,
+    };
+    if let Err(e) = state.store.insert_code(&record).await {
+        tracing::warn!(error = %e, "cannot store authorization code");
+        return unavailable().into_response(state);
+    }
+    redirect_to_client(
+        &request.redirect_uri,
+        &[("code", code.expose()), ("state", request.state.as_deref().unwrap_or(""))],
+        &state.config.issuer,
+    )
+}
+
+/// `GET /login`: the form, or who is signed in.
+pub async fn login_page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let (csrf, set) = web::csrf_token(&state, &headers);
+    let response = match web::current_session(&state, &headers, now()).await {
+        Some((_, user)) => page(
+            StatusCode::OK,
+            "Signed in",
+            &format!(
+                "<p>Signed in as <b>{}</b>.</p><form method=\"post\" action=\"/logout\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Sign out</button></form>",
+                escape(&user.username),
+                escape(&csrf)
+            ),
+        ),
+        None => web::login_form(&csrf, "", None, StatusCode::OK),
+    };
+    web::with_cookie(response, set)
+}
+
+/// `POST /login`: checks the credentials; on success sets the session cookie and returns to the
+/// authorization request (or the signed-in page).
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = Params::parse(&body).unwrap_or_default();
+    let return_to = form.get("return").unwrap_or("").to_owned();
+    let (csrf, set) = web::csrf_token(&state, &headers);
+    if !web::csrf_ok(&state, &headers, form.get("csrf")) {
+        let response = web::login_form(
+            &csrf,
+            &return_to,
+            Some("The form expired. Please sign in again."),
+            StatusCode::BAD_REQUEST,
+        );
+        return web::with_cookie(response, set);
+    }
+    let username = form.get("username").unwrap_or("").to_owned();
+    let password = Zeroizing::new(form.get("password").unwrap_or("").to_owned());
+    let now = now();
+    let user = match state.store.user_by_name(&username).await {
+        Ok(user) => user,
+        Err(e) => {
+            tracing::warn!(error = %e, "login: store failure");
+            let response = web::login_form(
+                &csrf,
+                &return_to,
+                Some("Sign-in is unavailable. Try again later."),
+                StatusCode::SERVICE_UNAVAILABLE,
+            );
+            return web::with_cookie(response, set);
+        }
+    };
+    let verified = state.passwords.verify(user.as_ref().map(|u| u.password_hash.as_str()), password).await;
+    let user = match user {
+        Some(user) if verified && !user.disabled => user,
+        other => {
+            state.metrics.login_failure();
+            let reason = match &other {
+                None => "unknown_user",
+                Some(u) if u.disabled => "user_disabled",
+                Some(_) => "wrong_password",
+            };
+            state
+                .event(Event {
+                    kind: "login_failure".into(),
+                    sub: other.map(|u| u.id),
+                    reason: Some(reason.into()),
+                    ..meta.event(now)
+                })
+                .await;
+            let response =
+                web::login_form(&csrf, &return_to, Some("Invalid username or password."), StatusCode::OK);
+            return web::with_cookie(response, set);
+        }
+    };
+    let Ok(secret) = new_secret(SecretKind::LoginSession) else {
+        return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+    };
+    let session = LoginSession {
+        hash: secret.hash(),
+        user_id: user.id.clone(),
+        auth_time: now,
+        amr: vec!["pwd".into()],
+        created_at: now,
+        expires_at: now + state.config.login_session_ttl,
+        revoked_at: None,
+    };
+    if let Err(e) = state.store.create_login_session(&session).await {
+        tracing::warn!(error = %e, "cannot store login session");
+        return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+    }
+    state.event(Event { kind: "login_success".into(), sub: Some(user.id.clone()), ..meta.event(now) }).await;
+    // Only ever back to our own authorization endpoint: `return` is a query string, never a URL.
+    let location = if return_to.is_empty() { "/login".to_owned() } else { format!("/authorize?{return_to}") };
+    let mut response =
+        (StatusCode::SEE_OTHER, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))])
+            .into_response();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    let cookie =
+        web::set_cookie(&state, web::session_cookie(&state), secret.expose(), state.config.login_session_ttl);
+    web::with_cookie(web::with_cookie(response, Some(cookie)), set)
+}
+
+/// What an `id_token_hint` tells about the session to end: its subject, session and client.
+struct Hint {
+    sid: Option<String>,
+    client_id: Option<String>,
+}
+
+fn read_hint(state: &AppState, keys: &KeySet, token: &str) -> Option<Hint> {
+    // An expired ID token is still a valid hint (OIDC RP-Initiated Logout §2); its signature and issuer
+    // must be ours.
+    let verified = UnverifiedJwt::parse(token).ok()?.verify(keys).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(verified.payload()).ok()?;
+    if claims.get("iss")?.as_str()? != state.config.issuer {
+        return None;
+    }
+    Some(Hint {
+        sid: claims.get("sid").and_then(|v| v.as_str()).map(str::to_owned),
+        client_id: claims.get("aud").and_then(|v| v.as_str()).map(str::to_owned),
+    })
+}
+
+/// `GET /logout`: with a valid `id_token_hint`, signs out at once; otherwise asks for confirmation.
+pub async fn logout_page(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
+    let keyring = state.keyring();
+    if let Some(hint) = params.get("id_token_hint").and_then(|t| read_hint(&state, keyring.published(), t)) {
+        return sign_out(&state, &meta, &headers, &params, Some(hint)).await;
+    }
+    let (csrf, set) = web::csrf_token(&state, &headers);
+    let keep = |name: &str| {
+        params
+            .get(name)
+            .map(|v| format!("<input type=\"hidden\" name=\"{name}\" value=\"{}\">", escape(v)))
+            .unwrap_or_default()
+    };
+    let body = format!(
+        "<p>Sign out of Tessera?</p><form method=\"post\" action=\"/logout\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">{}{}{}<button type=\"submit\">Sign out</button></form>",
+        escape(&csrf),
+        keep("client_id"),
+        keep("post_logout_redirect_uri"),
+        keep("state"),
+    );
+    web::with_cookie(page(StatusCode::OK, "Sign out", &body), set)
+}
+
+/// `POST /logout`: the confirmed sign-out.
+pub async fn logout(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params = Params::parse(&body).unwrap_or_default();
+    if !web::csrf_ok(&state, &headers, params.get("csrf")) {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Request refused",
+            "<p>The form expired. Go back and try again.</p>",
+        );
+    }
+    sign_out(&state, &meta, &headers, &params, None).await
+}
+
+async fn sign_out(
+    state: &AppState,
+    meta: &RequestMeta,
+    headers: &HeaderMap,
+    params: &Params,
+    hint: Option<Hint>,
+) -> Response {
+    let now = now();
+    let mut user_id = None;
+    if let Some((session, user)) = web::current_session(state, headers, now).await {
+        if let Err(e) = state.store.end_login_session(&session.hash, "logout", now).await {
+            tracing::warn!(error = %e, "cannot end login session");
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                "<p>Sign-out failed. Try again later.</p>",
+            );
+        }
+        user_id = Some(user.id);
+    }
+    if let Some(sid) = hint.as_ref().and_then(|h| h.sid.as_deref())
+        && let Err(e) = state.store.revoke_family(sid, "logout", now).await
+    {
+        tracing::warn!(error = %e, "cannot revoke session on logout");
+    }
+    state
+        .event(Event {
+            kind: "logout".into(),
+            sub: user_id,
+            sid: hint.as_ref().and_then(|h| h.sid.clone()),
+            ..meta.event(now)
+        })
+        .await;
+    let clear = web::set_cookie(state, web::session_cookie(state), "", 0);
+    let client_id = params.get("client_id").map(str::to_owned).or_else(|| hint.and_then(|h| h.client_id));
+    if let (Some(target), Some(client_id)) = (params.get("post_logout_redirect_uri"), client_id)
+        && let Ok(Some(client)) = state.store.client(&client_id).await
+        && client.redirect_uris.iter().any(|r| r == target)
+    {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if let Some(st) = params.get("state") {
+            query.append_pair("state", st);
+        }
+        let query = query.finish();
+        let location = if query.is_empty() {
+            target.to_owned()
+        } else {
+            format!("{target}{}{query}", if target.contains('?') { '&' } else { '?' })
+        };
+        if let Ok(location) = HeaderValue::from_str(&location) {
+            let response = (StatusCode::FOUND, [(header::LOCATION, location)]).into_response();
+            return web::with_cookie(response, Some(clear));
+        }
+    }
+    web::with_cookie(page(StatusCode::OK, "Signed out", "<p>You are signed out.</p>"), Some(clear))
+}

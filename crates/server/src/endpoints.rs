@@ -1,0 +1,274 @@
+//! Endpoints that take tokens back: userinfo (OIDC Core §5.3), revocation (RFC 7009) and introspection
+//! (RFC 7662).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tessera_core::flow::has_scope;
+use tessera_core::{ClientKind, OpaqueSecret, RevocationKind, SecretKind};
+use tessera_store::{Event, NewRevocation, TokenRef};
+use tessera_token::{AccessClaims, UnixTime, UnverifiedJwt, Validation};
+
+use crate::oauth::{ClientAuth, OAuthError, Params, authenticate_client, no_store_json};
+use crate::{AppState, RequestMeta, now};
+
+/// Why an access token is not accepted here. The name goes to the log; the wire sees `invalid_token`.
+#[derive(Debug)]
+pub struct TokenProblem(pub &'static str);
+
+/// Verifies, validates and checks the revocation set for an access token issued by this server, whatever
+/// its audience (userinfo and introspection serve every audience).
+///
+/// # Errors
+/// A [`TokenProblem`] naming the reason.
+pub async fn check_access_token(
+    state: &AppState,
+    token: &str,
+    now: i64,
+) -> Result<AccessClaims, TokenProblem> {
+    let keyring = state.keyring();
+    let verified = UnverifiedJwt::parse(token)
+        .and_then(|t| t.verify(keyring.published()))
+        .map_err(|r| TokenProblem(r.name()))?;
+    let payload: Value =
+        serde_json::from_slice(verified.payload()).map_err(|_| TokenProblem("malformed_claims"))?;
+    let audience = match payload.get("aud") {
+        Some(Value::String(a)) => a.clone(),
+        Some(Value::Array(list)) => list.first().and_then(Value::as_str).unwrap_or_default().to_owned(),
+        _ => String::new(),
+    };
+    let policy = Validation::access_token(state.config.issuer.clone(), audience);
+    let claims = verified
+        .validate(&policy, UnixTime(u64::try_from(now).unwrap_or(0)))
+        .map_err(|r| TokenProblem(r.name()))?;
+    let kid = verified.header().kid.clone().unwrap_or_default();
+    let reference = TokenRef {
+        jti: &claims.jti,
+        sid: claims.sid.as_deref(),
+        sub: &claims.sub,
+        client_id: &claims.client_id,
+        kid: &kid,
+        iat: i64::try_from(claims.iat).unwrap_or(i64::MAX),
+    };
+    match state.store.is_revoked(reference, now).await {
+        Ok(false) => Ok(claims),
+        Ok(true) => Err(TokenProblem("revoked")),
+        Err(_) => Err(TokenProblem("revocation_check_unavailable")),
+    }
+}
+
+/// The bearer token of `Authorization: Bearer …`; `Err` names what is wrong.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err("two_authorization_headers");
+    }
+    let value = value.to_str().map_err(|_| "malformed_authorization")?;
+    let (scheme, token) = value.split_once(' ').ok_or("malformed_authorization")?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
+        return Err("malformed_authorization");
+    }
+    Ok(Some(token))
+}
+
+/// An RFC 6750 §3 error: 401 with `WWW-Authenticate`.
+fn bearer_error(status: StatusCode, error: Option<&'static str>) -> Response {
+    let challenge = match error {
+        Some(e) => format!("Bearer realm=\"tessera\", error=\"{e}\""),
+        None => "Bearer realm=\"tessera\"".to_owned(),
+    };
+    let mut response = status.into_response();
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `GET /userinfo` (and POST): the signed-in user's claims, for an access token with the `openid` scope.
+pub async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let token = match bearer(&headers) {
+        Ok(Some(token)) => token,
+        Ok(None) => return bearer_error(StatusCode::UNAUTHORIZED, None),
+        Err(reason) => {
+            tracing::info!(reason, "userinfo: bad authorization header");
+            return bearer_error(StatusCode::UNAUTHORIZED, Some("invalid_request"));
+        }
+    };
+    let now = now();
+    let claims = match check_access_token(&state, token, now).await {
+        Ok(claims) => claims,
+        Err(TokenProblem(reason)) => {
+            tracing::info!(reason, "userinfo: token refused");
+            return bearer_error(StatusCode::UNAUTHORIZED, Some("invalid_token"));
+        }
+    };
+    let scope = claims.scope.clone().unwrap_or_default();
+    if !has_scope(&scope, "openid") {
+        return bearer_error(StatusCode::FORBIDDEN, Some("insufficient_scope"));
+    }
+    let user = match state.store.user_by_id(&claims.sub).await {
+        Ok(Some(user)) if !user.disabled => user,
+        Ok(_) => return bearer_error(StatusCode::UNAUTHORIZED, Some("invalid_token")),
+        Err(e) => return OAuthError::from(e).into_response(),
+    };
+    let mut body = json!({ "sub": user.id });
+    if has_scope(&scope, "profile") {
+        body["preferred_username"] = json!(user.username);
+    }
+    no_store_json(body.to_string())
+}
+
+/// `POST /revoke` (RFC 7009). A client may revoke only its own tokens; an unknown token answers 200.
+pub async fn revoke(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match revoke_inner(&state, &meta, &headers, &body).await {
+        Ok(()) => {
+            (StatusCode::OK, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))]).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn revoke_inner(
+    state: &AppState,
+    meta: &RequestMeta,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), OAuthError> {
+    let params = Params::from_form(headers, body)?;
+    let (client, _) = authenticate_client(&*state.store, headers, &params).await?;
+    let token = params.get("token").ok_or(OAuthError::invalid_request("token is required"))?;
+    let now = now();
+    if let Some(refresh) = OpaqueSecret::parse(SecretKind::RefreshToken, token) {
+        if let Some((_, family)) = state.store.refresh_token(&refresh.hash()).await?
+            && family.client_id == client.id
+            && state.store.revoke_family(&family.id, "revoked_by_client", now).await?
+        {
+            state
+                .event(Event {
+                    kind: "token_revoked".into(),
+                    sub: Some(family.user_id.clone()),
+                    sid: Some(family.id.clone()),
+                    client_id: Some(client.id.clone()),
+                    reason: Some("refresh_token".into()),
+                    ..meta.event(now)
+                })
+                .await;
+        }
+        return Ok(());
+    }
+    // An access token: its signature must be ours; only its own client may revoke it.
+    let keyring = state.keyring();
+    let Ok(verified) = UnverifiedJwt::parse(token).and_then(|t| t.verify(keyring.published())) else {
+        return Ok(());
+    };
+    let Ok(claims) = serde_json::from_slice::<Value>(verified.payload()) else { return Ok(()) };
+    let field = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+    let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+    if let (Some(jti), Some(owner)) = (field("jti"), field("client_id"))
+        && owner == client.id
+        && exp > now
+    {
+        let entry = NewRevocation {
+            kind: RevocationKind::Token,
+            subject: jti.clone(),
+            not_before: None,
+            expires_at: exp + 60,
+            reason: "revoked_by_client".into(),
+        };
+        state.store.revoke(&entry, now).await?;
+        state
+            .event(Event {
+                kind: "token_revoked".into(),
+                sub: field("sub"),
+                sid: field("sid"),
+                jti: Some(jti),
+                client_id: Some(client.id.clone()),
+                reason: Some("access_token".into()),
+                ..meta.event(now)
+            })
+            .await;
+    }
+    Ok(())
+}
+
+/// `POST /introspect` (RFC 7662), for confidential clients. An inactive token gets exactly
+/// `{"active":false}`. A client learns about a token only if it is the token's client or the token's
+/// audience is one of the client's.
+pub async fn introspect(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    match introspect_inner(&state, &headers, &body).await {
+        Ok(body) => no_store_json(body.to_string()),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn introspect_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Value, OAuthError> {
+    let params = Params::from_form(headers, body)?;
+    let (client, auth) = authenticate_client(&*state.store, headers, &params).await?;
+    if client.kind != ClientKind::Confidential || auth != ClientAuth::Secret {
+        return Err(OAuthError::invalid_client());
+    }
+    let token = params.get("token").ok_or(OAuthError::invalid_request("token is required"))?;
+    let inactive = json!({ "active": false });
+    let now = now();
+    if let Some(refresh) = OpaqueSecret::parse(SecretKind::RefreshToken, token) {
+        let Some((record, family)) = state.store.refresh_token(&refresh.hash()).await? else {
+            return Ok(inactive);
+        };
+        let live = record.rotated_at.is_none()
+            && family.revoked_at.is_none()
+            && record.expires_at > now
+            && family.expires_at > now
+            && family.client_id == client.id;
+        if !live {
+            return Ok(inactive);
+        }
+        return Ok(json!({
+            "active": true,
+            "token_type": "refresh_token",
+            "client_id": family.client_id,
+            "sub": family.user_id,
+            "sid": family.id,
+            "scope": record.scope,
+            "exp": record.expires_at,
+            "iat": record.created_at,
+            "iss": state.config.issuer,
+        }));
+    }
+    let Ok(claims) = check_access_token(state, token, now).await else { return Ok(inactive) };
+    let allowed = claims.client_id == client.id || claims.aud.0.iter().any(|a| client.audiences.contains(a));
+    if !allowed {
+        return Ok(inactive);
+    }
+    let mut out = json!({
+        "active": true,
+        "token_type": "Bearer",
+        "iss": claims.iss,
+        "sub": claims.sub,
+        "aud": claims.aud.0,
+        "client_id": claims.client_id,
+        "exp": claims.exp,
+        "iat": claims.iat,
+        "jti": claims.jti,
+    });
+    if let Some(scope) = claims.scope {
+        out["scope"] = json!(scope);
+    }
+    if let Some(sid) = claims.sid {
+        out["sid"] = json!(sid);
+    }
+    if let Some(nbf) = claims.nbf {
+        out["nbf"] = json!(nbf);
+    }
+    Ok(out)
+}
