@@ -129,7 +129,7 @@ pub enum RefreshDecision {
     Reuse,
 }
 
-/// Decides what a presented refresh token means (DESIGN §3). `rotated_at` is when it was rotated, if it was;
+/// Decides what a presented refresh token means (DESIGN §3). A `retry_window` of 0 disables retries. `rotated_at` is when it was rotated, if it was;
 /// `successor_unused` whether its successor has not been rotated in turn. The caller has already checked the
 /// client binding (a token presented by another client never gets here as a retry).
 pub fn refresh_decision(
@@ -140,7 +140,7 @@ pub fn refresh_decision(
 ) -> RefreshDecision {
     match rotated_at {
         None => RefreshDecision::Rotate,
-        Some(at) if successor_unused && now >= at && now - at <= retry_window => {
+        Some(at) if retry_window > 0 && successor_unused && now >= at && now - at <= retry_window => {
             RefreshDecision::ReturnSuccessor
         }
         Some(_) => RefreshDecision::Reuse,
@@ -225,6 +225,7 @@ mod tests {
         assert_eq!(refresh_decision(Some(89), true, 100, 10), Reuse, "outside the window");
         assert_eq!(refresh_decision(Some(99), false, 100, 10), Reuse, "the successor was used already");
         assert_eq!(refresh_decision(Some(99), true, 100, 0), Reuse, "window disabled");
+        assert_eq!(refresh_decision(Some(100), true, 100, 0), Reuse, "window disabled, same second");
     }
 }
 
