@@ -1,0 +1,432 @@
+//! `tessera serve` and the management commands as separate processes: first start, the commands an
+//! operator types, two server processes on one PostgreSQL database, and a `kill -9` in the middle of a
+//! refresh load.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly by design")]
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tessera_core::{OpaqueSecret, SecretKind};
+use tessera_store::{Family, RefreshRecord, Store};
+
+const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
+/// A `tessera` command run to completion.
+fn run(dir: &Path, env: &[(&str, &str)], args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("TESSERA_DATABASE_URL")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// A running `tessera serve` child; killed (by its PID) when dropped.
+struct ServerProcess {
+    child: Child,
+    addr: String,
+    first_start: Vec<String>,
+}
+
+impl ServerProcess {
+    fn start(dir: &Path, env: &[(&str, &str)], extra: &[&str]) -> ServerProcess {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(&args)
+            .current_dir(dir)
+            .env_remove("TESSERA_DATABASE_URL")
+            .envs(env.iter().copied())
+            .env("TESSERA_LOG_LEVEL", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        // From here on, dropping `server` kills and reaps the child, whatever happens.
+        let mut server = ServerProcess { child, addr: String::new(), first_start: Vec::new() };
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            let line = lines.next().expect("the server printed where it listens").unwrap();
+            if let Some(rest) = line.strip_prefix("tessera: listening on ") {
+                server.addr = rest.split(' ').next().unwrap().to_owned();
+                // Keep draining stdout so the server never blocks on a full pipe.
+                std::thread::spawn(move || for _ in lines {});
+                return server;
+            }
+            server.first_start.push(line);
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn signal(&self, signal: &str) {
+        assert!(Command::new("kill").args([signal, &self.pid()]).status().unwrap().success());
+    }
+
+    fn wait(mut self) -> std::process::ExitStatus {
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+async fn refresh(url: &str, token: &str) -> Result<(u16, Value), reqwest::Error> {
+    let r = client()
+        .post(url)
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", token), ("client_id", "app")])
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    Ok((status, r.json().await.unwrap_or(Value::Null)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_creates_everything_and_its_curl_line_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let text = server.first_start.join("\n");
+    assert!(text.contains("created data directory ./tessera-data"), "{text}");
+    assert!(text.contains("created key-encryption key ./tessera-data/master.key"), "{text}");
+    assert!(text.contains("created EdDSA signing key"), "{text}");
+    let curl = server.first_start.iter().find(|l| l.trim_start().starts_with("curl ")).unwrap();
+    let secret = curl.split("quickstart:").nth(1).unwrap().split(' ').next().unwrap();
+    let r = client()
+        .post(server.url("/token"))
+        .basic_auth("quickstart", Some(secret))
+        .form(&[("grant_type", "client_credentials"), ("resource", "urn:tessera:quickstart")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("tessera-data"), 0o700);
+        assert_eq!(mode("tessera-data/master.key"), 0o600);
+    }
+    assert!(dir.path().join("tessera-data/tessera.db").exists());
+    // SIGTERM: a graceful stop with exit 0; the second start creates nothing.
+    server.signal("-TERM");
+    assert!(server.wait().success());
+    let again = ServerProcess::start(dir.path(), &[], &[]);
+    assert!(again.first_start.is_empty(), "{:?}", again.first_start);
+}
+
+#[test]
+fn management_commands_do_what_an_operator_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, out, _) = run(
+        d,
+        &[],
+        &["resource", "add", "https://orders.example", "--scope", "orders:read orders:write"],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = run(
+        d,
+        &[],
+        &[
+            "client",
+            "add",
+            "web",
+            "--redirect-uri",
+            "https://web.example/cb",
+            "--audience",
+            "https://orders.example",
+            "--scope",
+            "openid orders:read",
+        ],
+        "",
+    );
+    assert_eq!(code, 0);
+    let secret = out.lines().find_map(|l| l.strip_prefix("client_secret: ")).unwrap().to_owned();
+    assert!(secret.starts_with("tss_"));
+    let (_, shown, _) = run(d, &[], &["client", "show", "web"], "");
+    assert!(
+        shown.contains("kind: confidential") && !shown.contains(&secret),
+        "the secret is shown once only"
+    );
+    let db = std::fs::read(d.join("tessera-data/tessera.db")).unwrap();
+    assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()), "only the hash is stored");
+    let (code, _, err) =
+        run(d, &[], &["client", "add", "bad", "--redirect-uri", "http://evil.example/cb"], "");
+    assert_eq!(code, 2);
+    assert!(err.starts_with("error: --redirect-uri #1"), "{err}");
+    let (code, _, err) = run(
+        d,
+        &[],
+        &["client", "add", "x", "--audience", "https://nowhere.example", "--grant", "client_credentials"],
+        "",
+    );
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+
+    // Users: the password comes from stdin, never an argument.
+    let (code, out, err) = run(d, &[], &["user", "add", "alice", "--role", "admin"], "a long password\n");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("username: alice") && out.contains("roles: admin"));
+    let (code, _, err) = run(d, &[], &["user", "add", "bob"], "short\n");
+    assert_eq!(code, 2);
+    assert_eq!(err.trim(), "error: the password must be at least 8 characters");
+    let (code, _, err) = run(d, &[], &["user", "add", "alice"], "another long password\n");
+    assert_eq!((code, err.trim()), (2, "error: user alice already exists"));
+    let (_, list, _) = run(d, &[], &["user", "list"], "");
+    assert!(list.contains("alice") && list.contains("enabled"));
+    let (code, out, _) = run(d, &[], &["user", "set-password", "alice"], "a different password\n");
+    assert_eq!(code, 0);
+    assert!(out.contains("every session revoked"));
+    let (code, out, _) = run(d, &[], &["user", "disable", "alice"], "");
+    assert_eq!(code, 0);
+    assert!(out.contains("disabled"));
+    let (code, _, err) = run(d, &[], &["revoke", "--user", "nobody"], "");
+    assert_eq!((code, err.trim()), (2, "error: no user nobody"));
+    let (code, out, _) = run(d, &[], &["revoke", "--client", "web"], "");
+    assert_eq!(code, 0, "{out}");
+
+    // Keys: list, rotate, import.
+    let (code, out, _) = run(d, &[], &["migrate"], "");
+    assert_eq!((code, out.trim()), (0, "migrations applied (sqlite)"));
+    let (code, out, err) = run(d, &[], &["keys", "rotate", "--now"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("is now current"));
+    let (_, keys, _) = run(d, &[], &["keys", "list"], "");
+    assert_eq!(keys.lines().filter(|l| l.contains(" current ")).count(), 1, "{keys}");
+    let (code, _, _) = run(d, &[], &["keys", "generate", "--alg", "ES256", "--out", "es.jwk"], "");
+    assert_eq!(code, 0);
+    let (code, out, err) = run(d, &[], &["keys", "import", "--file", "es.jwk"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("(ES256) imported and current"));
+
+    // config check shows the effective configuration without secrets.
+    let env = [("TESSERA_MASTER_KEY", MASTER_KEY), ("TESSERA_ACCESS_TOKEN_TTL", "120")];
+    let (code, out, _) =
+        run(d, &env, &["config", "check", "--database-url", "postgres://u:hunter2@db/x"], "");
+    assert_eq!(code, 0);
+    assert!(out.contains("access_token_ttl = 120") && out.contains("<redacted>"), "{out}");
+    assert!(!out.contains(MASTER_KEY) && !out.contains("hunter2"), "{out}");
+    let (code, _, err) = run(d, &[("TESSERA_ACCESS_TOKEN_TTL", "3600")], &["config", "check"], "");
+    assert_eq!((code, err.trim()), (2, "error: access_token_ttl: must be between 1 and 900 seconds"));
+}
+
+/// Registers a public client `app` (refresh allowed) and user `u1` with the CLI, then starts `families`
+/// refresh families directly in the store, returning each family's first refresh token.
+async fn seed(dir: &Path, env: &[(&str, &str)], store: &dyn Store, families: usize) -> Vec<String> {
+    let (code, _, err) =
+        run(dir, env, &["client", "add", "app", "--public", "--redirect-uri", "https://app.example/cb"], "");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(dir, env, &["user", "add", "u1"], "a long password\n");
+    assert_eq!(code, 0, "{err}");
+    let user = store.user_by_name("u1").await.unwrap().unwrap();
+    let now = tessera_server::now();
+    let mut tokens = Vec::new();
+    for i in 0..families {
+        let mut random = [0u8; 32];
+        random[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+        random[8..16].copy_from_slice(&u64::try_from(now).unwrap().to_le_bytes());
+        let secret = OpaqueSecret::from_random(SecretKind::RefreshToken, &random);
+        let family = Family {
+            id: format!("fam{i}"),
+            client_id: "app".into(),
+            user_id: user.id.clone(),
+            scope: String::new(),
+            audience: None,
+            auth_time: now,
+            amr: vec!["pwd".into()],
+            login_session: None,
+            code_hash: None,
+            created_at: now,
+            expires_at: now + 86_400,
+            revoked_at: None,
+        };
+        let first = RefreshRecord {
+            hash: secret.hash(),
+            family_id: family.id.clone(),
+            generation: 0,
+            scope: String::new(),
+            created_at: now,
+            expires_at: now + 3600,
+            rotated_at: None,
+            successor: None,
+        };
+        store.create_family(&family, Some(&first)).await.unwrap();
+        tokens.push(secret.expose().to_owned());
+    }
+    tokens
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_server_processes_on_one_postgres_give_fifty_racing_refreshes_one_successor() {
+    let Some(url) = std::env::var("TESSERA_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
+        #[allow(clippy::print_stderr, reason = "a skipped test says so")]
+        {
+            eprintln!("skipped: TESSERA_TEST_DATABASE_URL is not set");
+        }
+        return;
+    };
+    let schema = format!("tessera_proc_{}", std::process::id());
+    admin(&url, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).await;
+    let scoped = format!("{url}{}options[search_path]={schema}", if url.contains('?') { '&' } else { '?' });
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TESSERA_MASTER_KEY", MASTER_KEY), ("TESSERA_DATABASE_URL", scoped.as_str())];
+    let a = ServerProcess::start(dir.path(), &env, &["--issuer", "http://127.0.0.1:1"]);
+    let b = ServerProcess::start(dir.path(), &env, &["--issuer", "http://127.0.0.1:1"]);
+    let store = tessera_store::open(&scoped).await.unwrap();
+    let token = seed(dir.path(), &env, &*store, 1).await.remove(0);
+
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let url = if i % 2 == 0 { a.url("/token") } else { b.url("/token") };
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move { refresh(&url, &token).await.unwrap() }));
+    }
+    let mut successors = std::collections::HashSet::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        successors.insert(body["refresh_token"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(successors.len(), 1, "both nodes hand out the one successor");
+    assert_eq!(pg_invariants(&scoped).await, (0, 0), "one successor, one head");
+    let successor = successors.into_iter().next().unwrap();
+    assert_eq!(refresh(&b.url("/token"), &successor).await.unwrap().0, 200);
+    assert_eq!(
+        refresh(&a.url("/token"), &token).await.unwrap().0,
+        400,
+        "r0 again after its successor was used"
+    );
+    assert!(
+        store.family("fam0").await.unwrap().unwrap().revoked_at.is_some(),
+        "reuse on node A killed the family"
+    );
+    drop((a, b));
+    admin(&url, &format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
+/// The refresh-chain invariants, read straight from the tables: no rotated token points at a successor
+/// that does not exist, and every family has exactly one unrotated token. Returns (orphans, families
+/// without exactly one head).
+const ORPHANS: &str = "SELECT count(*) FROM refresh_tokens t WHERE t.successor IS NOT NULL \
+                       AND NOT EXISTS (SELECT 1 FROM refresh_tokens s WHERE s.hash = t.successor)";
+const BAD_HEADS: &str = "SELECT count(*) FROM (SELECT family_id FROM refresh_tokens GROUP BY family_id \
+                         HAVING sum(CASE WHEN rotated_at IS NULL THEN 1 ELSE 0 END) <> 1) AS x";
+
+async fn pg_invariants(scoped_url: &str) -> (i64, i64) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(scoped_url).await.unwrap();
+    let orphans: i64 = sqlx::query_scalar(ORPHANS).fetch_one(&mut conn).await.unwrap();
+    let bad: i64 = sqlx::query_scalar(BAD_HEADS).fetch_one(&mut conn).await.unwrap();
+    (orphans, bad)
+}
+
+async fn sqlite_invariants(path: &Path) -> (i64, i64) {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    let orphans: i64 = sqlx::query_scalar(ORPHANS).fetch_one(&mut conn).await.unwrap();
+    let bad: i64 = sqlx::query_scalar(BAD_HEADS).fetch_one(&mut conn).await.unwrap();
+    (orphans, bad)
+}
+
+async fn admin(url: &str, sql: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_refresh_load_loses_no_successor_and_revives_no_revoked_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TESSERA_MASTER_KEY", MASTER_KEY)];
+    let server = ServerProcess::start(dir.path(), &env, &[]);
+    let db = dir.path().join("tessera-data/tessera.db");
+    let store = tessera_store::open(&format!("sqlite://{}", db.display())).await.unwrap();
+    let mut tokens = seed(dir.path(), &env, &*store, 16).await;
+    drop(store);
+    // Four families are revoked before the load.
+    for i in 0..4 {
+        let (code, _, err) = run(dir.path(), &env, &["revoke", "--session", &format!("fam{i}")], "");
+        assert_eq!(code, 0, "{err}");
+    }
+    let url = server.url("/token");
+    let mut load = Vec::new();
+    for (i, token) in tokens.drain(..).enumerate() {
+        let url = url.clone();
+        load.push(tokio::spawn(async move {
+            let mut current = token;
+            let mut rotations = 0u32;
+            loop {
+                match refresh(&url, &current).await {
+                    Ok((200, body)) => {
+                        current = body["refresh_token"].as_str().unwrap().to_owned();
+                        rotations += 1;
+                    }
+                    Ok((status, _)) => {
+                        assert!(i < 4 && status == 400, "family {i}: {status}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(_) => return (current, rotations),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.signal("-KILL");
+    let _ = server.wait();
+    let mut held = Vec::new();
+    let mut total = 0;
+    for task in load {
+        let (token, rotations) = task.await.unwrap();
+        total += rotations;
+        held.push(token);
+    }
+    assert!(total > 20, "the load rotated tokens before the kill ({total})");
+
+    let server = ServerProcess::start(dir.path(), &env, &[]);
+    assert_eq!(sqlite_invariants(&db).await, (0, 0), "no orphaned successor, one head per family");
+    for (i, token) in held.iter().enumerate() {
+        let (status, body) = refresh(&server.url("/token"), token).await.unwrap();
+        if i < 4 {
+            assert_eq!(status, 400, "revoked family {i} stays revoked");
+        } else {
+            // Either the rotation in flight never committed (so it happens now), or it committed and the
+            // answer was lost (so the retry window hands back the same successor).
+            assert_eq!(status, 200, "family {i}: {body}");
+        }
+    }
+}
