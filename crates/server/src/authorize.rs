@@ -152,6 +152,14 @@ async fn check_request(state: &AppState, params: &Params) -> Result<AuthzRequest
     })
 }
 
+/// Reads and checks an authorization request's query string; the error is the response to send.
+async fn parse_request(state: &AppState, query: &str) -> Result<AuthzRequest, Box<Response>> {
+    let params = Params::parse(query.as_bytes()).map_err(|_| {
+        Box::new(page(StatusCode::BAD_REQUEST, "Request refused", "<p>A parameter was repeated.</p>"))
+    })?;
+    check_request(state, &params).await.map_err(|e| Box::new(e.into_response(state)))
+}
+
 /// The query string without `prompt`, to return to after a login (so `prompt=login` is asked only once).
 fn without_prompt(query: &str) -> String {
     let mut out = form_urlencoded::Serializer::new(String::new());
@@ -168,15 +176,9 @@ pub async fn authorize(
     RawQuery(query): RawQuery,
 ) -> Response {
     let query = query.unwrap_or_default();
-    let params = match Params::parse(query.as_bytes()) {
-        Ok(p) => p,
-        Err(_) => {
-            return page(StatusCode::BAD_REQUEST, "Request refused", "<p>A parameter was repeated.</p>");
-        }
-    };
-    let request = match check_request(&state, &params).await {
+    let request = match parse_request(&state, &query).await {
         Ok(r) => r,
-        Err(e) => return e.into_response(&state),
+        Err(response) => return *response,
     };
     let now = now();
     let session = web::current_session(&state, &headers, now).await;
@@ -242,15 +244,9 @@ pub async fn consent(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
         );
     }
     let query = form.get("request").unwrap_or("").to_owned();
-    let params = match Params::parse(query.as_bytes()) {
-        Ok(p) => p,
-        Err(_) => {
-            return page(StatusCode::BAD_REQUEST, "Request refused", "<p>A parameter was repeated.</p>");
-        }
-    };
-    let request = match check_request(&state, &params).await {
+    let request = match parse_request(&state, &query).await {
         Ok(r) => r,
-        Err(e) => return e.into_response(&state),
+        Err(response) => return *response,
     };
     let now = now();
     let Some((session, _user)) = web::current_session(&state, &headers, now).await else {
