@@ -1,0 +1,365 @@
+//! `tessera-bench`: load scenarios against a real `tessera serve` process on loopback, from this second
+//! process, with a fixed duration and connection count. Prints requests/s and p50/p99 latency per scenario,
+//! as a Markdown table for `docs/benchmarks.md`.
+//!
+//! Scenarios: `client_credentials`, `refresh` (each connection rotates its own refresh chain),
+//! `introspect`, `jwks`. Each connection is one keep-alive HTTP/1.1 connection sending one request at a time.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt as _, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tessera_core::{ClientKind, GrantType, OpaqueSecret, SecretKind};
+use tessera_store::{Client, Family, RefreshRecord, Resource, Store, User};
+use tokio::io::AsyncBufReadExt as _;
+
+/// Load scenarios for the authorization server.
+#[derive(Debug, Parser)]
+struct Args {
+    /// The `tessera` binary to run [default: target/release/tessera].
+    #[arg(long, default_value = "target/release/tessera")]
+    server: PathBuf,
+    /// PostgreSQL URL; without it, SQLite in a temporary directory.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Seconds per scenario.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Scenarios to run (repeatable) [default: all].
+    #[arg(long = "scenario")]
+    scenarios: Vec<String>,
+}
+
+const AUDIENCE: &str = "https://bench.example";
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            #[allow(clippy::print_stderr, reason = "the bench's one error line")]
+            {
+                eprintln!("error: {e}");
+            }
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn now() -> i64 {
+    tessera_server::now()
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let master = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32]);
+    let database_url = args.database_url.clone().unwrap_or_default();
+    let mut child = tokio::process::Command::new(&args.server)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("TESSERA_MASTER_KEY", &master)
+        .env("TESSERA_DATABASE_URL", &database_url)
+        .env("TESSERA_LOG_LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", args.server.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next_line().await.map_err(|e| e.to_string())?.ok_or("the server exited")?;
+        if let Some(rest) = line.strip_prefix("tessera: listening on ") {
+            break rest.split(' ').next().unwrap_or_default().to_owned();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let store_url = if database_url.is_empty() {
+        format!("sqlite://{}", dir.path().join("tessera-data/tessera.db").display())
+    } else {
+        database_url
+    };
+    let store = tessera_store::open(&store_url).await.map_err(|e| e.to_string())?;
+    let secret = setup(&*store).await?;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("bench:{}", secret.expose()))
+    );
+    let all = ["client_credentials", "refresh", "introspect", "jwks"];
+    let scenarios: Vec<String> = if args.scenarios.is_empty() {
+        all.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        args.scenarios.clone()
+    };
+    let mut out = vec![
+        format!(
+            "backend: {}, connections: {}, duration: {} s",
+            store.backend(),
+            args.connections,
+            args.duration
+        ),
+        "| scenario | requests/s | p50 ms | p99 ms | errors |".to_owned(),
+        "| --- | ---: | ---: | ---: | ---: |".to_owned(),
+    ];
+    for scenario in &scenarios {
+        let plan: Vec<Plan> = match scenario.as_str() {
+            "client_credentials" => (0..args.connections)
+                .map(|_| Plan::Fixed {
+                    path: "/token",
+                    auth: Some(basic.clone()),
+                    body: "grant_type=client_credentials".into(),
+                })
+                .collect(),
+            "refresh" => families(&*store, args.connections)
+                .await?
+                .into_iter()
+                .map(|t| Plan::Refresh { token: t })
+                .collect(),
+            "introspect" => {
+                let token = fetch_token(&addr, &basic).await?;
+                (0..args.connections)
+                    .map(|_| Plan::Fixed {
+                        path: "/introspect",
+                        auth: Some(basic.clone()),
+                        body: format!("token={token}"),
+                    })
+                    .collect()
+            }
+            "jwks" => (0..args.connections).map(|_| Plan::Get { path: "/jwks.json" }).collect(),
+            other => return Err(format!("unknown scenario {other}")),
+        };
+        let result = load(&addr, plan, Duration::from_secs(args.duration)).await?;
+        out.push(result.row(scenario));
+    }
+    #[allow(clippy::print_stdout, reason = "the bench's report")]
+    {
+        println!("{}", out.join("\n"));
+    }
+    let _ = child.start_kill();
+    Ok(())
+}
+
+async fn setup(store: &dyn Store) -> Result<OpaqueSecret, String> {
+    let secret = tessera_server::crypto::new_secret(SecretKind::ClientSecret).map_err(|e| e.0)?;
+    let resource = Resource { audience: AUDIENCE.into(), scopes: vec!["read".into()], created_at: now() };
+    store.create_resource(&resource).await.map_err(|e| e.to_string())?;
+    let client = |id: &str, kind, grants: Vec<GrantType>, secret_hash| Client {
+        id: id.into(),
+        name: id.into(),
+        kind,
+        secret_hash,
+        redirect_uris: vec!["https://app.example/cb".into()],
+        grant_types: grants,
+        audiences: vec![AUDIENCE.into()],
+        scopes: vec!["read".into()],
+        access_ttl: 300,
+        refresh_idle_ttl: 3600,
+        refresh_absolute_ttl: 86_400,
+        first_party: true,
+        disabled: false,
+        created_at: now(),
+    };
+    let bench =
+        client("bench", ClientKind::Confidential, vec![GrantType::ClientCredentials], Some(secret.hash()));
+    store.create_client(&bench).await.map_err(|e| e.to_string())?;
+    let app =
+        client("app", ClientKind::Public, vec![GrantType::AuthorizationCode, GrantType::RefreshToken], None);
+    store.create_client(&app).await.map_err(|e| e.to_string())?;
+    let user = User {
+        id: "u_bench".into(),
+        username: "bench".into(),
+        password_hash: "$argon2id$unused".into(),
+        roles: vec![],
+        disabled: false,
+        created_at: now(),
+        password_changed_at: now(),
+    };
+    store.create_user(&user).await.map_err(|e| e.to_string())?;
+    Ok(secret)
+}
+
+/// One refresh family per connection; returns each family's first token.
+async fn families(store: &dyn Store, n: usize) -> Result<Vec<String>, String> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let secret = tessera_server::crypto::new_secret(SecretKind::RefreshToken).map_err(|e| e.0)?;
+        let id = tessera_server::crypto::random_id().map_err(|e| e.0)?;
+        let family = Family {
+            id: id.clone(),
+            client_id: "app".into(),
+            user_id: "u_bench".into(),
+            scope: "read".into(),
+            audience: Some(AUDIENCE.into()),
+            auth_time: now(),
+            amr: vec!["pwd".into()],
+            login_session: None,
+            code_hash: None,
+            created_at: now(),
+            expires_at: now() + 86_400,
+            revoked_at: None,
+        };
+        let first = RefreshRecord {
+            hash: secret.hash(),
+            family_id: id,
+            generation: 0,
+            scope: "read".into(),
+            created_at: now(),
+            expires_at: now() + 3600,
+            rotated_at: None,
+            successor: None,
+        };
+        store.create_family(&family, Some(&first)).await.map_err(|e| e.to_string())?;
+        out.push(secret.expose().to_owned());
+    }
+    Ok(out)
+}
+
+/// What one connection sends, over and over.
+enum Plan {
+    Fixed { path: &'static str, auth: Option<String>, body: String },
+    Refresh { token: String },
+    Get { path: &'static str },
+}
+
+struct Outcome {
+    latencies_us: Vec<u32>,
+    errors: u64,
+    seconds: f64,
+}
+
+impl Outcome {
+    fn row(mut self, scenario: &str) -> String {
+        self.latencies_us.sort_unstable();
+        let pct = |p: f64| {
+            let n = self.latencies_us.len();
+            if n == 0 {
+                return 0.0;
+            }
+            let i = ((n as f64 * p).ceil() as usize).clamp(1, n) - 1;
+            f64::from(self.latencies_us[i]) / 1000.0
+        };
+        let rate = self.latencies_us.len() as f64 / self.seconds;
+        format!("| {scenario} | {rate:.0} | {:.2} | {:.2} | {} |", pct(0.50), pct(0.99), self.errors)
+    }
+}
+
+async fn fetch_token(addr: &str, basic: &str) -> Result<String, String> {
+    let mut conn = Conn::open(addr).await?;
+    let (status, body) = conn.post("/token", Some(basic), "grant_type=client_credentials".into()).await?;
+    if status != 200 {
+        return Err(format!("client_credentials answered {status}"));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    json["access_token"].as_str().map(str::to_owned).ok_or_else(|| "no access_token".to_owned())
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> Result<Conn, String> {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        Ok(Conn { sender, host: addr.to_owned() })
+    }
+
+    async fn send(&mut self, request: Request<Full<Bytes>>) -> Result<(u16, Bytes), String> {
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let response = self.sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, body))
+    }
+
+    async fn post(&mut self, path: &str, auth: Option<&str>, body: String) -> Result<(u16, Bytes), String> {
+        let mut builder = Request::post(path)
+            .header("host", &self.host)
+            .header("content-type", "application/x-www-form-urlencoded");
+        if let Some(auth) = auth {
+            builder = builder.header("authorization", auth);
+        }
+        let request = builder.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
+        self.send(request).await
+    }
+
+    async fn get(&mut self, path: &str) -> Result<(u16, Bytes), String> {
+        let request = Request::get(path)
+            .header("host", &self.host)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        self.send(request).await
+    }
+}
+
+async fn load(addr: &str, plans: Vec<Plan>, duration: Duration) -> Result<Outcome, String> {
+    #[allow(clippy::disallowed_methods, reason = "a load generator measures wall-clock latency")]
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for plan in plans {
+        let addr = addr.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&addr).await?;
+            let mut latencies = Vec::with_capacity(100_000);
+            let mut errors = 0u64;
+            let mut refresh_token = match &plan {
+                Plan::Refresh { token } => token.clone(),
+                _ => String::new(),
+            };
+            while started.elapsed() < duration {
+                #[allow(clippy::disallowed_methods, reason = "a load generator measures wall-clock latency")]
+                let t0 = std::time::Instant::now();
+                let answer = match &plan {
+                    Plan::Fixed { path, auth, body } => conn.post(path, auth.as_deref(), body.clone()).await,
+                    Plan::Get { path } => conn.get(path).await,
+                    Plan::Refresh { .. } => {
+                        let body =
+                            format!("grant_type=refresh_token&client_id=app&refresh_token={refresh_token}");
+                        conn.post("/token", None, body).await
+                    }
+                };
+                let micros = u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX);
+                match answer {
+                    Ok((200, body)) => {
+                        if matches!(plan, Plan::Refresh { .. }) {
+                            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                            match json["refresh_token"].as_str() {
+                                Some(next) => refresh_token = next.to_owned(),
+                                None => errors += 1,
+                            }
+                        }
+                        latencies.push(micros);
+                    }
+                    Ok(_) => errors += 1,
+                    Err(_) => {
+                        errors += 1;
+                        conn = Conn::open(&addr).await?;
+                    }
+                }
+            }
+            Ok::<_, String>((latencies, errors))
+        }));
+    }
+    let mut outcome = Outcome { latencies_us: Vec::new(), errors: 0, seconds: 0.0 };
+    for task in tasks {
+        let (latencies, errors) = task.await.map_err(|e| e.to_string())??;
+        outcome.latencies_us.extend(latencies);
+        outcome.errors += errors;
+    }
+    outcome.seconds = started.elapsed().as_secs_f64();
+    Ok(outcome)
+}
