@@ -63,7 +63,9 @@ async fn run(args: Args) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let master = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32]);
     let database_url = args.database_url.clone().unwrap_or_default();
-    let mut child = tokio::process::Command::new(&args.server)
+    let server = std::fs::canonicalize(&args.server)
+        .map_err(|e| format!("cannot find {}: {}", args.server.display(), e.kind()))?;
+    let mut child = tokio::process::Command::new(&server)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .current_dir(dir.path())
         .env("TESSERA_MASTER_KEY", &master)
