@@ -36,7 +36,17 @@ pub fn select_audience(requested: &[&str], allowed: &[String]) -> Result<String,
 /// # Errors
 /// [`FlowError::InvalidScope`] if any requested scope is not allowed.
 pub fn grant_scope(requested: Option<&str>, allowed: &[&[String]]) -> Result<String, FlowError> {
-    let permitted = |s: &str| allowed.iter().all(|set| set.iter().any(|a| a == s));
+    let candidates = allowed.first().copied().unwrap_or_default();
+    choose_scope(requested, candidates, |s| allowed.iter().all(|set| set.iter().any(|a| a == s)))
+}
+
+/// The requested scopes if each is `permitted`, else every permitted one of `candidates`; sorted, unique,
+/// space-separated.
+fn choose_scope(
+    requested: Option<&str>,
+    candidates: &[String],
+    permitted: impl Fn(&str) -> bool,
+) -> Result<String, FlowError> {
     let chosen: BTreeSet<&str> = match requested {
         Some(text) => {
             let wanted: BTreeSet<&str> = text.split(' ').filter(|s| !s.is_empty()).collect();
@@ -45,10 +55,7 @@ pub fn grant_scope(requested: Option<&str>, allowed: &[&[String]]) -> Result<Str
             }
             wanted
         }
-        None => match allowed.first() {
-            Some(first) => first.iter().map(String::as_str).filter(|s| permitted(s)).collect(),
-            None => BTreeSet::new(),
-        },
+        None => candidates.iter().map(String::as_str).filter(|s| permitted(s)).collect(),
     };
     Ok(chosen.into_iter().collect::<Vec<_>>().join(" "))
 }
@@ -67,21 +74,10 @@ pub fn grant_user_scope(
     client_scopes: &[String],
     resource_scopes: Option<&[String]>,
 ) -> Result<String, FlowError> {
-    let permitted = |s: &str| {
+    choose_scope(requested, client_scopes, |s| {
         client_scopes.iter().any(|c| c == s)
             && (OIDC_SCOPES.contains(&s) || resource_scopes.is_some_and(|r| r.iter().any(|x| x == s)))
-    };
-    let chosen: BTreeSet<&str> = match requested {
-        Some(text) => {
-            let wanted: BTreeSet<&str> = text.split(' ').filter(|s| !s.is_empty()).collect();
-            if !wanted.iter().all(|s| permitted(s)) {
-                return Err(FlowError::InvalidScope);
-            }
-            wanted
-        }
-        None => client_scopes.iter().map(String::as_str).filter(|s| permitted(s)).collect(),
-    };
-    Ok(chosen.into_iter().collect::<Vec<_>>().join(" "))
+    })
 }
 
 /// Narrows a granted scope on refresh: the requested scopes must all be in `granted`; none requested keeps
