@@ -77,7 +77,7 @@ fn redirect_to_client(redirect_uri: &str, params: &[(&str, &str)], issuer: &str)
 
 async fn check_request(state: &AppState, params: &Params) -> Result<AuthzRequest, AuthzError> {
     let client_id = params.get("client_id").ok_or(AuthzError::Page("The request names no client."))?;
-    let client = match state.store.client(client_id).await {
+    let client = match state.directory.client(client_id).await {
         Ok(Some(c)) if !c.disabled => c,
         Ok(_) => return Err(AuthzError::Page("The client is unknown or disabled.")),
         Err(e) => {
@@ -125,7 +125,7 @@ async fn check_request(state: &AppState, params: &Params) -> Result<AuthzRequest
             })?)
         };
     let resource_scopes = match &audience {
-        Some(aud) => match state.store.resource(aud).await {
+        Some(aud) => match state.directory.resource(aud).await {
             Ok(Some(r)) => Some(r.scopes),
             Ok(None) => return Err(fail("invalid_target", "the requested resource is not registered")),
             Err(_) => return Err(fail("temporarily_unavailable", "try again later")),
@@ -514,7 +514,7 @@ async fn sign_out(
     let clear = web::set_cookie(state, web::session_cookie(state), "", 0);
     let client_id = params.get("client_id").map(str::to_owned).or_else(|| hint.and_then(|h| h.client_id));
     if let (Some(target), Some(client_id)) = (params.get("post_logout_redirect_uri"), client_id)
-        && let Ok(Some(client)) = state.store.client(&client_id).await
+        && let Ok(Some(client)) = state.directory.client(&client_id).await
         && client.redirect_uris.iter().any(|r| r == target)
     {
         let mut query = form_urlencoded::Serializer::new(String::new());

@@ -112,7 +112,7 @@ pub async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     if !has_scope(&scope, "openid") {
         return bearer_error(StatusCode::FORBIDDEN, Some("insufficient_scope"));
     }
-    let user = match state.store.user_by_id(&claims.sub).await {
+    let user = match state.directory.user(&claims.sub).await {
         Ok(Some(user)) if !user.disabled => user,
         Ok(_) => return bearer_error(StatusCode::UNAUTHORIZED, Some("invalid_token")),
         Err(e) => return OAuthError::from(e).into_response(),
@@ -146,7 +146,7 @@ async fn revoke_inner(
     body: &[u8],
 ) -> Result<(), OAuthError> {
     let params = Params::from_form(headers, body)?;
-    let (client, _) = authenticate_client(&*state.store, headers, &params).await?;
+    let (client, _) = authenticate_client(&state.directory, headers, &params).await?;
     let token = params.get("token").ok_or(OAuthError::invalid_request("token is required"))?;
     let now = now();
     if let Some(refresh) = OpaqueSecret::parse(SecretKind::RefreshToken, token) {
@@ -214,7 +214,7 @@ pub async fn introspect(State(state): State<Arc<AppState>>, headers: HeaderMap, 
 
 async fn introspect_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Value, OAuthError> {
     let params = Params::from_form(headers, body)?;
-    let (client, auth) = authenticate_client(&*state.store, headers, &params).await?;
+    let (client, auth) = authenticate_client(&state.directory, headers, &params).await?;
     if client.kind != ClientKind::Confidential || auth != ClientAuth::Secret {
         return Err(OAuthError::invalid_client());
     }

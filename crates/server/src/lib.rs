@@ -7,6 +7,7 @@
 mod authorize;
 pub mod config;
 pub mod crypto;
+pub mod directory;
 pub mod endpoints;
 pub mod issue;
 pub mod keyring;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub config: Config,
     /// The database.
     pub store: Arc<dyn Store>,
+    /// Clients, resources and users, cached with a bounded staleness.
+    pub directory: directory::Directory,
     /// The key-encryption key.
     pub kek: Kek,
     keyring: RwLock<Arc<Keyring>>,
@@ -101,7 +104,7 @@ impl AppState {
     /// # Errors
     /// `invalid_target` if no such resource is registered.
     pub async fn resource_scopes(&self, audience: &str) -> Result<Vec<String>, OAuthError> {
-        match self.store.resource(audience).await? {
+        match self.directory.resource(audience).await? {
             Some(r) => Ok(r.scopes),
             None => Err(OAuthError::invalid_target()),
         }
@@ -194,8 +197,11 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
     let keyring = Keyring::load(&*store, &kek).await.map_err(start_error)?;
     let passwords = Passwords::new(config.password_hash_concurrency).map_err(StartError)?;
     let discovery = routes::discovery_document(&config.issuer, &keyring.signer().alg().to_string());
+    let directory = directory::Directory::new(Arc::clone(&store));
+    directory.sync().await.map_err(start_error)?;
     let state = AppState {
         config,
+        directory,
         store,
         kek,
         keyring: RwLock::new(Arc::new(keyring)),
@@ -299,12 +305,28 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let housekeeping = tokio::spawn(housekeeping(Arc::clone(&state), stop_rx));
+    let housekeeping = tokio::spawn(housekeeping(Arc::clone(&state), stop_rx.clone()));
+    let directory = tokio::spawn(watch_directory(Arc::clone(&state), stop_rx));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);
     let _ = housekeeping.await;
+    let _ = directory.await;
     result
+}
+
+/// Keeps the directory cache within its staleness bound.
+async fn watch_directory(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(directory::POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = state.directory.sync().await {
+            tracing::warn!(error = %e, "cannot read the change counter; cache emptied");
+        }
+    }
 }
 
 /// Every 2 s: key promotion and reload; every 60 s: pruning.

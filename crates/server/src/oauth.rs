@@ -8,7 +8,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use tessera_core::TokenHash;
-use tessera_store::{Client, Store, StoreError};
+use tessera_store::{Client, StoreError};
+
+use crate::directory::Directory;
 use zeroize::Zeroizing;
 
 /// An OAuth error response (RFC 6749 §5.2).
@@ -189,7 +191,7 @@ pub enum ClientAuth {
 /// # Errors
 /// `invalid_client` (401) for anything that does not authenticate; `invalid_request` for two methods.
 pub async fn authenticate_client(
-    store: &dyn Store,
+    directory: &Directory,
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<(Client, ClientAuth), OAuthError> {
@@ -208,7 +210,8 @@ pub async fn authenticate_client(
         (None, Some(id), secret) => (id.to_owned(), secret.map(|s| Zeroizing::new(s.to_owned()))),
         (None, None, _) => return Err(OAuthError::invalid_client()),
     };
-    let client = store.client(&id).await?.filter(|c| !c.disabled).ok_or_else(OAuthError::invalid_client)?;
+    let client =
+        directory.client(&id).await?.filter(|c| !c.disabled).ok_or_else(OAuthError::invalid_client)?;
     match (&client.secret_hash, secret) {
         (Some(stored), Some(secret)) if stored.ct_eq(&TokenHash::of(&secret)) => {
             Ok((client, ClientAuth::Secret))

@@ -46,7 +46,7 @@ async fn grant(
     let params = Params::from_form(headers, body)?;
     let grant_type = params.get("grant_type").ok_or(OAuthError::invalid_request("grant_type is required"))?;
     let grant: GrantType = grant_type.parse().map_err(|_| OAuthError::unsupported_grant_type())?;
-    let (client, auth) = authenticate_client(&*state.store, headers, &params).await?;
+    let (client, auth) = authenticate_client(&state.directory, headers, &params).await?;
     if !client.grant_types.contains(&grant) {
         return Err(OAuthError::unauthorized_client("this client may not use this grant type"));
     }
@@ -323,7 +323,7 @@ fn user_grant(state: &AppState, client: &Client, user: &User, family: &Family, s
 }
 
 async fn active_user(state: &AppState, id: &str) -> Result<User, OAuthError> {
-    match state.store.user_by_id(id).await? {
+    match state.directory.user(id).await? {
         Some(user) if !user.disabled => Ok(user),
         _ => Err(OAuthError::invalid_grant("the user is disabled or gone")),
     }

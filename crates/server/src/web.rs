@@ -135,7 +135,7 @@ pub async fn current_session(
     if session.revoked_at.is_some() || session.expires_at <= now {
         return None;
     }
-    let user = state.store.user_by_id(&session.user_id).await.ok()??;
+    let user = state.directory.user(&session.user_id).await.ok()??;
     (!user.disabled).then_some((session, user))
 }
 

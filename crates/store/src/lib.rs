@@ -182,6 +182,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn revocations_after(&self, after: i64, limit: i64) -> Result<Vec<Revocation>>;
     /// Every revocation that can still match a valid token.
     async fn live_revocations(&self, now: Time) -> Result<Vec<Revocation>>;
+    /// A number that grows with every change to users, clients and resources (for cache invalidation).
+    async fn change_seq(&self) -> Result<i64>;
     /// The highest sequence number committed so far (0 if none).
     async fn revocation_seq(&self) -> Result<i64>;
     /// Whether any live revocation matches the token.

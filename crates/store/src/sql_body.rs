@@ -335,6 +335,7 @@ impl Store for StoreImpl {
     }
 
     async fn create_user(&self, user: &User) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         sqlx::query(concat!("INSERT INTO users (", user_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7)"))
             .bind(&user.id)
             .bind(&user.username)
@@ -343,9 +344,11 @@ impl Store for StoreImpl {
             .bind(user.disabled)
             .bind(user.created_at)
             .bind(user.password_changed_at)
-            .execute(self.write())
+            .execute(&mut *tx)
             .await
             .map_err(|e| conflict(e, "user"))?;
+        bump_changes(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -373,22 +376,28 @@ impl Store for StoreImpl {
     }
 
     async fn set_user_disabled(&self, id: &str, disabled: bool) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
             .bind(disabled)
             .bind(id)
-            .execute(self.write())
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+        bump_changes(&mut tx).await?;
+        tx.commit().await?;
         Ok(n == 1)
     }
 
     async fn set_user_roles(&self, id: &str, roles: &[String]) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query("UPDATE users SET roles = $1 WHERE id = $2")
             .bind(to_list(roles))
             .bind(id)
-            .execute(self.write())
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+        bump_changes(&mut tx).await?;
+        tx.commit().await?;
         Ok(n == 1)
     }
 
@@ -405,11 +414,13 @@ impl Store for StoreImpl {
             return Ok(None);
         }
         let seq = revoke_user_in(&mut tx, id, "password_changed", now).await?;
+        bump_changes(&mut tx).await?;
         tx.commit().await?;
         Ok(Some(seq))
     }
 
     async fn create_client(&self, c: &Client) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         let grants: Vec<String> = c.grant_types.iter().map(|g| g.as_str().to_owned()).collect();
         sqlx::query(concat!(
             "INSERT INTO clients (",
@@ -430,9 +441,11 @@ impl Store for StoreImpl {
         .bind(c.first_party)
         .bind(c.disabled)
         .bind(c.created_at)
-        .execute(self.write())
+        .execute(&mut *tx)
         .await
         .map_err(|e| conflict(e, "client"))?;
+        bump_changes(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -452,33 +465,42 @@ impl Store for StoreImpl {
     }
 
     async fn set_client_secret(&self, id: &str, secret_hash: &TokenHash) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query("UPDATE clients SET secret_hash = $1 WHERE id = $2 AND kind = 'confidential'")
             .bind(secret_hash.as_bytes())
             .bind(id)
-            .execute(self.write())
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+        bump_changes(&mut tx).await?;
+        tx.commit().await?;
         Ok(n == 1)
     }
 
     async fn set_client_disabled(&self, id: &str, disabled: bool) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query("UPDATE clients SET disabled = $1 WHERE id = $2")
             .bind(disabled)
             .bind(id)
-            .execute(self.write())
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+        bump_changes(&mut tx).await?;
+        tx.commit().await?;
         Ok(n == 1)
     }
 
     async fn create_resource(&self, r: &Resource) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO resources (audience, scopes, created_at) VALUES ($1, $2, $3)")
             .bind(&r.audience)
             .bind(to_list(&r.scopes))
             .bind(r.created_at)
-            .execute(self.write())
+            .execute(&mut *tx)
             .await
             .map_err(|e| conflict(e, "resource"))?;
+        bump_changes(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -818,6 +840,10 @@ impl Store for StoreImpl {
         rows.iter().map(revocation_from).collect()
     }
 
+    async fn change_seq(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT value FROM change_counter WHERE id = 1").fetch_one(self.read()).await?)
+    }
+
     async fn revocation_seq(&self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT value FROM revocation_counter WHERE id = 1")
             .fetch_one(self.read())
@@ -914,6 +940,12 @@ impl Store for StoreImpl {
         .await?;
         rows.iter().map(event_from).collect()
     }
+}
+
+/// Counts a change to users, clients or resources, inside the caller's transaction.
+async fn bump_changes(tx: &mut Tx) -> Result<()> {
+    sqlx::query("UPDATE change_counter SET value = value + 1 WHERE id = 1").execute(&mut **tx).await?;
+    Ok(())
 }
 
 /// Maps a unique violation to a conflict naming `what`.

@@ -101,6 +101,7 @@ conformance!(
     code_replay_revokes_families_from_that_code,
     prune_removes_only_what_can_no_longer_matter,
     events_append_and_read_back_newest_first,
+    every_change_to_users_clients_and_resources_moves_the_change_counter,
 );
 
 fn user(name: &str) -> User {
@@ -523,4 +524,32 @@ async fn events_append_and_read_back_newest_first(s: &Arc<dyn Store>) {
     assert_eq!(issued.iter().map(|e| e.at).collect::<Vec<_>>(), [NOW + 2, NOW]);
     assert_eq!(s.recent_events(None, 10).await.unwrap().len(), 3);
     assert_eq!(s.recent_events(None, 1).await.unwrap()[0].at, NOW + 2);
+}
+
+async fn every_change_to_users_clients_and_resources_moves_the_change_counter(s: &Arc<dyn Store>) {
+    let mut last = s.change_seq().await.unwrap();
+    let mut moved = |now: i64, what: &str| {
+        assert!(now > last, "{what} must move the counter");
+        last = now;
+    };
+    s.create_user(&user("alice")).await.unwrap();
+    moved(s.change_seq().await.unwrap(), "create_user");
+    s.set_user_disabled("u-alice", true).await.unwrap();
+    moved(s.change_seq().await.unwrap(), "set_user_disabled");
+    s.set_user_roles("u-alice", &["x".into()]).await.unwrap();
+    moved(s.change_seq().await.unwrap(), "set_user_roles");
+    s.set_password("u-alice", "$argon2id$x", NOW).await.unwrap();
+    moved(s.change_seq().await.unwrap(), "set_password");
+    s.create_client(&client("web")).await.unwrap();
+    moved(s.change_seq().await.unwrap(), "create_client");
+    s.set_client_secret("web", &TokenHash::of("tss_2")).await.unwrap();
+    moved(s.change_seq().await.unwrap(), "set_client_secret");
+    s.set_client_disabled("web", true).await.unwrap();
+    moved(s.change_seq().await.unwrap(), "set_client_disabled");
+    let r = Resource { audience: "https://api.example".into(), scopes: vec![], created_at: NOW };
+    s.create_resource(&r).await.unwrap();
+    moved(s.change_seq().await.unwrap(), "create_resource");
+    // A failed change moves nothing.
+    assert!(s.create_user(&user("alice")).await.is_err());
+    assert_eq!(s.change_seq().await.unwrap(), last);
 }

@@ -186,10 +186,20 @@ async fn client_credentials_refuses_what_it_must(s: &Server) {
     assert_eq!(headers["cache-control"], "no-store");
     let (status, body, _) = post_token(s, Some(("svc", &secret)), &post).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")));
-    // A disabled client is refused at once.
+    // A disabled client is refused within the directory cache's staleness bound (250 ms).
     s.state.store.set_client_disabled("svc", true).await.unwrap();
-    let (status, body, _) = post_token(s, Some(("svc", &secret)), &cc).await;
-    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client")));
+    let mut refused_after = None;
+    for attempt in 0..20 {
+        let (status, body, _) = post_token(s, Some(("svc", &secret)), &cc).await;
+        if status == 401 {
+            assert_eq!(body["error"], "invalid_client");
+            refused_after = Some(attempt);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let attempts = refused_after.expect("the disabled client was still served after a second");
+    assert!(attempts <= 10, "refused only after {attempts} tries of 50 ms");
 }
 
 async fn token_endpoint_answers_garbage_with_rfc_6749_errors_never_5xx(s: &Server) {
