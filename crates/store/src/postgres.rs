@@ -13,6 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use crate::{Result, StoreError};
 
 type Db = sqlx::Postgres;
+type WritePool = PgPool;
 type StoreImpl = PostgresStore;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -20,9 +21,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 const POOL_SIZE: u32 = 16;
 
 /// The PostgreSQL store.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PostgresStore {
     pool: PgPool,
+    rotations: tokio::sync::mpsc::Sender<RotationJob>,
 }
 
 impl PostgresStore {
@@ -44,7 +46,8 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
-        Ok(PostgresStore { pool })
+        let rotations = spawn_rotation_writer(&pool);
+        Ok(PostgresStore { pool, rotations })
     }
 
     /// Closes the pool, waiting for connections in use to be returned.
@@ -61,12 +64,16 @@ impl PostgresStore {
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Db>> {
-        Ok(self.pool.begin().await?)
+        begin_write_on(&self.pool).await
     }
 
     fn backend_name(&self) -> &'static str {
         "postgres"
     }
+}
+
+async fn begin_write_on(pool: &PgPool) -> Result<sqlx::Transaction<'static, Db>> {
+    Ok(pool.begin().await?)
 }
 
 include!("sql_body.rs");

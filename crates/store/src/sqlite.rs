@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 use crate::{Result, StoreError};
 
 type Db = sqlx::Sqlite;
+type WritePool = SqlitePool;
 type StoreImpl = SqliteStore;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -23,11 +24,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 const READERS: u32 = 4;
 
 /// The SQLite store.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SqliteStore {
     path: PathBuf,
     read: SqlitePool,
     write: SqlitePool,
+    rotations: tokio::sync::mpsc::Sender<RotationJob>,
 }
 
 impl SqliteStore {
@@ -58,7 +60,8 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(unavailable)?;
-        Ok(SqliteStore { path: path.to_owned(), read, write })
+        let rotations = spawn_rotation_writer(&write);
+        Ok(SqliteStore { path: path.to_owned(), read, write, rotations })
     }
 
     /// The database file.
@@ -81,12 +84,17 @@ impl SqliteStore {
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Db>> {
-        Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+        begin_write_on(&self.write).await
     }
 
     fn backend_name(&self) -> &'static str {
         "sqlite"
     }
+}
+
+/// Writing transactions take the write lock at once.
+async fn begin_write_on(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, Db>> {
+    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
 }
 
 include!("sql_body.rs");
