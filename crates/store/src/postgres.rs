@@ -76,4 +76,33 @@ async fn begin_write_on(pool: &PgPool) -> Result<sqlx::Transaction<'static, Db>>
     Ok(pool.begin().await?)
 }
 
+/// One rotation inside the writer's transaction, as one statement: the compare-and-swap on the old token
+/// and, only if it matched, the successor's insert (a data-modifying CTE, which SQLite lacks; SQLite runs the
+/// same two steps as two statements). `true` if this call rotated the token.
+async fn rotate_one(tx: &mut Tx, job: &RotationJob) -> Result<bool> {
+    let s = &job.successor;
+    let inserted = sqlx::query(
+        "WITH parent AS ( \
+           UPDATE refresh_tokens SET rotated_at = $1, successor = $2 \
+           WHERE hash = $3 AND rotated_at IS NULL AND family_id = $4 AND EXISTS ( \
+             SELECT 1 FROM refresh_families f WHERE f.id = $4 AND f.revoked_at IS NULL) \
+           RETURNING 1) \
+         INSERT INTO refresh_tokens (hash, family_id, generation, scope, created_at, expires_at, rotated_at, \
+           successor) SELECT $2, $4, $5, $6, $7, $8, NULL, NULL FROM parent",
+    )
+    .bind(job.now)
+    .bind(s.hash.as_bytes())
+    .bind(job.old.as_bytes())
+    .bind(&s.family_id)
+    .bind(s.generation)
+    .bind(&s.scope)
+    .bind(s.created_at)
+    .bind(s.expires_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| conflict(e, "refresh token"))?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
 include!("sql_body.rs");

@@ -1,5 +1,6 @@
 // The one implementation of `Store`, compiled once per backend: `sqlite.rs` and `postgres.rs` each define
-// `Db`, `WritePool`, `begin_write_on(&WritePool)`, `StoreImpl` (with `read()`, `write()`, `begin_write()`,
+// `Db`, `WritePool`, `begin_write_on(&WritePool)`, `rotate_one` (the one statement that differs: rotation's
+// compare-and-swap and successor insert), `StoreImpl` (with `read()`, `write()`, `begin_write()`,
 // `backend_name()` and a `rotations` sender) and `MIGRATOR`, then `include!` this file. Both backends therefore run the very same SQL text; `$n` placeholders are understood
 // by both. Nothing here may name a backend.
 
@@ -980,24 +981,7 @@ async fn rotate_batch(pool: &WritePool, batch: &[RotationJob]) -> Result<Vec<Rot
     let mut tx = begin_write_on(pool).await?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for job in batch {
-        let won = sqlx::query(
-            "UPDATE refresh_tokens SET rotated_at = $1, successor = $2 \
-             WHERE hash = $3 AND rotated_at IS NULL AND family_id = $4 AND EXISTS ( \
-               SELECT 1 FROM refresh_families f WHERE f.id = $4 AND f.revoked_at IS NULL)",
-        )
-        .bind(job.now)
-        .bind(job.successor.hash.as_bytes())
-        .bind(job.old.as_bytes())
-        .bind(&job.successor.family_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if won == 1 {
-            insert_refresh(&mut tx, &job.successor).await?;
-            outcomes.push(Rotation::Rotated);
-        } else {
-            outcomes.push(Rotation::Lost);
-        }
+        outcomes.push(if rotate_one(&mut tx, job).await? { Rotation::Rotated } else { Rotation::Lost });
     }
     tx.commit().await?;
     Ok(outcomes)
