@@ -76,33 +76,66 @@ async fn begin_write_on(pool: &PgPool) -> Result<sqlx::Transaction<'static, Db>>
     Ok(pool.begin().await?)
 }
 
-/// One rotation inside the writer's transaction, as one statement: the compare-and-swap on the old token
-/// and, only if it matched, the successor's insert (a data-modifying CTE, which SQLite lacks; SQLite runs the
-/// same two steps as two statements). `true` if this call rotated the token.
-async fn rotate_one(tx: &mut Tx, job: &RotationJob) -> Result<bool> {
-    let s = &job.successor;
-    let inserted = sqlx::query(
-        "WITH parent AS ( \
-           UPDATE refresh_tokens SET rotated_at = $1, successor = $2 \
-           WHERE hash = $3 AND rotated_at IS NULL AND family_id = $4 AND EXISTS ( \
-             SELECT 1 FROM refresh_families f WHERE f.id = $4 AND f.revoked_at IS NULL) \
+/// A batch of rotations as one statement (one round trip, atomic on its own): the jobs arrive as arrays; the
+/// UPDATE is the compare-and-swap of every job at once (a token named by several jobs is updated once, with
+/// one of their successors, and RETURNING says which); the INSERT adds exactly the winners' successors.
+/// A job is `Rotated` if its (token, successor) pair won, and only the first such job in the batch.
+async fn rotate_batch(pool: &PgPool, batch: &[RotationJob]) -> Result<Vec<Rotation>> {
+    let col = |f: fn(&RotationJob) -> Vec<u8>| batch.iter().map(f).collect::<Vec<_>>();
+    let olds = col(|j| j.old.as_bytes().to_vec());
+    let successors = col(|j| j.successor.hash.as_bytes().to_vec());
+    let families: Vec<String> = batch.iter().map(|j| j.successor.family_id.clone()).collect();
+    let generations: Vec<i64> = batch.iter().map(|j| j.successor.generation).collect();
+    let scopes: Vec<String> = batch.iter().map(|j| j.successor.scope.clone()).collect();
+    let created: Vec<i64> = batch.iter().map(|j| j.successor.created_at).collect();
+    let expires: Vec<i64> = batch.iter().map(|j| j.successor.expires_at).collect();
+    let nows: Vec<i64> = batch.iter().map(|j| j.now).collect();
+    let rows = sqlx::query(
+        "WITH jobs AS ( \
+           SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], \
+             $7::bigint[], $8::bigint[]) AS j(old, succ, family_id, generation, scope, created_at, expires_at, now)), \
+         parent AS ( \
+           UPDATE refresh_tokens t SET rotated_at = j.now, successor = j.succ FROM jobs j \
+           WHERE t.hash = j.old AND t.rotated_at IS NULL AND t.family_id = j.family_id AND EXISTS ( \
+             SELECT 1 FROM refresh_families f WHERE f.id = j.family_id AND f.revoked_at IS NULL) \
+           RETURNING t.hash AS old, t.successor AS succ), \
+         inserted AS ( \
+           INSERT INTO refresh_tokens (hash, family_id, generation, scope, created_at, expires_at, rotated_at, \
+             successor) \
+           SELECT DISTINCT ON (j.succ) j.succ, j.family_id, j.generation, j.scope, j.created_at, j.expires_at, \
+             NULL::bigint, NULL::bytea \
+           FROM parent p JOIN jobs j ON j.old = p.old AND j.succ = p.succ \
            RETURNING 1) \
-         INSERT INTO refresh_tokens (hash, family_id, generation, scope, created_at, expires_at, rotated_at, \
-           successor) SELECT $2, $4, $5, $6, $7, $8, NULL, NULL FROM parent",
+         SELECT p.old, p.succ FROM parent p",
     )
-    .bind(job.now)
-    .bind(s.hash.as_bytes())
-    .bind(job.old.as_bytes())
-    .bind(&s.family_id)
-    .bind(s.generation)
-    .bind(&s.scope)
-    .bind(s.created_at)
-    .bind(s.expires_at)
-    .execute(&mut **tx)
+    .bind(olds)
+    .bind(successors)
+    .bind(families)
+    .bind(generations)
+    .bind(scopes)
+    .bind(created)
+    .bind(expires)
+    .bind(nows)
+    .fetch_all(pool)
     .await
-    .map_err(|e| conflict(e, "refresh token"))?
-    .rows_affected();
-    Ok(inserted == 1)
+    .map_err(|e| conflict(e, "refresh token"))?;
+    let mut winners: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        winners.push((row.try_get("old")?, row.try_get("succ")?));
+    }
+    Ok(batch
+        .iter()
+        .map(|job| {
+            let pair = (job.old.as_bytes().to_vec(), job.successor.hash.as_bytes().to_vec());
+            match winners.iter().position(|w| *w == pair) {
+                Some(at) => {
+                    winners.swap_remove(at);
+                    Rotation::Rotated
+                }
+                None => Rotation::Lost,
+            }
+        })
+        .collect())
 }
 
 include!("sql_body.rs");

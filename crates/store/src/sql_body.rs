@@ -1,6 +1,6 @@
 // The one implementation of `Store`, compiled once per backend: `sqlite.rs` and `postgres.rs` each define
-// `Db`, `WritePool`, `begin_write_on(&WritePool)`, `rotate_one` (the one statement that differs: rotation's
-// compare-and-swap and successor insert), `StoreImpl` (with `read()`, `write()`, `begin_write()`,
+// `Db`, `WritePool`, `begin_write_on(&WritePool)`, `rotate_batch` (the one piece of SQL that differs: a
+// batch of rotations' compare-and-swaps and successor inserts), `StoreImpl` (with `read()`, `write()`, `begin_write()`,
 // `backend_name()` and a `rotations` sender) and `MIGRATOR`, then `include!` this file. Both backends therefore run the very same SQL text; `$n` placeholders are understood
 // by both. Nothing here may name a backend.
 
@@ -974,17 +974,6 @@ fn spawn_rotation_writer(pool: &WritePool) -> tokio::sync::mpsc::Sender<Rotation
         }
     });
     jobs
-}
-
-/// The compare-and-swap of each job, then the successor's insert if it won; all in one transaction.
-async fn rotate_batch(pool: &WritePool, batch: &[RotationJob]) -> Result<Vec<Rotation>> {
-    let mut tx = begin_write_on(pool).await?;
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for job in batch {
-        outcomes.push(if rotate_one(&mut tx, job).await? { Rotation::Rotated } else { Rotation::Lost });
-    }
-    tx.commit().await?;
-    Ok(outcomes)
 }
 
 /// Counts a change to users, clients or resources, inside the caller's transaction.

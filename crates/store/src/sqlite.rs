@@ -97,26 +97,33 @@ async fn begin_write_on(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, 
     Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
 }
 
-/// One rotation inside the writer's transaction: the compare-and-swap, then the successor's insert if it won.
-/// `true` if this call rotated the token.
-async fn rotate_one(tx: &mut Tx, job: &RotationJob) -> Result<bool> {
-    let won = sqlx::query(
-        "UPDATE refresh_tokens SET rotated_at = $1, successor = $2 \
-         WHERE hash = $3 AND rotated_at IS NULL AND family_id = $4 AND EXISTS ( \
-           SELECT 1 FROM refresh_families f WHERE f.id = $4 AND f.revoked_at IS NULL)",
-    )
-    .bind(job.now)
-    .bind(job.successor.hash.as_bytes())
-    .bind(job.old.as_bytes())
-    .bind(&job.successor.family_id)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if won != 1 {
-        return Ok(false);
+/// A batch of rotations in one transaction: for each, the compare-and-swap, then the successor's insert if
+/// it won (two statements each; in-process, so cheap, and the one commit carries the fsync).
+async fn rotate_batch(pool: &SqlitePool, batch: &[RotationJob]) -> Result<Vec<Rotation>> {
+    let mut tx = begin_write_on(pool).await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for job in batch {
+        let won = sqlx::query(
+            "UPDATE refresh_tokens SET rotated_at = $1, successor = $2 \
+             WHERE hash = $3 AND rotated_at IS NULL AND family_id = $4 AND EXISTS ( \
+               SELECT 1 FROM refresh_families f WHERE f.id = $4 AND f.revoked_at IS NULL)",
+        )
+        .bind(job.now)
+        .bind(job.successor.hash.as_bytes())
+        .bind(job.old.as_bytes())
+        .bind(&job.successor.family_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if won == 1 {
+            insert_refresh(&mut tx, &job.successor).await?;
+            outcomes.push(Rotation::Rotated);
+        } else {
+            outcomes.push(Rotation::Lost);
+        }
     }
-    insert_refresh(tx, &job.successor).await?;
-    Ok(true)
+    tx.commit().await?;
+    Ok(outcomes)
 }
 
 include!("sql_body.rs");
