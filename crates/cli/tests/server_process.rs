@@ -430,3 +430,38 @@ async fn kill_9_during_a_refresh_load_loses_no_successor_and_revives_no_revoked_
         }
     }
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_never_show_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env_remove("TESSERA_DATABASE_URL")
+        .env("TESSERA_LOG_FORMAT", "json")
+        .env("TESSERA_LOG_LEVEL", "info")
+        .env("TESSERA_MASTER_KEY", MASTER_KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = ServerProcess { child, addr: String::new(), first_start: Vec::new() };
+    let mut lines = BufReader::new(server.child.stdout.take().unwrap()).lines();
+    let secret = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(at) = line.find("quickstart:") {
+            break line[at + 11..].split(' ').next().unwrap().to_owned();
+        }
+    };
+    while !lines.next().unwrap().unwrap().starts_with("tessera: listening on ") {}
+    server.signal("-TERM");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut server.child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(server.wait().success());
+    let logs: Vec<Value> = stderr.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(logs.iter().any(|l| l["fields"]["message"] == "serving"), "{stderr}");
+    assert!(logs.iter().any(|l| l["fields"]["message"].as_str().unwrap_or("").starts_with("shutting down")));
+    assert!(logs.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string()));
+    assert!(!stderr.contains(&secret) && !stderr.contains(MASTER_KEY), "no secret in the log");
+}

@@ -1,5 +1,7 @@
 //! The authorization code flow as a browser and a relying party live it.
 
+use std::sync::Arc;
+
 use oauth2::{AuthorizationCode, CsrfToken, PkceCodeChallenge, PkceCodeVerifier, Scope, TokenResponse as _};
 use serde_json::Value;
 use tessera_core::{ClientKind, GrantType};
@@ -379,4 +381,72 @@ async fn logout_ends_the_session_and_revokes_its_tokens(s: &Server) {
     let r = browser.get(&s.url("/logout")).await;
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("method=\"post\" action=\"/logout\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_issuer_gets_host_prefixed_secure_cookies() {
+    let s = Server::start_with(crate::common::Backend::Sqlite, |c| c.issuer = "https://id.example".into())
+        .await
+        .unwrap();
+    setup(&s).await;
+    let browser = Browser::default();
+    let page = browser.get(&s.url("/login")).await.text().await.unwrap();
+    let csrf_cookie = browser.last_set_cookies.lock().unwrap().clone();
+    assert!(
+        csrf_cookie.iter().any(|c| c.starts_with("__Host-tessera_csrf=") && c.contains("; Secure")),
+        "{csrf_cookie:?}"
+    );
+    let csrf = crate::common::hidden(&page, "csrf");
+    let r = browser
+        .post(&s.url("/login"), &[("csrf", &csrf), ("username", "alice"), ("password", PASSWORD)])
+        .await;
+    assert_eq!(r.status(), 303);
+    let cookies = browser.last_set_cookies.lock().unwrap().clone();
+    let session = cookies.iter().find(|c| c.starts_with("__Host-tessera_session=tsl_")).unwrap();
+    for attribute in ["Path=/", "HttpOnly", "SameSite=Lax", "Secure"] {
+        assert!(session.contains(attribute), "{session}");
+    }
+    assert!(!session.contains("Domain="), "__Host- cookies carry no Domain");
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_logins_does_not_stall_refreshes() {
+    let s = Server::start_with(crate::common::Backend::Sqlite, |c| c.password_hash_concurrency = 1)
+        .await
+        .unwrap();
+    let client = setup(&s).await;
+    let t = tokens(&s, &client).await;
+    // 24 logins queue behind one Argon2id hash at a time (tens of milliseconds each).
+    let browser = Arc::new(Browser::default());
+    let page = browser.get(&s.url("/login")).await.text().await.unwrap();
+    let csrf = crate::common::hidden(&page, "csrf");
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut logins = Vec::new();
+    for _ in 0..24 {
+        let (browser, csrf, url, done) =
+            (Arc::clone(&browser), csrf.clone(), s.url("/login"), Arc::clone(&done));
+        logins.push(tokio::spawn(async move {
+            let r = browser
+                .post(&url, &[("csrf", &csrf), ("username", "alice"), ("password", "wrong password")])
+                .await;
+            assert_eq!(r.status(), 200);
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+    }
+    // Wait until the flood is being hashed: one login has been answered, the others are queued.
+    for _ in 0..500 {
+        if done.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(done.load(std::sync::atomic::Ordering::SeqCst) > 0, "no login was answered");
+    let refreshed = client.exchange_refresh_token(t.refresh_token().unwrap()).request_async(&http()).await;
+    let finished_logins = done.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(refreshed.is_ok());
+    assert!(finished_logins < 24, "the refresh was answered while logins were still waiting for the hasher");
+    for login in logins {
+        login.await.unwrap();
+    }
 }
