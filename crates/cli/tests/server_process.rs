@@ -209,6 +209,13 @@ fn management_commands_do_what_an_operator_types() {
     assert_eq!((code, err.trim()), (2, "error: user alice already exists"));
     let (_, list, _) = run(d, &[], &["user", "list"], "");
     assert!(list.contains("alice") && list.contains("enabled"));
+    let (code, out, _) = run(d, &[], &["user", "roles", "alice", "ops", "admin", "ops"], "");
+    assert_eq!(code, 0);
+    assert!(out.contains("roles of alice: admin ops"), "{out}");
+    let (_, roles, _) = run(d, &[], &["user", "roles", "alice"], "");
+    assert_eq!(roles, "admin\nops\n");
+    let (_, shown, _) = run(d, &[], &["user", "show", "alice"], "");
+    assert!(shown.contains("roles: admin ops") && !shown.contains("argon2"), "{shown}");
     let (code, out, _) = run(d, &[], &["user", "set-password", "alice"], "a different password\n");
     assert_eq!(code, 0);
     assert!(out.contains("every session revoked"));
@@ -219,6 +226,24 @@ fn management_commands_do_what_an_operator_types() {
     assert_eq!((code, err.trim()), (2, "error: no user nobody"));
     let (code, out, _) = run(d, &[], &["revoke", "--client", "web"], "");
     assert_eq!(code, 0, "{out}");
+    let (code, out, _) = run(d, &[], &["revoke", "--token", "some-jti"], "");
+    assert_eq!(code, 0);
+    assert!(out.starts_with("token some-jti revoked"), "{out}");
+    let (code, _, err) = run(d, &[], &["revoke", "--token", "a", "--user", "b"], "");
+    assert_eq!(code, 2, "exactly one subject: {err}");
+
+    // Client and resource listings, and secret rotation.
+    let (_, clients, _) = run(d, &[], &["client", "list"], "");
+    assert!(clients.lines().any(|l| l.starts_with("web ") && l.contains("confidential")), "{clients}");
+    let (_, resources, _) = run(d, &[], &["resource", "list"], "");
+    assert!(resources.contains("https://orders.example") && resources.contains("orders:read orders:write"));
+    let (code, out, _) = run(d, &[], &["client", "rotate-secret", "web"], "");
+    assert_eq!(code, 0);
+    let rotated = out.lines().find_map(|l| l.strip_prefix("client_secret: ")).unwrap();
+    assert!(rotated.starts_with("tss_") && rotated != secret);
+    let (code, out, _) = run(d, &[], &["client", "disable", "web"], "");
+    assert_eq!(code, 0);
+    assert!(out.contains("disabled"));
 
     // Keys: list, rotate, import.
     let (code, out, _) = run(d, &[], &["migrate"], "");

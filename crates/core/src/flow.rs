@@ -125,7 +125,9 @@ pub enum RefreshDecision {
     Reuse,
 }
 
-/// Decides what a presented refresh token means (DESIGN §3). A `retry_window` of 0 disables retries. `rotated_at` is when it was rotated, if it was;
+/// Decides what a presented refresh token means (DESIGN §3). A `retry_window` of 0 disables retries. The
+/// window is measured both ways: a request that read the clock just before the winner (or on a node whose
+/// clock is slightly behind) is a retry too. `rotated_at` is when it was rotated, if it was;
 /// `successor_unused` whether its successor has not been rotated in turn. The caller has already checked the
 /// client binding (a token presented by another client never gets here as a retry).
 pub fn refresh_decision(
@@ -136,7 +138,7 @@ pub fn refresh_decision(
 ) -> RefreshDecision {
     match rotated_at {
         None => RefreshDecision::Rotate,
-        Some(at) if retry_window > 0 && successor_unused && now >= at && now - at <= retry_window => {
+        Some(at) if retry_window > 0 && successor_unused && (now - at).abs() <= retry_window => {
             RefreshDecision::ReturnSuccessor
         }
         Some(_) => RefreshDecision::Reuse,
@@ -222,6 +224,11 @@ mod tests {
         assert_eq!(refresh_decision(Some(99), false, 100, 10), Reuse, "the successor was used already");
         assert_eq!(refresh_decision(Some(99), true, 100, 0), Reuse, "window disabled");
         assert_eq!(refresh_decision(Some(100), true, 100, 0), Reuse, "window disabled, same second");
+        assert_eq!(
+            refresh_decision(Some(101), true, 100, 10),
+            ReturnSuccessor,
+            "a racing request that read the clock a second earlier than the winner is still a retry"
+        );
     }
 }
 

@@ -97,8 +97,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Flags given on the command line; `None` leaves the value from file and environment.
-#[derive(Debug, Clone, Default)]
+/// Flags given on the command line; `None` leaves the value from file and environment. `Debug` redacts the
+/// database URL's password.
+#[derive(Clone, Default)]
 pub struct Overrides {
     /// `--listen`.
     pub listen: Option<String>,
@@ -108,6 +109,17 @@ pub struct Overrides {
     pub database_url: Option<String>,
     /// `--data-dir`.
     pub data_dir: Option<PathBuf>,
+}
+
+impl fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Overrides")
+            .field("listen", &self.listen)
+            .field("issuer", &self.issuer)
+            .field("database_url", &self.database_url.as_deref().map(redact_url_password))
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
 }
 
 impl Config {
@@ -248,13 +260,35 @@ impl Config {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:<redacted>@host/db`.
+/// `postgres://user:secret@host/db?password=x` → `postgres://user:<redacted>@host/db?password=<redacted>`:
+/// the password in the user-info part and in a `password` query parameter.
 fn redact_url_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_owned() };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
-        None => url.to_owned(),
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+                None => base.to_owned(),
+            },
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
+    };
+    match query {
+        None => base,
+        Some(query) => {
+            let redacted: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=<redacted>"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", redacted.join("&"))
+        }
     }
 }
 
@@ -325,6 +359,10 @@ mod tests {
         assert!(!shown.contains("c2VjcmV0"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("postgres://tessera:<redacted>@db:5432/tessera"), "{shown}");
+        assert_eq!(
+            redact_url_password("postgres://db/x?user=u&password=hunter2&sslmode=require"),
+            "postgres://db/x?user=u&password=<redacted>&sslmode=require"
+        );
         assert_eq!(format!("{c:?}"), shown);
     }
 }

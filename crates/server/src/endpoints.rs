@@ -97,7 +97,7 @@ pub async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
         Ok(None) => return bearer_error(StatusCode::UNAUTHORIZED, None),
         Err(reason) => {
             tracing::info!(reason, "userinfo: bad authorization header");
-            return bearer_error(StatusCode::UNAUTHORIZED, Some("invalid_request"));
+            return bearer_error(StatusCode::BAD_REQUEST, Some("invalid_request"));
         }
     };
     let now = now();

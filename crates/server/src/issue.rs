@@ -31,8 +31,7 @@ pub struct AccessGrant {
     pub ttl: i64,
 }
 
-/// A signed access token and its `jti`.
-#[derive(Debug)]
+/// A signed access token and its `jti`. `Debug` shows the `jti`, never the token.
 pub struct Minted {
     /// The JWT.
     pub token: String,
@@ -40,6 +39,15 @@ pub struct Minted {
     pub jti: String,
     /// Its lifetime, seconds.
     pub expires_in: i64,
+}
+
+impl std::fmt::Debug for Minted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Minted")
+            .field("jti", &self.jti)
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Signs an access token with the current key.
@@ -109,8 +117,8 @@ pub fn id_token(state: &AppState, claims: &IdClaims) -> Result<String, OAuthErro
     state.keyring().signer().sign_jwt("JWT", claims).map_err(internal)
 }
 
-/// The successful token response (RFC 6749 §5.1).
-#[derive(Debug, Serialize)]
+/// The successful token response (RFC 6749 §5.1). `Debug` shows which tokens it carries, not the tokens.
+#[derive(Serialize)]
 pub struct TokenResponse {
     /// The JWT access token.
     pub access_token: String,
@@ -136,4 +144,16 @@ fn unsigned(t: i64) -> u64 {
 fn internal(e: impl std::fmt::Display) -> OAuthError {
     tracing::error!(error = %e, "token minting failed");
     OAuthError::server_error()
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[REDACTED]"))
+            .field("id_token", &self.id_token.as_ref().map(|_| "[REDACTED]"))
+            .finish_non_exhaustive()
+    }
 }

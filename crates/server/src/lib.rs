@@ -159,8 +159,8 @@ fn start_error(e: impl std::fmt::Display) -> StartError {
     StartError(e.to_string())
 }
 
-/// What a start created, for the first-start message.
-#[derive(Debug, Default)]
+/// What a start created, for the first-start message. `Debug` leaves out the quickstart secret.
+#[derive(Default)]
 pub struct Startup {
     /// The data directory was created.
     pub created_data_dir: bool,
@@ -170,6 +170,17 @@ pub struct Startup {
     pub created_key: Option<String>,
     /// A quickstart client created now: its id, secret (shown once) and audience.
     pub quickstart: Option<(String, String, String)>,
+}
+
+impl std::fmt::Debug for Startup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Startup")
+            .field("created_data_dir", &self.created_data_dir)
+            .field("kek", &self.kek)
+            .field("created_key", &self.created_key)
+            .field("quickstart", &self.quickstart.as_ref().map(|(id, _, aud)| (id, "[REDACTED]", aud)))
+            .finish()
+    }
 }
 
 /// The quickstart client and resource created on first start, so that the printed `curl` line works.

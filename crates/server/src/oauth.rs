@@ -141,6 +141,9 @@ impl Params {
             if v.is_empty() {
                 continue;
             }
+            if k.contains('\0') || v.contains('\0') {
+                return Err(OAuthError::invalid_request("a parameter contains a NUL character"));
+            }
             if !REPEATABLE.contains(&k.as_ref()) && !seen.insert(k.to_string()) {
                 return Err(OAuthError::invalid_request("a parameter was repeated"));
             }

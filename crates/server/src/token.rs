@@ -241,7 +241,9 @@ async fn refresh(
                     hash: successor.hash(),
                     family_id: family.id.clone(),
                     generation: record.generation + 1,
-                    scope: scope.clone(),
+                    // RFC 6749 §6: the new refresh token keeps the old one's scope; only this access token
+                    // is narrowed.
+                    scope: record.scope.clone(),
                     created_at: now,
                     expires_at: (now + client.refresh_idle_ttl).min(family.expires_at),
                     rotated_at: None,
@@ -260,11 +262,7 @@ async fn refresh(
                 }
             }
             RefreshDecision::ReturnSuccessor if record.successor == Some(successor.hash()) => {
-                let granted = match state.store.refresh_token(&successor.hash()).await? {
-                    Some((next, _)) => next.scope,
-                    None => return Err(invalid),
-                };
-                return answer_refresh(state, client, &user, &family, &successor, &granted, now);
+                return answer_refresh(state, client, &user, &family, &successor, &scope, now);
             }
             RefreshDecision::ReturnSuccessor | RefreshDecision::Reuse => break,
         }

@@ -157,7 +157,8 @@ async fn userinfo_needs_a_valid_bearer_token_with_openid(s: &Server) {
     assert_eq!(r.status(), 401);
     assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("error=\"invalid_token\""));
     let r = http().get(s.url("/userinfo")).header("authorization", "Basic eDp5").send().await.unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(r.status(), 400, "RFC 6750 §3.1: a malformed request is invalid_request, 400");
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("invalid_request"));
     let cc = s.oauth("api", Some(&api)).exchange_client_credentials().request_async(&http()).await.unwrap();
     let r = http().get(s.url("/userinfo")).bearer_auth(cc.access_token().secret()).send().await.unwrap();
     assert_eq!(r.status(), 403);
