@@ -412,25 +412,31 @@ pub async fn login(
 
 /// What an `id_token_hint` tells about the session to end: its subject, session and client.
 struct Hint {
+    sub: String,
     sid: Option<String>,
     client_id: Option<String>,
 }
 
 fn read_hint(state: &AppState, keys: &KeySet, token: &str) -> Option<Hint> {
     // An expired ID token is still a valid hint (OIDC RP-Initiated Logout §2); its signature and issuer
-    // must be ours.
+    // must be ours, and it must be an ID token (`typ` JWT), not an access token.
     let verified = UnverifiedJwt::parse(token).ok()?.verify(keys).ok()?;
+    if verified.header().typ.as_deref() != Some("JWT") {
+        return None;
+    }
     let claims: serde_json::Value = serde_json::from_slice(verified.payload()).ok()?;
     if claims.get("iss")?.as_str()? != state.config.issuer {
         return None;
     }
     Some(Hint {
+        sub: claims.get("sub")?.as_str()?.to_owned(),
         sid: claims.get("sid").and_then(|v| v.as_str()).map(str::to_owned),
         client_id: claims.get("aud").and_then(|v| v.as_str()).map(str::to_owned),
     })
 }
 
-/// `GET /logout`: with a valid `id_token_hint`, signs out at once; otherwise asks for confirmation.
+/// `GET /logout`: with a valid `id_token_hint` of the signed-in user, signs out at once; otherwise asks for
+/// confirmation (a CSRF-protected form), so that a link cannot sign anyone out.
 pub async fn logout_page(
     State(state): State<Arc<AppState>>,
     meta: RequestMeta,
@@ -439,7 +445,11 @@ pub async fn logout_page(
 ) -> Response {
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
     let keyring = state.keyring();
-    if let Some(hint) = params.get("id_token_hint").and_then(|t| read_hint(&state, keyring.published(), t)) {
+    let hint = params.get("id_token_hint").and_then(|t| read_hint(&state, keyring.published(), t));
+    let signed_in = web::current_session(&state, &headers, now()).await.map(|(_, user)| user.id);
+    if let Some(hint) = hint
+        && signed_in.as_deref() == Some(hint.sub.as_str())
+    {
         return sign_out(&state, &meta, &headers, &params, Some(hint)).await;
     }
     let (csrf, set) = web::csrf_token(&state, &headers);
@@ -451,11 +461,12 @@ pub async fn logout_page(
     };
     let body = format!(
         "<p>Sign out of Tessera?</p><form method=\"post\" action=\"/logout\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{}\">{}{}{}<button type=\"submit\">Sign out</button></form>",
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">{}{}{}{}<button type=\"submit\">Sign out</button></form>",
         escape(&csrf),
         keep("client_id"),
         keep("post_logout_redirect_uri"),
         keep("state"),
+        keep("id_token_hint"),
     );
     web::with_cookie(page(StatusCode::OK, "Sign out", &body), set)
 }
@@ -475,7 +486,9 @@ pub async fn logout(
             "<p>The form expired. Go back and try again.</p>",
         );
     }
-    sign_out(&state, &meta, &headers, &params, None).await
+    let keyring = state.keyring();
+    let hint = params.get("id_token_hint").and_then(|t| read_hint(&state, keyring.published(), t));
+    sign_out(&state, &meta, &headers, &params, hint).await
 }
 
 async fn sign_out(
@@ -498,7 +511,10 @@ async fn sign_out(
         }
         user_id = Some(user.id);
     }
-    if let Some(sid) = hint.as_ref().and_then(|h| h.sid.as_deref())
+    // The hint's session is revoked only if it belongs to the user signing out here: a hint alone (an old
+    // ID token found anywhere) must not end someone else's session.
+    if let (Some(sid), Some(user_id)) = (hint.as_ref().and_then(|h| h.sid.as_deref()), user_id.as_deref())
+        && matches!(state.store.family(sid).await, Ok(Some(family)) if family.user_id == user_id)
         && let Err(e) = state.store.revoke_family(sid, "logout", now).await
     {
         tracing::warn!(error = %e, "cannot revoke session on logout");

@@ -206,7 +206,10 @@ async fn token_endpoint_answers_garbage_with_rfc_6749_errors_never_5xx(s: &Serve
     let bodies: [(&str, &[u8]); 10] = [
         // NUL, which PostgreSQL cannot store in text: refused before any lookup.
         ("application/x-www-form-urlencoded", b"grant_type=client_credentials&client_id=%00"),
-        ("application/x-www-form-urlencoded", b"grant_type=refresh_token&refresh_token=tsr_x&client_id=a%00b"),
+        (
+            "application/x-www-form-urlencoded",
+            b"grant_type=refresh_token&refresh_token=tsr_x&client_id=a%00b",
+        ),
         ("application/x-www-form-urlencoded", b""),
         ("application/x-www-form-urlencoded", b"grant_type=password&username=a&password=b"),
         ("application/x-www-form-urlencoded", b"grant_type=client_credentials&grant_type=client_credentials"),

@@ -361,6 +361,18 @@ async fn logout_ends_the_session_and_revokes_its_tokens(s: &Server) {
     let (q, verifier, _) = authorize(s, &browser, &client, "openid orders:read").await;
     let tokens = exchange(&client, &q["code"], verifier).await;
     let id_token = tokens.extra_fields().id_token.clone().unwrap();
+    // Neither an access token as the hint, nor a valid hint in another browser, signs anyone out.
+    let r = browser.get(&s.url(&format!("/logout?id_token_hint={}", tokens.access_token().secret()))).await;
+    assert_eq!(r.status(), 200, "an access token is no ID token hint: confirmation asked");
+    let stranger = Browser::default();
+    let r = stranger.get(&s.url(&format!("/logout?id_token_hint={id_token}"))).await;
+    assert_eq!(r.status(), 200, "a hint without its session: confirmation asked");
+    let html = r.text().await.unwrap();
+    let csrf = crate::common::hidden(&html, "csrf");
+    let r = stranger.post(&s.url("/logout"), &[("csrf", &csrf), ("id_token_hint", &id_token)]).await;
+    assert_eq!(r.status(), 200);
+    let r = http().get(s.url("/userinfo")).bearer_auth(tokens.access_token().secret()).send().await.unwrap();
+    assert_eq!(r.status(), 200, "alice's session survives a stranger's logout with her old ID token");
     let logout = format!(
         "/logout?id_token_hint={id_token}&post_logout_redirect_uri={}&state=bye",
         form_urlencoded::byte_serialize(REDIRECT.as_bytes()).collect::<String>()
