@@ -28,6 +28,7 @@ struct AuthzRequest {
     nonce: Option<String>,
     challenge: String,
     prompt: Vec<String>,
+    max_age: Option<i64>,
 }
 
 /// Why an authorization request fails: before the redirect URI is trusted, an error page; after, an error
@@ -140,7 +141,15 @@ async fn check_request(state: &AppState, params: &Params) -> Result<AuthzRequest
         })?;
     let prompt: Vec<String> =
         params.get("prompt").unwrap_or("").split(' ').filter(|p| !p.is_empty()).map(str::to_owned).collect();
+    let max_age = match params.get("max_age") {
+        None => None,
+        Some(text) => match text.parse::<i64>() {
+            Ok(seconds) if seconds >= 0 => Some(seconds),
+            _ => return Err(fail("invalid_request", "max_age must be a non-negative integer")),
+        },
+    };
     Ok(AuthzRequest {
+        max_age,
         redirect_uri: redirect_uri.to_owned(),
         state: st.clone(),
         scope,
@@ -160,10 +169,11 @@ async fn parse_request(state: &AppState, query: &str) -> Result<AuthzRequest, Bo
     check_request(state, &params).await.map_err(|e| Box::new(e.into_response(state)))
 }
 
-/// The query string without `prompt`, to return to after a login (so `prompt=login` is asked only once).
+/// The query string without `prompt` and `max_age`, to return to after a login (which has just satisfied
+/// them: `prompt=login` is asked only once, and a fresh login meets any `max_age`).
 fn without_prompt(query: &str) -> String {
     let mut out = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != "prompt") {
+    for (k, v) in form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != "prompt" && k != "max_age") {
         out.append_pair(&k, &v);
     }
     out.finish()
@@ -183,8 +193,9 @@ pub async fn authorize(
     let now = now();
     let session = web::current_session(&state, &headers, now).await;
     let force_login = request.prompt.iter().any(|p| p == "login");
+    let too_old = |s: &LoginSession| request.max_age.is_some_and(|max| now - s.auth_time > max);
     match session {
-        Some((session, user)) if !force_login => {
+        Some((session, user)) if !force_login && !too_old(&session) => {
             proceed(&state, &headers, &request, &session, &user, &query, now).await
         }
         _ if request.prompt.iter().any(|p| p == "none") => AuthzError::Redirect {
@@ -201,7 +212,8 @@ pub async fn authorize(
     }
 }
 
-/// With a signed-in user: a code for first-party clients, the consent screen for the others.
+/// With a signed-in user: a code for first-party clients, the consent screen for the others (and for
+/// `prompt=consent`); with `prompt=none`, `consent_required` instead of a screen.
 async fn proceed(
     state: &AppState,
     headers: &HeaderMap,
@@ -211,8 +223,18 @@ async fn proceed(
     query: &str,
     now: i64,
 ) -> Response {
-    if request.client.first_party {
+    let ask = !request.client.first_party || request.prompt.iter().any(|p| p == "consent");
+    if !ask {
         return issue_code(state, request, session, now).await;
+    }
+    if request.prompt.iter().any(|p| p == "none") {
+        return AuthzError::Redirect {
+            redirect_uri: request.redirect_uri.clone(),
+            state: request.state.clone(),
+            error: "consent_required",
+            description: "the user must consent",
+        }
+        .into_response(state);
     }
     let (csrf, set) = web::csrf_token(state, headers);
     let scopes: String = request.scope.split(' ').map(|s| format!("<li>{}</li>", escape(s))).collect();

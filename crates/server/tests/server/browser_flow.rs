@@ -328,9 +328,49 @@ async fn prompt_login_forces_a_new_login_and_third_parties_see_consent(s: &Serve
     assert_eq!(r.status(), 302);
     assert!(query(&location(&r)).contains_key("code"));
 
+    // max_age: a session older than it needs a new login; max_age=0 always does, and then succeeds.
+    let (url, _) = client
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge.clone())
+        .add_extra_param("max_age", "3600")
+        .url();
+    assert_eq!(browser.get(url.as_str()).await.status(), 302, "a fresh session meets max_age=3600");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (url, _) = client
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge.clone())
+        .add_extra_param("max_age", "0")
+        .url();
+    let page = browser.get(url.as_str()).await;
+    assert_eq!(page.status(), 200, "max_age=0 asks for a login");
+    let r = sign_in(s, &browser, page, "alice", PASSWORD).await;
+    assert!(query(&location(&r)).contains_key("code"));
+    let (url, _) = client
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge.clone())
+        .add_extra_param("max_age", "soon")
+        .url();
+    assert_eq!(query(&location(&browser.get(url.as_str()).await))["error"], "invalid_request");
+    // prompt=consent shows the consent screen even to a first-party client.
+    let (url, _) = client
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge.clone())
+        .add_extra_param("prompt", "consent")
+        .url();
+    let r = browser.get(url.as_str()).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("Allow access?"));
+
     // A third-party client gets the consent screen; deny and allow both answer the client.
     s.add_client("thirdparty", ClientKind::Public, GRANTS, &[API], SCOPES, false).await;
     let third = s.oauth("thirdparty", None);
+    // prompt=none cannot show it: consent_required.
+    let (url, _) = third
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge.clone())
+        .add_extra_param("prompt", "none")
+        .url();
+    assert_eq!(query(&location(&browser.get(url.as_str()).await))["error"], "consent_required");
     for (decision, expect_code) in [("deny", false), ("allow", true)] {
         let (url, state) = third
             .authorize_url(CsrfToken::new_random)
