@@ -260,9 +260,52 @@ pub fn is_registrable_redirect_uri(uri: &str) -> bool {
     }
 }
 
+/// Whether `given` is one of the `registered` redirect URIs: an exact match, except that a loopback IP
+/// redirect (`http://127.0.0.1` or `http://[::1]`) matches on any port (RFC 8252 §7.3: native apps listen on
+/// an ephemeral port).
+pub fn redirect_uri_matches(registered: &[String], given: &str) -> bool {
+    registered.iter().any(|r| {
+        r == given || matches!((loopback_parts(r), loopback_parts(given)), (Some(a), Some(b)) if a == b)
+    })
+}
+
+/// `(host, path-and-query)` of a loopback IP `http` URI, without its port.
+fn loopback_parts(uri: &str) -> Option<(&str, &str)> {
+    let rest = uri.strip_prefix("http://")?;
+    let host = ["127.0.0.1", "[::1]"].into_iter().find(|h| rest.starts_with(h))?;
+    let after = &rest[host.len()..];
+    let after = match after.strip_prefix(':') {
+        Some(port) => {
+            let digits = port.find(|c: char| !c.is_ascii_digit()).unwrap_or(port.len());
+            if digits == 0 {
+                return None;
+            }
+            &port[digits..]
+        }
+        None => after,
+    };
+    (after.is_empty() || after.starts_with('/') || after.starts_with('?')).then_some((host, after))
+}
+
 #[cfg(test)]
 mod redirect_tests {
     use super::is_registrable_redirect_uri as ok;
+
+    #[test]
+    fn redirect_uris_match_exactly_except_a_loopback_port() {
+        use super::redirect_uri_matches as matches;
+        let reg = vec!["https://app.example/cb".to_owned(), "http://127.0.0.1/cb".to_owned()];
+        assert!(matches(&reg, "https://app.example/cb"));
+        assert!(!matches(&reg, "https://app.example/cb/"));
+        assert!(!matches(&reg, "https://app.example:8443/cb"), "only loopback ports are free");
+        assert!(matches(&reg, "http://127.0.0.1:51234/cb"));
+        assert!(matches(&reg, "http://127.0.0.1/cb"));
+        assert!(!matches(&reg, "http://127.0.0.1:51234/other"));
+        assert!(!matches(&reg, "http://127.0.0.1.evil.example/cb"));
+        assert!(!matches(&reg, "http://127.0.0.1:/cb"));
+        assert!(!matches(&reg, "http://[::1]:5000/cb"), "another host");
+        assert!(!matches(&["http://localhost/cb".to_owned()], "http://localhost:5000/cb"), "names are exact");
+    }
 
     #[test]
     fn only_https_loopback_http_and_private_schemes_register() {

@@ -88,7 +88,7 @@ async fn check_request(state: &AppState, params: &Params) -> Result<AuthzRequest
     };
     let redirect_uri =
         params.get("redirect_uri").ok_or(AuthzError::Page("The request has no redirect URI."))?;
-    if !client.redirect_uris.iter().any(|r| r == redirect_uri) {
+    if !flow::redirect_uri_matches(&client.redirect_uris, redirect_uri) {
         return Err(AuthzError::Page("The redirect URI is not registered for this client."));
     }
     let st = params.get("state").map(str::to_owned);

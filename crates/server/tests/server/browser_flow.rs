@@ -180,6 +180,10 @@ async fn authorize_refuses_bad_requests_with_a_page_or_a_redirect(s: &Server) {
         assert_eq!(r.status(), 400, "{q}");
         assert!(r.headers().get("location").is_none());
     }
+    // A loopback redirect URI may use any port (RFC 8252 §7.3): the login page, not an error page.
+    let other_port = form_urlencoded::byte_serialize(b"http://127.0.0.1:4321/callback").collect::<String>();
+    let r = browser.get(&s.url(&format!("/authorize?{base}&redirect_uri={other_port}"))).await;
+    assert_eq!(r.status(), 200);
     // Errors after: back to the client with the error, its state, and iss.
     let cases = [
         (format!("response_type=code&client_id=spa&state=xyz&redirect_uri={redirect}"), "invalid_request"),
