@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use tessera_core::flow::{self, FlowError, RefreshDecision};
 use tessera_core::{ClientKind, GrantType, OpaqueSecret, SecretKind};
-use tessera_store::{Client, CodeUse, Event, Family, RefreshRecord, Rotation, User};
+use tessera_store::{Client, CodeUse, Event, Family, RefreshRecord, Rotation, StoreError, User};
 
 use crate::crypto::random_id;
 use crate::issue::{self, AccessGrant, IdClaims, TokenResponse};
@@ -170,7 +170,12 @@ async fn authorization_code(
     } else {
         None
     };
-    state.store.create_family(&family, refresh.as_ref().map(|(_, r)| r)).await?;
+    match state.store.create_family(&family, refresh.as_ref().map(|(_, r)| r)).await {
+        Ok(()) => {}
+        // The code was replayed while this request ran: nothing is issued.
+        Err(StoreError::Conflict(_)) => return Err(invalid),
+        Err(e) => return Err(e.into()),
+    }
     let id_token = if flow::has_scope(&record.scope, "openid") {
         let claims = IdClaims {
             iss: state.config.issuer.clone(),

@@ -152,10 +152,12 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Stores a new authorization code.
     async fn insert_code(&self, code: &AuthCode) -> Result<()>;
-    /// Spends a code: the first call gets [`CodeUse::Fresh`], every later one [`CodeUse::Replayed`].
+    /// Spends a code: the first call gets [`CodeUse::Fresh`], every later one [`CodeUse::Replayed`] (and marks
+    /// the code replayed).
     async fn redeem_code(&self, hash: &TokenHash, now: Time) -> Result<CodeUse>;
 
-    /// Starts a refresh family, with its first refresh token if the client may refresh.
+    /// Starts a refresh family, with its first refresh token if the client may refresh. A family redeemed
+    /// from a code that has been replayed meanwhile is refused ([`StoreError::Conflict`]).
     async fn create_family(&self, family: &Family, first: Option<&RefreshRecord>) -> Result<()>;
     /// A family by id.
     async fn family(&self, id: &str) -> Result<Option<Family>>;

@@ -675,10 +675,14 @@ impl Store for StoreImpl {
         if let Some(row) = fresh {
             return Ok(CodeUse::Fresh(code_from(&row)?));
         }
-        let spent = sqlx::query(concat!("SELECT ", code_cols!(), " FROM auth_codes WHERE hash = $1"))
-            .bind(hash.as_bytes())
-            .fetch_optional(self.write())
-            .await?;
+        let spent = sqlx::query(concat!(
+            "UPDATE auth_codes SET replayed_at = COALESCE(replayed_at, $1) WHERE hash = $2 RETURNING ",
+            code_cols!()
+        ))
+        .bind(now)
+        .bind(hash.as_bytes())
+        .fetch_optional(self.write())
+        .await?;
         Ok(match spent {
             Some(row) => CodeUse::Replayed(code_from(&row)?),
             None => CodeUse::Unknown,
@@ -687,6 +691,19 @@ impl Store for StoreImpl {
 
     async fn create_family(&self, f: &Family, first: Option<&RefreshRecord>) -> Result<()> {
         let mut tx = self.begin_write().await?;
+        if let Some(code) = &f.code_hash {
+            // Lock the code's row for this transaction: a replay waits for this family to commit (and then
+            // revokes it), or has already marked the code and this family is refused.
+            let replayed: Option<Option<i64>> = sqlx::query_scalar(
+                "UPDATE auth_codes SET used_at = used_at WHERE hash = $1 RETURNING replayed_at",
+            )
+            .bind(code.as_bytes())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if matches!(replayed, Some(Some(_))) {
+                return Err(StoreError::Conflict("replayed code"));
+            }
+        }
         sqlx::query(
             "INSERT INTO refresh_families (id, client_id, user_id, scope, audience, auth_time, amr, \
              login_session, code_hash, created_at, expires_at, revoked_at) \

@@ -283,8 +283,13 @@ async fn code_redeems_once_then_reports_replay(s: &Arc<dyn Store>) {
     let c = code("tsc_one");
     s.insert_code(&c).await.unwrap();
     assert_eq!(s.redeem_code(&c.hash, NOW + 1).await.unwrap(), CodeUse::Fresh(c.clone()));
-    assert_eq!(s.redeem_code(&c.hash, NOW + 2).await.unwrap(), CodeUse::Replayed(c));
+    assert_eq!(s.redeem_code(&c.hash, NOW + 2).await.unwrap(), CodeUse::Replayed(c.clone()));
     assert_eq!(s.redeem_code(&TokenHash::of("tsc_other"), NOW).await.unwrap(), CodeUse::Unknown);
+    // The first redeemer cannot start its family once the replay has been seen.
+    let mut late = family("late", "u-alice");
+    late.code_hash = Some(c.hash);
+    assert_eq!(s.create_family(&late, None).await, Err(StoreError::Conflict("replayed code")));
+    assert!(s.family("late").await.unwrap().is_none());
 
     // Racing redemptions of one code: exactly one is fresh.
     let racy = code("tsc_racy");
