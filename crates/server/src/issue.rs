@@ -146,6 +146,25 @@ fn internal(e: impl std::fmt::Display) -> OAuthError {
     OAuthError::server_error()
 }
 
+impl TokenResponse {
+    /// A bearer token response for `minted`.
+    pub fn bearer(
+        minted: Minted,
+        scope: String,
+        refresh_token: Option<String>,
+        id_token: Option<String>,
+    ) -> Self {
+        TokenResponse {
+            access_token: minted.token,
+            token_type: "Bearer",
+            expires_in: minted.expires_in,
+            scope,
+            refresh_token,
+            id_token,
+        }
+    }
+}
+
 impl std::fmt::Debug for TokenResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenResponse")

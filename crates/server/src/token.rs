@@ -88,14 +88,7 @@ async fn client_credentials(
         },
         now,
     )?;
-    Ok(TokenResponse {
-        access_token: minted.token,
-        token_type: "Bearer",
-        expires_in: minted.expires_in,
-        scope,
-        refresh_token: None,
-        id_token: None,
-    })
+    Ok(TokenResponse::bearer(minted, scope, None, None))
 }
 
 async fn authorization_code(
@@ -194,14 +187,8 @@ async fn authorization_code(
         None
     };
     let minted = issue::access_token(state, user_grant(state, client, &user, &family, &record.scope), now)?;
-    Ok(TokenResponse {
-        access_token: minted.token,
-        token_type: "Bearer",
-        expires_in: minted.expires_in,
-        scope: record.scope,
-        refresh_token: refresh.map(|(secret, _)| secret.expose().to_owned()),
-        id_token,
-    })
+    let refresh_token = refresh.map(|(secret, _)| secret.expose().to_owned());
+    Ok(TokenResponse::bearer(minted, record.scope, refresh_token, id_token))
 }
 
 async fn refresh(
@@ -301,14 +288,7 @@ fn answer_refresh(
     now: i64,
 ) -> Result<TokenResponse, OAuthError> {
     let minted = issue::access_token(state, user_grant(state, client, user, family, scope), now)?;
-    Ok(TokenResponse {
-        access_token: minted.token,
-        token_type: "Bearer",
-        expires_in: minted.expires_in,
-        scope: scope.to_owned(),
-        refresh_token: Some(successor.expose().to_owned()),
-        id_token: None,
-    })
+    Ok(TokenResponse::bearer(minted, scope.to_owned(), Some(successor.expose().to_owned()), None))
 }
 
 fn user_grant(state: &AppState, client: &Client, user: &User, family: &Family, scope: &str) -> AccessGrant {
