@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod passwords;
 mod routes;
+pub mod stream;
 mod token;
 pub mod web;
 
@@ -63,6 +64,10 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The bounded password hasher.
     pub passwords: Passwords,
+    /// Newly committed revocations, fanned out to the guards' streams.
+    pub revocations: stream::RevocationFeed,
+    /// Set when the server starts shutting down, so that endless responses (the guards' streams) end.
+    pub closing: tokio::sync::watch::Sender<bool>,
     discovery: String,
 }
 
@@ -208,6 +213,7 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
     let keyring = Keyring::load(&*store, &kek).await.map_err(start_error)?;
     let passwords = Passwords::new(config.password_hash_concurrency).map_err(StartError)?;
     let discovery = routes::discovery_document(&config.issuer, &keyring.signer().alg().to_string());
+    let revocations = stream::RevocationFeed::new(store.revocation_seq().await.map_err(start_error)?);
     let directory = directory::Directory::new(Arc::clone(&store));
     directory.sync().await.map_err(start_error)?;
     let state = AppState {
@@ -218,6 +224,8 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
         keyring: RwLock::new(Arc::new(keyring)),
         metrics: Metrics::new(),
         passwords,
+        revocations,
+        closing: tokio::sync::watch::channel(false).0,
         discovery,
     };
     Ok((Arc::new(state), startup))
@@ -284,6 +292,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/userinfo", get(endpoints::userinfo).post(endpoints::userinfo))
         .route("/revoke", post(endpoints::revoke))
         .route("/introspect", post(endpoints::introspect))
+        .route("/revocations/stream", get(stream::stream))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
@@ -317,13 +326,35 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&state), stop_rx.clone()));
-    let directory = tokio::spawn(watch_directory(Arc::clone(&state), stop_rx));
+    let directory = tokio::spawn(watch_directory(Arc::clone(&state), stop_rx.clone()));
+    let feed = tokio::spawn(follow_revocations(Arc::clone(&state), stop_rx));
+    let closing = Arc::clone(&state);
+    let shutdown = async move {
+        shutdown.await;
+        // End the guards' streams first: graceful shutdown waits for every open response.
+        let _ = closing.closing.send(true);
+    };
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);
     let _ = housekeeping.await;
     let _ = directory.await;
+    let _ = feed.await;
     result
+}
+
+/// Publishes newly committed revocations to the guards' streams.
+async fn follow_revocations(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(stream::POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = state.revocations.follow_once(&state).await {
+            tracing::warn!(error = %e, "cannot read new revocations");
+        }
+    }
 }
 
 /// Keeps the directory cache within its staleness bound.

@@ -9,6 +9,7 @@ mod common;
 mod basics;
 mod browser_flow;
 mod refresh;
+mod stream;
 mod token_admin;
 
 /// Instantiates each test function (taking `&Server`) once per backend.

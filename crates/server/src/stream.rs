@@ -1,0 +1,161 @@
+//! The revocation stream for guards: `GET /revocations/stream`, server-sent events.
+//!
+//! On connect a guard gets a `snapshot` event (the live revocation set and its sequence number), or, when it
+//! resumes with `Last-Event-ID` (or `?after=N`), every entry after that number. Then it gets a `revocation`
+//! event for each entry as soon as this node sees it committed, and a `heartbeat` every few seconds. Each event
+//! carries its sequence number as the SSE id, so a reconnecting guard resumes exactly where it stopped.
+//! Entries pruned in the meantime had expired: no token they could match is still valid.
+//!
+//! One follower task per node reads new entries from the store every [`POLL`] (the store is the only source:
+//! revocations made by the CLI, by another node, or by this one all arrive the same way) and fans them out to
+//! every connected guard, so database load does not grow with the number of guards.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, StreamExt as _};
+use serde_json::json;
+use tessera_core::ClientKind;
+use tessera_store::Revocation;
+use tokio::sync::broadcast;
+
+use crate::oauth::{ClientAuth, OAuthError, Params, authenticate_client};
+use crate::{AppState, now};
+
+/// How often the follower reads new entries.
+pub const POLL: Duration = Duration::from_millis(50);
+/// How often an idle stream sends a heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Entries buffered per guard before a slow guard is disconnected (it then resumes from its last id).
+const BUFFER: usize = 4096;
+
+/// The node's fan-out of newly committed revocations.
+#[derive(Debug)]
+pub struct RevocationFeed {
+    sender: broadcast::Sender<Arc<Revocation>>,
+    last: AtomicI64,
+}
+
+impl RevocationFeed {
+    /// A feed that starts after sequence number `from`.
+    pub fn new(from: i64) -> Self {
+        RevocationFeed { sender: broadcast::channel(BUFFER).0, last: AtomicI64::new(from) }
+    }
+
+    /// Reads and publishes every entry committed since the last call.
+    ///
+    /// # Errors
+    /// A store failure (the next call retries from the same point).
+    pub async fn follow_once(&self, state: &AppState) -> Result<(), tessera_store::StoreError> {
+        loop {
+            let after = self.last.load(Ordering::Acquire);
+            let entries = state.store.revocations_after(after, 1000).await?;
+            let full = entries.len() == 1000;
+            for entry in entries {
+                self.last.store(entry.seq, Ordering::Release);
+                let _ = self.sender.send(Arc::new(entry));
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn entry_json(r: &Revocation) -> serde_json::Value {
+    json!({
+        "seq": r.seq,
+        "kind": r.kind.as_str(),
+        "subject": r.subject,
+        "not_before": r.not_before,
+        "expires_at": r.expires_at,
+        "reason": r.reason,
+    })
+}
+
+/// `GET /revocations/stream`, for confidential clients of resource servers (clients with an audience).
+pub async fn stream(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let (client, auth) = match authenticate_client(&state.directory, &headers, &Params::default()).await {
+        Ok(found) => found,
+        Err(e) => return e.into_response(),
+    };
+    if client.kind != ClientKind::Confidential || auth != ClientAuth::Secret || client.audiences.is_empty() {
+        let mut refusal = OAuthError::unauthorized_client("only resource servers may follow revocations");
+        refusal.status = StatusCode::FORBIDDEN;
+        return refusal.into_response();
+    }
+    let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| params.get("after"))
+        .map(|v| v.trim().parse::<i64>());
+    let after = match resume {
+        None => None,
+        Some(Ok(seq)) if seq >= 0 => Some(seq),
+        Some(_) => {
+            return OAuthError::invalid_request("Last-Event-ID must be a sequence number").into_response();
+        }
+    };
+    // Subscribe before reading the backlog, so that nothing committed in between is missed; duplicates are
+    // dropped by sequence number.
+    let receiver = state.revocations.sender.subscribe();
+    let now = now();
+    let head = match state.store.revocation_seq().await {
+        Ok(head) => head,
+        Err(e) => return OAuthError::from(e).into_response(),
+    };
+    let backlog = match after {
+        Some(after) => state.store.revocations_after(after, i64::MAX).await,
+        None => state.store.live_revocations(now).await,
+    };
+    let backlog: Vec<Revocation> = match backlog {
+        Ok(entries) => entries.into_iter().filter(|r| r.expires_at > now).collect(),
+        Err(e) => return OAuthError::from(e).into_response(),
+    };
+    let head = backlog.iter().map(|r| r.seq).max().unwrap_or(0).max(head).max(after.unwrap_or(0));
+    let snapshot = json!({
+        "seq": head,
+        "resumed_after": after,
+        "entries": backlog.iter().map(entry_json).collect::<Vec<_>>(),
+    });
+    let first = Event::default().event("snapshot").id(head.to_string()).data(snapshot.to_string());
+    let closing = state.closing.subscribe();
+    let live = stream::unfold((receiver, closing, head), |(mut receiver, mut closing, last)| async move {
+        loop {
+            let next = tokio::select! {
+                next = receiver.recv() => next,
+                // The server is shutting down: end the stream; the guard reconnects and resumes.
+                _ = closing.wait_for(|c| *c) => return None,
+            };
+            match next {
+                Ok(entry) if entry.seq <= last => continue,
+                Ok(entry) => {
+                    let event = Event::default()
+                        .event("revocation")
+                        .id(entry.seq.to_string())
+                        .data(entry_json(&entry).to_string());
+                    return Some((Ok::<_, Infallible>(event), (receiver, closing, entry.seq)));
+                }
+                // A guard too slow to keep up is disconnected; it resumes from its last id.
+                Err(_) => return None,
+            }
+        }
+    });
+    let events = stream::once(async move { Ok::<_, Infallible>(first) }).chain(live);
+    Sse::new(events)
+        .keep_alive(
+            KeepAlive::new().interval(HEARTBEAT).event(Event::default().event("heartbeat").data("{}")),
+        )
+        .into_response()
+}
