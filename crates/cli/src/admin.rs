@@ -198,10 +198,12 @@ pub(crate) fn serve(cfg: &ConfigArgs, listen: Option<String>, issuer: Option<Str
             .map_err(|e| Failure::usage(format!("cannot listen on {listen}: {}", e.kind())))?;
         let addr =
             listener.local_addr().map_err(|e| Failure::usage(format!("no local address: {}", e.kind())))?;
+        let shutdown = tessera_server::shutdown_signal()
+            .map_err(|e| Failure::usage(format!("cannot install signal handlers: {}", e.kind())))?;
         first_start_message(&state.config, &startup, addr)?;
         emit(&format!("tessera: listening on {addr} as issuer {}", state.config.issuer))?;
         tracing::info!(%addr, issuer = %state.config.issuer, store = state.store.backend(), "serving");
-        tessera_server::serve(state, listener, tessera_server::shutdown_signal())
+        tessera_server::serve(state, listener, shutdown)
             .await
             .map_err(|e| Failure::usage(format!("server failed: {}", e.kind())))
     })
