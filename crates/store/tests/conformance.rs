@@ -165,6 +165,18 @@ fn refresh(secret: &str, family_id: &str, generation: i64) -> RefreshRecord {
     }
 }
 
+fn login_session(secret: &str, user_id: &str) -> LoginSession {
+    LoginSession {
+        hash: TokenHash::of(secret),
+        user_id: user_id.into(),
+        auth_time: NOW,
+        amr: vec!["pwd".into()],
+        created_at: NOW,
+        expires_at: NOW + 3600,
+        revoked_at: None,
+    }
+}
+
 fn token_ref<'a>(jti: &'a str, sid: Option<&'a str>, sub: &'a str, iat: i64) -> TokenRef<'a> {
     TokenRef { jti, sid, sub, client_id: "web", kid: "k1", iat }
 }
@@ -432,15 +444,7 @@ async fn password_change_revokes_every_session_of_the_user(s: &Arc<dyn Store>) {
     s.create_family(&family("fa1", "u-alice"), Some(&refresh("tsr_fa1", "fa1", 0))).await.unwrap();
     s.create_family(&family("fa2", "u-alice"), None).await.unwrap();
     s.create_family(&family("fb1", "u-bob"), Some(&refresh("tsr_fb1", "fb1", 0))).await.unwrap();
-    let login = LoginSession {
-        hash: TokenHash::of("tsl_alice"),
-        user_id: "u-alice".into(),
-        auth_time: NOW,
-        amr: vec!["pwd".into()],
-        created_at: NOW,
-        expires_at: NOW + 3600,
-        revoked_at: None,
-    };
+    let login = login_session("tsl_alice", "u-alice");
     s.create_login_session(&login).await.unwrap();
 
     let seq = s.set_password("u-alice", "$argon2id$new", NOW + 100).await.unwrap();
@@ -462,15 +466,7 @@ async fn password_change_revokes_every_session_of_the_user(s: &Arc<dyn Store>) {
 
 async fn ending_a_login_session_revokes_its_families(s: &Arc<dyn Store>) {
     s.create_user(&user("alice")).await.unwrap();
-    let login = LoginSession {
-        hash: TokenHash::of("tsl_x"),
-        user_id: "u-alice".into(),
-        auth_time: NOW,
-        amr: vec!["pwd".into()],
-        created_at: NOW,
-        expires_at: NOW + 3600,
-        revoked_at: None,
-    };
+    let login = login_session("tsl_x", "u-alice");
     s.create_login_session(&login).await.unwrap();
     let mut from_login = family("fl1", "u-alice");
     from_login.login_session = Some(login.hash);

@@ -63,17 +63,7 @@ async fn health_readiness_and_metrics_answer(s: &Server) {
 
 async fn client_credentials_token_is_audience_bound_and_verifies(s: &Server) {
     s.add_resource(API, &["orders:read", "orders:write"]).await;
-    let secret = s
-        .add_client(
-            "svc",
-            ClientKind::Confidential,
-            &[GrantType::ClientCredentials],
-            &[API],
-            &["orders:read"],
-            true,
-        )
-        .await
-        .unwrap();
+    let secret = s.add_service_client("svc").await;
     let client = s.oauth("svc", Some(&secret));
     let token = client
         .exchange_client_credentials()
@@ -132,17 +122,7 @@ async fn post_token(
 async fn client_credentials_refuses_what_it_must(s: &Server) {
     s.add_resource(API, &["orders:read"]).await;
     s.add_resource("https://billing.example", &["bills:read"]).await;
-    let secret = s
-        .add_client(
-            "svc",
-            ClientKind::Confidential,
-            &[GrantType::ClientCredentials],
-            &[API],
-            &["orders:read"],
-            true,
-        )
-        .await
-        .unwrap();
+    let secret = s.add_service_client("svc").await;
     let web = s
         .add_client(
             "web",

@@ -149,6 +149,12 @@ impl Server {
         secret.map(|s| s.expose().to_owned())
     }
 
+    /// A confidential service client `id` (client_credentials for API, scope orders:read); returns its secret.
+    pub async fn add_service_client(&self, id: &str) -> String {
+        let grants = [GrantType::ClientCredentials];
+        self.add_client(id, ClientKind::Confidential, &grants, &[API], &["orders:read"], true).await.unwrap()
+    }
+
     pub async fn add_resource(&self, audience: &str, scopes: &[&str]) {
         let r = Resource {
             audience: audience.into(),

@@ -7,7 +7,7 @@ use serde_json::Value;
 use tessera_core::{ClientKind, GrantType};
 
 use crate::browser_flow::{setup, tokens};
-use crate::common::{API, Server, http};
+use crate::common::{Server, http};
 
 crate::on_both_backends!(
     revocation_stream_is_for_resource_servers_only,
@@ -60,22 +60,9 @@ impl Events {
     }
 }
 
-async fn resource_server(s: &Server) -> String {
-    s.add_client(
-        "rs",
-        ClientKind::Confidential,
-        &[GrantType::ClientCredentials],
-        &[API],
-        &["orders:read"],
-        true,
-    )
-    .await
-    .unwrap()
-}
-
 async fn revocation_stream_is_for_resource_servers_only(s: &Server) {
     setup(s).await;
-    let secret = resource_server(s).await;
+    let secret = s.add_service_client("rs").await;
     let r = http().get(s.url("/revocations/stream")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let r =
@@ -99,7 +86,7 @@ async fn revocation_stream_is_for_resource_servers_only(s: &Server) {
 
 async fn revocation_stream_sends_a_snapshot_then_every_revocation_and_resumes(s: &Server) {
     let client = setup(s).await;
-    let secret = resource_server(s).await;
+    let secret = s.add_service_client("rs").await;
     let t = tokens(s, &client).await;
     // One entry exists before the guard connects.
     s.state.store.revoke_client("nobody-yet", "admin", tessera_server::now()).await.unwrap();
@@ -156,7 +143,7 @@ async fn revocation_stream_sends_a_snapshot_then_every_revocation_and_resumes(s:
 async fn shutdown_ends_open_revocation_streams() {
     let s = Server::start(crate::common::Backend::Sqlite).await.unwrap();
     setup(&s).await;
-    let secret = resource_server(&s).await;
+    let secret = s.add_service_client("rs").await;
     let mut events = Events::open(&s, &secret, None).await;
     assert_eq!(events.next().await.0, "snapshot");
     tokio::time::timeout(Duration::from_secs(5), s.finish())
