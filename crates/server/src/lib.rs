@@ -14,6 +14,7 @@ pub mod keyring;
 pub mod metrics;
 pub mod oauth;
 pub mod passwords;
+pub mod ingest;
 mod routes;
 pub mod stream;
 mod token;
@@ -293,6 +294,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/revoke", post(endpoints::revoke))
         .route("/introspect", post(endpoints::introspect))
         .route("/revocations/stream", get(stream::stream))
+        .route("/guard/events", post(ingest::events).layer(DefaultBodyLimit::max(1024 * 1024)))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))

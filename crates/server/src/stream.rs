@@ -16,16 +16,15 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt as _};
 use serde_json::json;
-use tessera_core::ClientKind;
 use tessera_store::Revocation;
 use tokio::sync::broadcast;
 
-use crate::oauth::{ClientAuth, OAuthError, Params, authenticate_client};
+use crate::oauth::{OAuthError, Params};
 use crate::{AppState, now};
 
 /// How often the follower reads new entries.
@@ -85,14 +84,8 @@ pub async fn stream(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let (client, auth) = match authenticate_client(&state.directory, &headers, &Params::default()).await {
-        Ok(found) => found,
-        Err(e) => return e.into_response(),
-    };
-    if client.kind != ClientKind::Confidential || auth != ClientAuth::Secret || client.audiences.is_empty() {
-        let mut refusal = OAuthError::unauthorized_client("only resource servers may follow revocations");
-        refusal.status = StatusCode::FORBIDDEN;
-        return refusal.into_response();
+    if let Err(refusal) = crate::ingest::authenticate_resource_server(&state, &headers).await {
+        return refusal;
     }
     let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
     let resume = headers

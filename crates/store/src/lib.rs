@@ -196,6 +196,8 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Appends a security event.
     async fn append_event(&self, event: &Event) -> Result<()>;
+    /// Appends several events in one transaction (a guard's usage batch).
+    async fn append_events(&self, events: &[Event]) -> Result<()>;
     /// The newest events, optionally of one kind, newest first.
     async fn recent_events(&self, kind: Option<&str>, limit: i64) -> Result<Vec<Event>>;
 }

@@ -934,6 +934,32 @@ impl Store for StoreImpl {
         Ok(())
     }
 
+    async fn append_events(&self, events: &[Event]) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        for e in events {
+            sqlx::query(concat!(
+                "INSERT INTO events (",
+                event_cols!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ))
+            .bind(e.at)
+            .bind(&e.kind)
+            .bind(&e.ip)
+            .bind(&e.user_agent)
+            .bind(&e.sub)
+            .bind(&e.sid)
+            .bind(&e.jti)
+            .bind(&e.client_id)
+            .bind(&e.audience)
+            .bind(&e.reason)
+            .bind(&e.detail)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn recent_events(&self, kind: Option<&str>, limit: i64) -> Result<Vec<Event>> {
         let rows = sqlx::query(concat!(
             "SELECT ",

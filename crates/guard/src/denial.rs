@@ -1,0 +1,140 @@
+//! Why the guard refused a request, and the RFC 6750 answer for it.
+//!
+//! The wire sees only the RFC error code and a fixed description; the detailed reason (a stable
+//! `snake_case` name) goes to metrics and usage events.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+/// A refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// No `Authorization` header at all: 401 with a bare challenge (RFC 6750 §3.1).
+    MissingToken,
+    /// A token that is malformed, misplaced, invalid, expired or revoked: 401 `invalid_token`.
+    InvalidToken {
+        /// The detailed reason.
+        reason: &'static str,
+    },
+    /// A valid token without what the route needs: 403 `insufficient_scope`.
+    InsufficientScope {
+        /// The scopes the route needs (for the `scope` attribute).
+        scope: String,
+    },
+    /// A route the policy does not list (default deny), or a path spelt ambiguously: 403.
+    Forbidden {
+        /// The detailed reason.
+        reason: &'static str,
+    },
+    /// The guard cannot decide safely (no keys yet, revocation state stale or unknown): 503.
+    Unavailable {
+        /// The detailed reason.
+        reason: &'static str,
+    },
+}
+
+impl Denial {
+    /// The stable reason name for metrics and events.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken { reason } | Self::Forbidden { reason } | Self::Unavailable { reason } => {
+                reason
+            }
+            Self::InsufficientScope { .. } => "insufficient_scope",
+        }
+    }
+
+    /// The HTTP status.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingToken | Self::InvalidToken { .. } => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope { .. } | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `WWW-Authenticate` value, if this refusal carries one.
+    #[must_use]
+    pub fn challenge(&self, realm: &str) -> Option<String> {
+        let realm = realm.replace(['"', '\\'], "");
+        match self {
+            Self::MissingToken => Some(format!("Bearer realm=\"{realm}\"")),
+            Self::InvalidToken { .. } => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                self.description()
+            )),
+            Self::InsufficientScope { scope } => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{}\", scope=\"{scope}\"",
+                self.description()
+            )),
+            Self::Forbidden { .. } | Self::Unavailable { .. } => None,
+        }
+    }
+
+    fn error_code(&self) -> &'static str {
+        match self {
+            Self::MissingToken => "invalid_request",
+            Self::InvalidToken { .. } => "invalid_token",
+            Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::Forbidden { .. } => "access_denied",
+            Self::Unavailable { .. } => "temporarily_unavailable",
+        }
+    }
+
+    fn description(&self) -> &'static str {
+        match self {
+            Self::MissingToken => "a bearer token is required",
+            Self::InvalidToken { .. } => {
+                "the access token is missing, malformed, invalid, expired or revoked"
+            }
+            Self::InsufficientScope { .. } => "the access token lacks the scope or role this route requires",
+            Self::Forbidden { .. } => "this route is not allowed",
+            Self::Unavailable { .. } => "the service cannot check tokens right now",
+        }
+    }
+
+    /// The full response: status, `WWW-Authenticate`, `Cache-Control: no-store` and a small JSON body.
+    #[must_use]
+    pub fn into_response<B: From<Bytes>>(self, realm: &str) -> Response<B> {
+        let body = serde_json::json!({ "error": self.error_code(), "error_description": self.description() });
+        let mut resp = Response::new(B::from(Bytes::from(body.to_string())));
+        *resp.status_mut() = self.status();
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(value) = self.challenge(realm).and_then(|c| HeaderValue::from_str(&c).ok()) {
+            headers.insert(header::WWW_AUTHENTICATE, value);
+        }
+        if matches!(self, Self::Unavailable { .. }) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_follow_rfc6750() {
+        let r: Response<Bytes> = Denial::InvalidToken { reason: "bad_signature" }.into_response("orders");
+        assert_eq!(r.status(), 401);
+        let c = r.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(c.starts_with("Bearer realm=\"orders\", error=\"invalid_token\""), "{c}");
+        assert!(!r.body().windows(9).any(|w| w == b"signature"), "the detailed reason stays off the wire");
+        let r: Response<Bytes> =
+            Denial::InsufficientScope { scope: "orders:write".into() }.into_response("o");
+        assert_eq!(r.status(), 403);
+        let c = r.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(c.contains("error=\"insufficient_scope\"") && c.ends_with("scope=\"orders:write\""), "{c}");
+        let r: Response<Bytes> = Denial::MissingToken.into_response("o");
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"o\"");
+        let r: Response<Bytes> = Denial::Unavailable { reason: "stale_revocations" }.into_response("o");
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "5");
+    }
+}

@@ -1,0 +1,552 @@
+//! The guard itself: configuration, the per-request decision, and the background tasks it owns.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http::{HeaderMap, Method, header};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tessera_token::{AccessClaims, Rejection, UnixTime, UnverifiedJwt, Validation};
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+use crate::denial::Denial;
+use crate::keys::Keys;
+use crate::path::{self, BadPath};
+use crate::policy::{Policy, Route, Unlisted};
+use crate::report::Reporter;
+use crate::revocation::{RevocationSet, TokenIds};
+
+/// How the guard is set up. [`GuardConfig::new`] gives the defaults.
+#[derive(Clone)]
+pub struct GuardConfig {
+    /// The issuer URL, exactly as tokens carry it in `iss`.
+    pub issuer: String,
+    /// This service's audience: tokens must name it in `aud`.
+    pub audience: String,
+    /// The guard's own client, registered at the server with this audience: it follows revocations and
+    /// reports usage with these credentials.
+    pub client_id: String,
+    /// That client's secret.
+    pub client_secret: Zeroizing<String>,
+    /// With no heartbeat from the revocation stream for this long, requests get 503. Default: 900 s, the
+    /// longest access-token lifetime.
+    pub staleness: Duration,
+    /// Clock-skew leeway for `exp`, `nbf` and `iat`, in seconds. Default 30.
+    pub leeway_secs: u64,
+    /// The oldest `iat` accepted, in seconds. Default 900.
+    pub max_age_secs: u64,
+    /// Validated tokens remembered, so a repeated token skips signature verification. Default 10,000.
+    pub cache_capacity: usize,
+    /// How often the JWKS is refreshed. Default 60 s (the server's `max-age`).
+    pub jwks_refresh: Duration,
+    /// The least time between two fetches caused by unknown `kid`s. Default 5 s.
+    pub jwks_min_refetch: Duration,
+    /// How often usage events are sent. Default 2 s.
+    pub report_interval: Duration,
+    /// The most revocation entries held; beyond it the guard refuses service (fail closed). Default 1,000,000.
+    pub max_revocations: usize,
+    /// Timeout of each control-plane HTTP call (discovery, JWKS, events). Default 5 s.
+    pub http_timeout: Duration,
+}
+
+impl std::fmt::Debug for GuardConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardConfig")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("staleness", &self.staleness)
+            .field("cache_capacity", &self.cache_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GuardConfig {
+    /// The defaults for a service with `audience`, trusting `issuer`, following revocations as `client_id`.
+    #[must_use]
+    pub fn new(
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+    ) -> Self {
+        GuardConfig {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            client_id: client_id.into(),
+            client_secret: Zeroizing::new(client_secret.into()),
+            staleness: Duration::from_secs(900),
+            leeway_secs: tessera_token::validate::DEFAULT_LEEWAY_SECS,
+            max_age_secs: tessera_token::validate::DEFAULT_MAX_AGE_SECS,
+            cache_capacity: 10_000,
+            jwks_refresh: Duration::from_secs(60),
+            jwks_min_refetch: Duration::from_secs(5),
+            report_interval: Duration::from_secs(2),
+            max_revocations: 1_000_000,
+            http_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a guard could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardError(pub String);
+
+impl std::fmt::Display for GuardError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for GuardError {}
+
+/// A validated caller: what the guard puts in the request extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The token's validated claims.
+    pub claims: AccessClaims,
+    /// The `kid` of the key that signed it.
+    pub kid: String,
+}
+
+impl Identity {
+    /// Whether the token grants `scope`.
+    #[must_use]
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.claims.scope.as_deref().unwrap_or("").split(' ').any(|s| s == scope)
+    }
+
+    /// Whether the subject holds `role`.
+    #[must_use]
+    pub fn has_role(&self, role: &str) -> bool {
+        self.claims.roles.iter().any(|r| r == role)
+    }
+
+    fn ids(&self) -> TokenIds<'_> {
+        TokenIds {
+            jti: &self.claims.jti,
+            sid: self.claims.sid.as_deref(),
+            sub: &self.claims.sub,
+            client_id: &self.claims.client_id,
+            kid: &self.kid,
+            iat: i64::try_from(self.claims.iat).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// A request the guard let through.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// The caller; `None` on a public route.
+    pub identity: Option<Arc<Identity>>,
+    /// The normalised path, which the service must see instead of the raw one.
+    pub path: String,
+}
+
+/// A cached validation: the identity and the key generation it was verified under.
+#[derive(Clone)]
+struct Cached {
+    identity: Arc<Identity>,
+    generation: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub(crate) struct DecisionLabels {
+    pub(crate) outcome: &'static str,
+    pub(crate) reason: &'static str,
+}
+
+/// The guard's metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub(crate) decisions: Family<DecisionLabels, Counter>,
+    pub(crate) cache_hits: Counter,
+    pub(crate) cache_misses: Counter,
+    pub(crate) revocations: Gauge,
+    pub(crate) revocation_seq: Gauge,
+    pub(crate) stream_connected: Gauge,
+    pub(crate) stream_reconnects: Counter,
+    pub(crate) jwks_fetch_failures: Counter,
+    pub(crate) events_sent: Counter,
+    pub(crate) events_dropped: Counter,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: GuardConfig,
+    pub(crate) policy: Policy,
+    validation: Validation,
+    pub(crate) http: reqwest::Client,
+    pub(crate) keys: Keys,
+    pub(crate) revocations: RwLock<RevocationSet>,
+    /// Whether a snapshot of the revocation set has been received.
+    pub(crate) synced: AtomicBool,
+    /// When the stream was last heard from, in milliseconds since `epoch`.
+    pub(crate) last_heard_ms: AtomicU64,
+    pub(crate) epoch: Instant,
+    cache: quick_cache::sync::Cache<[u8; 32], Cached>,
+    pub(crate) reporter: Reporter,
+    pub(crate) metrics: Metrics,
+    /// Dropped with the guard: every background task watches it and stops.
+    pub(crate) alive: tokio::sync::watch::Sender<()>,
+}
+
+/// The guard: cheap to clone, shared by every request. Dropping the last clone stops its background tasks.
+#[derive(Clone)]
+pub struct Guard {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("issuer", &self.inner.config.issuer)
+            .field("audience", &self.inner.config.audience)
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+/// Unix seconds: the guard's one wall-clock read.
+pub(crate) fn unix_now() -> u64 {
+    #[allow(clippy::disallowed_methods, reason = "the guard's one clock read, at the edge")]
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn sha256(token: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Whether `s` is an RFC 6750 `b64token`.
+fn is_b64token(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+}
+
+/// The bearer token of a request: from exactly one `Authorization: Bearer` header, never from the query.
+fn bearer<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<&'a str, Denial> {
+    let in_query = query.is_some_and(|q| {
+        q.split('&').any(|pair| {
+            let name = pair.split('=').next().unwrap_or("");
+            name.eq_ignore_ascii_case("access_token") || name.eq_ignore_ascii_case("access%5Ftoken")
+        })
+    });
+    if in_query {
+        return Err(Denial::InvalidToken { reason: "token_in_query" });
+    }
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(Denial::MissingToken);
+    };
+    if values.next().is_some() {
+        return Err(Denial::InvalidToken { reason: "multiple_authorization_headers" });
+    }
+    let malformed = Denial::InvalidToken { reason: "malformed_authorization" };
+    let value = value.to_str().map_err(|_| malformed.clone())?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(|| malformed.clone())?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(malformed);
+    }
+    if !is_b64token(token) {
+        // Two tokens, stray spaces or commas, or characters no token has.
+        return Err(malformed);
+    }
+    Ok(token)
+}
+
+impl Guard {
+    /// Builds a guard and starts its background tasks (key discovery, the revocation stream, housekeeping and
+    /// usage reporting). Must be called inside a tokio runtime. Until the first key set and revocation
+    /// snapshot arrive, protected routes answer 503; [`Guard::wait_ready`] waits for them.
+    ///
+    /// # Errors
+    /// A [`GuardError`] when the configuration cannot work (blank issuer or audience, a non-http issuer).
+    pub fn start(config: GuardConfig, policy: Policy) -> Result<Self, GuardError> {
+        if !(config.issuer.starts_with("https://") || config.issuer.starts_with("http://")) {
+            return Err(GuardError(format!("issuer {:?} must be an http(s) URL", config.issuer)));
+        }
+        if config.audience.trim().is_empty() {
+            return Err(GuardError("the audience must not be empty".into()));
+        }
+        if config.client_id.is_empty() || config.client_secret.is_empty() {
+            return Err(GuardError("the guard needs its client id and secret to follow revocations".into()));
+        }
+        // reqwest's rustls needs a process-wide provider; another part of the process may have set one.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("tessera-guard/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.http_timeout)
+            .build()
+            .map_err(|e| GuardError(format!("cannot build the HTTP client: {e}")))?;
+        let validation = Validation {
+            leeway_secs: config.leeway_secs,
+            max_age_secs: config.max_age_secs,
+            ..Validation::access_token(config.issuer.clone(), config.audience.clone())
+        };
+        let inner = Arc::new(Inner {
+            keys: Keys::new(config.jwks_min_refetch),
+            cache: quick_cache::sync::Cache::new(config.cache_capacity.max(1)),
+            reporter: Reporter::new(),
+            validation,
+            http,
+            policy,
+            revocations: RwLock::new(RevocationSet::new()),
+            synced: AtomicBool::new(false),
+            last_heard_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            metrics: Metrics::default(),
+            alive: tokio::sync::watch::channel(()).0,
+            config,
+        });
+        crate::follow::spawn(&inner);
+        crate::report::spawn(&inner);
+        Ok(Guard { inner })
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &GuardConfig {
+        &self.inner.config
+    }
+
+    /// Whether keys are loaded and the revocation state is fresh.
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.inner.keys.loaded() && self.inner.synced.load(Ordering::Acquire) && !self.inner.is_stale()
+    }
+
+    /// Waits until [`Guard::is_ready`], for at most `limit`; returns whether it became ready.
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while !self.is_ready() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// The sequence number of the last revocation applied.
+    #[must_use]
+    pub fn revocation_seq(&self) -> i64 {
+        self.inner.revocations.read().map(|r| r.seq()).unwrap_or(0)
+    }
+
+    /// Registers the guard's metrics under `tessera_guard_*`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let m = &self.inner.metrics;
+        let r = registry.sub_registry_with_prefix("tessera_guard");
+        r.register("decisions", "Requests decided, by outcome and reason", m.decisions.clone());
+        r.register("token_cache_hits", "Validated-token cache hits", m.cache_hits.clone());
+        r.register("token_cache_misses", "Validated-token cache misses", m.cache_misses.clone());
+        r.register("revocations", "Live revocation entries held", m.revocations.clone());
+        r.register(
+            "revocation_seq",
+            "Sequence number of the last revocation applied",
+            m.revocation_seq.clone(),
+        );
+        r.register(
+            "stream_connected",
+            "1 while the revocation stream is connected",
+            m.stream_connected.clone(),
+        );
+        r.register("stream_reconnects", "Revocation stream reconnections", m.stream_reconnects.clone());
+        r.register("jwks_fetch_failures", "Failed JWKS fetches", m.jwks_fetch_failures.clone());
+        r.register("usage_events_sent", "Usage events delivered to the server", m.events_sent.clone());
+        r.register(
+            "usage_events_dropped",
+            "Usage events dropped (server unreachable)",
+            m.events_dropped.clone(),
+        );
+    }
+
+    /// Decides a request: normalises its path, finds its route, and validates its bearer token.
+    ///
+    /// # Errors
+    /// The [`Denial`] to answer with.
+    pub async fn check(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Admitted, Denial> {
+        let inner = &self.inner;
+        let raw_path = uri.path();
+        let path =
+            if path::is_normal(raw_path) { Ok(raw_path.to_owned()) } else { path::normalize(raw_path) };
+        let path = match path {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = match e {
+                    BadPath::NotAbsolute => "path_not_absolute",
+                    BadPath::BrokenEscape => "path_broken_escape",
+                    BadPath::Ambiguous => "path_ambiguous",
+                };
+                return Err(inner.deny(Denial::Forbidden { reason }, None, None, peer));
+            }
+        };
+        let route_index = inner.policy.routes.iter().position(|r| r.matches(method, &path));
+        let route = route_index.and_then(|i| inner.policy.routes.get(i));
+        if route.is_some_and(|r| r.public) {
+            inner
+                .metrics
+                .decisions
+                .get_or_create(&DecisionLabels { outcome: "granted", reason: "public" })
+                .inc();
+            return Ok(Admitted { identity: None, path });
+        }
+        if !inner.keys.loaded() || !inner.synced.load(Ordering::Acquire) {
+            return Err(inner.deny(Denial::Unavailable { reason: "not_ready" }, route_index, None, peer));
+        }
+        if inner.is_stale() {
+            return Err(inner.deny(
+                Denial::Unavailable { reason: "stale_revocations" },
+                route_index,
+                None,
+                peer,
+            ));
+        }
+        let token = bearer(headers, uri.query()).map_err(|d| inner.deny(d, route_index, None, peer))?;
+        let identity = self.validate(token, route_index, peer).await?;
+        let permitted = match route {
+            Some(r) => r.permits(identity.claims.scope.as_deref(), &identity.claims.roles),
+            None => inner.policy.unlisted == Unlisted::Authenticated,
+        };
+        if !permitted {
+            let denial = match route {
+                Some(r) => Denial::InsufficientScope { scope: r.scopes.join(" ") },
+                None => Denial::Forbidden { reason: "route_not_allowed" },
+            };
+            return Err(inner.deny(denial, route_index, Some(&identity), peer));
+        }
+        inner.metrics.decisions.get_or_create(&DecisionLabels { outcome: "granted", reason: "valid" }).inc();
+        inner.reporter.granted(&identity, route_index, peer, unix_now());
+        Ok(Admitted { identity: Some(identity), path })
+    }
+
+    /// Validates a token: from the cache when seen before (time and revocation still checked), else in full.
+    async fn validate(
+        &self,
+        token: &str,
+        route: Option<usize>,
+        peer: Option<IpAddr>,
+    ) -> Result<Arc<Identity>, Denial> {
+        let inner = &self.inner;
+        let now = unix_now();
+        let hash = sha256(token);
+        let generation = inner.keys.generation.load(Ordering::Acquire);
+        let cached = inner.cache.get(&hash).filter(|c| c.generation == generation);
+        let identity = if let Some(hit) = cached {
+            inner.metrics.cache_hits.inc();
+            let c = &hit.identity.claims;
+            if now >= c.exp.saturating_add(inner.validation.leeway_secs) {
+                inner.cache.remove(&hash);
+                return Err(inner.deny(Denial::InvalidToken { reason: "expired" }, route, None, peer));
+            }
+            if now > c.iat.saturating_add(inner.validation.max_age_secs) {
+                return Err(inner.deny(Denial::InvalidToken { reason: "too_old" }, route, None, peer));
+            }
+            hit.identity
+        } else {
+            inner.metrics.cache_misses.inc();
+            let identity = self.verify(token, now, peer, route).await?;
+            inner.cache.insert(hash, Cached { identity: Arc::clone(&identity), generation });
+            identity
+        };
+        let revoked = inner
+            .revocations
+            .read()
+            .ok()
+            .and_then(|set| set.check(identity.ids(), i64::try_from(now).unwrap_or(i64::MAX)));
+        if let Some(kind) = revoked {
+            return Err(inner.deny(
+                Denial::InvalidToken { reason: kind.name() },
+                route,
+                Some(&identity),
+                peer,
+            ));
+        }
+        Ok(identity)
+    }
+
+    async fn verify(
+        &self,
+        token: &str,
+        now: u64,
+        peer: Option<IpAddr>,
+        route: Option<usize>,
+    ) -> Result<Arc<Identity>, Denial> {
+        let inner = &self.inner;
+        let invalid = |r: Rejection| Denial::InvalidToken { reason: r.name() };
+        let parsed = UnverifiedJwt::parse(token).map_err(|r| inner.deny(invalid(r), route, None, peer))?;
+        let kid = parsed.header().kid.clone().unwrap_or_default();
+        let mut keys = inner.keys.get();
+        if !kid.is_empty() && keys.get(&kid).is_none() {
+            if inner.keys.refetch_for(&inner.http, &inner.config.issuer, &kid).await {
+                keys = inner.keys.get();
+            } else {
+                inner.metrics.jwks_fetch_failures.inc();
+            }
+        }
+        let verified = parsed.verify(&keys).map_err(|r| inner.deny(invalid(r), route, None, peer))?;
+        match verified.validate(&inner.validation, UnixTime(now)) {
+            Ok(claims) => Ok(Arc::new(Identity { claims, kid })),
+            Err(Rejection::WrongAudience) => {
+                // A genuine token of ours, for another service: lateral movement.
+                inner.reporter.lateral(verified.payload(), route, peer, now);
+                Err(inner.deny(invalid(Rejection::WrongAudience), route, None, peer))
+            }
+            Err(r) => Err(inner.deny(invalid(r), route, None, peer)),
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn heard(&self) {
+        self.last_heard_ms.store(self.millis(), Ordering::Release);
+    }
+
+    fn is_stale(&self) -> bool {
+        let last = self.last_heard_ms.load(Ordering::Acquire);
+        let bound = u64::try_from(self.config.staleness.as_millis()).unwrap_or(u64::MAX);
+        let over_cap = self.revocations.read().map(|r| r.len() > self.config.max_revocations).unwrap_or(true);
+        over_cap || self.millis().saturating_sub(last) > bound
+    }
+
+    /// Counts a refusal and reports it; returns it for the answer.
+    fn deny(
+        &self,
+        d: Denial,
+        route: Option<usize>,
+        identity: Option<&Arc<Identity>>,
+        peer: Option<IpAddr>,
+    ) -> Denial {
+        let outcome = if matches!(d, Denial::Unavailable { .. }) { "unavailable" } else { "rejected" };
+        self.metrics.decisions.get_or_create(&DecisionLabels { outcome, reason: d.reason() }).inc();
+        self.reporter.rejected(d.reason(), identity, route, peer, unix_now());
+        d
+    }
+
+    pub(crate) fn route(&self, index: Option<usize>) -> Option<&Route> {
+        index.and_then(|i| self.policy.routes.get(i))
+    }
+}
