@@ -5,6 +5,7 @@
 //! one line on stderr and never contains key material or a token.
 
 mod admin;
+mod gateway;
 mod keys;
 mod token;
 mod users;
@@ -42,6 +43,8 @@ enum Command {
         #[arg(long, value_name = "URL")]
         issuer: Option<String>,
     },
+    /// Run the gateway: a reverse proxy that validates every request before the service sees it.
+    Gateway(Box<gateway::GatewayArgs>),
     /// Apply the database migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -117,6 +120,7 @@ fn main() -> ExitCode {
         Command::Keys(cmd) => keys::run(cmd),
         Command::Token(cmd) => token::run(cmd),
         Command::Serve { cfg, listen, issuer } => admin::serve(&cfg, listen, issuer),
+        Command::Gateway(args) => gateway::run(*args),
         Command::Migrate { cfg } => admin::migrate(&cfg),
         Command::Config(cmd) => admin::config(cmd),
         Command::Client(cmd) => admin::client(cmd),

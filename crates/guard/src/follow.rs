@@ -9,6 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
 use serde::Deserialize;
 use tokio::time::{sleep, timeout};
 
@@ -141,22 +143,14 @@ async fn follow(weak: Weak<Inner>) {
     }
 }
 
-async fn connect(inner: &Inner) -> Result<reqwest::Response, String> {
+async fn connect(inner: &Inner) -> Result<http::Response<Incoming>, String> {
     let url = format!("{}/revocations/stream", inner.config.issuer.trim_end_matches('/'));
-    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let mut req = inner
-        .http
-        .get(&url)
-        .basic_auth(encode(&inner.config.client_id), Some(encode(&inner.config.client_secret)))
-        .header(http::header::ACCEPT, "text/event-stream");
+    let mut headers = vec![("accept", "text/event-stream".to_owned())];
     if inner.synced.load(Ordering::Acquire) {
         let seq = inner.revocations.read().map(|r| r.seq()).unwrap_or(0);
-        req = req.header("last-event-id", seq.to_string());
+        headers.push(("last-event-id", seq.to_string()));
     }
-    let resp = timeout(inner.config.http_timeout, req.send())
-        .await
-        .map_err(|_| format!("{url}: timed out"))?
-        .map_err(|e| format!("{url}: {e}"))?;
+    let resp = inner.http.send(http::Method::GET, &url, Some(&inner.auth), &headers, None).await?;
     if !resp.status().is_success() {
         return Err(format!("{url}: HTTP {}", resp.status().as_u16()));
     }
@@ -165,18 +159,20 @@ async fn connect(inner: &Inner) -> Result<reqwest::Response, String> {
 
 async fn read(
     weak: &Weak<Inner>,
-    mut resp: reqwest::Response,
+    resp: http::Response<Incoming>,
     limit: usize,
     backoff: &mut Duration,
 ) -> Result<(), String> {
     let mut parser = SseParser::default();
+    let mut body = resp.into_body();
     loop {
-        let chunk = match timeout(READ_TIMEOUT, resp.chunk()).await {
+        let frame = match timeout(READ_TIMEOUT, body.frame()).await {
             Err(_) => return Err("no heartbeat within the read timeout".into()),
-            Ok(Err(e)) => return Err(e.to_string()),
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Ok(Some(chunk))) => chunk,
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(None) => return Ok(()),
+            Ok(Some(Ok(frame))) => frame,
         };
+        let Ok(chunk) = frame.into_data() else { continue };
         let events = parser.feed(&chunk, limit).map_err(|()| "an event exceeds the size limit".to_owned())?;
         let Some(inner) = weak.upgrade() else { return Ok(()) };
         for event in events {

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::denial::Denial;
 use crate::keys::Keys;
+use crate::net::{Http, basic_auth};
 use crate::path::{self, BadPath};
 use crate::policy::{Policy, Route, Unlisted};
 use crate::report::Reporter;
@@ -181,7 +182,9 @@ pub(crate) struct Inner {
     pub(crate) config: GuardConfig,
     pub(crate) policy: Policy,
     validation: Validation,
-    pub(crate) http: reqwest::Client,
+    pub(crate) http: Http,
+    /// `Authorization: Basic` for the guard's client.
+    pub(crate) auth: Zeroizing<String>,
     pub(crate) keys: Keys,
     pub(crate) revocations: RwLock<RevocationSet>,
     /// Whether a snapshot of the revocation set has been received.
@@ -283,14 +286,8 @@ impl Guard {
         if config.client_id.is_empty() || config.client_secret.is_empty() {
             return Err(GuardError("the guard needs its client id and secret to follow revocations".into()));
         }
-        // reqwest's rustls needs a process-wide provider; another part of the process may have set one.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("tessera-guard/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.http_timeout)
-            .build()
-            .map_err(|e| GuardError(format!("cannot build the HTTP client: {e}")))?;
+        let http = Http::new(config.http_timeout).map_err(GuardError)?;
+        let auth = basic_auth(&config.client_id, &config.client_secret);
         let validation = Validation {
             leeway_secs: config.leeway_secs,
             max_age_secs: config.max_age_secs,
@@ -302,6 +299,7 @@ impl Guard {
             reporter: Reporter::new(),
             validation,
             http,
+            auth,
             policy,
             revocations: RwLock::new(RevocationSet::new()),
             synced: AtomicBool::new(false),

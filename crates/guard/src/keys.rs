@@ -10,6 +10,8 @@ use serde::Deserialize;
 use tessera_token::KeySet;
 use tokio::time::Instant;
 
+use crate::net::Http;
+
 /// Why keys could not be fetched. Carries no response body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchError(pub String);
@@ -32,19 +34,12 @@ struct Discovery {
 ///
 /// The metadata must name exactly the configured issuer (RFC 8414 §3.3), and the JWKS must be served over
 /// https unless the issuer itself is plain http (a loopback development set-up).
-pub(crate) async fn discover(http: &reqwest::Client, issuer: &str) -> Result<String, FetchError> {
+pub(crate) async fn discover(http: &Http, issuer: &str) -> Result<String, FetchError> {
     let base = issuer.trim_end_matches('/');
     let mut last = FetchError("no discovery document".into());
     for doc in ["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"] {
         let url = format!("{base}{doc}");
-        let found: Result<Discovery, FetchError> = async {
-            let resp = http.get(&url).send().await.map_err(|e| FetchError(format!("{url}: {e}")))?;
-            if !resp.status().is_success() {
-                return Err(FetchError(format!("{url}: HTTP {}", resp.status().as_u16())));
-            }
-            resp.json::<Discovery>().await.map_err(|_| FetchError(format!("{url}: not a metadata document")))
-        }
-        .await;
+        let found: Result<Discovery, FetchError> = http.get_json(&url).await.map_err(FetchError);
         match found {
             Ok(d) if d.issuer != issuer => {
                 return Err(FetchError(format!("{url} names issuer {:?}, not {issuer:?}", d.issuer)));
@@ -100,7 +95,7 @@ impl Keys {
     }
 
     /// Fetches the JWKS now (discovering it first if needed). Returns whether the set changed.
-    pub(crate) async fn refresh(&self, http: &reqwest::Client, issuer: &str) -> Result<bool, FetchError> {
+    pub(crate) async fn refresh(&self, http: &Http, issuer: &str) -> Result<bool, FetchError> {
         self.fetch(http, issuer, None).await
     }
 
@@ -108,7 +103,7 @@ impl Keys {
     /// so a burst of unknown `kid`s costs one fetch).
     async fn fetch(
         &self,
-        http: &reqwest::Client,
+        http: &Http,
         issuer: &str,
         unless_within: Option<Duration>,
     ) -> Result<bool, FetchError> {
@@ -129,11 +124,7 @@ impl Keys {
                 found
             }
         };
-        let resp = http.get(&jwks_uri).send().await.map_err(|e| FetchError(format!("{jwks_uri}: {e}")))?;
-        if !resp.status().is_success() {
-            return Err(FetchError(format!("{jwks_uri}: HTTP {}", resp.status().as_u16())));
-        }
-        let body = resp.text().await.map_err(|e| FetchError(format!("{jwks_uri}: {e}")))?;
+        let body = http.get_text(&jwks_uri).await.map_err(FetchError)?;
         let set = KeySet::from_jwks(&body).map_err(|e| FetchError(format!("{jwks_uri}: {e}")))?;
         let changed = {
             let old = self.get();
@@ -155,7 +146,7 @@ impl Keys {
 
     /// Refetches for an unknown `kid`, unless a fetch happened within the rate limit. Returns whether the
     /// key is known afterwards.
-    pub(crate) async fn refetch_for(&self, http: &reqwest::Client, issuer: &str, kid: &str) -> bool {
+    pub(crate) async fn refetch_for(&self, http: &Http, issuer: &str, kid: &str) -> bool {
         if let Err(e) = self.fetch(http, issuer, Some(self.min_refetch)).await {
             tracing::warn!(error = %e, "JWKS refetch failed");
         }

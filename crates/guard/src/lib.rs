@@ -24,6 +24,7 @@ mod follow;
 mod guard;
 mod keys;
 mod layer;
+mod net;
 pub mod path;
 pub mod policy;
 mod report;

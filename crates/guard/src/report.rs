@@ -185,27 +185,19 @@ async fn flush(inner: &Inner) {
         return;
     }
     let url = format!("{}/guard/events", inner.config.issuer.trim_end_matches('/'));
-    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     let mut rest = events;
     while !rest.is_empty() {
         let tail = rest.split_off(rest.len().min(BATCH));
         let batch = rest;
         rest = tail;
         let body = json!({ "audience": inner.config.audience, "events": batch });
-        let sent = inner
-            .http
-            .post(&url)
-            .basic_auth(encode(&inner.config.client_id), Some(encode(&inner.config.client_secret)))
-            .timeout(inner.config.http_timeout)
-            .json(&body)
-            .send()
-            .await;
+        let sent = inner.http.post_json(&url, &inner.auth, body.to_string().into_bytes()).await;
         match sent {
-            Ok(resp) if resp.status().is_success() => {
+            Ok(status) if status.is_success() => {
                 inner.metrics.events_sent.inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
             }
             other => {
-                let status = other.as_ref().map(|r| r.status().as_u16()).ok();
+                let status = other.as_ref().map(|s| s.as_u16()).ok();
                 tracing::warn!(?status, "usage events not delivered; kept for the next attempt");
                 let mut unsent = batch;
                 unsent.extend(rest);

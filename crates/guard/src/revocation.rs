@@ -18,7 +18,7 @@ pub struct Entry {
     pub kind: String,
     /// The `jti`, `sid`, `sub`, `client_id` or `kid`.
     pub subject: String,
-    /// For users and clients: tokens issued before this time are revoked.
+    /// For users and clients: tokens issued at or before this time (Unix seconds) are revoked.
     #[serde(default)]
     pub not_before: Option<i64>,
     /// When the entry may be dropped.
@@ -164,10 +164,10 @@ impl RevocationSet {
         if t.sid.and_then(|sid| self.sessions.get(sid)).is_some_and(live) {
             return Some(Revoked::Session);
         }
-        if self.users.get(t.sub).is_some_and(|(nb, exp)| *exp > now && t.iat < *nb) {
+        if self.users.get(t.sub).is_some_and(|(nb, exp)| *exp > now && t.iat <= *nb) {
             return Some(Revoked::User);
         }
-        if self.clients.get(t.client_id).is_some_and(|(nb, exp)| *exp > now && t.iat < *nb) {
+        if self.clients.get(t.client_id).is_some_and(|(nb, exp)| *exp > now && t.iat <= *nb) {
             return Some(Revoked::Client);
         }
         if self.keys.get(t.kid).is_some_and(live) {

@@ -541,6 +541,7 @@ async fn sign_out(
     {
         tracing::warn!(error = %e, "cannot revoke session on logout");
     }
+    state.revocations.wake();
     state
         .event(Event {
             kind: "logout".into(),

@@ -154,6 +154,7 @@ async fn revoke_inner(
             && family.client_id == client.id
             && state.store.revoke_family(&family.id, "revoked_by_client", now).await?
         {
+            state.revocations.wake();
             state
                 .event(Event {
                     kind: "token_revoked".into(),
@@ -187,6 +188,7 @@ async fn revoke_inner(
             reason: "revoked_by_client".into(),
         };
         state.store.revoke(&entry, now).await?;
+        state.revocations.wake();
         state
             .event(Event {
                 kind: "token_revoked".into(),

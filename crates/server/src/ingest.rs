@@ -7,8 +7,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -81,7 +81,9 @@ fn to_event(r: Reported, client: &Client, audience: &str, now: i64) -> Result<Ev
         None => None,
     };
     let reason_ok = r.reason.as_deref().is_none_or(|s| {
-        !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     });
     if !reason_ok {
         return Err("reason must be a snake_case name");
@@ -91,7 +93,9 @@ fn to_event(r: Reported, client: &Client, audience: &str, now: i64) -> Result<Ev
     }
     let token_audience = match &r.token_audience {
         None | Some(Value::Null) => None,
-        Some(v @ (Value::String(_) | Value::Array(_))) if v.to_string().len() <= 4 * MAX_FIELD => Some(v.clone()),
+        Some(v @ (Value::String(_) | Value::Array(_))) if v.to_string().len() <= 4 * MAX_FIELD => {
+            Some(v.clone())
+        }
         Some(_) => return Err("token_audience must be a string or an array of strings"),
     };
     let detail = json!({
@@ -118,11 +122,7 @@ fn to_event(r: Reported, client: &Client, audience: &str, now: i64) -> Result<Ev
 }
 
 /// `POST /guard/events`.
-pub async fn events(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn events(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let client = match authenticate_resource_server(&state, &headers).await {
         Ok(client) => client,
         Err(response) => return response,

@@ -9,12 +9,12 @@ pub mod config;
 pub mod crypto;
 pub mod directory;
 pub mod endpoints;
+pub mod ingest;
 pub mod issue;
 pub mod keyring;
 pub mod metrics;
 pub mod oauth;
 pub mod passwords;
-pub mod ingest;
 mod routes;
 pub mod stream;
 mod token;
@@ -351,6 +351,7 @@ async fn follow_revocations(state: Arc<AppState>, mut stop: tokio::sync::watch::
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            () = state.revocations.woken() => {}
             _ = stop.changed() => return,
         }
         if let Err(e) = state.revocations.follow_once(&state).await {
@@ -438,12 +439,18 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 's
 
 /// Sets up `tracing` output as configured (`text` or `json`, with `log_level` as the filter).
 pub fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+    init_logging_as(&config.log_level, &config.log_format);
+}
+
+/// Sets up logging to stderr at `level` (an env-filter directive) in `format` (`json` or text); the gateway
+/// uses it too.
+pub fn init_logging_as(level: &str, format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let _ = if config.log_format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
 }

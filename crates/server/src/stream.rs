@@ -39,12 +39,27 @@ const BUFFER: usize = 4096;
 pub struct RevocationFeed {
     sender: broadcast::Sender<Arc<Revocation>>,
     last: AtomicI64,
+    wake: tokio::sync::Notify,
 }
 
 impl RevocationFeed {
     /// A feed that starts after sequence number `from`.
     pub fn new(from: i64) -> Self {
-        RevocationFeed { sender: broadcast::channel(BUFFER).0, last: AtomicI64::new(from) }
+        RevocationFeed {
+            sender: broadcast::channel(BUFFER).0,
+            last: AtomicI64::new(from),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Asks the follower to read now instead of at its next tick: this node just committed a revocation.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves when [`RevocationFeed::wake`] is called.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
     }
 
     /// Reads and publishes every entry committed since the last call.

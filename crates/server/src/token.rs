@@ -109,6 +109,7 @@ async fn authorization_code(
         CodeUse::Fresh(record) => record,
         CodeUse::Replayed(record) => {
             let revoked = state.store.revoke_code_families(&record.hash, "code_reuse", now).await?;
+            state.revocations.wake();
             tracing::warn!(code = %record.hash.short(), client = %record.client_id, revoked, "authorization code replayed");
             state
                 .event(Event {
@@ -261,6 +262,7 @@ async fn refresh(
     }
     // A rotated token came back outside the retry window (or the family was revoked under us): theft.
     if state.store.revoke_family(&family.id, "refresh_token_reuse", now).await? {
+        state.revocations.wake();
         state.metrics.refresh_reuse();
         tracing::warn!(token = %hash.short(), family = %family.id, client = %client.id, "refresh token reuse: family revoked");
         state

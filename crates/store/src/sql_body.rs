@@ -861,8 +861,8 @@ impl Store for StoreImpl {
             "SELECT seq FROM revocations WHERE expires_at > $1 AND ( \
                (kind = 'token' AND subject = $2) \
                OR (kind = 'session' AND subject = $3) \
-               OR (kind = 'user' AND subject = $4 AND $5 < not_before) \
-               OR (kind = 'client' AND subject = $6 AND $5 < not_before) \
+               OR (kind = 'user' AND subject = $4 AND $5 <= not_before) \
+               OR (kind = 'client' AND subject = $6 AND $5 <= not_before) \
                OR (kind = 'key' AND subject = $7)) LIMIT 1",
         )
         .bind(now)

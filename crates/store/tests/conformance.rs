@@ -423,6 +423,10 @@ async fn revocation_matches_each_subject_kind_until_it_expires(s: &Arc<dyn Store
     s.revoke(&entry(RevocationKind::User, "u3", Some(NOW)), NOW).await.unwrap();
     assert!(s.is_revoked(token_ref("jx", None, "u3", NOW - 1), NOW).await.unwrap());
     assert!(!s.is_revoked(token_ref("jx", None, "u3", NOW + 1), NOW + 1).await.unwrap(), "issued after");
+    assert!(
+        s.is_revoked(token_ref("jx", None, "u3", NOW), NOW).await.unwrap(),
+        "issued in the revocation's second: refused (one-second iat fails closed)"
+    );
 
     s.revoke(&entry(RevocationKind::Client, "web", Some(NOW)), NOW).await.unwrap();
     assert!(s.is_revoked(token_ref("jx", None, "u9", NOW - 1), NOW).await.unwrap());
@@ -434,7 +438,7 @@ async fn revocation_matches_each_subject_kind_until_it_expires(s: &Arc<dyn Store
         !s.is_revoked(token_ref("j1", None, "u0", NOW), NOW + 960).await.unwrap(),
         "expired entries match nothing"
     );
-    let other_key = TokenRef { kid: "k2", ..clean };
+    let other_key = TokenRef { kid: "k2", iat: NOW + 1, ..clean };
     assert!(!s.is_revoked(other_key, NOW).await.unwrap(), "nothing matches an unrelated token");
 }
 

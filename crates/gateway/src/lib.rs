@@ -1,0 +1,500 @@
+//! Tessera's gateway: a reverse proxy that puts the guard in front of a service written in any language.
+//!
+//! Every request is decided by the [`tessera_guard::Guard`] first; a refused request gets its RFC 6750
+//! answer here and never reaches the upstream. An admitted one goes upstream with its path in normal form,
+//! hop-by-hop headers removed (RFC 9110 §7.6.1), `X-Forwarded-*` set, any client-sent `X-Tessera-*` header
+//! stripped and the validated identity added as `X-Tessera-*` headers. Bodies stream in both directions and
+//! are never buffered whole. An upstream that fails gets 502; one that does not answer in time gets 504.
+
+pub mod config;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use ipnet::IpNet;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tessera_guard::{Guard, GuardConfig, Identity, Policy};
+use tokio::net::TcpListener;
+
+pub use config::{FileConfig, GatewayConfig};
+
+/// A response body: the upstream's, streamed, or one the gateway wrote.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// The prefix of the identity headers the gateway adds (and strips from clients).
+pub const IDENTITY_PREFIX: &str = "x-tessera-";
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), plus the de-facto ones.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: &'static str,
+}
+
+struct Metrics {
+    responses: Family<StatusLabels, Counter>,
+    upstream_errors: Family<ErrorLabels, Counter>,
+    upstream_seconds: Histogram,
+}
+
+/// A running gateway's shared state.
+pub struct Gateway {
+    config: GatewayConfig,
+    guard: Guard,
+    client: Client<HttpConnector, Incoming>,
+    metrics: Metrics,
+    registry: Registry,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("config", &self.config)
+            .field("guard", &self.guard)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Loads the policy and starts the guard (inside a tokio runtime).
+    ///
+    /// # Errors
+    /// A one-line message: a bad policy file names its line.
+    pub fn start(config: GatewayConfig) -> Result<Arc<Self>, String> {
+        let policy = Policy::load(&config.policy).map_err(|e| e.to_string())?;
+        let mut guard_config = GuardConfig::new(
+            config.issuer.clone(),
+            config.audience.clone(),
+            config.client_id.clone(),
+            config.client_secret.to_string(),
+        );
+        guard_config.staleness = config.staleness;
+        let guard = Guard::start(guard_config, policy).map_err(|e| e.to_string())?;
+        Ok(Self::with_guard(config, guard))
+    }
+
+    /// A gateway around an existing guard.
+    #[must_use]
+    pub fn with_guard(config: GatewayConfig, guard: Guard) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(config.upstream_http2)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        let metrics = Metrics {
+            responses: Family::default(),
+            upstream_errors: Family::default(),
+            upstream_seconds: Histogram::new([
+                0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+        };
+        let mut registry = Registry::default();
+        guard.register_metrics(&mut registry);
+        {
+            let r = registry.sub_registry_with_prefix("tessera_gateway");
+            r.register("responses", "Responses sent, by status code", metrics.responses.clone());
+            r.register("upstream_errors", "Upstream failures, by kind", metrics.upstream_errors.clone());
+            r.register(
+                "upstream_seconds",
+                "Time to the upstream's response head",
+                metrics.upstream_seconds.clone(),
+            );
+        }
+        Arc::new(Gateway { config, guard, client, metrics, registry })
+    }
+
+    /// The guard deciding this gateway's requests.
+    #[must_use]
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    /// The client's address: the peer, unless the peer is a trusted proxy, in which case the nearest address
+    /// in `X-Forwarded-For` that is not itself a trusted proxy.
+    fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        client_ip(peer, headers, &self.config.trusted_proxies)
+    }
+
+    fn admin(&self, path: &str) -> Option<Response<Body>> {
+        let (status, body, kind) = match path {
+            "/healthz" => (StatusCode::OK, Bytes::from_static(b"ok\n"), "text/plain"),
+            "/readyz" if self.guard.is_ready() => {
+                (StatusCode::OK, Bytes::from_static(b"ready\n"), "text/plain")
+            }
+            "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"not ready\n"), "text/plain"),
+            "/metrics" => {
+                let mut text = String::new();
+                if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+                    return Some(plain(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n"));
+                }
+                (
+                    StatusCode::OK,
+                    Bytes::from(text),
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+            }
+            _ => return None,
+        };
+        let mut resp = Response::new(Either::Right(Full::new(body)));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Some(resp)
+    }
+
+    /// Handles one request from `peer`.
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        admin_here: bool,
+    ) -> Response<Body> {
+        let resp = self.decide_and_forward(req, peer, admin_here).await;
+        self.metrics.responses.get_or_create(&StatusLabels { code: resp.status().as_u16() }).inc();
+        resp
+    }
+
+    async fn decide_and_forward(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        admin_here: bool,
+    ) -> Response<Body> {
+        if admin_here && let Some(resp) = self.admin(req.uri().path()) {
+            return resp;
+        }
+        let client = self.client_ip(peer.ip(), req.headers());
+        let admitted = match self.guard.check(req.method(), req.uri(), req.headers(), Some(client)).await {
+            Ok(admitted) => admitted,
+            Err(denial) => {
+                return denial.into_response::<Full<Bytes>>(&self.config.audience).map(Either::Right);
+            }
+        };
+        let (mut parts, body) = req.into_parts();
+        let Some(uri) = self.upstream_uri(&admitted.path, parts.uri.query()) else {
+            return plain(StatusCode::BAD_REQUEST, "bad request target\n");
+        };
+        let original_host = parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        strip_hop_by_hop(&mut parts.headers);
+        strip_identity(&mut parts.headers);
+        if !self.config.forward_authorization {
+            parts.headers.remove(header::AUTHORIZATION);
+        }
+        self.forwarded_headers(&mut parts.headers, peer.ip(), original_host);
+        if let Some(identity) = &admitted.identity
+            && !identity_headers(&mut parts.headers, identity)
+        {
+            let denial = tessera_guard::Denial::InvalidToken { reason: "unrepresentable_claims" };
+            return denial.into_response::<Full<Bytes>>(&self.config.audience).map(Either::Right);
+        }
+        if let Some(authority) = self.config.upstream.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
+        parts.uri = uri;
+        parts.version = if self.config.upstream_http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        let upstream_req = Request::from_parts(parts, body);
+        let started = tokio::time::Instant::now();
+        let sent =
+            tokio::time::timeout(self.config.upstream_timeout, self.client.request(upstream_req)).await;
+        self.metrics.upstream_seconds.observe(started.elapsed().as_secs_f64());
+        match sent {
+            Ok(Ok(mut resp)) => {
+                strip_hop_by_hop(resp.headers_mut());
+                resp.map(Either::Left)
+            }
+            Ok(Err(e)) => {
+                let kind = if e.is_connect() { "connect" } else { "upstream" };
+                self.metrics.upstream_errors.get_or_create(&ErrorLabels { kind }).inc();
+                tracing::warn!(kind, error = %e, "upstream request failed");
+                plain(StatusCode::BAD_GATEWAY, "the upstream service failed\n")
+            }
+            Err(_) => {
+                self.metrics.upstream_errors.get_or_create(&ErrorLabels { kind: "timeout" }).inc();
+                tracing::warn!(timeout = ?self.config.upstream_timeout, "upstream timed out");
+                plain(StatusCode::GATEWAY_TIMEOUT, "the upstream service did not answer in time\n")
+            }
+        }
+    }
+
+    fn upstream_uri(&self, path: &str, query: Option<&str>) -> Option<Uri> {
+        let base = &self.config.upstream;
+        let prefix = base.path().trim_end_matches('/');
+        let pq = match query {
+            Some(q) => format!("{prefix}{path}?{q}"),
+            None => format!("{prefix}{path}"),
+        };
+        Uri::builder()
+            .scheme(base.scheme()?.clone())
+            .authority(base.authority()?.clone())
+            .path_and_query(pq)
+            .build()
+            .ok()
+    }
+
+    fn forwarded_headers(&self, headers: &mut HeaderMap, peer: IpAddr, original_host: Option<HeaderValue>) {
+        let trusted = self.config.trusted_proxies.iter().any(|n| n.contains(&peer));
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let chain = if trusted {
+            let earlier: Vec<&str> = headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).collect();
+            if earlier.is_empty() { peer.to_string() } else { format!("{}, {peer}", earlier.join(", ")) }
+        } else {
+            peer.to_string()
+        };
+        headers.remove(&xff);
+        if let Ok(v) = HeaderValue::from_str(&chain) {
+            headers.insert(xff, v);
+        }
+        let proto = HeaderName::from_static("x-forwarded-proto");
+        if !trusted || !headers.contains_key(&proto) {
+            headers.insert(proto, HeaderValue::from_static("http"));
+        }
+        let fwd_host = HeaderName::from_static("x-forwarded-host");
+        if !trusted || !headers.contains_key(&fwd_host) {
+            headers.remove(&fwd_host);
+            if let Some(host) = original_host {
+                headers.insert(fwd_host, host);
+            }
+        }
+        headers.remove(header::FORWARDED);
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(text.as_bytes()))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// The client's address given the peer, the request's `X-Forwarded-For` and the trusted proxies.
+#[must_use]
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut chain = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(text) = value.to_str() else { return peer };
+        for part in text.split(',') {
+            match part.trim().parse::<IpAddr>() {
+                Ok(ip) => chain.push(ip),
+                // A chain we cannot read is not evidence of anything: use the address we know.
+                Err(_) => return peer,
+            }
+        }
+    }
+    chain.iter().rev().find(|ip| !is_trusted(ip)).or(chain.first()).copied().unwrap_or(peer)
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Removes every `X-Tessera-*` header: only the gateway may set them.
+pub fn strip_identity(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> =
+        headers.keys().filter(|k| k.as_str().starts_with(IDENTITY_PREFIX)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// Adds the identity headers; `false` if a claim cannot be a header value.
+fn identity_headers(headers: &mut HeaderMap, identity: &Identity) -> bool {
+    let c = &identity.claims;
+    let roles = c.roles.join(" ");
+    let fields: [(&'static str, Option<&str>); 6] = [
+        ("x-tessera-sub", Some(&c.sub)),
+        ("x-tessera-client-id", Some(&c.client_id)),
+        ("x-tessera-scope", c.scope.as_deref()),
+        ("x-tessera-roles", (!roles.is_empty()).then_some(roles.as_str())),
+        ("x-tessera-sid", c.sid.as_deref()),
+        ("x-tessera-jti", Some(&c.jti)),
+    ];
+    for (name, value) in fields {
+        if let Some(value) = value {
+            let Ok(v) = HeaderValue::from_str(value) else { return false };
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+    true
+}
+
+/// Accepts connections on `listener` until `shutdown` resolves, then drains them (for at most 10 s) and
+/// sends the last usage events. Admin paths are answered here when `admin` is `None`, and on `admin`
+/// otherwise.
+///
+/// # Errors
+/// An accept failure that is not transient.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let admin_here = admin.is_none();
+    let admin_task = admin.map(|admin| {
+        let gw = Arc::clone(&gateway);
+        tokio::spawn(async move {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            while let Ok((stream, _)) = admin.accept().await {
+                let gw = Arc::clone(&gw);
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let gw = Arc::clone(&gw);
+                    async move {
+                        Ok::<_, Infallible>(
+                            gw.admin(req.uri().path())
+                                .unwrap_or_else(|| plain(StatusCode::NOT_FOUND, "not found\n")),
+                        )
+                    }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                tokio::spawn(conn);
+            }
+        })
+    });
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) if is_transient(&e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = Arc::clone(&gateway);
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let gw = Arc::clone(&gw);
+            async move { Ok::<_, Infallible>(gw.handle(req, peer, admin_here).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let watched = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = watched.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after 10 s; closing them");
+    }
+    if let Some(task) = admin_task {
+        task.abort();
+    }
+    gateway.guard.flush_usage().await;
+    Ok(())
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted, WouldBlock};
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
+        || e.raw_os_error() == Some(24)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = headers(&[("x-forwarded-for", "203.0.113.9, 10.1.1.1")]);
+        let stranger: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(client_ip(stranger, &h, &trusted), stranger);
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(client_ip(proxy, &h, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap());
+        // A spoofed leftmost entry does not win over the nearest untrusted hop.
+        let h = headers(&[("x-forwarded-for", "1.2.3.4, 203.0.113.9")]);
+        assert_eq!(client_ip(proxy, &h, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap());
+        let h = headers(&[("x-forwarded-for", "not-an-ip")]);
+        assert_eq!(client_ip(proxy, &h, &trusted), proxy);
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+    }
+
+    #[test]
+    fn hop_by_hop_and_identity_headers_are_stripped() {
+        let mut h = headers(&[
+            ("connection", "close, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-tessera-sub", "admin"),
+            ("X-Tessera-Roles", "admin"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        strip_identity(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, vec!["accept"]);
+    }
+}
