@@ -395,3 +395,43 @@ fn keys_jwks_refuses_two_keys_with_one_kid() {
     let run = tessera(dir.path(), &["keys", "jwks", "rs.jwk", "ps.jwk"], "");
     assert_usage_error(&run, "same kid");
 }
+
+#[test]
+fn gateway_refuses_bad_configuration_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.toml"), "[[route]]\nmethod = \"GET\"\npath = \"/a\"\nscope = [\"x\"]\n")
+        .unwrap();
+    std::fs::write(dir.path().join("secret"), "tsc_secret\n").unwrap();
+    let base = [
+        "gateway",
+        "--issuer",
+        "http://127.0.0.1:1",
+        "--audience",
+        "https://orders.example",
+        "--listen",
+        "127.0.0.1:0",
+        "--client-id",
+        "orders-gateway",
+        "--client-secret-file",
+        "secret",
+    ];
+    let cases: [(&[&str], &str); 4] = [
+        (&["--upstream", "http://127.0.0.1:2"], "error: policy is required"),
+        (&["--upstream", "ftp://x", "--policy", "policy.toml"], "error: upstream must be an http:// URL"),
+        (&["--upstream", "http://127.0.0.1:2", "--policy", "missing.toml"], "error: missing.toml: cannot read"),
+        (&["--upstream", "http://127.0.0.1:2", "--policy", "policy.toml"], "error: policy.toml line 4: unknown field `scope`"),
+    ];
+    for (extra, want) in cases {
+        let args: Vec<&str> = base.iter().chain(extra.iter()).copied().collect();
+        let run = tessera(dir.path(), &args, "");
+        assert_eq!(run.code, 2, "{extra:?}: {}", run.stderr);
+        assert!(run.stderr.starts_with(want), "{extra:?}: {}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(!run.stderr.contains("tsc_secret"));
+    }
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "issuer = \"http://127.0.0.1:1\"\nlisten = 8080\n").unwrap();
+    let run = tessera(dir.path(), &["gateway", "--config", "gateway.toml"], "");
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.starts_with("error: gateway.toml line 2:"), "{}", run.stderr);
+}
