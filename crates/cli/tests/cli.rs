@@ -399,8 +399,11 @@ fn keys_jwks_refuses_two_keys_with_one_kid() {
 #[test]
 fn gateway_refuses_bad_configuration_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("policy.toml"), "[[route]]\nmethod = \"GET\"\npath = \"/a\"\nscope = [\"x\"]\n")
-        .unwrap();
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[[route]]\nmethod = \"GET\"\npath = \"/a\"\nscope = [\"x\"]\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("secret"), "tsc_secret\n").unwrap();
     let base = [
         "gateway",
@@ -418,8 +421,14 @@ fn gateway_refuses_bad_configuration_with_one_line() {
     let cases: [(&[&str], &str); 4] = [
         (&["--upstream", "http://127.0.0.1:2"], "error: policy is required"),
         (&["--upstream", "ftp://x", "--policy", "policy.toml"], "error: upstream must be an http:// URL"),
-        (&["--upstream", "http://127.0.0.1:2", "--policy", "missing.toml"], "error: missing.toml: cannot read"),
-        (&["--upstream", "http://127.0.0.1:2", "--policy", "policy.toml"], "error: policy.toml line 4: unknown field `scope`"),
+        (
+            &["--upstream", "http://127.0.0.1:2", "--policy", "missing.toml"],
+            "error: missing.toml: cannot read",
+        ),
+        (
+            &["--upstream", "http://127.0.0.1:2", "--policy", "policy.toml"],
+            "error: policy.toml line 4: unknown field `scope`",
+        ),
     ];
     for (extra, want) in cases {
         let args: Vec<&str> = base.iter().chain(extra.iter()).copied().collect();
