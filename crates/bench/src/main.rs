@@ -4,6 +4,14 @@
 //!
 //! Scenarios: `client_credentials`, `refresh` (each connection rotates its own refresh chain),
 //! `introspect`, `jwks`. Each connection is one keep-alive HTTP/1.1 connection sending one request at a time.
+//!
+//! Two more, not in the default set, measure the guard and gateway: `revocation_delay` (an in-process guard
+//! follows the server's stream; each of `--revocations` tokens is revoked through RFC 7009 and the time from
+//! the revoke call's answer to the guard's first refusal is recorded) and `gateway` (a `tessera gateway`
+//! child process in front of a minimal upstream in this process: maximum throughput direct and through the
+//! gateway, then latency at a fixed rate of half the gateway's maximum, direct and through the gateway).
+
+mod guard_bench;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -34,9 +42,12 @@ struct Args {
     /// Concurrent connections.
     #[arg(long, default_value_t = 64)]
     connections: usize,
-    /// Scenarios to run (repeatable) [default: all].
+    /// Scenarios to run (repeatable) [default: the four server scenarios].
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
+    /// Revocations measured by `revocation_delay`.
+    #[arg(long, default_value_t = 1000)]
+    revocations: usize,
 }
 
 const AUDIENCE: &str = "https://bench.example";
@@ -65,8 +76,14 @@ async fn run(args: Args) -> Result<(), String> {
     let database_url = args.database_url.clone().unwrap_or_default();
     let server = std::fs::canonicalize(&args.server)
         .map_err(|e| format!("cannot find {}: {}", args.server.display(), e.kind()))?;
+    // The issuer must be the address guards reach, so pick the port first.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let issuer = format!("http://127.0.0.1:{port}");
     let mut child = tokio::process::Command::new(&server)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--issuer", &issuer])
         .current_dir(dir.path())
         .env("TESSERA_MASTER_KEY", &master)
         .env("TESSERA_DATABASE_URL", &database_url)
@@ -136,7 +153,25 @@ async fn run(args: Args) -> Result<(), String> {
                     })
                     .collect()
             }
-            "jwks" => (0..args.connections).map(|_| Plan::Get { path: "/jwks.json" }).collect(),
+            "jwks" => (0..args.connections).map(|_| Plan::Get { path: "/jwks.json", auth: None }).collect(),
+            "revocation_delay" => {
+                out.push(
+                    guard_bench::revocation_delay(&issuer, &addr, &basic, secret.expose(), args.revocations)
+                        .await?,
+                );
+                continue;
+            }
+            "gateway" => {
+                let token = fetch_token(&addr, &basic).await?;
+                let gw = guard_bench::GatewayRun {
+                    server: &server,
+                    issuer: &issuer,
+                    secret: secret.expose(),
+                    token: &token,
+                };
+                out.extend(gw.run(args.connections, Duration::from_secs(args.duration)).await?);
+                continue;
+            }
             other => return Err(format!("unknown scenario {other}")),
         };
         let result = load(&addr, plan, Duration::from_secs(args.duration)).await?;
@@ -226,35 +261,40 @@ async fn families(store: &dyn Store, n: usize) -> Result<Vec<String>, String> {
 }
 
 /// What one connection sends, over and over.
-enum Plan {
+pub(crate) enum Plan {
     Fixed { path: &'static str, auth: Option<String>, body: String },
     Refresh { token: String },
-    Get { path: &'static str },
+    Get { path: &'static str, auth: Option<String> },
 }
 
-struct Outcome {
+pub(crate) struct Outcome {
     latencies_us: Vec<u32>,
     errors: u64,
     seconds: f64,
 }
 
 impl Outcome {
-    fn row(mut self, scenario: &str) -> String {
+    pub(crate) fn percentile_ms(&mut self, p: f64) -> f64 {
         self.latencies_us.sort_unstable();
-        let pct = |p: f64| {
-            let n = self.latencies_us.len();
-            if n == 0 {
-                return 0.0;
-            }
-            let i = ((n as f64 * p).ceil() as usize).clamp(1, n) - 1;
-            f64::from(self.latencies_us[i]) / 1000.0
-        };
-        let rate = self.latencies_us.len() as f64 / self.seconds;
-        format!("| {scenario} | {rate:.0} | {:.2} | {:.2} | {} |", pct(0.50), pct(0.99), self.errors)
+        let n = self.latencies_us.len();
+        if n == 0 {
+            return 0.0;
+        }
+        let i = ((n as f64 * p).ceil() as usize).clamp(1, n) - 1;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+
+    pub(crate) fn rate(&self) -> f64 {
+        self.latencies_us.len() as f64 / self.seconds
+    }
+
+    fn row(mut self, scenario: &str) -> String {
+        let (p50, p99) = (self.percentile_ms(0.50), self.percentile_ms(0.99));
+        format!("| {scenario} | {:.0} | {p50:.2} | {p99:.2} | {} |", self.rate(), self.errors)
     }
 }
 
-async fn fetch_token(addr: &str, basic: &str) -> Result<String, String> {
+pub(crate) async fn fetch_token(addr: &str, basic: &str) -> Result<String, String> {
     let mut conn = Conn::open(addr).await?;
     let (status, body) = conn.post("/token", Some(basic), "grant_type=client_credentials".into()).await?;
     if status != 200 {
@@ -265,13 +305,13 @@ async fn fetch_token(addr: &str, basic: &str) -> Result<String, String> {
 }
 
 /// One keep-alive HTTP/1.1 connection.
-struct Conn {
+pub(crate) struct Conn {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
 }
 
 impl Conn {
-    async fn open(addr: &str) -> Result<Conn, String> {
+    pub(crate) async fn open(addr: &str) -> Result<Conn, String> {
         let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
         let (sender, connection) =
@@ -288,7 +328,12 @@ impl Conn {
         Ok((status, body))
     }
 
-    async fn post(&mut self, path: &str, auth: Option<&str>, body: String) -> Result<(u16, Bytes), String> {
+    pub(crate) async fn post(
+        &mut self,
+        path: &str,
+        auth: Option<&str>,
+        body: String,
+    ) -> Result<(u16, Bytes), String> {
         let mut builder = Request::post(path)
             .header("host", &self.host)
             .header("content-type", "application/x-www-form-urlencoded");
@@ -299,16 +344,17 @@ impl Conn {
         self.send(request).await
     }
 
-    async fn get(&mut self, path: &str) -> Result<(u16, Bytes), String> {
-        let request = Request::get(path)
-            .header("host", &self.host)
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
+    pub(crate) async fn get(&mut self, path: &str, auth: Option<&str>) -> Result<(u16, Bytes), String> {
+        let mut builder = Request::get(path).header("host", &self.host);
+        if let Some(auth) = auth {
+            builder = builder.header("authorization", auth);
+        }
+        let request = builder.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
         self.send(request).await
     }
 }
 
-async fn load(addr: &str, plans: Vec<Plan>, duration: Duration) -> Result<Outcome, String> {
+pub(crate) async fn load(addr: &str, plans: Vec<Plan>, duration: Duration) -> Result<Outcome, String> {
     #[allow(clippy::disallowed_methods, reason = "a load generator measures wall-clock latency")]
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
@@ -327,7 +373,7 @@ async fn load(addr: &str, plans: Vec<Plan>, duration: Duration) -> Result<Outcom
                 let t0 = std::time::Instant::now();
                 let answer = match &plan {
                     Plan::Fixed { path, auth, body } => conn.post(path, auth.as_deref(), body.clone()).await,
-                    Plan::Get { path } => conn.get(path).await,
+                    Plan::Get { path, auth } => conn.get(path, auth.as_deref()).await,
                     Plan::Refresh { .. } => {
                         let body =
                             format!("grant_type=refresh_token&client_id=app&refresh_token={refresh_token}");

@@ -1,0 +1,230 @@
+//! The guard and gateway scenarios: revocation delay, and gateway overhead.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tessera_guard::{Guard, GuardConfig, Policy};
+use tokio::io::AsyncBufReadExt as _;
+
+use crate::{AUDIENCE, Conn, Outcome, Plan, load};
+
+#[allow(clippy::disallowed_methods, reason = "a benchmark measures wall-clock time")]
+fn instant() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+fn percentile_us(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// Revokes `n` tokens one after another through RFC 7009 and times, for each, the gap between the revoke
+/// call's answer and the in-process guard's first refusal.
+pub(crate) async fn revocation_delay(
+    issuer: &str,
+    addr: &str,
+    basic: &str,
+    secret: &str,
+    n: usize,
+) -> Result<String, String> {
+    let policy = Policy::parse("default = \"authenticated\"\n").map_err(|e| e.to_string())?;
+    let guard = Guard::start(GuardConfig::new(issuer, AUDIENCE, "bench", secret), policy)
+        .map_err(|e| e.to_string())?;
+    if !guard.wait_ready(Duration::from_secs(10)).await {
+        return Err("the guard did not become ready".into());
+    }
+    let mut conn = Conn::open(addr).await?;
+    let uri: http::Uri = "/orders/1".parse().map_err(|_| "uri")?;
+    let mut delays = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (status, body) = conn.post("/token", Some(basic), "grant_type=client_credentials".into()).await?;
+        if status != 200 {
+            return Err(format!("client_credentials answered {status}"));
+        }
+        let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let token = json["access_token"].as_str().ok_or("no access_token")?.to_owned();
+        let mut headers = http::HeaderMap::new();
+        let value = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| "header")?;
+        headers.insert(http::header::AUTHORIZATION, value);
+        if guard.check(&http::Method::GET, &uri, &headers, None).await.is_err() {
+            return Err("a fresh token was refused".into());
+        }
+        let (status, _) = conn.post("/revoke", Some(basic), format!("token={token}")).await?;
+        if status != 200 {
+            return Err(format!("revocation answered {status}"));
+        }
+        let t0 = instant();
+        loop {
+            if guard.check(&http::Method::GET, &uri, &headers, None).await.is_err() {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                return Err("a revocation took more than 5 s to arrive".into());
+            }
+            tokio::task::yield_now().await;
+        }
+        delays.push(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX));
+    }
+    delays.sort_unstable();
+    let ms = |us: u64| us as f64 / 1000.0;
+    Ok(format!(
+        "\nrevocation delay over {n} revocations (RFC 7009 answer → first refusal at the guard): \
+         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(percentile_us(&delays, 0.50)),
+        ms(percentile_us(&delays, 0.99)),
+        ms(delays.last().copied().unwrap_or(0)),
+    ))
+}
+
+/// The gateway scenario's inputs.
+pub(crate) struct GatewayRun<'a> {
+    pub(crate) server: &'a Path,
+    pub(crate) issuer: &'a str,
+    pub(crate) secret: &'a str,
+    pub(crate) token: &'a str,
+}
+
+/// A minimal upstream: 200 `ok` to everything, over HTTP/1.1.
+async fn upstream() -> Result<String, String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?.to_string();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Load at a fixed total `rate` for `duration`, spread over `connections` connections; latency is timed
+/// from each request's send.
+async fn load_at_rate(
+    addr: &str,
+    auth: &str,
+    connections: usize,
+    rate: f64,
+    duration: Duration,
+) -> Result<Outcome, String> {
+    let interval = Duration::from_secs_f64(connections as f64 / rate);
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..connections {
+        let (addr, auth) = (addr.to_owned(), auth.to_owned());
+        let offset = interval.mul_f64(i as f64 / connections as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&addr).await?;
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            let mut next = started + offset;
+            while next.duration_since(started) < duration {
+                tokio::time::sleep_until(next).await;
+                next += interval;
+                let t0 = instant();
+                match conn.get("/orders/1", Some(&auth)).await {
+                    Ok((200, _)) => {
+                        latencies.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX))
+                    }
+                    Ok(_) | Err(_) => errors += 1,
+                }
+            }
+            Ok::<_, String>((latencies, errors))
+        }));
+    }
+    let mut outcome = Outcome { latencies_us: Vec::new(), errors: 0, seconds: 0.0 };
+    for task in tasks {
+        let (latencies, errors) = task.await.map_err(|e| e.to_string())??;
+        outcome.latencies_us.extend(latencies);
+        outcome.errors += errors;
+    }
+    outcome.seconds = started.elapsed().as_secs_f64();
+    Ok(outcome)
+}
+
+impl GatewayRun<'_> {
+    /// Starts the gateway and measures; returns the report's lines.
+    pub(crate) async fn run(&self, connections: usize, duration: Duration) -> Result<Vec<String>, String> {
+        let up = upstream().await?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(&policy, "default = \"authenticated\"\n").map_err(|e| e.to_string())?;
+        let mut child = tokio::process::Command::new(self.server)
+            .args(["gateway", "--issuer", self.issuer, "--audience", AUDIENCE, "--client-id", "bench"])
+            .args(["--upstream", &format!("http://{up}"), "--listen", "127.0.0.1:0"])
+            .arg("--policy")
+            .arg(&policy)
+            .env("TESSERA_GATEWAY_CLIENT_SECRET", self.secret)
+            .env("TESSERA_LOG_LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start the gateway: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let gw = loop {
+            let line = lines.next_line().await.map_err(|e| e.to_string())?.ok_or("the gateway exited")?;
+            if let Some(rest) = line.strip_prefix("tessera gateway: listening on ") {
+                break rest.split(' ').next().unwrap_or_default().to_owned();
+            }
+        };
+        let mut probe = Conn::open(&gw).await?;
+        let ready = instant();
+        while probe.get("/readyz", None).await?.0 != 200 {
+            if ready.elapsed() > Duration::from_secs(10) {
+                return Err("the gateway did not become ready".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let auth = format!("Bearer {}", self.token);
+        let plans = |n: usize| -> Vec<Plan> {
+            (0..n).map(|_| Plan::Get { path: "/orders/1", auth: Some(auth.clone()) }).collect()
+        };
+        let mut direct_max = load(&up, plans(connections), duration).await?;
+        let mut gateway_max = load(&gw, plans(connections), duration).await?;
+        let rate = (gateway_max.rate() / 2.0).max(1.0);
+        let mut direct = load_at_rate(&up, &auth, connections, rate, duration).await?;
+        let mut through = load_at_rate(&gw, &auth, connections, rate, duration).await?;
+        let _ = child.start_kill();
+        let row = |name: &str, o: &mut Outcome| {
+            format!(
+                "| {name} | {:.0} | {:.3} | {:.3} | {} |",
+                o.rate(),
+                o.percentile_ms(0.50),
+                o.percentile_ms(0.99),
+                o.errors
+            )
+        };
+        Ok(vec![
+            String::new(),
+            format!("gateway overhead ({connections} connections, {} s per run)", duration.as_secs()),
+            "| run | requests/s | p50 ms | p99 ms | errors |".to_owned(),
+            "| --- | ---: | ---: | ---: | ---: |".to_owned(),
+            row("direct, max", &mut direct_max),
+            row("through the gateway, max", &mut gateway_max),
+            row(&format!("direct, fixed {rate:.0}/s"), &mut direct),
+            row(&format!("through the gateway, fixed {rate:.0}/s"), &mut through),
+            format!(
+                "added at {rate:.0}/s: p50 {:.3} ms, p99 {:.3} ms",
+                through.percentile_ms(0.50) - direct.percentile_ms(0.50),
+                through.percentile_ms(0.99) - direct.percentile_ms(0.99)
+            ),
+        ])
+    }
+}
