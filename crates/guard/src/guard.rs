@@ -114,6 +114,8 @@ pub struct Identity {
     pub claims: AccessClaims,
     /// The `kid` of the key that signed it.
     pub kid: String,
+    /// The token's SHA-256, for counting its uses; the token itself is not kept.
+    pub(crate) token_hash: [u8; 32],
 }
 
 impl Identity {
@@ -167,6 +169,8 @@ pub(crate) struct DecisionLabels {
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     pub(crate) decisions: Family<DecisionLabels, Counter>,
+    /// `decisions{outcome="granted",reason="valid"}`, held so the hot path skips the family lookup.
+    pub(crate) granted: Counter,
     pub(crate) cache_hits: Counter,
     pub(crate) cache_misses: Counter,
     pub(crate) revocations: Gauge,
@@ -187,6 +191,8 @@ pub(crate) struct Inner {
     pub(crate) auth: Zeroizing<String>,
     pub(crate) keys: Keys,
     pub(crate) revocations: RwLock<RevocationSet>,
+    /// The set's size, kept beside it so the per-request cap check takes no lock.
+    pub(crate) revocation_count: std::sync::atomic::AtomicUsize,
     /// Whether a snapshot of the revocation set has been received.
     pub(crate) synced: AtomicBool,
     /// When the stream was last heard from, in milliseconds since `epoch`.
@@ -222,24 +228,35 @@ pub(crate) fn unix_now() -> u64 {
     since.map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn sha256(token: &str) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+fn sha256(token: &[u8]) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token);
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());
     out
 }
 
+/// The characters of an RFC 6750 `b64token` (before its trailing `=`s).
+const B64TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    table
+};
+
 /// Whether `s` is an RFC 6750 `b64token`.
-fn is_b64token(s: &str) -> bool {
-    let body = s.trim_end_matches('=');
-    !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+fn is_b64token(s: &[u8]) -> bool {
+    let end = s.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
+    end > 0 && s[..end].iter().all(|&b| B64TOKEN[usize::from(b)])
 }
 
-/// The bearer token of a request: from exactly one `Authorization: Bearer` header, never from the query.
-fn bearer<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<&'a str, Denial> {
+/// The bearer credential of a request, from exactly one `Authorization: Bearer` header, never from the query.
+/// Its characters are checked later (`is_b64token`), and only for a token not already in the cache: a cached
+/// token passed that check when it was first seen.
+fn bearer<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<&'a [u8], Denial> {
     let in_query = query.is_some_and(|q| {
         q.split('&').any(|pair| {
             let name = pair.split('=').next().unwrap_or("");
@@ -257,16 +274,11 @@ fn bearer<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<&'a str, De
         return Err(Denial::InvalidToken { reason: "multiple_authorization_headers" });
     }
     let malformed = Denial::InvalidToken { reason: "malformed_authorization" };
-    let value = value.to_str().map_err(|_| malformed.clone())?;
-    let (scheme, token) = value.split_once(' ').ok_or_else(|| malformed.clone())?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(malformed);
+    let value = value.as_bytes();
+    match value.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => Ok(&value[7..]),
+        _ => Err(malformed),
     }
-    if !is_b64token(token) {
-        // Two tokens, stray spaces or commas, or characters no token has.
-        return Err(malformed);
-    }
-    Ok(token)
 }
 
 impl Guard {
@@ -302,10 +314,18 @@ impl Guard {
             auth,
             policy,
             revocations: RwLock::new(RevocationSet::new()),
+            revocation_count: std::sync::atomic::AtomicUsize::new(0),
             synced: AtomicBool::new(false),
             last_heard_ms: AtomicU64::new(0),
             epoch: Instant::now(),
-            metrics: Metrics::default(),
+            metrics: {
+                let m = Metrics::default();
+                let granted = m
+                    .decisions
+                    .get_or_create(&DecisionLabels { outcome: "granted", reason: "valid" })
+                    .clone();
+                Metrics { granted, ..m }
+            },
             alive: tokio::sync::watch::channel(()).0,
             config,
         });
@@ -432,7 +452,7 @@ impl Guard {
             };
             return Err(inner.deny(denial, route_index, Some(&identity), peer));
         }
-        inner.metrics.decisions.get_or_create(&DecisionLabels { outcome: "granted", reason: "valid" }).inc();
+        inner.metrics.granted.inc();
         inner.reporter.granted(&identity, route_index, peer, unix_now());
         Ok(Admitted { identity: Some(identity), path })
     }
@@ -440,7 +460,7 @@ impl Guard {
     /// Validates a token: from the cache when seen before (time and revocation still checked), else in full.
     async fn validate(
         &self,
-        token: &str,
+        token: &[u8],
         route: Option<usize>,
         peer: Option<IpAddr>,
     ) -> Result<Arc<Identity>, Denial> {
@@ -462,7 +482,15 @@ impl Guard {
             hit.identity
         } else {
             inner.metrics.cache_misses.inc();
-            let identity = self.verify(token, now, peer, route).await?;
+            // Two tokens, stray spaces or commas, or characters no token has.
+            let token = match std::str::from_utf8(token) {
+                Ok(t) if is_b64token(token) => t,
+                _ => {
+                    let denial = Denial::InvalidToken { reason: "malformed_authorization" };
+                    return Err(inner.deny(denial, route, None, peer));
+                }
+            };
+            let identity = self.verify(token, hash, now, peer, route).await?;
             inner.cache.insert(hash, Cached { identity: Arc::clone(&identity), generation });
             identity
         };
@@ -485,6 +513,7 @@ impl Guard {
     async fn verify(
         &self,
         token: &str,
+        token_hash: [u8; 32],
         now: u64,
         peer: Option<IpAddr>,
         route: Option<usize>,
@@ -503,7 +532,7 @@ impl Guard {
         }
         let verified = parsed.verify(&keys).map_err(|r| inner.deny(invalid(r), route, None, peer))?;
         match verified.validate(&inner.validation, UnixTime(now)) {
-            Ok(claims) => Ok(Arc::new(Identity { claims, kid })),
+            Ok(claims) => Ok(Arc::new(Identity { claims, kid, token_hash })),
             Err(Rejection::WrongAudience) => {
                 // A genuine token of ours, for another service: lateral movement.
                 inner.reporter.lateral(verified.payload(), route, peer, now);
@@ -519,6 +548,12 @@ impl Inner {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Records the revocation set's new size (gauge and the lock-free copy).
+    pub(crate) fn counted(&self, len: usize) {
+        self.revocation_count.store(len, Ordering::Release);
+        self.metrics.revocations.set(i64::try_from(len).unwrap_or(i64::MAX));
+    }
+
     pub(crate) fn heard(&self) {
         self.last_heard_ms.store(self.millis(), Ordering::Release);
     }
@@ -526,7 +561,7 @@ impl Inner {
     fn is_stale(&self) -> bool {
         let last = self.last_heard_ms.load(Ordering::Acquire);
         let bound = u64::try_from(self.config.staleness.as_millis()).unwrap_or(u64::MAX);
-        let over_cap = self.revocations.read().map(|r| r.len() > self.config.max_revocations).unwrap_or(true);
+        let over_cap = self.revocation_count.load(Ordering::Acquire) > self.config.max_revocations;
         over_cap || self.millis().saturating_sub(last) > bound
     }
 

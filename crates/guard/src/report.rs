@@ -24,8 +24,8 @@ const BATCH: usize = 1_000;
 #[derive(Hash, PartialEq, Eq)]
 struct Key {
     reason: &'static str,
-    /// The identity's address: stable while the entry (which holds the `Arc`) lives.
-    token: usize,
+    /// The token's SHA-256 (zero for a request without a validated token).
+    token: [u8; 32],
     route: Option<usize>,
     ip: Option<IpAddr>,
 }
@@ -74,7 +74,7 @@ impl Reporter {
         now: u64,
     ) {
         let Ok(mut state) = self.state.lock() else { return };
-        let key = Key { reason, token: identity.map_or(0, |i| Arc::as_ptr(i) as usize), route, ip };
+        let key = Key { reason, token: identity.map_or([0; 32], |i| i.token_hash), route, ip };
         let full = state.usage.len() >= MAX_KEYS;
         match state.usage.get_mut(&key) {
             Some(u) => {
