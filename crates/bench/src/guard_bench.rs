@@ -64,8 +64,10 @@ pub(crate) async fn revocation_delay(
         }
         let t0 = instant();
         loop {
-            if guard.check(&http::Method::GET, &uri, &headers, None).await.is_err() {
-                break;
+            match guard.check(&http::Method::GET, &uri, &headers, None).await {
+                Err(denial) if denial.reason() == "revoked_token" => break,
+                Err(denial) => return Err(format!("refused for {}, not the revocation", denial.reason())),
+                Ok(_) => {}
             }
             if t0.elapsed() > Duration::from_secs(5) {
                 return Err("a revocation took more than 5 s to arrive".into());
