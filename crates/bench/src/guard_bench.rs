@@ -149,14 +149,7 @@ async fn load_at_rate(
             Ok::<_, String>((latencies, errors))
         }));
     }
-    let mut outcome = Outcome { latencies_us: Vec::new(), errors: 0, seconds: 0.0 };
-    for task in tasks {
-        let (latencies, errors) = task.await.map_err(|e| e.to_string())??;
-        outcome.latencies_us.extend(latencies);
-        outcome.errors += errors;
-    }
-    outcome.seconds = started.elapsed().as_secs_f64();
-    Ok(outcome)
+    Outcome::gather(tasks, || started.elapsed()).await
 }
 
 impl GatewayRun<'_> {

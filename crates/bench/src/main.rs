@@ -273,7 +273,25 @@ pub(crate) struct Outcome {
     seconds: f64,
 }
 
+/// What one connection's task returns: its latencies in µs and its error count.
+pub(crate) type ConnResult = Result<(Vec<u32>, u64), String>;
+
 impl Outcome {
+    /// Waits for every connection's task and merges what they measured over `elapsed`.
+    pub(crate) async fn gather(
+        tasks: Vec<tokio::task::JoinHandle<ConnResult>>,
+        elapsed: impl Fn() -> Duration,
+    ) -> Result<Outcome, String> {
+        let mut outcome = Outcome { latencies_us: Vec::new(), errors: 0, seconds: 0.0 };
+        for task in tasks {
+            let (latencies, errors) = task.await.map_err(|e| e.to_string())??;
+            outcome.latencies_us.extend(latencies);
+            outcome.errors += errors;
+        }
+        outcome.seconds = elapsed().as_secs_f64();
+        Ok(outcome)
+    }
+
     pub(crate) fn percentile_ms(&mut self, p: f64) -> f64 {
         self.latencies_us.sort_unstable();
         let n = self.latencies_us.len();
@@ -402,12 +420,5 @@ pub(crate) async fn load(addr: &str, plans: Vec<Plan>, duration: Duration) -> Re
             Ok::<_, String>((latencies, errors))
         }));
     }
-    let mut outcome = Outcome { latencies_us: Vec::new(), errors: 0, seconds: 0.0 };
-    for task in tasks {
-        let (latencies, errors) = task.await.map_err(|e| e.to_string())??;
-        outcome.latencies_us.extend(latencies);
-        outcome.errors += errors;
-    }
-    outcome.seconds = started.elapsed().as_secs_f64();
-    Ok(outcome)
+    Outcome::gather(tasks, || started.elapsed()).await
 }
