@@ -145,6 +145,9 @@ impl FileConfig {
         if upstream.query().is_some() {
             return Err("upstream must not have a query".into());
         }
+        if upstream.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err("upstream must not carry credentials in its URL".into());
+        }
         let addr = |v: &str, key: &str| {
             v.parse::<SocketAddr>().map_err(|_| format!("{key} must be an address such as 127.0.0.1:8081"))
         };

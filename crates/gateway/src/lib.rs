@@ -39,6 +39,18 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 /// The prefix of the identity headers the gateway adds (and strips from clients).
 pub const IDENTITY_PREFIX: &str = "x-tessera-";
 
+/// Headers some frameworks read to change a request's method or path after the policy decided on it.
+const REWRITING: [&str; 5] =
+    ["x-http-method-override", "x-method-override", "x-http-method", "x-original-url", "x-rewrite-url"];
+
+/// Headers about the original request that only a trusted proxy may set.
+const FORWARDING: [&str; 4] = ["x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server", "x-real-ip"];
+
+/// Connections served at once; beyond it new connections wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 16_384;
+/// How long a client may take to send a request's head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1), plus the de-facto ones.
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -214,10 +226,13 @@ impl Gateway {
             .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
         strip_hop_by_hop(&mut parts.headers);
         strip_identity(&mut parts.headers);
+        for name in REWRITING {
+            parts.headers.remove(name);
+        }
         if !self.config.forward_authorization {
             parts.headers.remove(header::AUTHORIZATION);
         }
-        self.forwarded_headers(&mut parts.headers, peer.ip(), original_host);
+        self.forwarded_headers(&mut parts.headers, peer.ip(), client, original_host);
         if let Some(identity) = &admitted.identity
             && !identity_headers(&mut parts.headers, identity)
         {
@@ -270,8 +285,22 @@ impl Gateway {
             .ok()
     }
 
-    fn forwarded_headers(&self, headers: &mut HeaderMap, peer: IpAddr, original_host: Option<HeaderValue>) {
+    fn forwarded_headers(
+        &self,
+        headers: &mut HeaderMap,
+        peer: IpAddr,
+        client: IpAddr,
+        original_host: Option<HeaderValue>,
+    ) {
         let trusted = self.config.trusted_proxies.iter().any(|n| n.contains(&peer));
+        if !trusted {
+            for name in FORWARDING {
+                headers.remove(name);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
+            headers.insert(HeaderName::from_static("x-real-ip"), v);
+        }
         let xff = HeaderName::from_static("x-forwarded-for");
         let chain = if trusted {
             let earlier: Vec<&str> = headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).collect();
@@ -343,16 +372,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes every `X-Tessera-*` header: only the gateway may set them.
+/// Removes every `X-Tessera-*` header, also spelt with `_` (which CGI-style servers fold into `-`): only the
+/// gateway may set them.
 pub fn strip_identity(headers: &mut HeaderMap) {
-    let names: Vec<HeaderName> =
-        headers.keys().filter(|k| k.as_str().starts_with(IDENTITY_PREFIX)).cloned().collect();
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let name = k.as_str().as_bytes();
+            name.len() >= IDENTITY_PREFIX.len()
+                && name.iter().zip(IDENTITY_PREFIX.bytes()).all(|(&a, b)| a == b || (a == b'_' && b == b'-'))
+        })
+        .cloned()
+        .collect();
     for name in names {
         headers.remove(name);
     }
 }
 
-/// Adds the identity headers; `false` if a claim cannot be a header value.
+/// Adds all six identity headers (empty when the token has no such claim, so the upstream never mistakes an
+/// absent header for one set elsewhere); `false` if a claim cannot be a header value.
 fn identity_headers(headers: &mut HeaderMap, identity: &Identity) -> bool {
     let c = &identity.claims;
     let roles = c.roles.join(" ");
@@ -365,10 +403,8 @@ fn identity_headers(headers: &mut HeaderMap, identity: &Identity) -> bool {
         ("x-tessera-jti", Some(&c.jti)),
     ];
     for (name, value) in fields {
-        if let Some(value) = value {
-            let Ok(v) = HeaderValue::from_str(value) else { return false };
-            headers.insert(HeaderName::from_static(name), v);
-        }
+        let Ok(v) = HeaderValue::from_str(value.unwrap_or("")) else { return false };
+        headers.insert(HeaderName::from_static(name), v);
     }
     true
 }
@@ -386,7 +422,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Without a timer hyper drops its header-read timeout, and a client trickling a request head holds a
+    // connection for ever.
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let admin_here = admin.is_none();
     let admin_task = admin.map(|admin| {
         let gw = Arc::clone(&gateway);
@@ -410,6 +455,13 @@ pub async fn serve(
     });
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -432,6 +484,7 @@ pub async fn serve(
         let watched = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = watched.await;
+            drop(slot);
         });
     }
     drop(listener);

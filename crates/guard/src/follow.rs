@@ -35,22 +35,27 @@ pub(crate) struct SseEvent {
 #[derive(Debug, Default)]
 pub(crate) struct SseParser {
     buf: Vec<u8>,
+    /// How much of `buf` is known to hold no line end (so a long line is scanned once, not per chunk).
+    scanned: usize,
     current: SseEvent,
     has_data: bool,
 }
 
 impl SseParser {
-    /// Feeds a chunk; returns the events it completed. `Err` when a line exceeds `limit` bytes.
+    /// Feeds a chunk; returns the events it completed. `Err` when a line or an event exceeds `limit` bytes.
     pub(crate) fn feed(&mut self, chunk: &[u8], limit: usize) -> Result<Vec<SseEvent>, ()> {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
+        // `start`: where the current line begins; `from`: where to look for its end.
         let mut start = 0;
-        while let Some(pos) = self.buf[start..].iter().position(|&b| b == b'\n') {
-            let end = start + pos;
+        let mut from = self.scanned;
+        while let Some(offset) = self.buf[from..].iter().position(|&b| b == b'\n') {
+            let end = from + offset;
             let line = &self.buf[start..end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let line = String::from_utf8_lossy(line).into_owned();
             start = end + 1;
+            from = start;
             if line.is_empty() {
                 if self.has_data || !self.current.event.is_empty() {
                     out.push(std::mem::take(&mut self.current));
@@ -72,12 +77,16 @@ impl SseParser {
                     }
                     self.current.data.push_str(value);
                     self.has_data = true;
+                    if self.current.data.len() > limit {
+                        return Err(());
+                    }
                 }
                 "id" => self.current.id = Some(value.to_owned()),
                 _ => {}
             }
         }
         self.buf.drain(..start);
+        self.scanned = self.buf.len();
         if self.buf.len() > limit {
             return Err(());
         }
@@ -128,7 +137,8 @@ async fn follow(weak: Weak<Inner>) {
             }
         };
         inner.metrics.stream_connected.set(1);
-        let limit = inner.config.max_revocations.saturating_mul(512).max(1 << 20);
+        // A snapshot line holds every live entry, each about 150 bytes of JSON.
+        let limit = inner.config.max_revocations.saturating_mul(256).max(1 << 20);
         drop(inner);
         let result = read(&weak, resp, limit, &mut backoff).await;
         let Some(inner) = weak.upgrade() else { return };
@@ -191,7 +201,10 @@ fn handle(inner: &Inner, event: &SseEvent) -> Result<(), String> {
             let snap: Snapshot =
                 serde_json::from_str(&event.data).map_err(|e| format!("bad snapshot: {e}"))?;
             let mut set = inner.revocations.write().map_err(|_| "revocation set poisoned".to_owned())?;
-            if snap.resumed_after.is_some() && inner.synced.load(Ordering::Acquire) {
+            // Merge only a backlog that continues exactly from our state; anything else (a server restored
+            // from a backup, another database) replaces the set.
+            let continues = snap.resumed_after == Some(set.seq()) && snap.seq >= set.seq();
+            if continues && inner.synced.load(Ordering::Acquire) {
                 for entry in snap.entries {
                     set.apply(entry, now);
                 }

@@ -15,6 +15,9 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use crate::denial::Denial;
+
+/// How long the server keeps a revocation entry past the tokens it can match (`tessera_store`'s horizon).
+const REVOCATION_HORIZON_SECS: u64 = 960;
 use crate::keys::Keys;
 use crate::net::{Http, basic_auth};
 use crate::path::{self, BadPath};
@@ -258,9 +261,13 @@ fn is_b64token(s: &[u8]) -> bool {
 /// token passed that check when it was first seen.
 fn bearer<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<&'a [u8], Denial> {
     let in_query = query.is_some_and(|q| {
-        q.split('&').any(|pair| {
+        q.split(['&', ';']).any(|pair| {
             let name = pair.split('=').next().unwrap_or("");
-            name.eq_ignore_ascii_case("access_token") || name.eq_ignore_ascii_case("access%5Ftoken")
+            let decoded: Vec<u8> = form_urlencoded::parse(format!("{name}=").as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned().into_bytes())
+                .unwrap_or_default();
+            decoded.trim_ascii().eq_ignore_ascii_case(b"access_token")
         })
     });
     if in_query {
@@ -289,8 +296,31 @@ impl Guard {
     /// # Errors
     /// A [`GuardError`] when the configuration cannot work (blank issuer or audience, a non-http issuer).
     pub fn start(config: GuardConfig, policy: Policy) -> Result<Self, GuardError> {
-        if !(config.issuer.starts_with("https://") || config.issuer.starts_with("http://")) {
-            return Err(GuardError(format!("issuer {:?} must be an http(s) URL", config.issuer)));
+        let issuer: http::Uri = config
+            .issuer
+            .parse()
+            .map_err(|_| GuardError(format!("issuer {:?} is not a URL", config.issuer)))?;
+        let host = issuer.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        match issuer.scheme_str() {
+            Some("https") => {}
+            // Keys over cleartext could be swapped by anyone on the path: plain http only on loopback.
+            Some("http") if loopback => {}
+            _ => {
+                return Err(GuardError(format!(
+                    "issuer {:?} must be https (http only on loopback)",
+                    config.issuer
+                )));
+            }
+        }
+        if issuer.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(GuardError("the issuer URL must not carry credentials".into()));
+        }
+        // A revocation entry lives REVOCATION_HORIZON_SECS; a token accepted for longer could outlive it.
+        if config.max_age_secs.saturating_add(config.leeway_secs) > REVOCATION_HORIZON_SECS {
+            return Err(GuardError(format!(
+                "max_age_secs + leeway_secs must be at most {REVOCATION_HORIZON_SECS} (how long revocations are kept)"
+            )));
         }
         if config.audience.trim().is_empty() {
             return Err(GuardError("the audience must not be empty".into()));
@@ -494,11 +524,16 @@ impl Guard {
             inner.cache.insert(hash, Cached { identity: Arc::clone(&identity), generation });
             identity
         };
-        let revoked = inner
-            .revocations
-            .read()
-            .ok()
-            .and_then(|set| set.check(identity.ids(), i64::try_from(now).unwrap_or(i64::MAX)));
+        let Ok(set) = inner.revocations.read() else {
+            return Err(inner.deny(
+                Denial::Unavailable { reason: "revocation_state_lost" },
+                route,
+                None,
+                peer,
+            ));
+        };
+        let revoked = set.check(identity.ids(), i64::try_from(now).unwrap_or(i64::MAX));
+        drop(set);
         if let Some(kind) = revoked {
             return Err(inner.deny(
                 Denial::InvalidToken { reason: kind.name() },
@@ -581,5 +616,57 @@ impl Inner {
 
     pub(crate) fn route(&self, index: Option<usize>) -> Option<&Route> {
         index.and_then(|i| self.policy.routes.get(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_issuers_are_refused_unless_loopback() {
+        let start = |issuer: &str| {
+            Guard::start(GuardConfig::new(issuer, "https://orders.example", "g", "s"), Policy::default())
+                .map(|_| ())
+        };
+        for bad in [
+            "http://id.example",
+            "http://10.0.0.1:8080",
+            "ftp://id.example",
+            "http://u:p@127.0.0.1",
+            "id.example",
+        ] {
+            assert!(start(bad).is_err(), "{bad}");
+        }
+        let mut config = GuardConfig::new("https://id.example", "https://orders.example", "g", "s");
+        config.max_age_secs = 3600;
+        let err = Guard::start(config, Policy::default()).unwrap_err();
+        assert!(err.0.contains("at most 960"), "{err}");
+    }
+
+    #[test]
+    fn bearer_comes_from_one_header_and_never_the_query() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer abc.def.ghi".parse().unwrap());
+        assert_eq!(bearer(&h, None), Ok(&b"abc.def.ghi"[..]));
+        assert_eq!(bearer(&h, Some("page=2")), Ok(&b"abc.def.ghi"[..]));
+        for query in [
+            "access_token=x",
+            "a=1&ACCESS_TOKEN=x",
+            "%61ccess%5Ftoken=x",
+            "a=1;access_token=x",
+            "access_token",
+        ] {
+            assert_eq!(
+                bearer(&h, Some(query)),
+                Err(Denial::InvalidToken { reason: "token_in_query" }),
+                "{query}"
+            );
+        }
+        h.append(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h, None), Err(Denial::InvalidToken { reason: "multiple_authorization_headers" }));
+        assert_eq!(bearer(&HeaderMap::new(), None), Err(Denial::MissingToken));
+        assert!(is_b64token(b"abc.DEF_-~+/=="));
+        assert!(!is_b64token(b"abc def") && !is_b64token(b"==") && !is_b64token(b"") && !is_b64token(b"a,b"));
     }
 }

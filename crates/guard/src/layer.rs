@@ -6,8 +6,10 @@
 //! ```
 //!
 //! The layer decides every request before the service sees it. A refused request gets the RFC 6750 answer
-//! and never reaches the service. An admitted one reaches it with its path in normal form (the path the
-//! policy decided on) and the caller's [`Identity`] in its extensions.
+//! and never reaches the service. An admitted one reaches it with the caller's [`Identity`] in its
+//! extensions. A path not already in normal form is refused (403), not rewritten: axum's `Router::layer`
+//! runs after the router has chosen a handler by the raw path, so a rewrite would let the policy decide on one
+//! path while another path's handler runs. (The gateway, which is the router for its upstream, rewrites.)
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -18,7 +20,7 @@ use std::task::{Context, Poll};
 use axum::extract::{ConnectInfo, FromRequestParts, OptionalFromRequestParts};
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 
 use crate::denial::Denial;
 use crate::guard::{Guard, Identity};
@@ -64,20 +66,6 @@ fn peer_of(parts: &Parts) -> Option<IpAddr> {
         .or_else(|| parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
 }
 
-/// The URI with its path replaced by `path`, the query kept.
-pub(crate) fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
-    if uri.path() == path {
-        return Some(uri.clone());
-    }
-    let pq = match uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
-    };
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(pq.parse().ok()?);
-    Uri::from_parts(parts).ok()
-}
-
 impl<S, B, RB> tower_service::Service<Request<B>> for GuardService<S>
 where
     S: tower_service::Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
@@ -104,11 +92,10 @@ where
             let peer = peer_of(&parts);
             match guard.check(&parts.method, &parts.uri, &parts.headers, peer).await {
                 Ok(admitted) => {
-                    let Some(uri) = with_path(&parts.uri, &admitted.path) else {
-                        let denial = Denial::Forbidden { reason: "path_ambiguous" };
+                    if admitted.path != parts.uri.path() {
+                        let denial = Denial::Forbidden { reason: "path_not_normal" };
                         return Ok(denial.into_response(&guard.config().audience));
-                    };
-                    parts.uri = uri;
+                    }
                     if let Some(identity) = admitted.identity {
                         parts.extensions.insert(identity);
                     }

@@ -196,6 +196,16 @@ async fn flush(inner: &Inner) {
             Ok(status) if status.is_success() => {
                 inner.metrics.events_sent.inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
             }
+            Ok(status) if matches!(status.as_u16(), 400 | 413 | 422) => {
+                // The server will never take this batch (a bug on one side): resending it would block every
+                // later event behind it.
+                tracing::warn!(
+                    status = status.as_u16(),
+                    events = batch.len(),
+                    "usage events refused; dropped"
+                );
+                inner.metrics.events_dropped.inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
+            }
             other => {
                 let status = other.as_ref().map(|s| s.as_u16()).ok();
                 tracing::warn!(?status, "usage events not delivered; kept for the next attempt");
@@ -209,7 +219,8 @@ async fn flush(inner: &Inner) {
     }
 }
 
-/// Starts the reporting task: a flush every interval, and a last one when the guard is dropped.
+/// Starts the reporting task: a flush every interval. Call [`crate::Guard::flush_usage`] before dropping the guard
+/// to send what was counted since the last one.
 pub(crate) fn spawn(inner: &Arc<Inner>) {
     let weak = Arc::downgrade(inner);
     let mut stopped = inner.alive.subscribe();

@@ -123,6 +123,9 @@ pub async fn stream(
         Ok(head) => head,
         Err(e) => return OAuthError::from(e).into_response(),
     };
+    // A guard ahead of this database (restored from a backup, or another database) gets a full snapshot:
+    // resuming would skip every new entry up to its old number.
+    let after = after.filter(|&seq| seq <= head);
     let backlog = match after {
         Some(after) => state.store.revocations_after(after, i64::MAX).await,
         None => state.store.live_revocations(now).await,

@@ -98,6 +98,8 @@ async fn orders_service_serves_its_callers_and_refuses_everyone_else() {
     assert!(missing.headers().contains_key("www-authenticate"));
     let write = http.post(format!("{base}/orders")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(write.status(), 403, "orders:read does not allow creating orders");
+    let trailing = http.get(format!("{base}/orders/42/")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(trailing.status(), 403, "a path not in normal form is refused, not rerouted");
     let unlisted = http.get(format!("{base}/admin")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(unlisted.status(), 403, "unlisted routes are denied");
     let health = http.get(format!("{base}/health")).send().await.unwrap();

@@ -133,6 +133,14 @@ async fn attack_list_is_refused_and_never_reaches_the_upstream() {
             "two Authorization headers",
             format!("GET /orders/1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {valid}\r\nAuthorization: Bearer {valid}\r\nConnection: close\r\n\r\n"),
         ),
+        (
+            "token in the query, name percent-encoded",
+            format!("GET /orders/1?%61ccess_token={valid} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {valid}\r\nConnection: close\r\n\r\n"),
+        ),
+        (
+            "token in the query after a semicolon",
+            format!("GET /orders/1?x=1;Access_Token={valid} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {valid}\r\nConnection: close\r\n\r\n"),
+        ),
         ("two tokens in one header", get("/orders/1", Some(&format!("{valid} {valid}")))),
         ("comma-separated tokens", get("/orders/1", Some(&format!("{valid},{valid}")))),
         ("empty bearer", "GET /orders/1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer\r\nConnection: close\r\n\r\n".to_owned()),

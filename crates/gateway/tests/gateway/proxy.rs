@@ -13,7 +13,8 @@ async fn upstream_sees_the_normalised_path_and_the_validated_identity_only() {
     let (token, jti) = w.token(Grant { roles: &["admin"], ..Grant::default() });
     let request = format!(
         "GET //admin//users/./7/?page=2 HTTP/1.1\r\nHost: orders.example\r\nAuthorization: Bearer {token}\r\n\
-         X-Tessera-Sub: root\r\nX-Tessera-Roles: superuser\r\nX-Forwarded-For: 6.6.6.6\r\n\
+         X-Tessera-Sub: root\r\nX-Tessera-Roles: superuser\r\nX_Tessera_Roles: superuser\r\nX-Forwarded-For: 6.6.6.6\r\n\
+         X-HTTP-Method-Override: DELETE\r\nX-Original-URL: /admin/drop\r\nX-Real-IP: 6.6.6.6\r\n\
          Connection: close, X-Secret-Hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\n"
     );
     assert_eq!(w.raw(&request).await, 200);
@@ -39,6 +40,10 @@ async fn upstream_sees_the_normalised_path_and_the_validated_identity_only() {
     );
     assert_eq!(seen.header("x-forwarded-host"), Some("orders.example"));
     assert_eq!(seen.header("x-secret-hop"), None);
+    assert_eq!(seen.header("x_tessera_roles"), None, "an underscore spelling is stripped too");
+    assert_eq!(seen.header("x-http-method-override"), None);
+    assert_eq!(seen.header("x-original-url"), None);
+    assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
     assert_eq!(seen.header("keep-alive"), None);
     assert_eq!(seen.header("host"), Some(w.upstream.addr.to_string().as_str()));
     // A public route gets no identity, and client-sent identity headers are still stripped.
