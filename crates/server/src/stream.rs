@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt as _};
 use serde_json::json;
@@ -31,6 +31,8 @@ use crate::{AppState, now};
 pub const POLL: Duration = Duration::from_millis(50);
 /// How often an idle stream sends a heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// With no successful read of the store for this long, the node stops sending heartbeats.
+const FOLLOWER_STALE_SECS: i64 = 10;
 /// Entries buffered per guard before a slow guard is disconnected (it then resumes from its last id).
 const BUFFER: usize = 4096;
 
@@ -39,6 +41,8 @@ const BUFFER: usize = 4096;
 pub struct RevocationFeed {
     sender: broadcast::Sender<Arc<Revocation>>,
     last: AtomicI64,
+    /// When the follower last read the store successfully (Unix seconds).
+    healthy_at: AtomicI64,
     wake: tokio::sync::Notify,
 }
 
@@ -48,6 +52,7 @@ impl RevocationFeed {
         RevocationFeed {
             sender: broadcast::channel(BUFFER).0,
             last: AtomicI64::new(from),
+            healthy_at: AtomicI64::new(now()),
             wake: tokio::sync::Notify::new(),
         }
     }
@@ -76,6 +81,7 @@ impl RevocationFeed {
                 let _ = self.sender.send(Arc::new(entry));
             }
             if !full {
+                self.healthy_at.store(now(), Ordering::Release);
                 return Ok(());
             }
         }
@@ -142,31 +148,49 @@ pub async fn stream(
     });
     let first = Event::default().event("snapshot").id(head.to_string()).data(snapshot.to_string());
     let closing = state.closing.subscribe();
-    let live = stream::unfold((receiver, closing, head), |(mut receiver, mut closing, last)| async move {
-        loop {
-            let next = tokio::select! {
-                next = receiver.recv() => next,
-                // The server is shutting down: end the stream; the guard reconnects and resumes.
-                _ = closing.wait_for(|c| *c) => return None,
-            };
-            match next {
-                Ok(entry) if entry.seq <= last => continue,
-                Ok(entry) => {
-                    let event = Event::default()
-                        .event("revocation")
-                        .id(entry.seq.to_string())
-                        .data(entry_json(&entry).to_string());
-                    return Some((Ok::<_, Infallible>(event), (receiver, closing, entry.seq)));
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let feed = Arc::clone(&state);
+    let live = stream::unfold(
+        (receiver, closing, head, beat),
+        move |(mut receiver, mut closing, last, mut beat)| {
+            let feed = Arc::clone(&feed);
+            async move {
+                loop {
+                    // `None`: a heartbeat is due.
+                    let next = tokio::select! {
+                        next = receiver.recv() => Some(next),
+                        _ = beat.tick() => None,
+                        // The server is shutting down: end the stream; the guard reconnects and resumes.
+                        _ = closing.wait_for(|c| *c) => return None,
+                    };
+                    let Some(next) = next else {
+                        // A heartbeat vouches that this node is still reading new revocations: with its
+                        // follower failing (database unreachable from here) the guard hears nothing and its
+                        // staleness bound runs, instead of being kept "fresh" by a node that sees no revocations.
+                        let healthy_at = feed.revocations.healthy_at.load(Ordering::Acquire);
+                        if crate::now() - healthy_at > FOLLOWER_STALE_SECS {
+                            continue;
+                        }
+                        let event = Event::default().event("heartbeat").data("{}");
+                        return Some((Ok::<_, Infallible>(event), (receiver, closing, last, beat)));
+                    };
+                    match next {
+                        Ok(entry) if entry.seq <= last => continue,
+                        Ok(entry) => {
+                            let event = Event::default()
+                                .event("revocation")
+                                .id(entry.seq.to_string())
+                                .data(entry_json(&entry).to_string());
+                            return Some((Ok::<_, Infallible>(event), (receiver, closing, entry.seq, beat)));
+                        }
+                        // A guard too slow to keep up is disconnected; it resumes from its last id.
+                        Err(_) => return None,
+                    }
                 }
-                // A guard too slow to keep up is disconnected; it resumes from its last id.
-                Err(_) => return None,
             }
-        }
-    });
+        },
+    );
     let events = stream::once(async move { Ok::<_, Infallible>(first) }).chain(live);
-    Sse::new(events)
-        .keep_alive(
-            KeepAlive::new().interval(HEARTBEAT).event(Event::default().event("heartbeat").data("{}")),
-        )
-        .into_response()
+    Sse::new(events).into_response()
 }

@@ -12,6 +12,7 @@ use crate::common::{Server, http};
 crate::on_both_backends!(
     revocation_stream_is_for_resource_servers_only,
     revocation_stream_sends_a_snapshot_then_every_revocation_and_resumes,
+    revocation_stream_beats_and_snapshots_a_guard_ahead_of_it,
 );
 
 /// An open event stream and what has been read of it.
@@ -34,6 +35,11 @@ impl Events {
 
     /// The next event that is not a heartbeat: (event, id, data).
     async fn next(&mut self) -> (String, i64, Value) {
+        self.next_event(false).await
+    }
+
+    /// The next event, heartbeats included when `beats` (a heartbeat has id 0).
+    async fn next_event(&mut self, beats: bool) -> (String, i64, Value) {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -44,15 +50,18 @@ impl Events {
                 };
                 let Some(event) = field("event") else { continue };
                 if event == "heartbeat" {
+                    if beats {
+                        return (event, 0, serde_json::from_str(&field("data").unwrap()).unwrap());
+                    }
                     continue;
                 }
                 let id = field("id").unwrap().parse().unwrap();
                 let data = serde_json::from_str(&field("data").unwrap()).unwrap();
                 return (event, id, data);
             }
-            let chunk = tokio::time::timeout(Duration::from_secs(5), self.response.chunk())
+            let chunk = tokio::time::timeout(Duration::from_secs(8), self.response.chunk())
                 .await
-                .expect("an event within 5 s")
+                .expect("an event within 8 s")
                 .unwrap()
                 .expect("the stream stays open");
             self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
@@ -151,4 +160,18 @@ async fn shutdown_ends_open_revocation_streams() {
         .expect("a graceful stop does not wait on streams");
     let end = tokio::time::timeout(Duration::from_secs(5), events.response.chunk()).await.unwrap();
     assert!(matches!(end, Ok(None) | Err(_)), "the stream ended");
+}
+
+async fn revocation_stream_beats_and_snapshots_a_guard_ahead_of_it(s: &Server) {
+    setup(s).await;
+    let secret = s.add_service_client("rs").await;
+    // A guard that remembers a sequence number this database never reached (it was restored from a backup)
+    // gets the whole live set, not a resume that would skip new entries up to its old number.
+    let mut events = Events::open(s, &secret, Some(1_000_000)).await;
+    let (event, _, data) = events.next().await;
+    assert_eq!(event, "snapshot");
+    assert_eq!(data["resumed_after"], Value::Null);
+    // A healthy node sends heartbeats (every 5 s) on an idle stream.
+    let (event, _, _) = events.next_event(true).await;
+    assert_eq!(event, "heartbeat");
 }
