@@ -8,7 +8,8 @@ use tessera_gateway::{FileConfig, Gateway};
 use crate::admin::runtime;
 use crate::{Failure, emit};
 
-/// Flags of `tessera gateway`; each overrides the same key in `--config`.
+/// Flags of `tessera gateway`; each overrides the same key's `TESSERA_GATEWAY_*` variable, which overrides
+/// the key in `--config`.
 #[derive(Debug, Args)]
 pub(crate) struct GatewayArgs {
     /// A TOML file with any of the keys below (flag names with `_` for `-`).
@@ -77,8 +78,9 @@ pub(crate) fn run(args: GatewayArgs) -> Result<(), Failure> {
         forward_authorization: args.forward_authorization.then_some(true),
         staleness_secs: args.staleness_secs,
     };
+    let env = FileConfig::from_env(|name| std::env::var(name).ok()).map_err(Failure::usage)?;
     let secret = std::env::var("TESSERA_GATEWAY_CLIENT_SECRET").ok();
-    let config = flags.or(file).build(secret).map_err(Failure::usage)?;
+    let config = flags.or(env).or(file).build(secret).map_err(Failure::usage)?;
     let level = std::env::var("TESSERA_LOG_LEVEL").unwrap_or_else(|_| "info".into());
     let format = std::env::var("TESSERA_LOG_FORMAT").unwrap_or_else(|_| "text".into());
     tessera_server::init_logging_as(&level, &format);

@@ -106,7 +106,53 @@ impl FileConfig {
         })
     }
 
-    /// Fills `self`'s unset keys from `other` (flags first, then the file).
+    /// The keys set by `TESSERA_GATEWAY_*` variables (the key in upper case: `upstream` →
+    /// `TESSERA_GATEWAY_UPSTREAM`; `trusted_proxies` is comma-separated), read through `var`.
+    ///
+    /// # Errors
+    /// A one-line message naming the variable whose value cannot be read.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let get = |key: &str| {
+            var(&format!("TESSERA_GATEWAY_{}", key.to_ascii_uppercase())).filter(|v| !v.is_empty())
+        };
+        let number = |key: &str| -> Result<Option<u64>, String> {
+            get(key)
+                .map(|v| {
+                    v.trim()
+                        .parse()
+                        .map_err(|_| format!("TESSERA_GATEWAY_{} must be a number", key.to_ascii_uppercase()))
+                })
+                .transpose()
+        };
+        let flag = |key: &str| -> Result<Option<bool>, String> {
+            get(key)
+                .map(|v| match v.trim() {
+                    "true" | "1" => Ok(true),
+                    "false" | "0" => Ok(false),
+                    _ => Err(format!("TESSERA_GATEWAY_{} must be true or false", key.to_ascii_uppercase())),
+                })
+                .transpose()
+        };
+        Ok(FileConfig {
+            issuer: get("issuer"),
+            audience: get("audience"),
+            upstream: get("upstream"),
+            listen: get("listen"),
+            policy: get("policy").map(PathBuf::from),
+            admin_listen: get("admin_listen"),
+            client_id: get("client_id"),
+            client_secret_file: get("client_secret_file").map(PathBuf::from),
+            trusted_proxies: get("trusted_proxies")
+                .map(|v| v.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect()),
+            upstream_timeout_secs: number("upstream_timeout_secs")?,
+            connect_timeout_secs: number("connect_timeout_secs")?,
+            upstream_http2: flag("upstream_http2")?,
+            forward_authorization: flag("forward_authorization")?,
+            staleness_secs: number("staleness_secs")?,
+        })
+    }
+
+    /// Fills `self`'s unset keys from `other` (flags first, then the environment, then the file).
     #[must_use]
     pub fn or(self, other: FileConfig) -> FileConfig {
         FileConfig {
@@ -194,5 +240,36 @@ impl FileConfig {
             forward_authorization: self.forward_authorization.unwrap_or(false),
             staleness: secs(self.staleness_secs, 900),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_environment_which_overrides_the_file() {
+        let env = |name: &str| match name {
+            "TESSERA_GATEWAY_UPSTREAM" => Some("http://127.0.0.1:3001".to_owned()),
+            "TESSERA_GATEWAY_LISTEN" => Some("127.0.0.1:9001".to_owned()),
+            "TESSERA_GATEWAY_TRUSTED_PROXIES" => Some("10.0.0.0/8, 192.168.1.1".to_owned()),
+            "TESSERA_GATEWAY_UPSTREAM_HTTP2" => Some("true".to_owned()),
+            _ => None,
+        };
+        let file: FileConfig = toml::from_str(
+            "issuer = \"https://id.example\"\naudience = \"https://orders.example\"\nupstream = \"http://127.0.0.1:3000\"\n\
+             listen = \"127.0.0.1:9000\"\npolicy = \"policy.toml\"\nclient_id = \"gw\"\n",
+        )
+        .unwrap();
+        let flags = FileConfig { listen: Some("127.0.0.1:9002".into()), ..FileConfig::default() };
+        let config =
+            flags.or(FileConfig::from_env(env).unwrap()).or(file).build(Some("secret".into())).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9002", "the flag wins");
+        assert_eq!(config.upstream.to_string(), "http://127.0.0.1:3001/", "the environment beats the file");
+        assert_eq!(config.issuer, "https://id.example", "the file fills the rest");
+        assert_eq!(config.trusted_proxies.len(), 2);
+        assert!(config.upstream_http2);
+        let bad = |name: &str| (name == "TESSERA_GATEWAY_STALENESS_SECS").then(|| "soon".to_owned());
+        assert_eq!(FileConfig::from_env(bad).unwrap_err(), "TESSERA_GATEWAY_STALENESS_SECS must be a number");
     }
 }
