@@ -422,21 +422,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // Without a timer hyper drops its header-read timeout, and a client trickling a request head holds a
-    // connection for ever.
-    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = connection_builder();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let admin_here = admin.is_none();
     let admin_task = admin.map(|admin| {
         let gw = Arc::clone(&gateway);
         tokio::spawn(async move {
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let builder = connection_builder();
             while let Ok((stream, _)) = admin.accept().await {
                 let gw = Arc::clone(&gw);
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -496,6 +488,20 @@ pub async fn serve(
     }
     gateway.guard.flush_usage().await;
     Ok(())
+}
+
+/// The HTTP/1.1 and HTTP/2 connection settings of both listeners.
+fn connection_builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Without a timer hyper drops its header-read timeout, and a client trickling a request head holds a
+    // connection for ever.
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
 }
 
 fn is_transient(e: &std::io::Error) -> bool {

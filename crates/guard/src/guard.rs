@@ -15,15 +15,16 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use crate::denial::Denial;
-
-/// How long the server keeps a revocation entry past the tokens it can match (`tessera_store`'s horizon).
-const REVOCATION_HORIZON_SECS: u64 = 960;
 use crate::keys::Keys;
 use crate::net::{Http, basic_auth};
 use crate::path::{self, BadPath};
 use crate::policy::{Policy, Route, Unlisted};
 use crate::report::Reporter;
 use crate::revocation::{RevocationSet, TokenIds};
+
+/// How long the server keeps a revocation entry past the tokens it can match (`tessera_store`'s horizon;
+/// the guard does not depend on the store crate).
+const REVOCATION_HORIZON_SECS: u64 = 960;
 
 /// How the guard is set up. [`GuardConfig::new`] gives the defaults.
 #[derive(Clone)]
@@ -174,6 +175,8 @@ pub(crate) struct Metrics {
     pub(crate) decisions: Family<DecisionLabels, Counter>,
     /// `decisions{outcome="granted",reason="valid"}`, held so the hot path skips the family lookup.
     pub(crate) granted: Counter,
+    /// `decisions{outcome="granted",reason="public"}`, likewise.
+    pub(crate) granted_public: Counter,
     pub(crate) cache_hits: Counter,
     pub(crate) cache_misses: Counter,
     pub(crate) revocations: Gauge,
@@ -350,11 +353,11 @@ impl Guard {
             epoch: Instant::now(),
             metrics: {
                 let m = Metrics::default();
-                let granted = m
-                    .decisions
-                    .get_or_create(&DecisionLabels { outcome: "granted", reason: "valid" })
-                    .clone();
-                Metrics { granted, ..m }
+                let held = |reason| {
+                    m.decisions.get_or_create(&DecisionLabels { outcome: "granted", reason }).clone()
+                };
+                let (granted, granted_public) = (held("valid"), held("public"));
+                Metrics { granted, granted_public, ..m }
             },
             alive: tokio::sync::watch::channel(()).0,
             config,
@@ -451,11 +454,7 @@ impl Guard {
         let route_index = inner.policy.routes.iter().position(|r| r.matches(method, &path));
         let route = route_index.and_then(|i| inner.policy.routes.get(i));
         if route.is_some_and(|r| r.public) {
-            inner
-                .metrics
-                .decisions
-                .get_or_create(&DecisionLabels { outcome: "granted", reason: "public" })
-                .inc();
+            inner.metrics.granted_public.inc();
             return Ok(Admitted { identity: None, path });
         }
         if !inner.keys.loaded() || !inner.synced.load(Ordering::Acquire) {
@@ -470,7 +469,8 @@ impl Guard {
             ));
         }
         let token = bearer(headers, uri.query()).map_err(|d| inner.deny(d, route_index, None, peer))?;
-        let identity = self.validate(token, route_index, peer).await?;
+        let now = unix_now();
+        let identity = self.validate(token, now, route_index, peer).await?;
         let permitted = match route {
             Some(r) => r.permits(identity.claims.scope.as_deref(), &identity.claims.roles),
             None => inner.policy.unlisted == Unlisted::Authenticated,
@@ -483,7 +483,7 @@ impl Guard {
             return Err(inner.deny(denial, route_index, Some(&identity), peer));
         }
         inner.metrics.granted.inc();
-        inner.reporter.granted(&identity, route_index, peer, unix_now());
+        inner.reporter.granted(&identity, route_index, peer, now);
         Ok(Admitted { identity: Some(identity), path })
     }
 
@@ -491,11 +491,11 @@ impl Guard {
     async fn validate(
         &self,
         token: &[u8],
+        now: u64,
         route: Option<usize>,
         peer: Option<IpAddr>,
     ) -> Result<Arc<Identity>, Denial> {
         let inner = &self.inner;
-        let now = unix_now();
         let hash = sha256(token);
         let generation = inner.keys.generation.load(Ordering::Acquire);
         let cached = inner.cache.get(&hash).filter(|c| c.generation == generation);

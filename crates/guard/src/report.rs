@@ -40,7 +40,8 @@ struct Usage {
 #[derive(Default)]
 struct State {
     usage: HashMap<Key, Usage>,
-    lateral: Vec<Value>,
+    /// Lateral-movement events and the route each was tried on (named when drained).
+    lateral: Vec<(Option<usize>, Value)>,
     backlog: Vec<Value>,
     dropped: u64,
 }
@@ -119,20 +120,22 @@ impl Reporter {
             state.dropped += 1;
             return;
         }
-        state.lateral.push(json!({
-            "kind": "lateral_movement_attempt",
-            "count": 1,
-            "first_at": now,
-            "last_at": now,
-            "ip": ip.map(|ip| ip.to_string()),
-            "route_index": route,
-            "sub": found.sub,
-            "sid": found.sid,
-            "client_id": found.client_id,
-            "jti": found.jti,
-            "token_audience": found.aud,
-            "reason": "wrong_audience",
-        }));
+        state.lateral.push((
+            route,
+            json!({
+                "kind": "lateral_movement_attempt",
+                "count": 1,
+                "first_at": now,
+                "last_at": now,
+                "ip": ip.map(|ip| ip.to_string()),
+                "sub": found.sub,
+                "sid": found.sid,
+                "client_id": found.client_id,
+                "jti": found.jti,
+                "token_audience": found.aud,
+                "reason": "wrong_audience",
+            }),
+        ));
     }
 
     /// Takes everything counted so far, as events ready to send.
@@ -156,12 +159,8 @@ impl Reporter {
                 "jti": id.map(|c| &c.jti),
             }));
         }
-        for mut e in std::mem::take(&mut state.lateral) {
-            let route = e.get("route_index").and_then(Value::as_u64).and_then(|i| usize::try_from(i).ok());
-            if let Some(obj) = e.as_object_mut() {
-                obj.remove("route_index");
-                obj.insert("route".into(), json!(route.and_then(inner_routes)));
-            }
+        for (route, mut e) in std::mem::take(&mut state.lateral) {
+            e["route"] = json!(route.and_then(inner_routes));
             events.push(e);
         }
         (events, std::mem::take(&mut state.dropped))
