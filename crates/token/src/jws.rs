@@ -8,12 +8,13 @@ use std::fmt;
 
 use serde::Serialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
 
 use crate::alg::Algorithm;
 use crate::b64;
 use crate::error::{KeyError, Rejection};
 use crate::json::{self, StrictValue, set_once};
-use crate::key::{KeySet, SigningKey};
+use crate::key::{KeySet, SigningKey, VerifyingKey};
 
 /// The default size limit for a compact token: 8 KiB.
 pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -39,15 +40,18 @@ pub struct Header {
 
 /// What the header visitor saw, before the accept/refuse decision.
 #[derive(Default)]
-struct RawHeader {
+pub(crate) struct RawHeader {
     /// `Some(None)`: an `alg` we do not support.
-    alg: Option<Option<Algorithm>>,
-    kid: Option<String>,
-    typ: Option<String>,
-    cty: Option<String>,
-    crit: bool,
-    key_url: bool,
-    embedded_key: bool,
+    pub(crate) alg: Option<Option<Algorithm>>,
+    pub(crate) kid: Option<String>,
+    pub(crate) typ: Option<String>,
+    pub(crate) cty: Option<String>,
+    pub(crate) crit: bool,
+    pub(crate) key_url: bool,
+    /// An `x5c` member: a certificate chain, which no Tessera token may carry.
+    pub(crate) cert_chain: bool,
+    /// The `jwk` member, read strictly. Only a DPoP proof may carry one.
+    pub(crate) jwk: Option<Value>,
 }
 
 impl<'de> de::Deserialize<'de> for RawHeader {
@@ -62,7 +66,8 @@ enum HeaderField {
     Kid,
     Typ,
     Cty,
-    /// A member we refuse (`crit`, `jku`, `x5u`, `jwk`, `x5c`) or ignore.
+    Jwk,
+    /// A member we refuse (`crit`, `jku`, `x5u`, `x5c`) or ignore.
     Other(String),
 }
 
@@ -80,6 +85,7 @@ impl<'de> de::Deserialize<'de> for HeaderField {
                     "kid" => HeaderField::Kid,
                     "typ" => HeaderField::Typ,
                     "cty" => HeaderField::Cty,
+                    "jwk" => HeaderField::Jwk,
                     other => HeaderField::Other(other.to_owned()),
                 })
             }
@@ -125,6 +131,7 @@ impl<'de> Visitor<'de> for RawHeaderVisitor {
                 HeaderField::Kid => set_once(&mut h.kid, map.next_value()?, "kid")?,
                 HeaderField::Typ => set_once(&mut h.typ, map.next_value()?, "typ")?,
                 HeaderField::Cty => set_once(&mut h.cty, map.next_value()?, "cty")?,
+                HeaderField::Jwk => set_once(&mut h.jwk, map.next_value::<StrictValue>()?.0, "jwk")?,
                 HeaderField::Other(name) => {
                     if others.contains(&name) {
                         return Err(json::duplicate(&name));
@@ -132,7 +139,7 @@ impl<'de> Visitor<'de> for RawHeaderVisitor {
                     match name.as_str() {
                         "crit" => h.crit = true,
                         "jku" | "x5u" => h.key_url = true,
-                        "jwk" | "x5c" => h.embedded_key = true,
+                        "x5c" => h.cert_chain = true,
                         _ => {}
                     }
                     // Read (and so check for duplicates and depth) but never interpret the value.
@@ -145,22 +152,90 @@ impl<'de> Visitor<'de> for RawHeaderVisitor {
     }
 }
 
-impl Header {
-    /// Parses and checks a decoded header.
-    fn parse(bytes: &[u8]) -> Result<Self, Rejection> {
-        let raw: RawHeader = json::parse_segment(bytes, Rejection::InvalidHeader)?;
-        if raw.crit {
+impl RawHeader {
+    /// Decodes and reads a base64url header segment, on the stack when it is small.
+    pub(crate) fn decode(segment: &str) -> Result<Self, Rejection> {
+        let mut buf = [0u8; HEADER_STACK_LEN];
+        match b64::decode_into(segment, &mut buf).map_err(|_| Rejection::InvalidBase64)? {
+            Some(bytes) => json::parse_segment(bytes, Rejection::InvalidHeader),
+            None => json::parse_segment(
+                &b64::decode(segment).map_err(|_| Rejection::InvalidBase64)?,
+                Rejection::InvalidHeader,
+            ),
+        }
+    }
+
+    /// The checks every signed object shares: no `crit`, no key URL, no certificate chain, and a supported
+    /// `alg`.
+    pub(crate) fn common_checks(&self) -> Result<Algorithm, Rejection> {
+        if self.crit {
             return Err(Rejection::CritHeader);
         }
-        if raw.key_url {
+        if self.key_url {
             return Err(Rejection::KeyUrlHeader);
         }
-        if raw.embedded_key {
+        if self.cert_chain {
             return Err(Rejection::EmbeddedKeyHeader);
         }
-        let alg = raw.alg.ok_or(Rejection::InvalidHeader)?.ok_or(Rejection::UnsupportedAlgorithm)?;
+        self.alg.ok_or(Rejection::InvalidHeader)?.ok_or(Rejection::UnsupportedAlgorithm)
+    }
+}
+
+impl Header {
+    /// Checks a token's header: the common checks, and no embedded key.
+    fn from_raw(raw: RawHeader) -> Result<Self, Rejection> {
+        let alg = raw.common_checks()?;
+        if raw.jwk.is_some() {
+            return Err(Rejection::EmbeddedKeyHeader);
+        }
         Ok(Self { alg, kid: raw.kid, typ: raw.typ, cty: raw.cty })
     }
+}
+
+/// A compact JWS cut into its three segments, with the size, serialization and segment-count checks done.
+pub(crate) struct Segments<'a> {
+    pub(crate) header: &'a str,
+    pub(crate) payload: &'a str,
+    pub(crate) signature: &'a str,
+    /// `header.payload`, the bytes the signature covers.
+    pub(crate) signing_input: &'a str,
+}
+
+impl<'a> Segments<'a> {
+    /// Splits `token`, refusing it if it is longer than `max_len` bytes, is JSON, or does not have exactly
+    /// three segments with a non-empty header.
+    pub(crate) fn split(token: &'a str, max_len: usize) -> Result<Self, Rejection> {
+        if token.len() > max_len {
+            return Err(Rejection::TooLarge);
+        }
+        if token.trim_start().starts_with('{') {
+            return Err(Rejection::JsonSerialization);
+        }
+        let mut parts = token.splitn(4, '.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Rejection::Malformed);
+        };
+        if header.is_empty() {
+            return Err(Rejection::Malformed);
+        }
+        let signing_input = &token[..header.len() + 1 + payload.len()];
+        Ok(Self { header, payload, signature, signing_input })
+    }
+}
+
+/// Verifies a base64url `signature` over `signing_input` with `key`, decoding it on the stack.
+pub(crate) fn verify_segment(
+    key: &VerifyingKey,
+    signing_input: &str,
+    signature: &str,
+) -> Result<(), Rejection> {
+    let mut buf = [0u8; MAX_SIGNATURE_LEN];
+    let signature = b64::decode_into(signature, &mut buf)
+        .map_err(|_| Rejection::InvalidBase64)?
+        .ok_or(Rejection::BadSignature)?;
+    key.verify(signing_input.as_bytes(), signature)
 }
 
 /// A compact JWS whose structure and header were checked, but whose signature was not.
@@ -195,34 +270,15 @@ impl<'a> UnverifiedJwt<'a> {
     /// # Errors
     /// The [`Rejection`] naming the first problem found.
     pub fn parse_with_limit(token: &'a str, max_len: usize) -> Result<Self, Rejection> {
-        if token.len() > max_len {
-            return Err(Rejection::TooLarge);
-        }
-        if token.trim_start().starts_with('{') {
-            return Err(Rejection::JsonSerialization);
-        }
-        let mut parts = token.splitn(4, '.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(Rejection::Malformed);
-        };
-        if h.is_empty() {
-            return Err(Rejection::Malformed);
-        }
+        let parts = Segments::split(token, max_len)?;
         // The header first: a refused algorithm or header member is reported whatever follows it.
-        let mut buf = [0u8; HEADER_STACK_LEN];
-        let header = match b64::decode_into(h, &mut buf).map_err(|_| Rejection::InvalidBase64)? {
-            Some(bytes) => Header::parse(bytes)?,
-            None => Header::parse(&b64::decode(h).map_err(|_| Rejection::InvalidBase64)?)?,
-        };
-        if p.is_empty() {
+        let header = Header::from_raw(RawHeader::decode(parts.header)?)?;
+        if parts.payload.is_empty() {
             return Err(Rejection::Malformed);
         }
-        let payload = b64::decode(p).map_err(|_| Rejection::InvalidBase64)?;
-        b64::check(s).map_err(|_| Rejection::InvalidBase64)?;
-        let signature = s;
-        let signing_input = &token[..h.len() + 1 + p.len()];
-        Ok(Self { signing_input, header, payload, signature })
+        let payload = b64::decode(parts.payload).map_err(|_| Rejection::InvalidBase64)?;
+        b64::check(parts.signature).map_err(|_| Rejection::InvalidBase64)?;
+        Ok(Self { signing_input: parts.signing_input, header, payload, signature: parts.signature })
     }
 
     /// The checked header.
@@ -243,11 +299,7 @@ impl<'a> UnverifiedJwt<'a> {
         if key.alg() != self.header.alg {
             return Err(Rejection::AlgorithmMismatch);
         }
-        let mut buf = [0u8; MAX_SIGNATURE_LEN];
-        let signature = b64::decode_into(self.signature, &mut buf)
-            .map_err(|_| Rejection::InvalidBase64)?
-            .ok_or(Rejection::BadSignature)?;
-        key.verify(self.signing_input.as_bytes(), signature)?;
+        verify_segment(key, self.signing_input, self.signature)?;
         Ok(VerifiedJwt { header: self.header, payload: self.payload })
     }
 }

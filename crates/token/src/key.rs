@@ -99,13 +99,27 @@ impl VerifyingKey {
     }
 
     fn from_raw(raw: &RawJwk, alg_hint: Option<Algorithm>) -> Result<Self, KeyError> {
+        let key = Self::from_raw_any_kid(raw, alg_hint)?;
+        raw.check_kid(&key.kid)?;
+        Ok(key)
+    }
+
+    /// Like [`Self::from_raw`], but a `kid` member is not checked: a client's key may carry any label.
+    fn from_raw_any_kid(raw: &RawJwk, alg_hint: Option<Algorithm>) -> Result<Self, KeyError> {
         if raw.has_private_members() {
             return Err(KeyError::PrivateMaterialInPublicSet);
         }
         let alg = raw.algorithm(alg_hint)?;
-        let key = Self::from_params(alg, raw.public_params(alg)?)?;
-        raw.check_kid(&key.kid)?;
-        Ok(key)
+        Self::from_params(alg, raw.public_params(alg)?)
+    }
+
+    /// Reads a client's public key given as a JSON object (a DPoP proof's `jwk` header), for the algorithm
+    /// the proof names. Private members are refused; a `kid` member is ignored, because the key is known by
+    /// its thumbprint.
+    pub(crate) fn from_client_jwk(jwk: Value, alg: Algorithm) -> Result<Self, KeyError> {
+        let raw: RawJwk =
+            serde_json::from_value(jwk).map_err(|_| KeyError::InvalidJwk("not a JWK object".into()))?;
+        Self::from_raw_any_kid(&raw, Some(alg))
     }
 
     /// The algorithm this key verifies.
@@ -128,6 +142,15 @@ impl VerifyingKey {
         obj.insert("alg".into(), Value::String(self.alg.as_str().into()));
         obj.insert("kid".into(), Value::String(self.kid.clone()));
         obj.insert("use".into(), Value::String("sig".into()));
+        Value::Object(obj)
+    }
+
+    /// The public JWK with only its key members (`kty`, `crv`, `x`, `y`, `n`, `e`): the form a DPoP proof
+    /// embeds.
+    #[must_use]
+    pub fn to_bare_jwk(&self) -> Value {
+        let mut obj = Map::new();
+        self.params.write_members(&mut obj);
         Value::Object(obj)
     }
 

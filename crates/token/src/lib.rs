@@ -9,7 +9,8 @@
 //!      --validate(&Validation, now)--> AccessClaims
 //! ```
 //!
-//! Only EdDSA, ES256, RS256 and PS256 exist: `none` and HMAC cannot be expressed.
+//! Only EdDSA, ES256, RS256 and PS256 exist: `none` and HMAC cannot be expressed. DPoP proofs (RFC 9449)
+//! have their own entry point, [`verify_proof`], the only one that accepts a key embedded in a header.
 //!
 //! ```
 //! use tessera_token::{AccessClaims, Algorithm, Audience, KeySet, SigningKey, UnixTime, Validation};
@@ -32,6 +33,7 @@
 pub mod alg;
 pub mod b64;
 pub mod claims;
+pub mod dpop;
 pub mod error;
 mod json;
 mod jwk;
@@ -41,6 +43,7 @@ pub mod validate;
 
 pub use alg::Algorithm;
 pub use claims::{AccessClaims, Actor, Audience, Confirmation};
+pub use dpop::{DpopProof, NewProof, ProofPolicy, ProofRejection, ProofRequest, verify_proof};
 pub use error::{KeyError, Rejection};
 pub use jws::{DEFAULT_MAX_TOKEN_LEN, Header, UnverifiedJwt, VerifiedJwt};
 pub use key::{KeySet, RsaBits, SigningKey, VerifyingKey};

@@ -7,6 +7,7 @@
 mod common;
 
 mod attacks;
+mod dpop;
 mod keys;
 mod properties;
 mod rfc_vectors;
