@@ -204,6 +204,7 @@ async fn setup(store: &dyn Store) -> Result<OpaqueSecret, String> {
         first_party: true,
         disabled: false,
         created_at: now(),
+        require_dpop: false,
     };
     let bench =
         client("bench", ClientKind::Confidential, vec![GrantType::ClientCredentials], Some(secret.hash()));
@@ -243,6 +244,7 @@ async fn families(store: &dyn Store, n: usize) -> Result<Vec<String>, String> {
             created_at: now(),
             expires_at: now() + 86_400,
             revoked_at: None,
+            dpop_jkt: None,
         };
         let first = RefreshRecord {
             hash: secret.hash(),

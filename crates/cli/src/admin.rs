@@ -368,6 +368,7 @@ fn client_add(add: ClientAdd) -> Result<(), Failure> {
             first_party: add.first_party,
             disabled: false,
             created_at: tessera_server::now(),
+            require_dpop: false,
         };
         store.create_client(&client).await.map_err(|e| match e {
             StoreError::Conflict(_) => Failure::usage(format!("client {} already exists", client.id)),

@@ -299,6 +299,7 @@ async fn seed(dir: &Path, env: &[(&str, &str)], store: &dyn Store, families: usi
             created_at: now,
             expires_at: now + 86_400,
             revoked_at: None,
+            dpop_jkt: None,
         };
         let first = RefreshRecord {
             hash: secret.hash(),

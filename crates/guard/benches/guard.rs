@@ -135,6 +135,7 @@ fn benches(c: &mut Criterion) {
             first_party: true,
             disabled: false,
             created_at: now,
+            require_dpop: false,
         };
         state.store.create_client(&client).await.unwrap();
         secret.expose().to_owned()

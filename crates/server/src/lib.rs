@@ -275,6 +275,7 @@ async fn create_quickstart(
         first_party: true,
         disabled: false,
         created_at: now,
+        require_dpop: false,
     };
     store.create_client(&client).await.map_err(start_error)?;
     Ok((client.id, secret.expose().to_owned(), QUICKSTART_AUDIENCE.into()))

@@ -146,6 +146,7 @@ async fn authorization_code(
         created_at: now,
         expires_at: now + client.refresh_absolute_ttl,
         revoked_at: None,
+        dpop_jkt: None,
     };
     let refresh = if client.grant_types.contains(&GrantType::RefreshToken) {
         let secret =

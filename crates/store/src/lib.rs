@@ -190,9 +190,13 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn revocation_seq(&self) -> Result<i64>;
     /// Whether any live revocation matches the token.
     async fn is_revoked(&self, token: TokenRef<'_>, now: Time) -> Result<bool>;
-    /// Deletes what can no longer matter: expired revocations, codes and login sessions, and families past
-    /// their absolute lifetime. Returns the number of rows deleted.
+    /// Deletes what can no longer matter: expired revocations, codes, login sessions and single-use ids, and
+    /// families past their absolute lifetime. Returns the number of rows deleted.
     async fn prune(&self, now: Time) -> Result<u64>;
+    /// Marks the single-use id `id_hash` in `scope` (a DPoP proof's or a client assertion's `jti`) as used
+    /// until `expires_at`. `true` the first time; `false` if it was already used and has not yet expired.
+    /// Shared by every node on the same database.
+    async fn use_once(&self, scope: &str, id_hash: &TokenHash, expires_at: Time, now: Time) -> Result<bool>;
 
     /// Appends a security event.
     async fn append_event(&self, event: &Event) -> Result<()>;

@@ -69,6 +69,8 @@ pub struct Client {
     pub disabled: bool,
     /// When the client was created.
     pub created_at: Time,
+    /// Tokens for this client are DPoP-bound only: a token request without a proof is refused.
+    pub require_dpop: bool,
 }
 
 /// A resource server: an audience tokens can be issued for, with the scopes it understands.
@@ -204,6 +206,8 @@ pub struct Family {
     pub expires_at: Time,
     /// When it was revoked.
     pub revoked_at: Option<Time>,
+    /// The thumbprint of the DPoP key the family is bound to: every rotation needs a proof by that key.
+    pub dpop_jkt: Option<String>,
 }
 
 /// One refresh token of a family.

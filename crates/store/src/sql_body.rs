@@ -25,7 +25,7 @@ macro_rules! user_cols {
 macro_rules! client_cols {
     () => {
         "id, name, kind, secret_hash, redirect_uris, grant_types, audiences, scopes, access_ttl, \
-         refresh_idle_ttl, refresh_absolute_ttl, first_party, disabled, created_at"
+         refresh_idle_ttl, refresh_absolute_ttl, first_party, disabled, created_at, require_dpop"
     };
 }
 macro_rules! key_cols {
@@ -44,7 +44,7 @@ macro_rules! family_cols {
         "f.id AS f_id, f.client_id AS f_client_id, f.user_id AS f_user_id, f.scope AS f_scope, \
          f.audience AS f_audience, f.auth_time AS f_auth_time, f.amr AS f_amr, \
          f.login_session AS f_login_session, f.code_hash AS f_code_hash, f.created_at AS f_created_at, \
-         f.expires_at AS f_expires_at, f.revoked_at AS f_revoked_at"
+         f.expires_at AS f_expires_at, f.revoked_at AS f_revoked_at, f.dpop_jkt AS f_dpop_jkt"
     };
 }
 macro_rules! revocation_cols {
@@ -122,6 +122,7 @@ fn client_from(row: &DbRow) -> Result<Client> {
         first_party: row.try_get("first_party")?,
         disabled: row.try_get("disabled")?,
         created_at: row.try_get("created_at")?,
+        require_dpop: row.try_get("require_dpop")?,
     })
 }
 
@@ -191,6 +192,7 @@ fn family_from(row: &DbRow) -> Result<Family> {
         created_at: row.try_get("f_created_at")?,
         expires_at: row.try_get("f_expires_at")?,
         revoked_at: row.try_get("f_revoked_at")?,
+        dpop_jkt: row.try_get("f_dpop_jkt")?,
     })
 }
 
@@ -426,7 +428,7 @@ impl Store for StoreImpl {
         sqlx::query(concat!(
             "INSERT INTO clients (",
             client_cols!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         ))
         .bind(&c.id)
         .bind(&c.name)
@@ -442,6 +444,7 @@ impl Store for StoreImpl {
         .bind(c.first_party)
         .bind(c.disabled)
         .bind(c.created_at)
+        .bind(c.require_dpop)
         .execute(&mut *tx)
         .await
         .map_err(|e| conflict(e, "client"))?;
@@ -706,8 +709,8 @@ impl Store for StoreImpl {
         }
         sqlx::query(
             "INSERT INTO refresh_families (id, client_id, user_id, scope, audience, auth_time, amr, \
-             login_session, code_hash, created_at, expires_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             login_session, code_hash, created_at, expires_at, revoked_at, dpop_jkt) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&f.id)
         .bind(&f.client_id)
@@ -721,6 +724,7 @@ impl Store for StoreImpl {
         .bind(f.created_at)
         .bind(f.expires_at)
         .bind(f.revoked_at)
+        .bind(&f.dpop_jkt)
         .execute(&mut *tx)
         .await
         .map_err(|e| conflict(e, "family"))?;
@@ -890,6 +894,11 @@ impl Store for StoreImpl {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        n += sqlx::query("DELETE FROM used_ids WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         n += sqlx::query("DELETE FROM login_sessions WHERE expires_at <= $1")
             .bind(now)
             .execute(&mut *tx)
@@ -910,6 +919,23 @@ impl Store for StoreImpl {
             .rows_affected();
         tx.commit().await?;
         Ok(n)
+    }
+
+    async fn use_once(&self, scope: &str, id_hash: &TokenHash, expires_at: Time, now: Time) -> Result<bool> {
+        // A row whose time has passed may be taken again: whatever it guarded is refused as too old anyway.
+        let fresh = sqlx::query(
+            "INSERT INTO used_ids (scope, id_hash, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (scope, id_hash) DO UPDATE SET expires_at = excluded.expires_at \
+             WHERE used_ids.expires_at <= $4",
+        )
+        .bind(scope)
+        .bind(id_hash.as_bytes())
+        .bind(expires_at)
+        .bind(now)
+        .execute(self.write())
+        .await?
+        .rows_affected();
+        Ok(fresh == 1)
     }
 
     async fn append_event(&self, e: &Event) -> Result<()> {

@@ -102,6 +102,8 @@ conformance!(
     prune_removes_only_what_can_no_longer_matter,
     events_append_and_read_back_newest_first,
     every_change_to_users_clients_and_resources_moves_the_change_counter,
+    single_use_ids_are_taken_once_under_concurrency,
+    dpop_binding_round_trips,
 );
 
 fn user(name: &str) -> User {
@@ -132,6 +134,7 @@ fn client(id: &str) -> Client {
         first_party: true,
         disabled: false,
         created_at: NOW,
+        require_dpop: false,
     }
 }
 
@@ -149,6 +152,7 @@ fn family(id: &str, user_id: &str) -> Family {
         created_at: NOW,
         expires_at: NOW + 2_592_000,
         revoked_at: None,
+        dpop_jkt: None,
     }
 }
 
@@ -215,6 +219,7 @@ async fn clients_round_trip_rotate_secret_and_disable(s: &Arc<dyn Store>) {
     let mut spa = client("spa");
     spa.kind = ClientKind::Public;
     spa.secret_hash = None;
+    spa.require_dpop = true;
     s.create_client(&spa).await.unwrap();
     assert_eq!(s.client("spa").await.unwrap(), Some(spa));
     assert!(s.set_client_secret("web", &TokenHash::of("tss_second")).await.unwrap());
@@ -557,4 +562,36 @@ async fn every_change_to_users_clients_and_resources_moves_the_change_counter(s:
     // A failed change moves nothing.
     assert!(s.create_user(&user("alice")).await.is_err());
     assert_eq!(s.change_seq().await.unwrap(), last);
+}
+
+async fn single_use_ids_are_taken_once_under_concurrency(s: &Arc<dyn Store>) {
+    let id = TokenHash::of("jkt|proof-1");
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let s = Arc::clone(s);
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move { s.use_once("dpop", &id, NOW + 60, NOW).await.unwrap() }));
+    }
+    let mut fresh = 0;
+    for t in tasks {
+        fresh += usize::from(t.await.unwrap());
+    }
+    assert_eq!(fresh, 1, "exactly one request may use an id");
+    assert!(s.use_once("client_assertion", &id, NOW + 60, NOW).await.unwrap(), "scopes are separate");
+    assert!(!s.use_once("dpop", &id, NOW + 120, NOW + 59).await.unwrap(), "still inside its window");
+    assert!(
+        s.use_once("dpop", &id, NOW + 200, NOW + 60).await.unwrap(),
+        "an expired entry may be taken again"
+    );
+    assert!(s.prune(NOW + 500).await.unwrap() >= 2);
+    assert!(s.use_once("dpop", &id, NOW + 600, NOW + 500).await.unwrap(), "pruned");
+}
+
+async fn dpop_binding_round_trips(s: &Arc<dyn Store>) {
+    let mut bound = family("fam-dpop", "u-alice");
+    bound.dpop_jkt = Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into());
+    s.create_family(&bound, Some(&refresh("tsr_dpop", "fam-dpop", 0))).await.unwrap();
+    let (_, stored) = s.refresh_token(&TokenHash::of("tsr_dpop")).await.unwrap().unwrap();
+    assert_eq!(stored.dpop_jkt, bound.dpop_jkt);
+    assert_eq!(s.family("fam-dpop").await.unwrap(), Some(bound));
 }

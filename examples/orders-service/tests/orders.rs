@@ -35,6 +35,7 @@ async fn add_client(state: &tessera_server::AppState, id: &str, scopes: &[&str])
         first_party: true,
         disabled: false,
         created_at: tessera_server::now(),
+        require_dpop: false,
     };
     state.store.create_client(&client).await.unwrap();
     secret.expose().to_owned()

@@ -189,6 +189,7 @@ impl Server {
             first_party: true,
             disabled: false,
             created_at: tessera_server::now(),
+            require_dpop: false,
         };
         self.state.store.create_client(&client).await.unwrap();
         secret.expose().to_owned()

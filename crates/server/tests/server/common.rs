@@ -144,6 +144,7 @@ impl Server {
             first_party,
             disabled: false,
             created_at: tessera_server::now(),
+            require_dpop: false,
         };
         self.state.store.create_client(&client).await.unwrap();
         secret.map(|s| s.expose().to_owned())
