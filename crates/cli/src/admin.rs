@@ -107,6 +107,15 @@ impl From<GrantArg> for GrantType {
     }
 }
 
+/// Whether a client's tokens must be DPoP-bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DpopArg {
+    /// Every token request must carry a DPoP proof; tokens are bound to its key.
+    Required,
+    /// A request with a proof gets bound tokens; one without gets bearer tokens.
+    Optional,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct ClientAdd {
     /// The client id.
@@ -141,6 +150,9 @@ pub(crate) struct ClientAdd {
     /// A first-party client: the consent screen is skipped.
     #[arg(long)]
     first_party: bool,
+    /// Whether tokens must be DPoP-bound [default: required for public clients, optional otherwise].
+    #[arg(long, value_enum, value_name = "POLICY")]
+    dpop: Option<DpopArg>,
     #[command(flatten)]
     cfg: ConfigArgs,
 }
@@ -368,7 +380,11 @@ fn client_add(add: ClientAdd) -> Result<(), Failure> {
             first_party: add.first_party,
             disabled: false,
             created_at: tessera_server::now(),
-            require_dpop: false,
+            require_dpop: match add.dpop {
+                Some(DpopArg::Required) => true,
+                Some(DpopArg::Optional) => false,
+                None => kind == ClientKind::Public,
+            },
         };
         store.create_client(&client).await.map_err(|e| match e {
             StoreError::Conflict(_) => Failure::usage(format!("client {} already exists", client.id)),
@@ -393,6 +409,7 @@ fn describe_client(c: &Client) -> String {
         format!("kind: {}", c.kind.as_str()),
         format!("state: {}", if c.disabled { "disabled" } else { "enabled" }),
         format!("first_party: {}", c.first_party),
+        format!("dpop: {}", if c.require_dpop { "required" } else { "optional" }),
         format!("grants: {}", grants.join(" ")),
         format!("redirect_uris: {}", c.redirect_uris.join(" ")),
         format!("audiences: {}", c.audiences.join(" ")),

@@ -184,6 +184,11 @@ fn management_commands_do_what_an_operator_types() {
         shown.contains("kind: confidential") && !shown.contains(&secret),
         "the secret is shown once only"
     );
+    assert!(shown.contains("dpop: optional"), "confidential clients may use bearer tokens: {shown}");
+    let (code, out, err) =
+        run(d, &[], &["client", "add", "spa", "--public", "--redirect-uri", "https://spa.example/cb"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dpop: required"), "public clients need DPoP by default: {out}");
     let db = std::fs::read(d.join("tessera-data/tessera.db")).unwrap();
     assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()), "only the hash is stored");
     let (code, _, err) =
@@ -270,12 +275,22 @@ fn management_commands_do_what_an_operator_types() {
     assert_eq!((code, err.trim()), (2, "error: access_token_ttl: must be between 1 and 900 seconds"));
 }
 
-/// Registers a public client `app` (refresh allowed) and user `u1` with the CLI, then starts `families`
-/// refresh families directly in the store, returning each family's first refresh token.
+/// Registers a public client `app` (refresh allowed, bearer tokens allowed) and user `u1` with the CLI, then
+/// starts `families` refresh families directly in the store, returning each family's first refresh token.
 async fn seed(dir: &Path, env: &[(&str, &str)], store: &dyn Store, families: usize) -> Vec<String> {
-    let (code, _, err) =
-        run(dir, env, &["client", "add", "app", "--public", "--redirect-uri", "https://app.example/cb"], "");
+    let add = [
+        "client",
+        "add",
+        "app",
+        "--public",
+        "--dpop",
+        "optional",
+        "--redirect-uri",
+        "https://app.example/cb",
+    ];
+    let (code, out, err) = run(dir, env, &add, "");
     assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dpop: optional"), "{out}");
     let (code, _, err) = run(dir, env, &["user", "add", "u1"], "a long password\n");
     assert_eq!(code, 0, "{err}");
     let user = store.user_by_name("u1").await.unwrap().unwrap();

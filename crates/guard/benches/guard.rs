@@ -153,6 +153,7 @@ fn benches(c: &mut Criterion) {
             auth_time: Some(now),
             amr: vec!["pwd".into(), "otp".into()],
             ttl: 300,
+            jkt: None,
         };
         tessera_server::issue::access_token(&state, grant, now).unwrap().token
     };

@@ -53,6 +53,10 @@ pub struct Config {
     pub log_level: String,
     /// Base64url of 32 bytes: the key-encryption key. Empty: a 0600 file in `data_dir` is used (and created).
     pub master_key: String,
+    /// How long after its `iat` a DPoP proof is accepted, seconds (at most 300).
+    pub dpop_proof_max_age: i64,
+    /// Require a server-supplied nonce in DPoP proofs (RFC 9449 §8): a proof made in advance is refused.
+    pub dpop_nonce: bool,
 }
 
 impl Default for Config {
@@ -75,6 +79,8 @@ impl Default for Config {
             log_format: "text".into(),
             log_level: "info".into(),
             master_key: String::new(),
+            dpop_proof_max_age: 60,
+            dpop_nonce: false,
         }
     }
 }
@@ -212,6 +218,9 @@ impl Config {
         }
         if self.refresh_retry_window < 0 || self.key_publish_delay < 0 {
             return bad("refresh_retry_window/key_publish_delay", "must not be negative");
+        }
+        if !(1..=300).contains(&self.dpop_proof_max_age) {
+            return bad("dpop_proof_max_age", "must be between 1 and 300 seconds");
         }
         if self.password_hash_concurrency == 0 {
             return bad("password_hash_concurrency", "must be at least 1");

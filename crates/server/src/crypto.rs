@@ -12,6 +12,7 @@ use std::path::Path;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::hkdf::{HKDF_SHA256, KeyType, Salt};
+use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use tessera_core::secret::{SECRET_BYTES, SuccessorKey};
 use tessera_core::{OpaqueSecret, SecretKind};
@@ -48,6 +49,7 @@ impl std::error::Error for KekError {}
 pub struct Kek {
     seal: LessSafeKey,
     successor: SuccessorKey,
+    nonce: hmac::Key,
 }
 
 impl fmt::Debug for Kek {
@@ -80,8 +82,11 @@ impl Kek {
         prk.expand(&[b"refresh successor"], Len(32))
             .and_then(|okm| okm.fill(&mut *successor_bytes))
             .map_err(failed)?;
+        let mut nonce_bytes = Zeroizing::new([0u8; 32]);
+        prk.expand(&[b"dpop nonce"], Len(32)).and_then(|okm| okm.fill(&mut *nonce_bytes)).map_err(failed)?;
         let seal = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &*seal_bytes).map_err(failed)?);
-        Ok(Kek { seal, successor: SuccessorKey::new(&successor_bytes) })
+        let nonce = hmac::Key::new(hmac::HMAC_SHA256, &*nonce_bytes);
+        Ok(Kek { seal, successor: SuccessorKey::new(&successor_bytes), nonce })
     }
 
     /// The KEK from `configured` (base64url of 32 bytes) if non-empty, else from `data_dir/master.key`,
@@ -156,6 +161,11 @@ impl Kek {
     /// The key that derives refresh-token successors.
     pub fn successor_key(&self) -> &SuccessorKey {
         &self.successor
+    }
+
+    /// The key DPoP nonces are derived with: every node with the same master key makes the same nonces.
+    pub fn nonce_key(&self) -> &hmac::Key {
+        &self.nonce
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tessera_core::flow::has_scope;
@@ -61,8 +61,9 @@ pub async fn check_access_token(
     }
 }
 
-/// The bearer token of `Authorization: Bearer …`; `Err` names what is wrong.
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
+/// The access token of `Authorization: Bearer …` or `Authorization: DPoP …`, and whether the scheme was
+/// DPoP; `Err` names what is wrong.
+fn access_token(headers: &HeaderMap) -> Result<Option<(&str, bool)>, &'static str> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else { return Ok(None) };
     if values.next().is_some() {
@@ -70,34 +71,44 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
     }
     let value = value.to_str().map_err(|_| "malformed_authorization")?;
     let (scheme, token) = value.split_once(' ').ok_or("malformed_authorization")?;
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
+    let dpop = scheme.eq_ignore_ascii_case("dpop");
+    if !(dpop || scheme.eq_ignore_ascii_case("bearer")) || token.is_empty() || token.contains(' ') {
         return Err("malformed_authorization");
     }
-    Ok(Some(token))
+    Ok(Some((token, dpop)))
 }
 
-/// An RFC 6750 §3 error: 401 with `WWW-Authenticate`.
-fn bearer_error(status: StatusCode, error: Option<&'static str>) -> Response {
-    let challenge = match error {
-        Some(e) => format!("Bearer realm=\"tessera\", error=\"{e}\""),
-        None => "Bearer realm=\"tessera\"".to_owned(),
+/// An RFC 6750 §3 / RFC 9449 §7.1 error: the status with a `WWW-Authenticate` challenge for both schemes,
+/// the error on the scheme it concerns.
+fn token_error(status: StatusCode, error: Option<&'static str>, dpop: bool) -> Response {
+    let algs = crate::dpop::signing_algs().join(" ");
+    let (bearer, dpop_challenge) = match (error, dpop) {
+        (Some(e), false) => {
+            (format!("Bearer realm=\"tessera\", error=\"{e}\""), format!("DPoP algs=\"{algs}\""))
+        }
+        (Some(e), true) => {
+            ("Bearer realm=\"tessera\"".to_owned(), format!("DPoP error=\"{e}\", algs=\"{algs}\""))
+        }
+        (None, _) => ("Bearer realm=\"tessera\"".to_owned(), format!("DPoP algs=\"{algs}\"")),
     };
     let mut response = status.into_response();
-    if let Ok(v) = HeaderValue::from_str(&challenge) {
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    for challenge in [bearer, dpop_challenge] {
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            response.headers_mut().append(header::WWW_AUTHENTICATE, v);
+        }
     }
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
 /// `GET /userinfo` (and POST): the signed-in user's claims, for an access token with the `openid` scope.
-pub async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let token = match bearer(&headers) {
-        Ok(Some(token)) => token,
-        Ok(None) => return bearer_error(StatusCode::UNAUTHORIZED, None),
+pub async fn userinfo(State(state): State<Arc<AppState>>, method: Method, headers: HeaderMap) -> Response {
+    let (token, dpop) = match access_token(&headers) {
+        Ok(Some(found)) => found,
+        Ok(None) => return token_error(StatusCode::UNAUTHORIZED, None, false),
         Err(reason) => {
             tracing::info!(reason, "userinfo: bad authorization header");
-            return bearer_error(StatusCode::BAD_REQUEST, Some("invalid_request"));
+            return token_error(StatusCode::BAD_REQUEST, Some("invalid_request"), false);
         }
     };
     let now = now();
@@ -105,16 +116,19 @@ pub async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
         Ok(claims) => claims,
         Err(TokenProblem(reason)) => {
             tracing::info!(reason, "userinfo: token refused");
-            return bearer_error(StatusCode::UNAUTHORIZED, Some("invalid_token"));
+            return token_error(StatusCode::UNAUTHORIZED, Some("invalid_token"), dpop);
         }
     };
+    if let Some(refusal) = check_binding(&state, &claims, &headers, method.as_str(), token, dpop, now).await {
+        return refusal;
+    }
     let scope = claims.scope.clone().unwrap_or_default();
     if !has_scope(&scope, "openid") {
-        return bearer_error(StatusCode::FORBIDDEN, Some("insufficient_scope"));
+        return token_error(StatusCode::FORBIDDEN, Some("insufficient_scope"), dpop);
     }
     let user = match state.directory.user(&claims.sub).await {
         Ok(Some(user)) if !user.disabled => user,
-        Ok(_) => return bearer_error(StatusCode::UNAUTHORIZED, Some("invalid_token")),
+        Ok(_) => return token_error(StatusCode::UNAUTHORIZED, Some("invalid_token"), dpop),
         Err(e) => return OAuthError::from(e).into_response(),
     };
     let mut body = json!({ "sub": user.id });
@@ -122,6 +136,46 @@ pub async fn userinfo(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
         body["preferred_username"] = json!(user.username);
     }
     no_store_json(body.to_string())
+}
+
+/// Checks a token's DPoP binding at userinfo: a bound token only with the `DPoP` scheme and a proof by its
+/// key; the `DPoP` scheme only with a bound token (RFC 9449 §7). `Some` is the refusal to send.
+async fn check_binding(
+    state: &AppState,
+    claims: &AccessClaims,
+    headers: &HeaderMap,
+    method: &str,
+    token: &str,
+    dpop: bool,
+    now: i64,
+) -> Option<Response> {
+    let bound = claims.cnf.as_ref().and_then(|c| c.jkt.as_deref());
+    let refuse = |reason: &'static str, error: &'static str| {
+        tracing::info!(reason, "userinfo: token refused");
+        Some(token_error(StatusCode::UNAUTHORIZED, Some(error), true))
+    };
+    let Some(bound) = bound else {
+        return if dpop { refuse("dpop_scheme_for_bearer_token", "invalid_token") } else { None };
+    };
+    if !dpop {
+        return refuse("dpop_bound_token_as_bearer", "invalid_token");
+    }
+    match crate::dpop::request_proof(state, headers, method, "/userinfo", Some(token), now).await {
+        Ok(Some(proof)) if proof.jkt == bound => None,
+        Ok(Some(_)) => refuse(tessera_token::ProofRejection::KeyMismatch.name(), "invalid_dpop_proof"),
+        Ok(None) => refuse("dpop_missing_proof", "invalid_dpop_proof"),
+        Err(crate::dpop::ProofFailure::Nonce(nonce)) => {
+            let mut answer = token_error(StatusCode::UNAUTHORIZED, Some("use_dpop_nonce"), true);
+            if let Ok(v) = HeaderValue::from_str(&nonce) {
+                answer.headers_mut().insert(crate::dpop::DPOP_NONCE, v);
+            }
+            Some(answer)
+        }
+        Err(crate::dpop::ProofFailure::Unavailable) => {
+            Some(OAuthError::temporarily_unavailable().into_response())
+        }
+        Err(crate::dpop::ProofFailure::Invalid(reason)) => refuse(reason, "invalid_dpop_proof"),
+    }
 }
 
 /// `POST /revoke` (RFC 7009). A client may revoke only its own tokens; an unknown token answers 200.
@@ -235,7 +289,7 @@ async fn introspect_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) ->
         if !live {
             return Ok(inactive);
         }
-        return Ok(json!({
+        let mut out = json!({
             "active": true,
             "token_type": "refresh_token",
             "client_id": family.client_id,
@@ -245,16 +299,21 @@ async fn introspect_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) ->
             "exp": record.expires_at,
             "iat": record.created_at,
             "iss": state.config.issuer,
-        }));
+        });
+        if let Some(jkt) = family.dpop_jkt {
+            out["cnf"] = json!({ "jkt": jkt });
+        }
+        return Ok(out);
     }
     let Ok(claims) = check_access_token(state, token, now).await else { return Ok(inactive) };
     let allowed = claims.client_id == client.id || claims.aud.0.iter().any(|a| client.audiences.contains(a));
     if !allowed {
         return Ok(inactive);
     }
+    let jkt = claims.cnf.as_ref().and_then(|c| c.jkt.clone());
     let mut out = json!({
         "active": true,
-        "token_type": "Bearer",
+        "token_type": if jkt.is_some() { "DPoP" } else { "Bearer" },
         "iss": claims.iss,
         "sub": claims.sub,
         "aud": claims.aud.0,
@@ -271,6 +330,9 @@ async fn introspect_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) ->
     }
     if let Some(nbf) = claims.nbf {
         out["nbf"] = json!(nbf);
+    }
+    if let Some(jkt) = jkt {
+        out["cnf"] = json!({ "jkt": jkt });
     }
     Ok(out)
 }

@@ -1,7 +1,7 @@
 //! Minting tokens: RFC 9068 access tokens, OIDC ID tokens, and the token response.
 
 use serde::Serialize;
-use tessera_token::{AccessClaims, Audience};
+use tessera_token::{AccessClaims, Audience, Confirmation};
 
 use crate::AppState;
 use crate::config::MAX_ACCESS_TOKEN_TTL;
@@ -29,6 +29,8 @@ pub struct AccessGrant {
     pub amr: Vec<String>,
     /// Lifetime, seconds (capped at 900).
     pub ttl: i64,
+    /// The thumbprint of the DPoP key the token is bound to (`cnf.jkt`).
+    pub jkt: Option<String>,
 }
 
 /// A signed access token and its `jti`. `Debug` shows the `jti`, never the token.
@@ -39,6 +41,8 @@ pub struct Minted {
     pub jti: String,
     /// Its lifetime, seconds.
     pub expires_in: i64,
+    /// Whether it is bound to a DPoP key.
+    pub dpop_bound: bool,
 }
 
 impl std::fmt::Debug for Minted {
@@ -56,6 +60,7 @@ impl std::fmt::Debug for Minted {
 /// `server_error` if signing fails.
 pub fn access_token(state: &AppState, grant: AccessGrant, now: i64) -> Result<Minted, OAuthError> {
     let ttl = grant.ttl.clamp(1, MAX_ACCESS_TOKEN_TTL);
+    let dpop_bound = grant.jkt.is_some();
     let jti = random_id().map_err(internal)?;
     let claims = AccessClaims {
         iss: state.config.issuer.clone(),
@@ -72,13 +77,13 @@ pub fn access_token(state: &AppState, grant: AccessGrant, now: i64) -> Result<Mi
         auth_time: grant.auth_time.map(unsigned),
         amr: grant.amr,
         acr: None,
-        cnf: None,
+        cnf: grant.jkt.map(|jkt| Confirmation { jkt: Some(jkt), other: Default::default() }),
         act: None,
         extra: Default::default(),
     };
     let keyring = state.keyring();
     let token = keyring.signer().sign_jwt("at+jwt", &claims).map_err(internal)?;
-    Ok(Minted { token, jti, expires_in: ttl })
+    Ok(Minted { token, jti, expires_in: ttl, dpop_bound })
 }
 
 /// OIDC Core §2 ID token claims.
@@ -122,7 +127,7 @@ pub fn id_token(state: &AppState, claims: &IdClaims) -> Result<String, OAuthErro
 pub struct TokenResponse {
     /// The JWT access token.
     pub access_token: String,
-    /// `Bearer`.
+    /// `Bearer`, or `DPoP` for a DPoP-bound token.
     pub token_type: &'static str,
     /// Seconds.
     pub expires_in: i64,
@@ -147,8 +152,8 @@ fn internal(e: impl std::fmt::Display) -> OAuthError {
 }
 
 impl TokenResponse {
-    /// A bearer token response for `minted`.
-    pub fn bearer(
+    /// The response for `minted`: `token_type` is `DPoP` when it is bound to a key, else `Bearer`.
+    pub fn new(
         minted: Minted,
         scope: String,
         refresh_token: Option<String>,
@@ -156,7 +161,7 @@ impl TokenResponse {
     ) -> Self {
         TokenResponse {
             access_token: minted.token,
-            token_type: "Bearer",
+            token_type: if minted.dpop_bound { "DPoP" } else { "Bearer" },
             expires_in: minted.expires_in,
             scope,
             refresh_token,

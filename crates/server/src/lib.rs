@@ -8,6 +8,7 @@ mod authorize;
 pub mod config;
 pub mod crypto;
 pub mod directory;
+pub mod dpop;
 pub mod endpoints;
 pub mod ingest;
 pub mod issue;

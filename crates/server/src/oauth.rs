@@ -22,11 +22,28 @@ pub struct OAuthError {
     pub error: &'static str,
     /// A fixed, human-readable description; never contains input or internal detail.
     pub description: &'static str,
+    /// A fresh DPoP nonce for the `DPoP-Nonce` header (RFC 9449 §8).
+    pub dpop_nonce: Option<String>,
 }
 
 impl OAuthError {
     const fn new(status: StatusCode, error: &'static str, description: &'static str) -> Self {
-        OAuthError { status, error, description }
+        OAuthError { status, error, description, dpop_nonce: None }
+    }
+    /// `invalid_dpop_proof` (RFC 9449 §5).
+    pub const fn invalid_dpop_proof(description: &'static str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_dpop_proof", description)
+    }
+    /// `use_dpop_nonce` (RFC 9449 §8), carrying the nonce to use.
+    pub fn use_dpop_nonce(nonce: String) -> Self {
+        OAuthError {
+            dpop_nonce: Some(nonce),
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "use_dpop_nonce",
+                "the DPoP proof must carry the server's nonce",
+            )
+        }
     }
     /// `invalid_request`.
     pub const fn invalid_request(description: &'static str) -> Self {
@@ -89,6 +106,9 @@ impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.error, "error_description": self.description });
         let mut response = (self.status, no_store_json(body.to_string())).into_response();
+        if let Some(nonce) = self.dpop_nonce.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
+            response.headers_mut().insert(crate::dpop::DPOP_NONCE, nonce);
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -31,6 +31,7 @@ pub fn discovery_document(state_issuer: &str, signing_alg: &str) -> String {
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
+        "dpop_signing_alg_values_supported": crate::dpop::signing_algs(),
         "scopes_supported": ["openid", "profile", "offline_access"],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "amr", "sid", "preferred_username"],
         "authorization_response_iss_parameter_supported": true,

@@ -4,13 +4,15 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use tessera_core::flow::{self, FlowError, RefreshDecision};
 use tessera_core::{ClientKind, GrantType, OpaqueSecret, SecretKind};
 use tessera_store::{Client, CodeUse, Event, Family, RefreshRecord, Rotation, StoreError, User};
+use tessera_token::dpop::ProofRejection;
 
 use crate::crypto::random_id;
+use crate::dpop;
 use crate::issue::{self, AccessGrant, IdClaims, TokenResponse};
 use crate::oauth::{ClientAuth, OAuthError, Params, authenticate_client, no_store_json};
 use crate::{AppState, RequestMeta, now};
@@ -31,10 +33,16 @@ pub async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match grant(&state, &meta, &headers, &body).await {
+    let now = now();
+    let mut response = match grant(&state, &meta, &headers, &body, now).await {
         Ok(response) => no_store_json(serde_json::to_string(&response).unwrap_or_default()),
         Err(e) => e.into_response(),
+    };
+    // With nonces on, every answer carries the current one, so a client never needs a failed round trip.
+    if let Some(nonce) = dpop::current_nonce(&state, now).and_then(|n| HeaderValue::from_str(&n).ok()) {
+        response.headers_mut().entry(dpop::DPOP_NONCE).or_insert(nonce);
     }
+    response
 }
 
 async fn grant(
@@ -42,6 +50,7 @@ async fn grant(
     meta: &RequestMeta,
     headers: &HeaderMap,
     body: &[u8],
+    now: i64,
 ) -> Result<TokenResponse, OAuthError> {
     let params = Params::from_form(headers, body)?;
     let grant_type = params.get("grant_type").ok_or(OAuthError::invalid_request("grant_type is required"))?;
@@ -50,11 +59,15 @@ async fn grant(
     if !client.grant_types.contains(&grant) {
         return Err(OAuthError::unauthorized_client("this client may not use this grant type"));
     }
-    let now = now();
+    let proof = dpop::request_proof(state, headers, "POST", "/token", None, now).await?;
+    if proof.is_none() && client.require_dpop {
+        return Err(OAuthError::invalid_dpop_proof("this client must send a DPoP proof"));
+    }
+    let jkt = proof.map(|p| p.jkt);
     let response = match grant {
-        GrantType::ClientCredentials => client_credentials(state, &client, auth, &params, now).await?,
-        GrantType::AuthorizationCode => authorization_code(state, meta, &client, &params, now).await?,
-        GrantType::RefreshToken => refresh(state, meta, &client, &params, now).await?,
+        GrantType::ClientCredentials => client_credentials(state, &client, auth, &params, jkt, now).await?,
+        GrantType::AuthorizationCode => authorization_code(state, meta, &client, &params, jkt, now).await?,
+        GrantType::RefreshToken => refresh(state, meta, &client, &params, jkt, now).await?,
     };
     state.metrics.token_issued(grant.as_str());
     Ok(response)
@@ -65,6 +78,7 @@ async fn client_credentials(
     client: &Client,
     auth: ClientAuth,
     params: &Params,
+    jkt: Option<String>,
     now: i64,
 ) -> Result<TokenResponse, OAuthError> {
     if client.kind != ClientKind::Confidential || auth != ClientAuth::Secret {
@@ -85,10 +99,11 @@ async fn client_credentials(
             auth_time: None,
             amr: Vec::new(),
             ttl: client.access_ttl,
+            jkt,
         },
         now,
     )?;
-    Ok(TokenResponse::bearer(minted, scope, None, None))
+    Ok(TokenResponse::new(minted, scope, None, None))
 }
 
 async fn authorization_code(
@@ -96,6 +111,7 @@ async fn authorization_code(
     meta: &RequestMeta,
     client: &Client,
     params: &Params,
+    jkt: Option<String>,
     now: i64,
 ) -> Result<TokenResponse, OAuthError> {
     let code = params.get("code").ok_or(OAuthError::invalid_request("code is required"))?;
@@ -146,7 +162,7 @@ async fn authorization_code(
         created_at: now,
         expires_at: now + client.refresh_absolute_ttl,
         revoked_at: None,
-        dpop_jkt: None,
+        dpop_jkt: jkt.clone(),
     };
     let refresh = if client.grant_types.contains(&GrantType::RefreshToken) {
         let secret =
@@ -188,9 +204,10 @@ async fn authorization_code(
     } else {
         None
     };
-    let minted = issue::access_token(state, user_grant(state, client, &user, &family, &record.scope), now)?;
+    let minted =
+        issue::access_token(state, user_grant(state, client, &user, &family, &record.scope, jkt), now)?;
     let refresh_token = refresh.map(|(secret, _)| secret.expose().to_owned());
-    Ok(TokenResponse::bearer(minted, record.scope, refresh_token, id_token))
+    Ok(TokenResponse::new(minted, record.scope, refresh_token, id_token))
 }
 
 async fn refresh(
@@ -198,6 +215,7 @@ async fn refresh(
     meta: &RequestMeta,
     client: &Client,
     params: &Params,
+    jkt: Option<String>,
     now: i64,
 ) -> Result<TokenResponse, OAuthError> {
     let presented =
@@ -209,6 +227,27 @@ async fn refresh(
     if family.client_id != client.id {
         tracing::warn!(token = %hash.short(), family = %family.id, client = %client.id, "refresh token presented by another client");
         return Err(invalid);
+    }
+    if let Some(bound) = &family.dpop_jkt
+        && jkt.as_deref() != Some(bound.as_str())
+    {
+        // The refresh token is bound to a key this request did not prove: a copy without the key.
+        tracing::warn!(token = %hash.short(), family = %family.id, client = %client.id, "refresh token presented without its DPoP key");
+        state
+            .event(Event {
+                kind: "token_rejected".into(),
+                sub: Some(family.user_id.clone()),
+                sid: Some(family.id.clone()),
+                client_id: Some(client.id.clone()),
+                jti: Some(format!("sha256:{}", hash.short())),
+                reason: Some(ProofRejection::KeyMismatch.name().into()),
+                ..meta.event(now)
+            })
+            .await;
+        return Err(match jkt {
+            None => OAuthError::invalid_dpop_proof("this refresh token needs a DPoP proof by its key"),
+            Some(_) => invalid,
+        });
     }
     if family.revoked_at.is_some() || family.expires_at <= now || record.expires_at <= now {
         return Err(invalid);
@@ -245,7 +284,8 @@ async fn refresh(
                 };
                 match state.store.rotate_refresh(&hash, &next, now).await? {
                     Rotation::Rotated => {
-                        return answer_refresh(state, client, &user, &family, &successor, &scope, now);
+                        let grant = user_grant(state, client, &user, &family, &scope, jkt);
+                        return answer_refresh(state, grant, &successor, now);
                     }
                     Rotation::Lost => {
                         let Some((fresh, _)) = state.store.refresh_token(&hash).await? else {
@@ -256,7 +296,8 @@ async fn refresh(
                 }
             }
             RefreshDecision::ReturnSuccessor if record.successor == Some(successor.hash()) => {
-                return answer_refresh(state, client, &user, &family, &successor, &scope, now);
+                let grant = user_grant(state, client, &user, &family, &scope, jkt);
+                return answer_refresh(state, grant, &successor, now);
             }
             RefreshDecision::ReturnSuccessor | RefreshDecision::Reuse => break,
         }
@@ -283,18 +324,23 @@ async fn refresh(
 
 fn answer_refresh(
     state: &AppState,
+    grant: AccessGrant,
+    successor: &OpaqueSecret,
+    now: i64,
+) -> Result<TokenResponse, OAuthError> {
+    let scope = grant.scope.clone();
+    let minted = issue::access_token(state, grant, now)?;
+    Ok(TokenResponse::new(minted, scope, Some(successor.expose().to_owned()), None))
+}
+
+fn user_grant(
+    state: &AppState,
     client: &Client,
     user: &User,
     family: &Family,
-    successor: &OpaqueSecret,
     scope: &str,
-    now: i64,
-) -> Result<TokenResponse, OAuthError> {
-    let minted = issue::access_token(state, user_grant(state, client, user, family, scope), now)?;
-    Ok(TokenResponse::bearer(minted, scope.to_owned(), Some(successor.expose().to_owned()), None))
-}
-
-fn user_grant(state: &AppState, client: &Client, user: &User, family: &Family, scope: &str) -> AccessGrant {
+    jkt: Option<String>,
+) -> AccessGrant {
     AccessGrant {
         sub: user.id.clone(),
         client_id: client.id.clone(),
@@ -305,6 +351,7 @@ fn user_grant(state: &AppState, client: &Client, user: &User, family: &Family, s
         auth_time: Some(family.auth_time),
         amr: family.amr.clone(),
         ttl: client.access_ttl,
+        jkt,
     }
 }
 

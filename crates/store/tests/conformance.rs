@@ -569,7 +569,6 @@ async fn single_use_ids_are_taken_once_under_concurrency(s: &Arc<dyn Store>) {
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let s = Arc::clone(s);
-        let id = id.clone();
         tasks.push(tokio::spawn(async move { s.use_once("dpop", &id, NOW + 60, NOW).await.unwrap() }));
     }
     let mut fresh = 0;

@@ -366,6 +366,7 @@ impl World {
                 auth_time: Some(now),
                 amr: vec!["pwd".into()],
                 ttl: 300,
+                jkt: grant.jkt.clone(),
             },
             now,
         )
@@ -426,7 +427,7 @@ pub fn b64(bytes: &[u8]) -> String {
 }
 
 /// What to put in a minted token.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Grant {
     pub sub: &'static str,
     pub client_id: &'static str,
@@ -436,6 +437,8 @@ pub struct Grant {
     pub roles: &'static [&'static str],
     /// Seconds before now that the token was issued.
     pub age: i64,
+    /// The DPoP key thumbprint the token is bound to.
+    pub jkt: Option<String>,
 }
 
 impl Default for Grant {
@@ -448,6 +451,7 @@ impl Default for Grant {
             sid: Some("fam_alice_1"),
             roles: &[],
             age: 2,
+            jkt: None,
         }
     }
 }

@@ -156,6 +156,30 @@ impl Server {
         self.add_client(id, ClientKind::Confidential, &grants, &[API], &["orders:read"], true).await.unwrap()
     }
 
+    /// A confidential service client like [`Self::add_service_client`] that must use DPoP.
+    pub async fn add_dpop_service_client(&self, id: &str) -> String {
+        let secret = tessera_server::crypto::new_secret(SecretKind::ClientSecret).unwrap();
+        let client = Client {
+            id: id.into(),
+            name: format!("{id} service"),
+            kind: ClientKind::Confidential,
+            secret_hash: Some(secret.hash()),
+            redirect_uris: Vec::new(),
+            grant_types: vec![GrantType::ClientCredentials],
+            audiences: vec![API.into()],
+            scopes: vec!["orders:read".into()],
+            access_ttl: 300,
+            refresh_idle_ttl: 3600,
+            refresh_absolute_ttl: 86_400,
+            first_party: true,
+            disabled: false,
+            created_at: tessera_server::now(),
+            require_dpop: true,
+        };
+        self.state.store.create_client(&client).await.unwrap();
+        secret.expose().to_owned()
+    }
+
     pub async fn add_resource(&self, audience: &str, scopes: &[&str]) {
         let r = Resource {
             audience: audience.into(),

@@ -8,6 +8,7 @@ mod common;
 
 mod basics;
 mod browser_flow;
+mod dpop;
 mod refresh;
 mod stream;
 mod token_admin;
