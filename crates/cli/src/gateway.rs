@@ -55,6 +55,9 @@ pub(crate) struct GatewayArgs {
     /// Seconds without word from the revocation stream before answering 503 [default: 900].
     #[arg(long, value_name = "SECS")]
     staleness_secs: Option<u64>,
+    /// The URL clients reach the gateway at, which DPoP proofs name [default: the audience, if a URL].
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
 }
 
 pub(crate) fn run(args: GatewayArgs) -> Result<(), Failure> {
@@ -77,6 +80,7 @@ pub(crate) fn run(args: GatewayArgs) -> Result<(), Failure> {
         upstream_http2: args.upstream_http2.then_some(true),
         forward_authorization: args.forward_authorization.then_some(true),
         staleness_secs: args.staleness_secs,
+        public_url: args.public_url,
     };
     let env = FileConfig::from_env(|name| std::env::var(name).ok()).map_err(Failure::usage)?;
     let secret = std::env::var("TESSERA_GATEWAY_CLIENT_SECRET").ok();

@@ -40,6 +40,8 @@ pub struct GatewayConfig {
     pub forward_authorization: bool,
     /// The revocation staleness bound. Default 900 s.
     pub staleness: Duration,
+    /// The URL clients reach the gateway at, which DPoP proofs name. Default: the audience, if it is a URL.
+    pub public_url: Option<String>,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -88,6 +90,8 @@ pub struct FileConfig {
     pub forward_authorization: Option<bool>,
     /// `staleness_secs`.
     pub staleness_secs: Option<u64>,
+    /// `public_url`.
+    pub public_url: Option<String>,
 }
 
 impl FileConfig {
@@ -149,6 +153,7 @@ impl FileConfig {
             upstream_http2: flag("upstream_http2")?,
             forward_authorization: flag("forward_authorization")?,
             staleness_secs: number("staleness_secs")?,
+            public_url: get("public_url"),
         })
     }
 
@@ -170,6 +175,7 @@ impl FileConfig {
             upstream_http2: self.upstream_http2.or(other.upstream_http2),
             forward_authorization: self.forward_authorization.or(other.forward_authorization),
             staleness_secs: self.staleness_secs.or(other.staleness_secs),
+            public_url: self.public_url.or(other.public_url),
         }
     }
 
@@ -239,6 +245,7 @@ impl FileConfig {
             upstream_http2: self.upstream_http2.unwrap_or(false),
             forward_authorization: self.forward_authorization.unwrap_or(false),
             staleness: secs(self.staleness_secs, 900),
+            public_url: self.public_url.filter(|u| !u.trim().is_empty()),
         })
     }
 }

@@ -111,6 +111,7 @@ impl Gateway {
             config.client_secret.to_string(),
         );
         guard_config.staleness = config.staleness;
+        guard_config.public_url.clone_from(&config.public_url);
         let guard = Guard::start(guard_config, policy).map_err(|e| e.to_string())?;
         Ok(Self::with_guard(config, guard))
     }
@@ -231,6 +232,7 @@ impl Gateway {
         }
         if !self.config.forward_authorization {
             parts.headers.remove(header::AUTHORIZATION);
+            parts.headers.remove("dpop");
         }
         self.forwarded_headers(&mut parts.headers, peer.ip(), client, original_host);
         if let Some(identity) = &admitted.identity

@@ -16,6 +16,12 @@ pub enum Denial {
         /// The detailed reason.
         reason: &'static str,
     },
+    /// A DPoP-bound token whose proof is missing, malformed, for another request, by another key, too old
+    /// or replayed: 401 `invalid_dpop_proof` (RFC 9449 §7.1).
+    InvalidDpopProof {
+        /// The detailed reason.
+        reason: &'static str,
+    },
     /// A valid token without what the route needs: 403 `insufficient_scope`.
     InsufficientScope {
         /// The scopes the route needs (for the `scope` attribute).
@@ -39,9 +45,10 @@ impl Denial {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::MissingToken => "missing_token",
-            Self::InvalidToken { reason } | Self::Forbidden { reason } | Self::Unavailable { reason } => {
-                reason
-            }
+            Self::InvalidToken { reason }
+            | Self::InvalidDpopProof { reason }
+            | Self::Forbidden { reason }
+            | Self::Unavailable { reason } => reason,
             Self::InsufficientScope { .. } => "insufficient_scope",
         }
     }
@@ -50,18 +57,20 @@ impl Denial {
     #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingToken | Self::InvalidToken { .. } => StatusCode::UNAUTHORIZED,
+            Self::MissingToken | Self::InvalidToken { .. } | Self::InvalidDpopProof { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::InsufficientScope { .. } | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
-    /// The `WWW-Authenticate` value, if this refusal carries one.
+    /// The `WWW-Authenticate` value for the `Bearer` scheme, if this refusal carries one.
     #[must_use]
     pub fn challenge(&self, realm: &str) -> Option<String> {
         let realm = realm.replace(['"', '\\'], "");
         match self {
-            Self::MissingToken => Some(format!("Bearer realm=\"{realm}\"")),
+            Self::MissingToken | Self::InvalidDpopProof { .. } => Some(format!("Bearer realm=\"{realm}\"")),
             Self::InvalidToken { .. } => Some(format!(
                 "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
                 self.description()
@@ -74,10 +83,29 @@ impl Denial {
         }
     }
 
+    /// The `WWW-Authenticate` value for the `DPoP` scheme (RFC 9449 §7.1), offered beside every `Bearer`
+    /// challenge so that clients learn DPoP is accepted and with which algorithms.
+    #[must_use]
+    pub fn dpop_challenge(&self, realm: &str) -> Option<String> {
+        let realm = realm.replace(['"', '\\'], "");
+        let algs = "EdDSA ES256 RS256 PS256";
+        match self {
+            Self::InvalidDpopProof { .. } => Some(format!(
+                "DPoP realm=\"{realm}\", error=\"invalid_dpop_proof\", error_description=\"{}\", algs=\"{algs}\"",
+                self.description()
+            )),
+            Self::MissingToken | Self::InvalidToken { .. } | Self::InsufficientScope { .. } => {
+                Some(format!("DPoP realm=\"{realm}\", algs=\"{algs}\""))
+            }
+            Self::Forbidden { .. } | Self::Unavailable { .. } => None,
+        }
+    }
+
     fn error_code(&self) -> &'static str {
         match self {
             Self::MissingToken => "invalid_request",
             Self::InvalidToken { .. } => "invalid_token",
+            Self::InvalidDpopProof { .. } => "invalid_dpop_proof",
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::Forbidden { .. } => "access_denied",
             Self::Unavailable { .. } => "temporarily_unavailable",
@@ -89,6 +117,9 @@ impl Denial {
             Self::MissingToken => "a bearer token is required",
             Self::InvalidToken { .. } => {
                 "the access token is missing, malformed, invalid, expired or revoked"
+            }
+            Self::InvalidDpopProof { .. } => {
+                "the DPoP proof is missing, invalid, for another request, or was used before"
             }
             Self::InsufficientScope { .. } => "the access token lacks the scope or role this route requires",
             Self::Forbidden { .. } => "this route is not allowed",
@@ -105,8 +136,10 @@ impl Denial {
         let headers = resp.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Some(value) = self.challenge(realm).and_then(|c| HeaderValue::from_str(&c).ok()) {
-            headers.insert(header::WWW_AUTHENTICATE, value);
+        for challenge in [self.challenge(realm), self.dpop_challenge(realm)].into_iter().flatten() {
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                headers.append(header::WWW_AUTHENTICATE, value);
+            }
         }
         if matches!(self, Self::Unavailable { .. }) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
@@ -132,7 +165,12 @@ mod tests {
         let c = r.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
         assert!(c.contains("error=\"insufficient_scope\"") && c.ends_with("scope=\"orders:write\""), "{c}");
         let r: Response<Bytes> = Denial::MissingToken.into_response("o");
-        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"o\"");
+        let challenges: Vec<_> = r.headers().get_all(header::WWW_AUTHENTICATE).iter().collect();
+        assert_eq!(challenges, ["Bearer realm=\"o\"", "DPoP realm=\"o\", algs=\"EdDSA ES256 RS256 PS256\""]);
+        let r: Response<Bytes> = Denial::InvalidDpopProof { reason: "dpop_replayed" }.into_response("o");
+        assert_eq!(r.status(), 401);
+        let dpop = r.headers().get_all(header::WWW_AUTHENTICATE).iter().nth(1).unwrap().to_str().unwrap();
+        assert!(dpop.starts_with("DPoP realm=\"o\", error=\"invalid_dpop_proof\""), "{dpop}");
         let r: Response<Bytes> = Denial::Unavailable { reason: "stale_revocations" }.into_response("o");
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[header::RETRY_AFTER], "5");

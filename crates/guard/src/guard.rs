@@ -10,6 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tessera_token::dpop::{ProofPolicy, ProofRejection, ProofRequest, verify_proof};
 use tessera_token::{AccessClaims, Rejection, UnixTime, UnverifiedJwt, Validation};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
@@ -19,8 +20,12 @@ use crate::keys::Keys;
 use crate::net::{Http, basic_auth};
 use crate::path::{self, BadPath};
 use crate::policy::{Policy, Route, Unlisted};
+use crate::replay::{ReplayCache, Seen};
 use crate::report::Reporter;
 use crate::revocation::{RevocationSet, TokenIds};
+
+/// The request header that carries a DPoP proof.
+const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
 
 /// How long the server keeps a revocation entry past the tokens it can match (`tessera_store`'s horizon;
 /// the guard does not depend on the store crate).
@@ -57,6 +62,14 @@ pub struct GuardConfig {
     pub max_revocations: usize,
     /// Timeout of each control-plane HTTP call (discovery, JWKS, events). Default 5 s.
     pub http_timeout: Duration,
+    /// The base URL clients reach this service at (`https://orders.example`): a DPoP proof must name it
+    /// plus the request path. Behind a proxy, the external URL. Default: the audience, when it is an http(s)
+    /// URL; otherwise DPoP-bound tokens are refused.
+    pub public_url: Option<String>,
+    /// How long after its `iat` a DPoP proof is accepted, in seconds. Default 60.
+    pub dpop_max_age_secs: u64,
+    /// The most DPoP proof ids remembered against replay; beyond it new proofs are refused. Default 1,000,000.
+    pub dpop_replay_capacity: usize,
 }
 
 impl std::fmt::Debug for GuardConfig {
@@ -95,6 +108,9 @@ impl GuardConfig {
             report_interval: Duration::from_secs(2),
             max_revocations: 1_000_000,
             http_timeout: Duration::from_secs(5),
+            public_url: None,
+            dpop_max_age_secs: tessera_token::dpop::DEFAULT_PROOF_MAX_AGE_SECS,
+            dpop_replay_capacity: 1_000_000,
         }
     }
 }
@@ -205,6 +221,10 @@ pub(crate) struct Inner {
     pub(crate) last_heard_ms: AtomicU64,
     pub(crate) epoch: Instant,
     cache: quick_cache::sync::Cache<[u8; 32], Cached>,
+    /// The base URL DPoP proofs are checked against; `None` refuses DPoP-bound tokens.
+    dpop_base: Option<String>,
+    dpop_policy: ProofPolicy,
+    replay: ReplayCache,
     pub(crate) reporter: Reporter,
     pub(crate) metrics: Metrics,
     /// Dropped with the guard: every background task watches it and stops.
@@ -259,10 +279,18 @@ fn is_b64token(s: &[u8]) -> bool {
     end > 0 && s[..end].iter().all(|&b| B64TOKEN[usize::from(b)])
 }
 
-/// The bearer credential of a request, from exactly one `Authorization: Bearer` header, never from the query.
-/// Its characters are checked later (`is_b64token`), and only for a token not already in the cache: a cached
-/// token passed that check when it was first seen.
-fn bearer<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<&'a [u8], Denial> {
+/// How the token was presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Bearer,
+    /// `Authorization: DPoP`, with a proof in the `DPoP` header (RFC 9449 §7.1).
+    Dpop,
+}
+
+/// The access token of a request, from exactly one `Authorization: Bearer` or `Authorization: DPoP` header,
+/// never from the query. Its characters are checked later (`is_b64token`), and only for a token not already
+/// in the cache: a cached token passed that check when it was first seen.
+fn credential<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<(&'a [u8], Scheme), Denial> {
     let in_query = query.is_some_and(|q| {
         q.split(['&', ';']).any(|pair| {
             let name = pair.split('=').next().unwrap_or("");
@@ -285,9 +313,28 @@ fn bearer<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<&'a [u8], D
     }
     let malformed = Denial::InvalidToken { reason: "malformed_authorization" };
     let value = value.as_bytes();
-    match value.get(..7) {
-        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => Ok(&value[7..]),
+    match (value.get(..7), value.get(..5)) {
+        (Some(scheme), _) if scheme.eq_ignore_ascii_case(b"bearer ") => Ok((&value[7..], Scheme::Bearer)),
+        (_, Some(scheme)) if scheme.eq_ignore_ascii_case(b"dpop ") => Ok((&value[5..], Scheme::Dpop)),
         _ => Err(malformed),
+    }
+}
+
+/// The base URL DPoP proofs name: the configured public URL, else the audience when it is an http(s) URL.
+fn dpop_base(config: &GuardConfig) -> Result<Option<String>, GuardError> {
+    let (candidate, configured) = match &config.public_url {
+        Some(url) => (url.as_str(), true),
+        None => (config.audience.as_str(), false),
+    };
+    let usable = (candidate.starts_with("https://") || candidate.starts_with("http://"))
+        && !candidate.contains(['?', '#', ' '])
+        && candidate.parse::<http::Uri>().is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+    match (usable, configured) {
+        (true, _) => Ok(Some(candidate.trim_end_matches('/').to_owned())),
+        (false, true) => Err(GuardError(format!(
+            "public_url {candidate:?} must be an http(s) URL without query or fragment"
+        ))),
+        (false, false) => Ok(None),
     }
 }
 
@@ -331,6 +378,10 @@ impl Guard {
         if config.client_id.is_empty() || config.client_secret.is_empty() {
             return Err(GuardError("the guard needs its client id and secret to follow revocations".into()));
         }
+        let dpop_base = dpop_base(&config)?;
+        if dpop_base.is_none() {
+            tracing::warn!(audience = %config.audience, "no public_url and the audience is not a URL: DPoP-bound tokens will be refused");
+        }
         let http = Http::new(config.http_timeout).map_err(GuardError)?;
         let auth = basic_auth(&config.client_id, &config.client_secret);
         let validation = Validation {
@@ -341,6 +392,9 @@ impl Guard {
         let inner = Arc::new(Inner {
             keys: Keys::new(config.jwks_min_refetch),
             cache: quick_cache::sync::Cache::new(config.cache_capacity.max(1)),
+            dpop_base,
+            dpop_policy: ProofPolicy { max_age_secs: config.dpop_max_age_secs, ..ProofPolicy::default() },
+            replay: ReplayCache::new(config.dpop_replay_capacity),
             reporter: Reporter::new(),
             validation,
             http,
@@ -468,9 +522,13 @@ impl Guard {
                 peer,
             ));
         }
-        let token = bearer(headers, uri.query()).map_err(|d| inner.deny(d, route_index, None, peer))?;
+        let (token, scheme) =
+            credential(headers, uri.query()).map_err(|d| inner.deny(d, route_index, None, peer))?;
         let now = unix_now();
         let identity = self.validate(token, now, route_index, peer).await?;
+        inner
+            .check_binding(&identity, scheme, method, uri, headers, token, now)
+            .map_err(|d| inner.deny(d, route_index, Some(&identity), peer))?;
         let permitted = match route {
             Some(r) => r.permits(identity.claims.scope.as_deref(), &identity.claims.roles),
             None => inner.policy.unlisted == Unlisted::Authenticated,
@@ -579,6 +637,59 @@ impl Guard {
 }
 
 impl Inner {
+    /// Checks how a token was presented against its binding (RFC 9449 §7): a DPoP-bound token only with the
+    /// `DPoP` scheme and a fresh proof by its key for this method and URL; the `DPoP` scheme only for a
+    /// bound token. Costs one signature verification per DPoP request, none for a bearer token.
+    #[allow(clippy::too_many_arguments, reason = "the request's parts, borrowed as the caller holds them")]
+    fn check_binding(
+        &self,
+        identity: &Identity,
+        scheme: Scheme,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        token: &[u8],
+        now: u64,
+    ) -> Result<(), Denial> {
+        let bound = identity.claims.cnf.as_ref().and_then(|c| c.jkt.as_deref());
+        let jkt = match (scheme, bound) {
+            (Scheme::Bearer, None) => return Ok(()),
+            (Scheme::Bearer, Some(_)) => {
+                return Err(Denial::InvalidToken { reason: "dpop_bound_token_as_bearer" });
+            }
+            (Scheme::Dpop, None) => {
+                return Err(Denial::InvalidToken { reason: "dpop_scheme_for_bearer_token" });
+            }
+            (Scheme::Dpop, Some(jkt)) => jkt,
+        };
+        let Some(base) = &self.dpop_base else {
+            return Err(Denial::InvalidDpopProof { reason: "dpop_not_configured" });
+        };
+        let mut values = headers.get_all(DPOP).iter();
+        let proof = match (values.next(), values.next()) {
+            (Some(value), None) => {
+                value.to_str().map_err(|_| Denial::InvalidDpopProof { reason: "dpop_invalid_jws" })?
+            }
+            (None, _) => return Err(Denial::InvalidDpopProof { reason: "dpop_missing_proof" }),
+            (Some(_), Some(_)) => return Err(Denial::InvalidDpopProof { reason: "dpop_multiple_proofs" }),
+        };
+        let url = format!("{base}{}", uri.path());
+        let token = std::str::from_utf8(token)
+            .map_err(|_| Denial::InvalidToken { reason: "malformed_authorization" })?;
+        let request =
+            ProofRequest { method: method.as_str(), url: &url, access_token: Some(token), nonces: &[] };
+        let checked = verify_proof(proof, &request, &self.dpop_policy, UnixTime(now))
+            .map_err(|r| Denial::InvalidDpopProof { reason: r.name() })?;
+        if checked.jkt != jkt {
+            return Err(Denial::InvalidDpopProof { reason: ProofRejection::KeyMismatch.name() });
+        }
+        match self.replay.record(&checked.jkt, &checked.jti, checked.replay_until(&self.dpop_policy), now) {
+            Seen::Fresh => Ok(()),
+            Seen::Replayed => Err(Denial::InvalidDpopProof { reason: ProofRejection::Replayed.name() }),
+            Seen::Full => Err(Denial::Unavailable { reason: "dpop_replay_cache_full" }),
+        }
+    }
+
     pub(crate) fn millis(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -645,11 +756,15 @@ mod tests {
     }
 
     #[test]
-    fn bearer_comes_from_one_header_and_never_the_query() {
+    fn token_comes_from_one_header_and_never_the_query() {
         let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "DPoP abc.def.ghi".parse().unwrap());
+        assert_eq!(credential(&h, None), Ok((&b"abc.def.ghi"[..], Scheme::Dpop)));
+        h.insert(header::AUTHORIZATION, "Basic YTpi".parse().unwrap());
+        assert_eq!(credential(&h, None), Err(Denial::InvalidToken { reason: "malformed_authorization" }));
         h.insert(header::AUTHORIZATION, "Bearer abc.def.ghi".parse().unwrap());
-        assert_eq!(bearer(&h, None), Ok(&b"abc.def.ghi"[..]));
-        assert_eq!(bearer(&h, Some("page=2")), Ok(&b"abc.def.ghi"[..]));
+        assert_eq!(credential(&h, None), Ok((&b"abc.def.ghi"[..], Scheme::Bearer)));
+        assert_eq!(credential(&h, Some("page=2")), Ok((&b"abc.def.ghi"[..], Scheme::Bearer)));
         for query in [
             "access_token=x",
             "a=1&ACCESS_TOKEN=x",
@@ -658,14 +773,17 @@ mod tests {
             "access_token",
         ] {
             assert_eq!(
-                bearer(&h, Some(query)),
+                credential(&h, Some(query)),
                 Err(Denial::InvalidToken { reason: "token_in_query" }),
                 "{query}"
             );
         }
         h.append(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
-        assert_eq!(bearer(&h, None), Err(Denial::InvalidToken { reason: "multiple_authorization_headers" }));
-        assert_eq!(bearer(&HeaderMap::new(), None), Err(Denial::MissingToken));
+        assert_eq!(
+            credential(&h, None),
+            Err(Denial::InvalidToken { reason: "multiple_authorization_headers" })
+        );
+        assert_eq!(credential(&HeaderMap::new(), None), Err(Denial::MissingToken));
         assert!(is_b64token(b"abc.DEF_-~+/=="));
         assert!(!is_b64token(b"abc def") && !is_b64token(b"==") && !is_b64token(b"") && !is_b64token(b"a,b"));
     }

@@ -27,6 +27,7 @@ mod layer;
 mod net;
 pub mod path;
 pub mod policy;
+mod replay;
 mod report;
 pub mod revocation;
 

@@ -327,6 +327,7 @@ impl World {
         guard_config.staleness = options.staleness;
         guard_config.report_interval = Duration::from_millis(100);
         guard_config.jwks_min_refetch = Duration::from_millis(100);
+        guard_config.public_url = Some(format!("http://{addr}"));
         let guard = Guard::start(guard_config, Policy::load(&policy_path).unwrap()).unwrap();
         assert!(guard.wait_ready(Duration::from_secs(10)).await, "the guard became ready");
         let gateway = Gateway::with_guard(config, guard);

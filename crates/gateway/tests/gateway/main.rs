@@ -9,6 +9,7 @@
 )]
 
 mod attacks;
+mod dpop;
 mod harness;
 mod lifecycle;
 mod proxy;
