@@ -2,7 +2,8 @@
 //! process, with a fixed duration and connection count. Prints requests/s and p50/p99 latency per scenario,
 //! as a Markdown table for `docs/benchmarks.md`.
 //!
-//! Scenarios: `client_credentials`, `refresh` (each connection rotates its own refresh chain),
+//! Scenarios: `client_credentials`, `client_credentials_dpop` (the same with a fresh EdDSA DPoP proof per
+//! request, made before the clock starts), `refresh` (each connection rotates its own refresh chain),
 //! `introspect`, `jwks`. Each connection is one keep-alive HTTP/1.1 connection sending one request at a time.
 //!
 //! Two more, not in the default set, measure the guard and gateway: `revocation_delay` (an in-process guard
@@ -113,7 +114,7 @@ async fn run(args: Args) -> Result<(), String> {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("bench:{}", secret.expose()))
     );
-    let all = ["client_credentials", "refresh", "introspect", "jwks"];
+    let all = ["client_credentials", "client_credentials_dpop", "refresh", "introspect", "jwks"];
     let scenarios: Vec<String> = if args.scenarios.is_empty() {
         all.iter().map(|s| (*s).to_owned()).collect()
     } else {
@@ -154,6 +155,33 @@ async fn run(args: Args) -> Result<(), String> {
                     .collect()
             }
             "jwks" => (0..args.connections).map(|_| Plan::Get { path: "/jwks.json", auth: None }).collect(),
+            "client_credentials_dpop" => {
+                // Proofs are made before the clock starts, so the generator spends no CPU on them.
+                let per_connection = 40_000 / args.connections.max(1);
+                let key = tessera_token::SigningKey::generate(tessera_token::Algorithm::EdDSA)
+                    .map_err(|e| e.to_string())?;
+                let url = format!("{issuer}/token");
+                let iat = u64::try_from(now()).unwrap_or(0) + 5;
+                let mut plans = Vec::new();
+                for c in 0..args.connections {
+                    let proofs = (0..per_connection)
+                        .map(|i| {
+                            let jti = format!("bench-{c}-{i}");
+                            let proof = tessera_token::NewProof {
+                                method: "POST",
+                                url: &url,
+                                jti: &jti,
+                                iat,
+                                access_token: None,
+                                nonce: None,
+                            };
+                            key.sign_dpop_proof(&proof).map_err(|e| e.to_string())
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    plans.push(Plan::Dpop { auth: basic.clone(), proofs });
+                }
+                plans
+            }
             "revocation_delay" => {
                 out.push(
                     guard_bench::revocation_delay(&issuer, &addr, &basic, secret.expose(), args.revocations)
@@ -264,9 +292,23 @@ async fn families(store: &dyn Store, n: usize) -> Result<Vec<String>, String> {
 
 /// What one connection sends, over and over.
 pub(crate) enum Plan {
-    Fixed { path: &'static str, auth: Option<String>, body: String },
-    Refresh { token: String },
-    Get { path: &'static str, auth: Option<String> },
+    Fixed {
+        path: &'static str,
+        auth: Option<String>,
+        body: String,
+    },
+    Refresh {
+        token: String,
+    },
+    Get {
+        path: &'static str,
+        auth: Option<String>,
+    },
+    /// client_credentials with a fresh DPoP proof per request, from this list.
+    Dpop {
+        auth: String,
+        proofs: Vec<String>,
+    },
 }
 
 pub(crate) struct Outcome {
@@ -364,6 +406,23 @@ impl Conn {
         self.send(request).await
     }
 
+    async fn post_with_proof(
+        &mut self,
+        path: &str,
+        auth: &str,
+        proof: &str,
+        body: String,
+    ) -> Result<(u16, Bytes), String> {
+        let request = Request::post(path)
+            .header("host", &self.host)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("authorization", auth)
+            .header("dpop", proof)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        self.send(request).await
+    }
+
     pub(crate) async fn get(&mut self, path: &str, auth: Option<&str>) -> Result<(u16, Bytes), String> {
         let mut builder = Request::get(path).header("host", &self.host);
         if let Some(auth) = auth {
@@ -388,12 +447,23 @@ pub(crate) async fn load(addr: &str, plans: Vec<Plan>, duration: Duration) -> Re
                 Plan::Refresh { token } => token.clone(),
                 _ => String::new(),
             };
+            let mut proofs = match &plan {
+                Plan::Dpop { proofs, .. } => proofs.clone(),
+                _ => Vec::new(),
+            };
             while started.elapsed() < duration {
                 #[allow(clippy::disallowed_methods, reason = "a load generator measures wall-clock latency")]
                 let t0 = std::time::Instant::now();
                 let answer = match &plan {
                     Plan::Fixed { path, auth, body } => conn.post(path, auth.as_deref(), body.clone()).await,
                     Plan::Get { path, auth } => conn.get(path, auth.as_deref()).await,
+                    Plan::Dpop { auth, .. } => match proofs.pop() {
+                        Some(proof) => {
+                            let body = "grant_type=client_credentials".to_owned();
+                            conn.post_with_proof("/token", auth, &proof, body).await
+                        }
+                        None => break,
+                    },
                     Plan::Refresh { .. } => {
                         let body =
                             format!("grant_type=refresh_token&client_id=app&refresh_token={refresh_token}");
