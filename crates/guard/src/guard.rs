@@ -651,7 +651,12 @@ impl Inner {
         token: &[u8],
         now: u64,
     ) -> Result<(), Denial> {
-        let bound = identity.claims.cnf.as_ref().and_then(|c| c.jkt.as_deref());
+        let cnf = identity.claims.cnf.as_ref();
+        if cnf.is_some_and(|c| c.jkt.is_none() || !c.other.is_empty()) {
+            // A confirmation method this guard cannot check (mTLS `x5t#S256`, …): never a bearer token.
+            return Err(Denial::InvalidToken { reason: "unsupported_confirmation" });
+        }
+        let bound = cnf.and_then(|c| c.jkt.as_deref());
         let jkt = match (scheme, bound) {
             (Scheme::Bearer, None) => return Ok(()),
             (Scheme::Bearer, Some(_)) => {

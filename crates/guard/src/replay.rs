@@ -96,7 +96,7 @@ mod tests {
         assert_eq!(cache.record("k", "a", 160, 100), Seen::Fresh);
         assert_eq!(cache.record("k", "a", 160, 159), Seen::Replayed);
         assert_eq!(cache.record("other", "a", 160, 100), Seen::Fresh, "ids are per key");
-        assert_eq!(cache.record("k", "a", 300, 160), Seen::Fresh, "expired entries go");
+        assert_eq!(cache.record("k", "a", 160, 160), Seen::Fresh, "an entry goes at its expiry second");
     }
 
     #[test]

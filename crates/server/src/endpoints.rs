@@ -135,7 +135,12 @@ pub async fn userinfo(State(state): State<Arc<AppState>>, method: Method, header
     if has_scope(&scope, "profile") {
         body["preferred_username"] = json!(user.username);
     }
-    no_store_json(body.to_string())
+    let mut response = no_store_json(body.to_string());
+    if let Some(nonce) = crate::dpop::current_nonce(&state, now).and_then(|n| HeaderValue::from_str(&n).ok())
+    {
+        response.headers_mut().insert(crate::dpop::DPOP_NONCE, nonce);
+    }
+    response
 }
 
 /// Checks a token's DPoP binding at userinfo: a bound token only with the `DPoP` scheme and a proof by its
@@ -149,11 +154,14 @@ async fn check_binding(
     dpop: bool,
     now: i64,
 ) -> Option<Response> {
-    let bound = claims.cnf.as_ref().and_then(|c| c.jkt.as_deref());
     let refuse = |reason: &'static str, error: &'static str| {
         tracing::info!(reason, "userinfo: token refused");
         Some(token_error(StatusCode::UNAUTHORIZED, Some(error), true))
     };
+    if claims.cnf.as_ref().is_some_and(|c| c.jkt.is_none() || !c.other.is_empty()) {
+        return refuse("unsupported_confirmation", "invalid_token");
+    }
+    let bound = claims.cnf.as_ref().and_then(|c| c.jkt.as_deref());
     let Some(bound) = bound else {
         return if dpop { refuse("dpop_scheme_for_bearer_token", "invalid_token") } else { None };
     };

@@ -228,6 +228,18 @@ async fn refresh(
         tracing::warn!(token = %hash.short(), family = %family.id, client = %client.id, "refresh token presented by another client");
         return Err(invalid);
     }
+    if family.revoked_at.is_some() || family.expires_at <= now || record.expires_at <= now {
+        return Err(invalid);
+    }
+    let mut family = family;
+    // A public client's family started without DPoP is bound by its first refresh with a proof (RFC 9449
+    // §5): from then on the refresh token is as useless without the key as one bound from the start.
+    if family.dpop_jkt.is_none()
+        && client.kind == ClientKind::Public
+        && let Some(key) = &jkt
+    {
+        family.dpop_jkt = state.store.bind_family_key(&family.id, key).await?;
+    }
     if let Some(bound) = &family.dpop_jkt
         && jkt.as_deref() != Some(bound.as_str())
     {
@@ -248,9 +260,6 @@ async fn refresh(
             None => OAuthError::invalid_dpop_proof("this refresh token needs a DPoP proof by its key"),
             Some(_) => invalid,
         });
-    }
-    if family.revoked_at.is_some() || family.expires_at <= now || record.expires_at <= now {
-        return Err(invalid);
     }
     let user = active_user(state, &family.user_id).await?;
     let scope = flow::narrow_scope(params.get("scope"), &record.scope)?;

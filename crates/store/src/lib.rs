@@ -170,6 +170,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     -> Result<Rotation>;
     /// Revokes a family and adds a session revocation for its `sid`. `true` if this call revoked it.
     async fn revoke_family(&self, id: &str, reason: &str, now: Time) -> Result<bool>;
+    /// Binds a family that has no DPoP key yet to `jkt`; returns the key the family is bound to afterwards
+    /// (`jkt`, or the one a concurrent request bound first; `None` if the family is gone).
+    async fn bind_family_key(&self, id: &str, jkt: &str) -> Result<Option<String>>;
     /// Revokes every family redeemed from a code (the code was replayed). Returns how many.
     async fn revoke_code_families(&self, code: &TokenHash, reason: &str, now: Time) -> Result<u64>;
 

@@ -774,6 +774,20 @@ impl Store for StoreImpl {
         answer.await.map_err(|_| StoreError::Unavailable("the rotation writer stopped".into()))?
     }
 
+    async fn bind_family_key(&self, id: &str, jkt: &str) -> Result<Option<String>> {
+        sqlx::query("UPDATE refresh_families SET dpop_jkt = $1 WHERE id = $2 AND dpop_jkt IS NULL")
+            .bind(jkt)
+            .bind(id)
+            .execute(self.write())
+            .await?;
+        let bound: Option<Option<String>> =
+            sqlx::query_scalar("SELECT dpop_jkt FROM refresh_families WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.write())
+                .await?;
+        Ok(bound.flatten())
+    }
+
     async fn revoke_family(&self, id: &str, reason: &str, now: Time) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let done = revoke_family_in(&mut tx, id, reason, now).await?;

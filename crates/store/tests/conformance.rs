@@ -593,4 +593,9 @@ async fn dpop_binding_round_trips(s: &Arc<dyn Store>) {
     let (_, stored) = s.refresh_token(&TokenHash::of("tsr_dpop")).await.unwrap().unwrap();
     assert_eq!(stored.dpop_jkt, bound.dpop_jkt);
     assert_eq!(s.family("fam-dpop").await.unwrap(), Some(bound));
+    // An unbound family takes the first key offered, and keeps it.
+    s.create_family(&family("fam-late", "u-alice"), Some(&refresh("tsr_late", "fam-late", 0))).await.unwrap();
+    assert_eq!(s.bind_family_key("fam-late", "key-a").await.unwrap().as_deref(), Some("key-a"));
+    assert_eq!(s.bind_family_key("fam-late", "key-b").await.unwrap().as_deref(), Some("key-a"));
+    assert_eq!(s.bind_family_key("no-such-family", "key-a").await.unwrap(), None);
 }

@@ -81,10 +81,12 @@ impl fmt::Debug for DpopProof {
 }
 
 impl DpopProof {
-    /// Until when a replay cache must remember this proof's `jti`: after that, the proof is too old anyway.
+    /// Until when a replay cache must remember this proof's `jti`: the first second at which the proof is
+    /// too old anyway (it is accepted up to and including `iat + max_age`, so an entry that expires at
+    /// `until <= now` is never forgotten while the proof could still pass).
     #[must_use]
     pub fn replay_until(&self, policy: &ProofPolicy) -> u64 {
-        self.iat.saturating_add(policy.max_age_secs)
+        self.iat.saturating_add(policy.max_age_secs).saturating_add(1)
     }
 }
 

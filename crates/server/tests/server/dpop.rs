@@ -17,6 +17,7 @@ crate::on_both_backends!(
     replayed_or_misdirected_proofs_are_refused_at_the_token_endpoint,
     client_that_requires_dpop_gets_no_bearer_tokens,
     introspection_reports_the_key_binding,
+    public_family_started_without_dpop_is_bound_by_its_first_proof,
 );
 
 fn now() -> u64 {
@@ -196,6 +197,24 @@ async fn client_that_requires_dpop_gets_no_bearer_tokens(s: &Server) {
     let (status, _, body) = token_request(s, &form, Some(&token_proof(s, &key))).await;
     assert_eq!((status, body["token_type"].as_str()), (200, Some("DPoP")));
     assert_eq!(claims(body["access_token"].as_str().unwrap())["aud"], API);
+}
+
+async fn public_family_started_without_dpop_is_bound_by_its_first_proof(s: &Server) {
+    let client = setup(s).await;
+    let plain = crate::browser_flow::tokens(s, &client).await;
+    let first = oauth2::TokenResponse::refresh_token(&plain).unwrap().secret().clone();
+    let key = DpopClient::new("EdDSA").unwrap();
+    let (status, body) = refresh_with(s, &first, Some(&token_proof(s, &key))).await;
+    assert_eq!((status, body["token_type"].as_str()), (200, Some("DPoP")), "{body}");
+    let next = body["refresh_token"].as_str().unwrap();
+    // From now on the family needs that key.
+    let (status, answer) = refresh_with(s, next, None).await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("invalid_dpop_proof")));
+    let thief = DpopClient::new("EdDSA").unwrap();
+    let (status, _) = refresh_with(s, next, Some(&token_proof(s, &thief))).await;
+    assert_eq!(status, 400);
+    let (status, _) = refresh_with(s, next, Some(&token_proof(s, &key))).await;
+    assert_eq!(status, 200);
 }
 
 async fn introspection_reports_the_key_binding(s: &Server) {
