@@ -953,25 +953,7 @@ impl Store for StoreImpl {
     }
 
     async fn append_event(&self, e: &Event) -> Result<()> {
-        sqlx::query(concat!(
-            "INSERT INTO events (",
-            event_cols!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        ))
-        .bind(e.at)
-        .bind(&e.kind)
-        .bind(&e.ip)
-        .bind(&e.user_agent)
-        .bind(&e.sub)
-        .bind(&e.sid)
-        .bind(&e.jti)
-        .bind(&e.client_id)
-        .bind(&e.audience)
-        .bind(&e.reason)
-        .bind(&e.detail)
-        .execute(self.write())
-        .await?;
-        Ok(())
+        self.append_events(std::slice::from_ref(e)).await
     }
 
     async fn append_events(&self, events: &[Event]) -> Result<()> {

@@ -108,6 +108,12 @@ async fn stolen_dpop_refresh_token_is_useless_without_the_key(s: &Server) {
     assert_eq!(status, 200);
 }
 
+/// GET /userinfo with `Authorization: DPoP <token>` and `proof`.
+async fn userinfo_dpop(s: &Server, token: &str, proof: &str) -> reqwest::Response {
+    let request = http().get(s.url("/userinfo")).header("authorization", format!("DPoP {token}"));
+    request.header("dpop", proof).send().await.unwrap()
+}
+
 async fn stolen_dpop_access_token_is_useless_without_the_key_at_userinfo(s: &Server) {
     let key = DpopClient::new("ES256").unwrap();
     let body = bound_tokens(s, &key).await;
@@ -122,41 +128,14 @@ async fn stolen_dpop_access_token_is_useless_without_the_key_at_userinfo(s: &Ser
     // With the DPoP scheme but the thief's key.
     let thief = DpopClient::new("ES256").unwrap();
     let proof = thief.proof("GET", &userinfo, now(), Some(token), None).unwrap();
-    let r = http()
-        .get(&userinfo)
-        .header("authorization", format!("DPoP {token}"))
-        .header("dpop", proof)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(userinfo_dpop(s, token, &proof).await.status(), 401);
     // With the owner's key, but a proof for another method.
     let proof = key.proof("POST", &userinfo, now(), Some(token), None).unwrap();
-    let r = http()
-        .get(&userinfo)
-        .header("authorization", format!("DPoP {token}"))
-        .header("dpop", proof)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(userinfo_dpop(s, token, &proof).await.status(), 401);
     // The owner, properly: accepted once, and the same proof again is a replay.
     let proof = key.proof("GET", &userinfo, now(), Some(token), None).unwrap();
-    let r = http()
-        .get(&userinfo)
-        .header("authorization", format!("DPoP {token}"))
-        .header("dpop", &proof)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = http()
-        .get(&userinfo)
-        .header("authorization", format!("DPoP {token}"))
-        .header("dpop", &proof)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(userinfo_dpop(s, token, &proof).await.status(), 200);
+    let r = userinfo_dpop(s, token, &proof).await;
     assert_eq!(r.status(), 401);
     assert!(r.headers()["www-authenticate"].to_str().is_ok());
 }
