@@ -88,7 +88,7 @@ impl Denial {
     #[must_use]
     pub fn dpop_challenge(&self, realm: &str) -> Option<String> {
         let realm = realm.replace(['"', '\\'], "");
-        let algs = "EdDSA ES256 RS256 PS256";
+        let algs = tessera_token::dpop::PROOF_ALGORITHMS.join(" ");
         match self {
             Self::InvalidDpopProof { .. } => Some(format!(
                 "DPoP realm=\"{realm}\", error=\"invalid_dpop_proof\", error_description=\"{}\", algs=\"{algs}\"",

@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tessera_token::dpop::{ProofPolicy, ProofRejection, ProofRequest, verify_proof};
+use tessera_token::dpop::{ProofPolicy, ProofRejection, ProofRequest, required_key, verify_proof};
 use tessera_token::{AccessClaims, Rejection, UnixTime, UnverifiedJwt, Validation};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
@@ -651,21 +651,10 @@ impl Inner {
         token: &[u8],
         now: u64,
     ) -> Result<(), Denial> {
-        let cnf = identity.claims.cnf.as_ref();
-        if cnf.is_some_and(|c| c.jkt.is_none() || !c.other.is_empty()) {
-            // A confirmation method this guard cannot check (mTLS `x5t#S256`, …): never a bearer token.
-            return Err(Denial::InvalidToken { reason: "unsupported_confirmation" });
-        }
-        let bound = cnf.and_then(|c| c.jkt.as_deref());
-        let jkt = match (scheme, bound) {
-            (Scheme::Bearer, None) => return Ok(()),
-            (Scheme::Bearer, Some(_)) => {
-                return Err(Denial::InvalidToken { reason: "dpop_bound_token_as_bearer" });
-            }
-            (Scheme::Dpop, None) => {
-                return Err(Denial::InvalidToken { reason: "dpop_scheme_for_bearer_token" });
-            }
-            (Scheme::Dpop, Some(jkt)) => jkt,
+        let jkt = match required_key(identity.claims.cnf.as_ref(), scheme == Scheme::Dpop) {
+            Ok(None) => return Ok(()),
+            Ok(Some(jkt)) => jkt,
+            Err(reason) => return Err(Denial::InvalidToken { reason }),
         };
         let Some(base) = &self.dpop_base else {
             return Err(Denial::InvalidDpopProof { reason: "dpop_not_configured" });

@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, HeaderName};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tessera_core::TokenHash;
+use tessera_token::UnixTime;
 use tessera_token::dpop::{DpopProof, ProofPolicy, ProofRejection, ProofRequest, verify_proof};
-use tessera_token::{Algorithm, UnixTime};
 
 use crate::AppState;
 use crate::oauth::OAuthError;
@@ -25,7 +25,7 @@ const NONCE_WINDOW: i64 = 60;
 
 /// The algorithms a client may sign proofs with, for discovery.
 pub fn signing_algs() -> Vec<&'static str> {
-    Algorithm::ALL.iter().map(|a| a.as_str()).collect()
+    tessera_token::dpop::PROOF_ALGORITHMS.to_vec()
 }
 
 /// The nonce for the window holding `now`.
@@ -86,7 +86,8 @@ pub async fn request_proof(
     let mut values = headers.get_all(DPOP).iter();
     let Some(value) = values.next() else { return Ok(None) };
     if values.next().is_some() {
-        return Err(refused(ProofRejection::Jws(tessera_token::Rejection::Malformed), "two DPoP headers"));
+        tracing::info!(reason = "dpop_multiple_proofs", "DPoP proof refused");
+        return Err(ProofFailure::Invalid("dpop_multiple_proofs"));
     }
     let proof = value.to_str().map_err(|_| ProofFailure::Invalid("dpop_invalid_jws"))?;
     let url = format!("{}{path}", state.config.issuer);

@@ -158,16 +158,11 @@ async fn check_binding(
         tracing::info!(reason, "userinfo: token refused");
         Some(token_error(StatusCode::UNAUTHORIZED, Some(error), true))
     };
-    if claims.cnf.as_ref().is_some_and(|c| c.jkt.is_none() || !c.other.is_empty()) {
-        return refuse("unsupported_confirmation", "invalid_token");
-    }
-    let bound = claims.cnf.as_ref().and_then(|c| c.jkt.as_deref());
-    let Some(bound) = bound else {
-        return if dpop { refuse("dpop_scheme_for_bearer_token", "invalid_token") } else { None };
+    let bound = match tessera_token::dpop::required_key(claims.cnf.as_ref(), dpop) {
+        Ok(None) => return None,
+        Ok(Some(jkt)) => jkt,
+        Err(reason) => return refuse(reason, "invalid_token"),
     };
-    if !dpop {
-        return refuse("dpop_bound_token_as_bearer", "invalid_token");
-    }
     match crate::dpop::request_proof(state, headers, method, "/userinfo", Some(token), now).await {
         Ok(Some(proof)) if proof.jkt == bound => None,
         Ok(Some(_)) => refuse(tessera_token::ProofRejection::KeyMismatch.name(), "invalid_dpop_proof"),

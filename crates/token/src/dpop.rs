@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::alg::Algorithm;
 use crate::b64;
+use crate::claims::Confirmation;
 use crate::error::{KeyError, Rejection};
 use crate::json::{self, StrictValue};
 use crate::jws::{RawHeader, Segments, verify_segment};
@@ -246,6 +247,34 @@ pub fn verify_proof(
     Ok(DpopProof { jkt: key.kid().to_owned(), jti, iat, alg })
 }
 
+/// The algorithms a DPoP proof may be signed with, as `WWW-Authenticate`'s `algs` and discovery list them.
+pub const PROOF_ALGORITHMS: [&str; 4] = [
+    Algorithm::EdDSA.as_str(),
+    Algorithm::ES256.as_str(),
+    Algorithm::RS256.as_str(),
+    Algorithm::PS256.as_str(),
+];
+
+/// Whether a token presented with the `DPoP` scheme (`dpop_scheme`) or as `Bearer` needs a proof, from its
+/// `cnf` (RFC 9449 §7): `Ok(None)` for a bearer token used as one, `Ok(Some(jkt))` when a proof by that key
+/// is required, `Err(reason)` when the token must be refused (`invalid_token`): a bound token as Bearer,
+/// the `DPoP` scheme for an unbound token, or a confirmation method other than `jkt`, which is never taken
+/// as a bearer token.
+///
+/// # Errors
+/// The refusal's stable reason name.
+pub fn required_key(cnf: Option<&Confirmation>, dpop_scheme: bool) -> Result<Option<&str>, &'static str> {
+    if cnf.is_some_and(|c| c.jkt.is_none() || !c.other.is_empty()) {
+        return Err("unsupported_confirmation");
+    }
+    match (cnf.and_then(|c| c.jkt.as_deref()), dpop_scheme) {
+        (None, false) => Ok(None),
+        (Some(_), false) => Err("dpop_bound_token_as_bearer"),
+        (None, true) => Err("dpop_scheme_for_bearer_token"),
+        (Some(jkt), true) => Ok(Some(jkt)),
+    }
+}
+
 /// The `ath` value for an access token: base64url of the SHA-256 of its ASCII form (RFC 9449 §4.2).
 #[must_use]
 pub fn access_token_hash(token: &str) -> String {
@@ -402,6 +431,19 @@ mod tests {
         for refused in ["https://user@id.example/", "ftp://id.example/", "/token", "not a url"] {
             assert_eq!(Target::parse(refused), None, "{refused}");
         }
+    }
+
+    #[test]
+    fn a_token_is_used_only_as_what_it_is() {
+        let bound = Confirmation { jkt: Some("k".into()), other: Default::default() };
+        let mut mtls = Confirmation::default();
+        mtls.other.insert("x5t#S256".into(), serde_json::Value::String("t".into()));
+        assert_eq!(required_key(None, false), Ok(None));
+        assert_eq!(required_key(Some(&bound), true), Ok(Some("k")));
+        assert_eq!(required_key(Some(&bound), false), Err("dpop_bound_token_as_bearer"));
+        assert_eq!(required_key(None, true), Err("dpop_scheme_for_bearer_token"));
+        assert_eq!(required_key(Some(&mtls), false), Err("unsupported_confirmation"));
+        assert_eq!(required_key(Some(&mtls), true), Err("unsupported_confirmation"));
     }
 
     #[test]
