@@ -233,6 +233,8 @@ async fn setup(store: &dyn Store) -> Result<OpaqueSecret, String> {
         disabled: false,
         created_at: now(),
         require_dpop: false,
+        jwks: None,
+        exchange_audiences: Vec::new(),
     };
     let bench =
         client("bench", ClientKind::Confidential, vec![GrantType::ClientCredentials], Some(secret.hash()));

@@ -71,7 +71,25 @@ pub(crate) enum ClientCommand {
         cfg: ConfigArgs,
     },
     /// Generate a new secret for a confidential client (shown once); the old one stops working at once.
+    /// This also switches client_secret_basic and client_secret_post back on for a client without one.
     RotateSecret {
+        /// The client id.
+        id: String,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// Register or replace a confidential client's public keys (a JWKS file) for private_key_jwt.
+    SetJwks {
+        /// The client id.
+        id: String,
+        /// The JWKS file ({"keys":[...]}, public keys only, at most 8).
+        file: PathBuf,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// Switch client_secret_basic and client_secret_post off for a client with registered keys: its secret
+    /// is deleted, so only private_key_jwt authenticates it.
+    RemoveSecret {
         /// The client id.
         id: String,
         #[command(flatten)]
@@ -95,6 +113,8 @@ pub(crate) enum GrantArg {
     RefreshToken,
     #[value(name = "client_credentials")]
     ClientCredentials,
+    #[value(name = "token_exchange", alias = "urn:ietf:params:oauth:grant-type:token-exchange")]
+    TokenExchange,
 }
 
 impl From<GrantArg> for GrantType {
@@ -103,6 +123,7 @@ impl From<GrantArg> for GrantType {
             GrantArg::AuthorizationCode => GrantType::AuthorizationCode,
             GrantArg::RefreshToken => GrantType::RefreshToken,
             GrantArg::ClientCredentials => GrantType::ClientCredentials,
+            GrantArg::TokenExchange => GrantType::TokenExchange,
         }
     }
 }
@@ -153,6 +174,14 @@ pub(crate) struct ClientAdd {
     /// Whether tokens must be DPoP-bound [default: required for public clients, optional otherwise].
     #[arg(long, value_enum, value_name = "POLICY")]
     dpop: Option<DpopArg>,
+    /// A JWKS file of the client's public keys: it authenticates with private_key_jwt, and no secret is
+    /// generated (confidential clients only).
+    #[arg(long, value_name = "FILE")]
+    jwks: Option<PathBuf>,
+    /// With --grant token_exchange: an audience (registered resource) the client may exchange a token for
+    /// (repeatable). Without any, the client may exchange for none.
+    #[arg(long = "exchange-audience", value_name = "AUDIENCE")]
+    exchange_audiences: Vec<String>,
     #[command(flatten)]
     cfg: ConfigArgs,
 }
@@ -305,11 +334,35 @@ pub(crate) fn client(cmd: ClientCommand) -> Result<(), Failure> {
                 return Err(Failure::usage(format!("client {id} is public and has no secret")));
             }
             let secret = crypto::new_secret(SecretKind::ClientSecret).map_err(|e| Failure::usage(e.0))?;
-            store.set_client_secret(&id, &secret.hash()).await.map_err(store_failure)?;
+            store.set_client_secret(&id, Some(&secret.hash())).await.map_err(store_failure)?;
             emit(&format!(
                 "client {id}: new secret (shown only now; the old one no longer works)\nclient_secret: {}",
                 secret.expose()
             ))
+        }),
+        ClientCommand::SetJwks { id, file, cfg } => {
+            let jwks = read_jwks(&file)?;
+            with_store(&cfg, |store, _| async move {
+                if !store.set_client_jwks(&id, Some(&jwks)).await.map_err(store_failure)? {
+                    return Err(no_such_confidential(&id));
+                }
+                let c =
+                    store.client(&id).await.map_err(store_failure)?.ok_or_else(|| no_such("client", &id))?;
+                emit(&format!("client {id}: keys registered\n{}", describe_client(&c)))
+            })
+        }
+        ClientCommand::RemoveSecret { id, cfg } => with_store(&cfg, |store, _| async move {
+            let c = store.client(&id).await.map_err(store_failure)?.ok_or_else(|| no_such("client", &id))?;
+            if c.kind != ClientKind::Confidential {
+                return Err(Failure::usage(format!("client {id} is public and has no secret")));
+            }
+            if c.jwks.is_none() {
+                return Err(Failure::usage(format!(
+                    "client {id} has no registered keys; run `tessera client set-jwks` first, or it could not authenticate"
+                )));
+            }
+            store.set_client_secret(&id, None).await.map_err(store_failure)?;
+            emit(&format!("client {id}: secret removed; only private_key_jwt authenticates it now"))
         }),
         ClientCommand::Disable { id, cfg } => with_store(&cfg, |store, _| async move {
             if !store.set_client_disabled(&id, true).await.map_err(store_failure)? {
@@ -348,11 +401,23 @@ fn client_add(add: ClientAdd) -> Result<(), Failure> {
     if add.access_ttl.is_some_and(|t| !(1..=tessera_server::config::MAX_ACCESS_TOKEN_TTL).contains(&t)) {
         return Err(Failure::usage("--access-ttl must be between 1 and 900 seconds"));
     }
+    if add.jwks.is_some() && kind == ClientKind::Public {
+        return Err(Failure::usage("a public client cannot register keys: it authenticates with PKCE only"));
+    }
+    let jwks = add.jwks.as_ref().map(read_jwks).transpose()?;
+    match (grants.contains(&GrantType::TokenExchange), add.exchange_audiences.is_empty()) {
+        (true, true) => return Err(Failure::usage("token_exchange needs at least one --exchange-audience")),
+        (false, false) => return Err(Failure::usage("--exchange-audience needs --grant token_exchange")),
+        _ => {}
+    }
+    if kind == ClientKind::Public && grants.contains(&GrantType::TokenExchange) {
+        return Err(Failure::usage("a public client cannot use token_exchange: it has no credential"));
+    }
     if add.id.is_empty() || add.id.len() > 128 || add.id.contains(|c: char| c.is_control() || c == ':') {
         return Err(Failure::usage("the client id must be 1-128 printable characters without ':'"));
     }
     with_store(&add.cfg, |store, config| async move {
-        for audience in &add.audiences {
+        for audience in add.audiences.iter().chain(&add.exchange_audiences) {
             if store.resource(audience).await.map_err(store_failure)?.is_none() {
                 return Err(Failure::usage(format!(
                     "no resource {audience}; register it first with `tessera resource add`"
@@ -360,10 +425,10 @@ fn client_add(add: ClientAdd) -> Result<(), Failure> {
             }
         }
         let secret = match kind {
-            ClientKind::Confidential => {
+            ClientKind::Confidential if jwks.is_none() => {
                 Some(crypto::new_secret(SecretKind::ClientSecret).map_err(|e| Failure::usage(e.0))?)
             }
-            ClientKind::Public => None,
+            ClientKind::Confidential | ClientKind::Public => None,
         };
         let client = Client {
             id: add.id.clone(),
@@ -385,6 +450,8 @@ fn client_add(add: ClientAdd) -> Result<(), Failure> {
                 Some(DpopArg::Optional) => false,
                 None => kind == ClientKind::Public,
             },
+            jwks: jwks.clone(),
+            exchange_audiences: add.exchange_audiences.clone(),
         };
         store.create_client(&client).await.map_err(|e| match e {
             StoreError::Conflict(_) => Failure::usage(format!("client {} already exists", client.id)),
@@ -401,8 +468,41 @@ fn client_add(add: ClientAdd) -> Result<(), Failure> {
     })
 }
 
+/// Reads and checks a client's JWKS file: public signing keys we can verify with, at most 8.
+fn read_jwks(path: &PathBuf) -> Result<String, Failure> {
+    let text = crate::read_file(path, "JWKS file")?;
+    tessera_token::ClientKeys::parse(&text)
+        .map_err(|e| Failure::usage(format!("{}: not a usable JWKS: {e}", path.display())))?;
+    Ok(text)
+}
+
+fn no_such_confidential(id: &str) -> Failure {
+    Failure::usage(format!("no confidential client {id}"))
+}
+
+/// The client authentication methods a client can use, as discovery names them.
+fn auth_methods(c: &Client) -> String {
+    let mut methods = Vec::new();
+    if c.kind == ClientKind::Public {
+        methods.push("none");
+    }
+    if c.secret_hash.is_some() {
+        methods.extend(["client_secret_basic", "client_secret_post"]);
+    }
+    if c.jwks.is_some() {
+        methods.push("private_key_jwt");
+    }
+    methods.join(" ")
+}
+
 fn describe_client(c: &Client) -> String {
     let grants: Vec<&str> = c.grant_types.iter().map(|g| g.as_str()).collect();
+    let keys = c
+        .jwks
+        .as_deref()
+        .and_then(|j| tessera_token::ClientKeys::parse(j).ok())
+        .map(|k| k.thumbprints().join(" "))
+        .unwrap_or_default();
     [
         format!("client_id: {}", c.id),
         format!("name: {}", c.name),
@@ -410,10 +510,13 @@ fn describe_client(c: &Client) -> String {
         format!("state: {}", if c.disabled { "disabled" } else { "enabled" }),
         format!("first_party: {}", c.first_party),
         format!("dpop: {}", if c.require_dpop { "required" } else { "optional" }),
+        format!("auth: {}", auth_methods(c)),
+        format!("keys: {keys}"),
         format!("grants: {}", grants.join(" ")),
         format!("redirect_uris: {}", c.redirect_uris.join(" ")),
         format!("audiences: {}", c.audiences.join(" ")),
         format!("scopes: {}", c.scopes.join(" ")),
+        format!("exchange_audiences: {}", c.exchange_audiences.join(" ")),
         format!("access_ttl: {}", c.access_ttl),
         format!("refresh_idle_ttl: {}", c.refresh_idle_ttl),
         format!("refresh_ttl: {}", c.refresh_absolute_ttl),

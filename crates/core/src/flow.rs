@@ -100,6 +100,12 @@ pub fn is_s256_challenge(challenge: &str) -> bool {
     challenge.len() == 43 && b64::decode(challenge).is_ok_and(|raw| raw.len() == 32)
 }
 
+/// Whether `jkt` is a well-formed RFC 7638 SHA-256 thumbprint (43 base64url characters), as the
+/// authorization request's `dpop_jkt` must be (RFC 9449 §10).
+pub fn is_thumbprint(jkt: &str) -> bool {
+    is_s256_challenge(jkt)
+}
+
 /// Checks a PKCE verifier against an S256 challenge (RFC 7636 §4.6). The verifier must be 43–128 characters
 /// of the unreserved set.
 pub fn verify_pkce(verifier: &str, challenge: &str) -> bool {

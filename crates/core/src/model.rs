@@ -57,6 +57,9 @@ spelled! {
         RefreshToken = "refresh_token",
         /// RFC 6749 §4.4, confidential clients only.
         ClientCredentials = "client_credentials",
+        /// RFC 8693 token exchange: a service trades a token it received for a narrower one to call the next
+        /// service, within the per-client exchange policy.
+        TokenExchange = "urn:ietf:params:oauth:grant-type:token-exchange",
     }
 }
 

@@ -137,6 +137,8 @@ fn benches(c: &mut Criterion) {
             disabled: false,
             created_at: now,
             require_dpop: false,
+            jwks: None,
+            exchange_audiences: Vec::new(),
         };
         state.store.create_client(&client).await.unwrap();
         secret.expose().to_owned()

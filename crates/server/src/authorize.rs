@@ -27,6 +27,8 @@ struct AuthzRequest {
     audience: Option<String>,
     nonce: Option<String>,
     challenge: String,
+    /// RFC 9449 §10: the code may be redeemed only with a DPoP proof by this key.
+    dpop_jkt: Option<String>,
     prompt: Vec<String>,
     max_age: Option<i64>,
 }
@@ -116,6 +118,10 @@ async fn check_request(state: &AppState, params: &Params) -> Result<AuthzRequest
             "code_challenge_method must be S256 with a 43-character challenge",
         ));
     }
+    let dpop_jkt = params.get("dpop_jkt");
+    if dpop_jkt.is_some_and(|jkt| !flow::is_thumbprint(jkt)) {
+        return Err(fail("invalid_request", "dpop_jkt must be a base64url SHA-256 JWK thumbprint"));
+    }
     let requested = params.all("resource");
     let audience =
         if requested.is_empty() && client.audiences.len() != 1 {
@@ -156,6 +162,7 @@ async fn check_request(state: &AppState, params: &Params) -> Result<AuthzRequest
         audience,
         nonce: params.get("nonce").map(str::to_owned),
         challenge: challenge.to_owned(),
+        dpop_jkt: dpop_jkt.map(str::to_owned),
         prompt,
         client,
     })
@@ -312,6 +319,7 @@ async fn issue_code(state: &AppState, request: &AuthzRequest, session: &LoginSes
         amr: session.amr.clone(),
         created_at: now,
         expires_at: now + state.config.code_ttl,
+        dpop_jkt: request.dpop_jkt.clone(),
     };
     if let Err(e) = state.store.insert_code(&record).await {
         tracing::warn!(error = %e, "cannot store authorization code");

@@ -13,7 +13,7 @@ use tessera_core::{ClientKind, OpaqueSecret, RevocationKind, SecretKind};
 use tessera_store::{Event, NewRevocation, TokenRef};
 use tessera_token::{AccessClaims, UnixTime, UnverifiedJwt, Validation};
 
-use crate::oauth::{ClientAuth, OAuthError, Params, authenticate_client, no_store_json};
+use crate::oauth::{OAuthError, Params, authenticate_client, no_store_json};
 use crate::{AppState, RequestMeta, now};
 
 /// Why an access token is not accepted here. The name goes to the log; the wire sees `invalid_token`.
@@ -203,9 +203,9 @@ async fn revoke_inner(
     body: &[u8],
 ) -> Result<(), OAuthError> {
     let params = Params::from_form(headers, body)?;
-    let (client, _) = authenticate_client(&state.directory, headers, &params).await?;
-    let token = params.get("token").ok_or(OAuthError::invalid_request("token is required"))?;
     let now = now();
+    let (client, _) = authenticate_client(state, headers, &params, now).await?;
+    let token = params.get("token").ok_or(OAuthError::invalid_request("token is required"))?;
     if let Some(refresh) = OpaqueSecret::parse(SecretKind::RefreshToken, token) {
         if let Some((_, family)) = state.store.refresh_token(&refresh.hash()).await?
             && family.client_id == client.id
@@ -273,13 +273,13 @@ pub async fn introspect(State(state): State<Arc<AppState>>, headers: HeaderMap, 
 
 async fn introspect_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Value, OAuthError> {
     let params = Params::from_form(headers, body)?;
-    let (client, auth) = authenticate_client(&state.directory, headers, &params).await?;
-    if client.kind != ClientKind::Confidential || auth != ClientAuth::Secret {
+    let now = now();
+    let (client, auth) = authenticate_client(state, headers, &params, now).await?;
+    if client.kind != ClientKind::Confidential || !auth.is_confidential() {
         return Err(OAuthError::invalid_client());
     }
     let token = params.get("token").ok_or(OAuthError::invalid_request("token is required"))?;
     let inactive = json!({ "active": false });
-    let now = now();
     if let Some(refresh) = OpaqueSecret::parse(SecretKind::RefreshToken, token) {
         let Some((record, family)) = state.store.refresh_token(&refresh.hash()).await? else {
             return Ok(inactive);

@@ -30,7 +30,7 @@ const MAX_FIELD: usize = 256;
 /// # Errors
 /// The response to send: 401 for failed authentication, 403 for a client that is not a resource server's.
 pub async fn authenticate_resource_server(state: &AppState, headers: &HeaderMap) -> Result<Client, Response> {
-    let (client, auth) = authenticate_client(&state.directory, headers, &Params::default())
+    let (client, auth) = authenticate_client(state, headers, &Params::default(), crate::now())
         .await
         .map_err(IntoResponse::into_response)?;
     if client.kind != ClientKind::Confidential || auth != ClientAuth::Secret || client.audiences.is_empty() {

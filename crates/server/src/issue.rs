@@ -1,7 +1,7 @@
 //! Minting tokens: RFC 9068 access tokens, OIDC ID tokens, and the token response.
 
 use serde::Serialize;
-use tessera_token::{AccessClaims, Audience, Confirmation};
+use tessera_token::{AccessClaims, Actor, Audience, Confirmation};
 
 use crate::AppState;
 use crate::config::MAX_ACCESS_TOKEN_TTL;
@@ -31,6 +31,8 @@ pub struct AccessGrant {
     pub ttl: i64,
     /// The thumbprint of the DPoP key the token is bound to (`cnf.jkt`).
     pub jkt: Option<String>,
+    /// For an exchanged token (RFC 8693 §4.1): the service acting on the subject's behalf.
+    pub act: Option<Actor>,
 }
 
 /// A signed access token and its `jti`. `Debug` shows the `jti`, never the token.
@@ -78,7 +80,7 @@ pub fn access_token(state: &AppState, grant: AccessGrant, now: i64) -> Result<Mi
         amr: grant.amr,
         acr: None,
         cnf: grant.jkt.map(|jkt| Confirmation { jkt: Some(jkt), other: Default::default() }),
-        act: None,
+        act: grant.act,
         extra: Default::default(),
     };
     let keyring = state.keyring();
@@ -140,6 +142,9 @@ pub struct TokenResponse {
     /// The OIDC ID token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
+    /// For token exchange (RFC 8693 §2.2.1): the type of the token issued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
 }
 
 fn unsigned(t: i64) -> u64 {
@@ -166,6 +171,7 @@ impl TokenResponse {
             scope,
             refresh_token,
             id_token,
+            issued_token_type: None,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod directory;
 pub mod dpop;
 pub mod endpoints;
+pub mod exchange;
 pub mod ingest;
 pub mod issue;
 pub mod keyring;
@@ -277,6 +278,8 @@ async fn create_quickstart(
         disabled: false,
         created_at: now,
         require_dpop: false,
+        jwks: None,
+        exchange_audiences: Vec::new(),
     };
     store.create_client(&client).await.map_err(start_error)?;
     Ok((client.id, secret.expose().to_owned(), QUICKSTART_AUDIENCE.into()))

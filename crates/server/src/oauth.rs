@@ -10,8 +10,12 @@ use base64::Engine as _;
 use tessera_core::TokenHash;
 use tessera_store::{Client, StoreError};
 
-use crate::directory::Directory;
+use tessera_core::ClientKind;
+use tessera_token::UnixTime;
+use tessera_token::assertion::{self, AssertionPolicy, AssertionRejection, ClientKeys, verify_assertion};
 use zeroize::Zeroizing;
+
+use crate::AppState;
 
 /// An OAuth error response (RFC 6749 §5.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,24 +206,59 @@ impl Params {
 /// How a client authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientAuth {
-    /// A confidential client proved its secret.
+    /// A confidential client proved its secret (`client_secret_basic` or `client_secret_post`).
     Secret,
+    /// A confidential client signed a client assertion with a registered key (`private_key_jwt`).
+    PrivateKeyJwt,
     /// A public client identified itself (no secret exists).
     None,
 }
 
+impl ClientAuth {
+    /// Whether the client proved a credential: a secret or a key.
+    pub fn is_confidential(self) -> bool {
+        matches!(self, ClientAuth::Secret | ClientAuth::PrivateKeyJwt)
+    }
+}
+
+/// The `client_assertion_type` of RFC 7523 §2.2.
+pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The single-use scope of client assertion ids in the store.
+const ASSERTION_SCOPE: &str = "client_assertion";
+
 /// Authenticates the client of a token, revocation or introspection request: `client_secret_basic`,
-/// `client_secret_post`, or a public client's bare `client_id`. Using two methods at once is refused.
+/// `client_secret_post`, `private_key_jwt`, or a public client's bare `client_id`. Using two methods at
+/// once is refused, and so is a secret for a client whose secret was switched off.
 ///
 /// # Errors
 /// `invalid_client` (401) for anything that does not authenticate; `invalid_request` for two methods.
 pub async fn authenticate_client(
-    directory: &Directory,
+    state: &AppState,
     headers: &HeaderMap,
     params: &Params,
+    now: i64,
 ) -> Result<(Client, ClientAuth), OAuthError> {
     let basic = basic_credentials(headers)?;
     let posted_secret = params.get("client_secret");
+    match (params.get("client_assertion_type"), params.get("client_assertion")) {
+        (None, None) => {}
+        (Some(kind), Some(assertion)) => {
+            if basic.is_some() || posted_secret.is_some() {
+                return Err(OAuthError::invalid_request("use one client authentication method"));
+            }
+            if kind != JWT_BEARER_ASSERTION {
+                return Err(OAuthError::invalid_client());
+            }
+            return private_key_jwt(state, params.get("client_id"), assertion, now).await;
+        }
+        _ => {
+            return Err(OAuthError::invalid_request(
+                "client_assertion and client_assertion_type must be sent together",
+            ));
+        }
+    }
+    let directory = &state.directory;
     let (id, secret) = match (basic, params.get("client_id"), posted_secret) {
         (Some(_), _, Some(_)) => {
             return Err(OAuthError::invalid_request("use one client authentication method"));
@@ -239,9 +278,66 @@ pub async fn authenticate_client(
         (Some(stored), Some(secret)) if stored.ct_eq(&TokenHash::of(&secret)) => {
             Ok((client, ClientAuth::Secret))
         }
-        (None, None) => Ok((client, ClientAuth::None)),
+        // Only a public client may name itself without a credential: a confidential client whose secret was
+        // switched off must sign an assertion.
+        (None, None) if client.kind == ClientKind::Public => Ok((client, ClientAuth::None)),
         _ => Err(OAuthError::invalid_client()),
     }
+}
+
+/// `private_key_jwt` (RFC 7523 §2.2): the assertion must be signed by a key the client registered, name the
+/// client as `iss` and `sub`, be addressed to this server (its issuer or token endpoint), expire soon, and
+/// carry a `jti` never used before by this client on any node.
+async fn private_key_jwt(
+    state: &AppState,
+    client_id: Option<&str>,
+    assertion: &str,
+    now: i64,
+) -> Result<(Client, ClientAuth), OAuthError> {
+    let claimed = assertion::claimed_client(assertion);
+    let id = match (client_id, claimed.as_deref()) {
+        (Some(id), Some(claimed)) if id != claimed => return Err(OAuthError::invalid_client()),
+        (Some(id), _) | (None, Some(id)) => id.to_owned(),
+        (None, None) => return Err(OAuthError::invalid_client()),
+    };
+    let client = state
+        .directory
+        .client(&id)
+        .await?
+        .filter(|c| !c.disabled && c.kind == ClientKind::Confidential)
+        .ok_or_else(OAuthError::invalid_client)?;
+    let Some(jwks) = client.jwks.as_deref() else {
+        tracing::info!(client = %client.id, "client assertion from a client with no registered keys");
+        return Err(OAuthError::invalid_client());
+    };
+    let keys = ClientKeys::parse(jwks).map_err(|e| {
+        tracing::error!(client = %client.id, error = %e, "a client's registered JWKS is unusable");
+        OAuthError::invalid_client()
+    })?;
+    let token_endpoint = format!("{}/token", state.config.issuer);
+    let policy = AssertionPolicy {
+        client_id: &client.id,
+        audiences: &[state.config.issuer.as_str(), token_endpoint.as_str()],
+        max_lifetime_secs: assertion::DEFAULT_ASSERTION_MAX_LIFETIME_SECS,
+        leeway_secs: assertion::DEFAULT_ASSERTION_LEEWAY_SECS,
+    };
+    let checked = verify_assertion(assertion, &keys, &policy, UnixTime(u64::try_from(now).unwrap_or(0)))
+        .map_err(|r| {
+            tracing::warn!(client = %client.id, reason = %r, "client assertion refused");
+            OAuthError::invalid_client()
+        })?;
+    let id_hash = TokenHash::of(&format!("{}\0{}", client.id, checked.jti));
+    let until = i64::try_from(checked.replay_until(&policy)).unwrap_or(i64::MAX);
+    if !state.store.use_once(ASSERTION_SCOPE, &id_hash, until, now).await? {
+        tracing::warn!(
+            client = %client.id,
+            jti = %id_hash.short(),
+            reason = AssertionRejection::Replayed.name(),
+            "client assertion replayed"
+        );
+        return Err(OAuthError::invalid_client());
+    }
+    Ok((client, ClientAuth::PrivateKeyJwt))
 }
 
 /// `Authorization: Basic` credentials, form-decoded (RFC 6749 §2.3.1). `None` without the header.

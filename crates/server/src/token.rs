@@ -1,4 +1,5 @@
-//! `POST /token`: the authorization_code, refresh_token and client_credentials grants.
+//! `POST /token`: the authorization_code, refresh_token and client_credentials grants; token exchange is in
+//! [`crate::exchange`].
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use tessera_token::dpop::ProofRejection;
 
 use crate::crypto::random_id;
 use crate::dpop;
+use crate::exchange;
 use crate::issue::{self, AccessGrant, IdClaims, TokenResponse};
 use crate::oauth::{ClientAuth, OAuthError, Params, authenticate_client, no_store_json};
 use crate::{AppState, RequestMeta, now};
@@ -55,7 +57,7 @@ async fn grant(
     let params = Params::from_form(headers, body)?;
     let grant_type = params.get("grant_type").ok_or(OAuthError::invalid_request("grant_type is required"))?;
     let grant: GrantType = grant_type.parse().map_err(|_| OAuthError::unsupported_grant_type())?;
-    let (client, auth) = authenticate_client(&state.directory, headers, &params).await?;
+    let (client, auth) = authenticate_client(state, headers, &params, now).await?;
     if !client.grant_types.contains(&grant) {
         return Err(OAuthError::unauthorized_client("this client may not use this grant type"));
     }
@@ -68,6 +70,7 @@ async fn grant(
         GrantType::ClientCredentials => client_credentials(state, &client, auth, &params, jkt, now).await?,
         GrantType::AuthorizationCode => authorization_code(state, meta, &client, &params, jkt, now).await?,
         GrantType::RefreshToken => refresh(state, meta, &client, &params, jkt, now).await?,
+        GrantType::TokenExchange => exchange::exchange(state, meta, &client, auth, &params, jkt, now).await?,
     };
     state.metrics.token_issued(grant.as_str());
     Ok(response)
@@ -81,7 +84,7 @@ async fn client_credentials(
     jkt: Option<String>,
     now: i64,
 ) -> Result<TokenResponse, OAuthError> {
-    if client.kind != ClientKind::Confidential || auth != ClientAuth::Secret {
+    if client.kind != ClientKind::Confidential || !auth.is_confidential() {
         return Err(OAuthError::unauthorized_client("client_credentials needs a confidential client"));
     }
     let audience = flow::select_audience(&params.all("resource"), &client.audiences)?;
@@ -100,6 +103,7 @@ async fn client_credentials(
             amr: Vec::new(),
             ttl: client.access_ttl,
             jkt,
+            act: None,
         },
         now,
     )?;
@@ -147,6 +151,16 @@ async fn authorization_code(
         || !flow::verify_pkce(verifier, &record.code_challenge)
     {
         return Err(invalid);
+    }
+    // RFC 9449 §10: a code requested with dpop_jkt is redeemable only with a proof by that key.
+    if let Some(bound) = &record.dpop_jkt
+        && jkt.as_deref() != Some(bound.as_str())
+    {
+        tracing::warn!(code = %record.hash.short(), client = %client.id, "authorization code redeemed without its DPoP key");
+        return Err(match jkt {
+            None => OAuthError::invalid_dpop_proof("this authorization code needs a DPoP proof by its key"),
+            Some(_) => invalid,
+        });
     }
     let user = active_user(state, &record.user_id).await?;
     let family = Family {
@@ -361,10 +375,11 @@ fn user_grant(
         amr: family.amr.clone(),
         ttl: client.access_ttl,
         jkt,
+        act: None,
     }
 }
 
-async fn active_user(state: &AppState, id: &str) -> Result<User, OAuthError> {
+pub(crate) async fn active_user(state: &AppState, id: &str) -> Result<User, OAuthError> {
     match state.directory.user(id).await? {
         Some(user) if !user.disabled => Ok(user),
         _ => Err(OAuthError::invalid_grant("the user is disabled or gone")),

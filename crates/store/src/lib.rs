@@ -118,8 +118,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn client(&self, id: &str) -> Result<Option<Client>>;
     /// Every client, by id.
     async fn list_clients(&self) -> Result<Vec<Client>>;
-    /// Replaces a confidential client's secret hash; `false` if there is no such client.
-    async fn set_client_secret(&self, id: &str, secret_hash: &TokenHash) -> Result<bool>;
+    /// Replaces a confidential client's secret hash, or removes it (`None`: `client_secret_*` is switched off
+    /// for the client); `false` if there is no such confidential client.
+    async fn set_client_secret(&self, id: &str, secret_hash: Option<&TokenHash>) -> Result<bool>;
+    /// Registers, replaces or removes (`None`) a confidential client's public JWKS for `private_key_jwt`;
+    /// `false` if there is no such confidential client.
+    async fn set_client_jwks(&self, id: &str, jwks: Option<&str>) -> Result<bool>;
     /// Enables or disables a client; `false` if there is no such client.
     async fn set_client_disabled(&self, id: &str, disabled: bool) -> Result<bool>;
 

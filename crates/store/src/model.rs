@@ -71,6 +71,12 @@ pub struct Client {
     pub created_at: Time,
     /// Tokens for this client are DPoP-bound only: a token request without a proof is refused.
     pub require_dpop: bool,
+    /// The client's public JWKS (JSON), for `private_key_jwt` client authentication (RFC 7523). A
+    /// confidential client may have a secret, keys, or both; removing the secret switches `client_secret_*`
+    /// off for it.
+    pub jwks: Option<String>,
+    /// The audiences this client may exchange a token for (RFC 8693). Empty: it may exchange none.
+    pub exchange_audiences: Vec<String>,
 }
 
 /// A resource server: an audience tokens can be issued for, with the scopes it understands.
@@ -166,6 +172,9 @@ pub struct AuthCode {
     pub created_at: Time,
     /// When it stops being redeemable.
     pub expires_at: Time,
+    /// The authorization request's `dpop_jkt` (RFC 9449 §10): the code is redeemable only with a DPoP proof
+    /// by this key.
+    pub dpop_jkt: Option<String>,
 }
 
 /// What redeeming a code found.

@@ -25,7 +25,7 @@ macro_rules! user_cols {
 macro_rules! client_cols {
     () => {
         "id, name, kind, secret_hash, redirect_uris, grant_types, audiences, scopes, access_ttl, \
-         refresh_idle_ttl, refresh_absolute_ttl, first_party, disabled, created_at, require_dpop"
+         refresh_idle_ttl, refresh_absolute_ttl, first_party, disabled, created_at, require_dpop, jwks, exchange_audiences"
     };
 }
 macro_rules! key_cols {
@@ -36,7 +36,7 @@ macro_rules! key_cols {
 macro_rules! code_cols {
     () => {
         "hash, client_id, user_id, redirect_uri, code_challenge, scope, audience, nonce, login_session, \
-         auth_time, amr, created_at, expires_at"
+         auth_time, amr, created_at, expires_at, dpop_jkt"
     };
 }
 macro_rules! family_cols {
@@ -123,6 +123,8 @@ fn client_from(row: &DbRow) -> Result<Client> {
         disabled: row.try_get("disabled")?,
         created_at: row.try_get("created_at")?,
         require_dpop: row.try_get("require_dpop")?,
+        jwks: row.try_get("jwks")?,
+        exchange_audiences: from_list(row, "exchange_audiences")?,
     })
 }
 
@@ -175,6 +177,7 @@ fn code_from(row: &DbRow) -> Result<AuthCode> {
         amr: from_list(row, "amr")?,
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
+        dpop_jkt: row.try_get("dpop_jkt")?,
     })
 }
 
@@ -428,7 +431,7 @@ impl Store for StoreImpl {
         sqlx::query(concat!(
             "INSERT INTO clients (",
             client_cols!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
         ))
         .bind(&c.id)
         .bind(&c.name)
@@ -445,6 +448,8 @@ impl Store for StoreImpl {
         .bind(c.disabled)
         .bind(c.created_at)
         .bind(c.require_dpop)
+        .bind(&c.jwks)
+        .bind(to_list(&c.exchange_audiences))
         .execute(&mut *tx)
         .await
         .map_err(|e| conflict(e, "client"))?;
@@ -468,10 +473,23 @@ impl Store for StoreImpl {
         rows.iter().map(client_from).collect()
     }
 
-    async fn set_client_secret(&self, id: &str, secret_hash: &TokenHash) -> Result<bool> {
+    async fn set_client_secret(&self, id: &str, secret_hash: Option<&TokenHash>) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let n = sqlx::query("UPDATE clients SET secret_hash = $1 WHERE id = $2 AND kind = 'confidential'")
-            .bind(secret_hash.as_bytes())
+            .bind(opt_hash(secret_hash))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        bump_changes(&mut tx).await?;
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn set_client_jwks(&self, id: &str, jwks: Option<&str>) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query("UPDATE clients SET jwks = $1 WHERE id = $2 AND kind = 'confidential'")
+            .bind(jwks)
             .bind(id)
             .execute(&mut *tx)
             .await?
@@ -645,7 +663,7 @@ impl Store for StoreImpl {
         sqlx::query(concat!(
             "INSERT INTO auth_codes (",
             code_cols!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         ))
         .bind(c.hash.as_bytes())
         .bind(&c.client_id)
@@ -660,6 +678,7 @@ impl Store for StoreImpl {
         .bind(to_list(&c.amr))
         .bind(c.created_at)
         .bind(c.expires_at)
+        .bind(&c.dpop_jkt)
         .execute(self.write())
         .await
         .map_err(|e| conflict(e, "code"))?;

@@ -135,6 +135,8 @@ fn client(id: &str) -> Client {
         disabled: false,
         created_at: NOW,
         require_dpop: false,
+        jwks: None,
+        exchange_audiences: Vec::new(),
     }
 }
 
@@ -222,17 +224,28 @@ async fn clients_round_trip_rotate_secret_and_disable(s: &Arc<dyn Store>) {
     spa.require_dpop = true;
     s.create_client(&spa).await.unwrap();
     assert_eq!(s.client("spa").await.unwrap(), Some(spa));
-    assert!(s.set_client_secret("web", &TokenHash::of("tss_second")).await.unwrap());
+    assert!(s.set_client_secret("web", Some(&TokenHash::of("tss_second"))).await.unwrap());
     let stored = s.client("web").await.unwrap().unwrap();
     assert!(stored.secret_hash.unwrap().ct_eq(&TokenHash::of("tss_second")));
     assert!(
-        !s.set_client_secret("spa", &TokenHash::of("tss_x")).await.unwrap(),
+        !s.set_client_secret("spa", Some(&TokenHash::of("tss_x"))).await.unwrap(),
         "public clients have no secret"
     );
+    let jwks =
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    assert!(s.set_client_jwks("web", Some(jwks)).await.unwrap());
+    assert!(s.set_client_secret("web", None).await.unwrap(), "the secret can be switched off");
+    let stored = s.client("web").await.unwrap().unwrap();
+    assert_eq!((stored.jwks.as_deref(), stored.secret_hash), (Some(jwks), None));
+    assert!(!s.set_client_jwks("spa", Some(jwks)).await.unwrap(), "public clients register no keys");
+    let mut gateway = client("svc");
+    gateway.exchange_audiences = vec!["https://billing.example".into()];
+    s.create_client(&gateway).await.unwrap();
+    assert_eq!(s.client("svc").await.unwrap().unwrap().exchange_audiences, gateway.exchange_audiences);
     assert!(s.set_client_disabled("web", true).await.unwrap());
     assert!(s.client("web").await.unwrap().unwrap().disabled);
     let ids: Vec<String> = s.list_clients().await.unwrap().into_iter().map(|c| c.id).collect();
-    assert_eq!(ids, ["spa", "web"]);
+    assert_eq!(ids, ["spa", "svc", "web"]);
 }
 
 async fn resources_round_trip(s: &Arc<dyn Store>) {
@@ -293,6 +306,7 @@ fn code(secret: &str) -> AuthCode {
         amr: vec!["pwd".into()],
         created_at: NOW,
         expires_at: NOW + 60,
+        dpop_jkt: Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into()),
     }
 }
 
@@ -552,7 +566,7 @@ async fn every_change_to_users_clients_and_resources_moves_the_change_counter(s:
     moved(s.change_seq().await.unwrap(), "set_password");
     s.create_client(&client("web")).await.unwrap();
     moved(s.change_seq().await.unwrap(), "create_client");
-    s.set_client_secret("web", &TokenHash::of("tss_2")).await.unwrap();
+    s.set_client_secret("web", Some(&TokenHash::of("tss_2"))).await.unwrap();
     moved(s.change_seq().await.unwrap(), "set_client_secret");
     s.set_client_disabled("web", true).await.unwrap();
     moved(s.change_seq().await.unwrap(), "set_client_disabled");

@@ -105,7 +105,7 @@ impl VerifyingKey {
     }
 
     /// Like [`Self::from_raw`], but a `kid` member is not checked: a client's key may carry any label.
-    fn from_raw_any_kid(raw: &RawJwk, alg_hint: Option<Algorithm>) -> Result<Self, KeyError> {
+    pub(crate) fn from_raw_any_kid(raw: &RawJwk, alg_hint: Option<Algorithm>) -> Result<Self, KeyError> {
         if raw.has_private_members() {
             return Err(KeyError::PrivateMaterialInPublicSet);
         }

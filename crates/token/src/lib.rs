@@ -11,6 +11,8 @@
 //!
 //! Only EdDSA, ES256, RS256 and PS256 exist: `none` and HMAC cannot be expressed. DPoP proofs (RFC 9449)
 //! have their own entry point, [`verify_proof`], the only one that accepts a key embedded in a header.
+//! Client assertions (RFC 7523 `private_key_jwt`) are checked by [`verify_assertion`] against a client's
+//! registered [`ClientKeys`].
 //!
 //! ```
 //! use tessera_token::{AccessClaims, Algorithm, Audience, KeySet, SigningKey, UnixTime, Validation};
@@ -31,6 +33,7 @@
 //! ```
 
 pub mod alg;
+pub mod assertion;
 pub mod b64;
 pub mod claims;
 pub mod dpop;
@@ -42,6 +45,7 @@ pub mod key;
 pub mod validate;
 
 pub use alg::Algorithm;
+pub use assertion::{AssertionPolicy, AssertionRejection, ClientAssertion, ClientKeys, verify_assertion};
 pub use claims::{AccessClaims, Actor, Audience, Confirmation};
 pub use dpop::{DpopProof, NewProof, ProofPolicy, ProofRejection, ProofRequest, verify_proof};
 pub use error::{KeyError, Rejection};

@@ -190,6 +190,8 @@ impl Server {
             disabled: false,
             created_at: tessera_server::now(),
             require_dpop: false,
+            jwks: None,
+            exchange_audiences: Vec::new(),
         };
         self.state.store.create_client(&client).await.unwrap();
         secret.expose().to_owned()

@@ -145,6 +145,8 @@ impl Server {
             disabled: false,
             created_at: tessera_server::now(),
             require_dpop: false,
+            jwks: None,
+            exchange_audiences: Vec::new(),
         };
         self.state.store.create_client(&client).await.unwrap();
         secret.map(|s| s.expose().to_owned())
@@ -175,6 +177,8 @@ impl Server {
             disabled: false,
             created_at: tessera_server::now(),
             require_dpop: true,
+            jwks: None,
+            exchange_audiences: Vec::new(),
         };
         self.state.store.create_client(&client).await.unwrap();
         secret.expose().to_owned()
