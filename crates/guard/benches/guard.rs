@@ -157,6 +157,7 @@ fn benches(c: &mut Criterion) {
             amr: vec!["pwd".into(), "otp".into()],
             ttl: 300,
             jkt,
+            act: None,
         };
         tessera_server::issue::access_token(&state, grant, now).unwrap().token
     };

@@ -32,7 +32,7 @@ fn err(what: impl fmt::Display) -> KitError {
     KitError(what.to_string())
 }
 
-/// A DPoP client's key pair and the proofs it makes.
+/// A client's key pair: the DPoP proofs (RFC 9449) and the client assertions (RFC 7523) it signs.
 pub struct DpopClient {
     alg: Algorithm,
     key: EncodingKey,
@@ -137,6 +137,65 @@ impl DpopClient {
         edit(&mut header);
         jsonwebtoken::encode(&header, claims, &self.key).map_err(err)
     }
+}
+
+impl DpopClient {
+    /// The JWKS a client registers for `private_key_jwt`: this public key, labelled `kid`.
+    ///
+    /// # Errors
+    /// [`KitError`] if it cannot be serialized.
+    pub fn jwks(&self, kid: &str) -> Result<Value, KitError> {
+        let mut jwk = self.public_jwk()?;
+        jwk["kid"] = Value::String(kid.to_owned());
+        Ok(json!({ "keys": [jwk] }))
+    }
+
+    /// A client assertion (RFC 7523 §3) for `client_id` addressed to `aud`, issued at `iat` and expiring
+    /// `lifetime` seconds later, signed under the label `kid`.
+    ///
+    /// # Errors
+    /// [`KitError`] if signing fails.
+    pub fn client_assertion(
+        &self,
+        kid: &str,
+        client_id: &str,
+        aud: &str,
+        iat: u64,
+        lifetime: u64,
+    ) -> Result<String, KitError> {
+        let claims = json!({
+            "iss": client_id, "sub": client_id, "aud": aud, "jti": fresh_jti(),
+            "iat": iat, "exp": iat + lifetime,
+        });
+        self.sign_jwt(&claims, kid, |_| {})
+    }
+
+    /// Signs any `claims` as a plain JWT with `kid` in the header, letting `edit` change the header first.
+    ///
+    /// # Errors
+    /// [`KitError`] if signing fails.
+    pub fn sign_jwt(
+        &self,
+        claims: &Value,
+        kid: &str,
+        edit: impl FnOnce(&mut Header),
+    ) -> Result<String, KitError> {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(kid.to_owned());
+        edit(&mut header);
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(err)
+    }
+}
+
+/// A JWT signed with HMAC-SHA256 over `secret`, with `kid` in the header: what a client_secret_jwt client
+/// would send, which a `private_key_jwt` verifier must refuse.
+///
+/// # Errors
+/// [`KitError`] if signing fails.
+pub fn hmac_jwt(claims: &Value, kid: &str, secret: &[u8]) -> Result<String, KitError> {
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret)).map_err(err)
 }
 
 /// A proof signed with HMAC-SHA256 over a shared secret, which no DPoP verifier may accept.

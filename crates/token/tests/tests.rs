@@ -6,6 +6,7 @@
 
 mod common;
 
+mod assertion;
 mod attacks;
 mod dpop;
 mod keys;

@@ -36,6 +36,8 @@ async fn add_client(state: &tessera_server::AppState, id: &str, scopes: &[&str])
         disabled: false,
         created_at: tessera_server::now(),
         require_dpop: false,
+        jwks: None,
+        exchange_audiences: Vec::new(),
     };
     state.store.create_client(&client).await.unwrap();
     secret.expose().to_owned()

@@ -370,6 +370,7 @@ impl World {
                 amr: vec!["pwd".into()],
                 ttl: 300,
                 jkt: grant.jkt.clone(),
+                act: None,
             },
             now,
         )

@@ -8,7 +8,9 @@ mod common;
 
 mod basics;
 mod browser_flow;
+mod client_auth;
 mod dpop;
+mod exchange;
 mod refresh;
 mod stream;
 mod token_admin;
