@@ -39,14 +39,28 @@ pub async fn authorize(
     client: &OAuthClient,
     scope: &str,
 ) -> (std::collections::HashMap<String, String>, PkceCodeVerifier, CsrfToken) {
+    authorize_with(s, browser, client, scope, &[]).await
+}
+
+/// Like [`authorize`], with `extra` parameters on the authorization request.
+pub async fn authorize_with(
+    s: &Server,
+    browser: &Browser,
+    client: &OAuthClient,
+    scope: &str,
+    extra: &[(&str, &str)],
+) -> (std::collections::HashMap<String, String>, PkceCodeVerifier, CsrfToken) {
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let (url, state) = client
+    let mut request = client
         .authorize_url(CsrfToken::new_random)
         .add_scopes(scope.split(' ').map(|s| Scope::new(s.into())))
         .set_pkce_challenge(challenge)
         .add_extra_param("resource", API)
-        .add_extra_param("nonce", "n-0S6_WzA2Mj")
-        .url();
+        .add_extra_param("nonce", "n-0S6_WzA2Mj");
+    for (name, value) in extra {
+        request = request.add_extra_param(*name, *value);
+    }
+    let (url, state) = request.url();
     let page = browser.get(url.as_str()).await;
     let r = if page.status() == 200 { sign_in(s, browser, page, "alice", PASSWORD).await } else { page };
     assert_eq!(r.status(), 302);

@@ -7,7 +7,7 @@ use reqwest::header::HeaderMap;
 use serde_json::Value;
 use tessera_testkit::{DpopClient, hmac_proof};
 
-use crate::browser_flow::{authorize, setup};
+use crate::browser_flow::{authorize, authorize_with, setup};
 use crate::common::{API, Backend, Browser, Server, http};
 
 crate::on_both_backends!(
@@ -18,6 +18,7 @@ crate::on_both_backends!(
     client_that_requires_dpop_gets_no_bearer_tokens,
     introspection_reports_the_key_binding,
     public_family_started_without_dpop_is_bound_by_its_first_proof,
+    code_requested_with_dpop_jkt_is_redeemable_only_with_that_key,
 );
 
 fn now() -> u64 {
@@ -194,6 +195,41 @@ async fn public_family_started_without_dpop_is_bound_by_its_first_proof(s: &Serv
     assert_eq!(status, 400);
     let (status, _) = refresh_with(s, next, Some(&token_proof(s, &key))).await;
     assert_eq!(status, 200);
+}
+
+async fn code_requested_with_dpop_jkt_is_redeemable_only_with_that_key(s: &Server) {
+    let client = setup(s).await;
+    let browser = Browser::default();
+    let key = DpopClient::new("EdDSA").unwrap();
+    let jkt = key.thumbprint().unwrap();
+    let redeem = |code: String, verifier: oauth2::PkceCodeVerifier, proof: Option<String>| async move {
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", crate::common::REDIRECT),
+            ("code_verifier", verifier.secret().as_str()),
+            ("client_id", "spa"),
+        ];
+        let (status, _, body) = token_request(s, &form, proof.as_deref()).await;
+        (status, body)
+    };
+    let extra = [("dpop_jkt", jkt.as_str())];
+    // Without a proof, and with a thief's key: refused.
+    let (q, verifier, _) = authorize_with(s, &browser, &client, "openid orders:read", &extra).await;
+    let (status, body) = redeem(q["code"].clone(), verifier, None).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_dpop_proof")), "{body}");
+    let thief = DpopClient::new("EdDSA").unwrap();
+    let (q, verifier, _) = authorize_with(s, &browser, &client, "openid orders:read", &extra).await;
+    let (status, body) = redeem(q["code"].clone(), verifier, Some(token_proof(s, &thief))).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    // With the key named in the request: DPoP-bound tokens.
+    let (q, verifier, _) = authorize_with(s, &browser, &client, "openid orders:read", &extra).await;
+    let (status, body) = redeem(q["code"].clone(), verifier, Some(token_proof(s, &key))).await;
+    assert_eq!((status, body["token_type"].as_str()), (200, Some("DPoP")), "{body}");
+    assert_eq!(claims(body["access_token"].as_str().unwrap())["cnf"]["jkt"], jkt.as_str());
+    // A dpop_jkt that is no thumbprint is refused at the authorization endpoint, back to the client.
+    let (q, _, _) = authorize_with(s, &browser, &client, "openid", &[("dpop_jkt", "not-a-thumbprint")]).await;
+    assert_eq!(q["error"], "invalid_request");
 }
 
 async fn introspection_reports_the_key_binding(s: &Server) {
