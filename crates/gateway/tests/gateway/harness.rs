@@ -293,9 +293,74 @@ pub struct World {
     pub upstream: Upstream,
     pub gateway: Arc<Gateway>,
     pub addr: SocketAddr,
+    front: Front,
+}
+
+/// A gateway serving on its own loopback port, for one audience, until [`Front::stop`].
+pub struct Front {
+    pub gateway: Arc<Gateway>,
+    pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
+}
+
+impl Front {
+    /// Starts a gateway for `audience` in front of `upstream`, with `policy`, authenticating to the server as
+    /// the resource server's client `client_id`; waits until its guard is ready.
+    pub async fn start(
+        server: &Server,
+        upstream: &Upstream,
+        audience: &str,
+        client_id: &str,
+        secret: &str,
+        options: &Options,
+    ) -> Front {
+        let dir = tempfile::tempdir().unwrap();
+        let policy_path = dir.path().join("policy.toml");
+        std::fs::write(&policy_path, options.policy).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = tessera_gateway::FileConfig {
+            issuer: Some(server.issuer()),
+            audience: Some(audience.into()),
+            upstream: Some(format!("http://{}", upstream.addr)),
+            listen: Some(addr.to_string()),
+            policy: Some(policy_path.clone()),
+            client_id: Some(client_id.into()),
+            ..Default::default()
+        };
+        let mut config: GatewayConfig = config.build(Some(secret.to_owned())).unwrap();
+        config.upstream_timeout = options.upstream_timeout;
+        let mut guard_config = GuardConfig::new(server.issuer(), audience, client_id, secret.to_owned());
+        guard_config.staleness = options.staleness;
+        guard_config.report_interval = Duration::from_millis(100);
+        guard_config.jwks_min_refetch = Duration::from_millis(100);
+        guard_config.public_url = Some(format!("http://{addr}"));
+        let guard = Guard::start(guard_config, Policy::load(&policy_path).unwrap()).unwrap();
+        assert!(guard.wait_ready(Duration::from_secs(10)).await, "the guard became ready");
+        let gateway = Gateway::with_guard(config, guard);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(tessera_gateway::serve(Arc::clone(&gateway), listener, None, async move {
+            let _ = stopped.await;
+        }));
+        Front { gateway, addr, stop: Some(stop), task: Some(task), _dir: dir }
+    }
+
+    /// Stops serving and waits for the gateway to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    /// Sends raw HTTP/1.1 bytes to this gateway; returns the status.
+    pub async fn raw(&self, request: &str) -> u16 {
+        raw_status(self.addr, request).await
+    }
 }
 
 impl World {
@@ -309,44 +374,12 @@ impl World {
         server.add_resource(OTHER_API, &["billing:read"]).await;
         let secret = server.add_client(GATEWAY_CLIENT, &[API]).await;
         let upstream = Upstream::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let policy_path = dir.path().join("policy.toml");
-        std::fs::write(&policy_path, options.policy).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let config = tessera_gateway::FileConfig {
-            issuer: Some(server.issuer()),
-            audience: Some(API.into()),
-            upstream: Some(format!("http://{}", upstream.addr)),
-            listen: Some(addr.to_string()),
-            policy: Some(policy_path.clone()),
-            client_id: Some(GATEWAY_CLIENT.into()),
-            ..Default::default()
-        };
-        let mut config: GatewayConfig = config.build(Some(secret.clone())).unwrap();
-        config.upstream_timeout = options.upstream_timeout;
-        let mut guard_config = GuardConfig::new(server.issuer(), API, GATEWAY_CLIENT, secret);
-        guard_config.staleness = options.staleness;
-        guard_config.report_interval = Duration::from_millis(100);
-        guard_config.jwks_min_refetch = Duration::from_millis(100);
-        guard_config.public_url = Some(format!("http://{addr}"));
-        let guard = Guard::start(guard_config, Policy::load(&policy_path).unwrap()).unwrap();
-        assert!(guard.wait_ready(Duration::from_secs(10)).await, "the guard became ready");
-        let gateway = Gateway::with_guard(config, guard);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(tessera_gateway::serve(Arc::clone(&gateway), listener, None, async move {
-            let _ = stopped.await;
-        }));
-        Some(World { server, upstream, gateway, addr, stop: Some(stop), task: Some(task), _dir: dir })
+        let front = Front::start(&server, &upstream, API, GATEWAY_CLIENT, &secret, &options).await;
+        Some(World { gateway: Arc::clone(&front.gateway), addr: front.addr, server, upstream, front })
     }
 
-    pub async fn finish(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
+    pub async fn finish(self) {
+        self.front.stop().await;
         self.server.finish().await;
     }
 

@@ -10,6 +10,7 @@
 
 mod attacks;
 mod dpop;
+mod exchange;
 mod harness;
 mod lifecycle;
 mod proxy;

@@ -1,0 +1,143 @@
+//! Token exchange across two gateways (RFC 8693): the orders service trades the user's token for a narrower
+//! one to call billing. Billing's gateway accepts the exchanged token and refuses the user's original one
+//! (lateral movement); a scope the user never had cannot be obtained; revoking the user's session kills the
+//! exchanged token at billing within a second.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tessera_core::{ClientKind, GrantType, RevocationKind, SecretKind};
+use tessera_store::{Client, NewRevocation, User};
+
+use crate::harness::{API, Backend, Front, Grant, OTHER_API, Options, World, eventually, get};
+
+const SERVICE: &str = "orders-svc";
+const BILLING_GATEWAY: &str = "billing-gateway";
+const BILLING_POLICY: &str = r#"
+default = "deny"
+
+[[route]]
+method = "GET"
+path = "/invoices/{id}"
+scopes = ["billing:read"]
+"#;
+
+/// The orders service's own client, allowed to exchange tokens for billing; returns its secret.
+async fn add_service(w: &World) -> String {
+    let secret = tessera_server::crypto::new_secret(SecretKind::ClientSecret).unwrap();
+    let client = Client {
+        id: SERVICE.into(),
+        name: SERVICE.into(),
+        kind: ClientKind::Confidential,
+        secret_hash: Some(secret.hash()),
+        redirect_uris: vec![],
+        grant_types: vec![GrantType::TokenExchange],
+        audiences: vec![API.into()],
+        scopes: vec!["orders:read".into(), "billing:read".into()],
+        access_ttl: 300,
+        refresh_idle_ttl: 3600,
+        refresh_absolute_ttl: 86_400,
+        first_party: true,
+        disabled: false,
+        created_at: tessera_server::now(),
+        require_dpop: false,
+        jwks: None,
+        exchange_audiences: vec![OTHER_API.into()],
+    };
+    w.server.state.store.create_client(&client).await.unwrap();
+    let alice = User {
+        id: "u_alice".into(),
+        username: "alice".into(),
+        password_hash: tessera_server::passwords::hash_blocking("correct horse battery").unwrap(),
+        roles: vec![],
+        disabled: false,
+        created_at: tessera_server::now(),
+        password_changed_at: tessera_server::now(),
+    };
+    w.server.state.store.create_user(&alice).await.unwrap();
+    secret.expose().to_owned()
+}
+
+/// The orders service asks for a billing token with `subject`; returns the status and the JSON body.
+async fn exchange(w: &World, secret: &str, subject: &str, scope: &str) -> (u16, Value) {
+    let form = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        ("subject_token", subject),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+        ("resource", OTHER_API),
+        ("scope", scope),
+    ];
+    let r = reqwest::Client::new()
+        .post(format!("{}/token", w.server.issuer()))
+        .basic_auth(SERVICE, Some(secret))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, serde_json::from_str(&r.text().await.unwrap()).unwrap())
+}
+
+#[tokio::test]
+async fn exchanged_token_works_at_the_next_service_and_the_original_does_not() {
+    let w = World::start(Backend::Sqlite).await.unwrap();
+    let secret = add_service(&w).await;
+    let gateway_secret = w.server.add_client(BILLING_GATEWAY, &[OTHER_API]).await;
+    let options = Options { policy: BILLING_POLICY, ..Options::default() };
+    let billing =
+        Front::start(&w.server, &w.upstream, OTHER_API, BILLING_GATEWAY, &gateway_secret, &options).await;
+
+    // Alice's token, as the orders service received it.
+    let (user_token, _) = w.token(Grant { scope: "orders:read billing:read", ..Grant::default() });
+    assert_eq!(w.raw(&get("/orders/1", Some(&user_token))).await, 200);
+
+    let (status, body) = exchange(&w, &secret, &user_token, "billing:read").await;
+    assert_eq!(status, 200, "{body}");
+    let exchanged = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(billing.raw(&get("/invoices/9", Some(&exchanged))).await, 200, "billing accepts it");
+    let seen = w.upstream.last();
+    assert_eq!(
+        (seen.path_and_query.as_str(), seen.header("x-tessera-sub")),
+        ("/invoices/9", Some("u_alice"))
+    );
+
+    // The user's own token at billing is lateral movement, and the exchanged one is no good at orders.
+    assert_eq!(billing.raw(&get("/invoices/9", Some(&user_token))).await, 401);
+    assert_eq!(w.raw(&get("/orders/1", Some(&exchanged))).await, 401);
+    let store = &w.server.state.store;
+    let reported = eventually(Duration::from_secs(5), || async {
+        let events = store.recent_events(Some("lateral_movement_attempt"), 10).await.unwrap();
+        events.iter().any(|e| e.audience.as_deref() == Some(API) || e.client_id.as_deref() == Some("web"))
+    })
+    .await;
+    assert!(reported.is_some(), "billing's guard reports the original token as lateral movement");
+
+    // Revoking alice's session kills the exchanged token at billing within a second.
+    let now = tessera_server::now();
+    let entry = NewRevocation {
+        kind: RevocationKind::Session,
+        subject: "fam_alice_1".into(),
+        not_before: None,
+        expires_at: now + tessera_store::REVOCATION_HORIZON_SECS,
+        reason: "test".into(),
+    };
+    store.revoke(&entry, now).await.unwrap();
+    let refused = eventually(Duration::from_secs(1), || async {
+        billing.raw(&get("/invoices/9", Some(&exchanged))).await == 401
+    })
+    .await;
+    assert!(refused.is_some(), "the exchanged token dies with the session within 1 s");
+
+    billing.stop().await;
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn exchange_cannot_add_a_scope_the_user_never_had() {
+    let w = World::start(Backend::Sqlite).await.unwrap();
+    let secret = add_service(&w).await;
+    let (orders_only, _) = w.token(Grant { scope: "orders:read", ..Grant::default() });
+    let (status, body) = exchange(&w, &secret, &orders_only, "billing:read").await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_scope")), "{body}");
+    w.finish().await;
+}
