@@ -275,6 +275,68 @@ fn management_commands_do_what_an_operator_types() {
     assert_eq!((code, err.trim()), (2, "error: access_token_ttl: must be between 1 and 900 seconds"));
 }
 
+#[test]
+fn client_keys_and_exchange_policy_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (audience, scope) in
+        [("https://orders.example", "orders:read"), ("https://billing.example", "billing:read")]
+    {
+        let (code, _, err) = run(d, &[], &["resource", "add", audience, "--scope", scope], "");
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = run(d, &[], &["keys", "generate", "--alg", "ES256", "--out", "worker.jwk"], "");
+    assert_eq!(code, 0, "{err}");
+    let (code, jwks, err) = run(d, &[], &["keys", "jwks", "worker.jwk"], "");
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(d.join("worker.jwks"), &jwks).unwrap();
+    let kid = serde_json::from_str::<Value>(&jwks).unwrap()["keys"][0]["kid"].as_str().unwrap().to_owned();
+
+    // A key-authenticated client gets no secret at all.
+    let args =
+        ["client", "add", "worker", "--grant", "client_credentials", "--audience", "https://orders.example"];
+    let (code, out, err) = run(d, &[], &[&args[..], &["--jwks", "worker.jwks"]].concat(), "");
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("client_secret:"), "{out}");
+    assert!(out.contains("auth: private_key_jwt") && out.contains(&format!("keys: {kid}")), "{out}");
+    // A private key file is refused without being echoed; so is a public client with keys.
+    let private = std::fs::read_to_string(d.join("worker.jwk")).unwrap();
+    let (code, _, err) = run(d, &[], &["client", "add", "leaky", "--jwks", "worker.jwk"], "");
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+    let d_member = serde_json::from_str::<Value>(&private).unwrap()["d"].as_str().unwrap().to_owned();
+    assert!(!err.contains(&d_member), "{err}");
+    let public = ["client", "add", "app", "--public", "--redirect-uri", "https://app.example/cb"];
+    let (code, _, err) = run(d, &[], &[&public[..], &["--jwks", "worker.jwks"]].concat(), "");
+    assert_eq!(code, 2, "{err}");
+
+    // Token exchange needs an explicit policy, of registered resources.
+    let exchange =
+        ["client", "add", "orders-svc", "--grant", "token_exchange", "--audience", "https://orders.example"];
+    let (code, _, err) = run(d, &[], &exchange, "");
+    assert_eq!((code, err.trim()), (2, "error: token_exchange needs at least one --exchange-audience"));
+    let (code, _, err) =
+        run(d, &[], &[&exchange[..], &["--exchange-audience", "https://nowhere.example"]].concat(), "");
+    assert_eq!(code, 2, "{err}");
+    let (code, out, err) =
+        run(d, &[], &[&exchange[..], &["--exchange-audience", "https://billing.example"]].concat(), "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("exchange_audiences: https://billing.example"), "{out}");
+    assert!(out.contains("grants: urn:ietf:params:oauth:grant-type:token-exchange"), "{out}");
+
+    // Moving a secret client to keys: register them, then switch the secret off.
+    let (code, _, _) = run(d, &[], &["client", "add", "svc", "--grant", "client_credentials"], "");
+    assert_eq!(code, 0);
+    let (code, _, err) = run(d, &[], &["client", "remove-secret", "svc"], "");
+    assert_eq!(code, 2, "no keys yet, so removing the secret would lock the client out: {err}");
+    let (code, out, err) = run(d, &[], &["client", "set-jwks", "svc", "worker.jwks"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("auth: client_secret_basic client_secret_post private_key_jwt"), "{out}");
+    let (code, _, err) = run(d, &[], &["client", "remove-secret", "svc"], "");
+    assert_eq!(code, 0, "{err}");
+    let (_, shown, _) = run(d, &[], &["client", "show", "svc"], "");
+    assert!(shown.lines().any(|l| l == "auth: private_key_jwt"), "{shown}");
+}
+
 /// Registers a public client `app` (refresh allowed, bearer tokens allowed) and user `u1` with the CLI, then
 /// starts `families` refresh families directly in the store, returning each family's first refresh token.
 async fn seed(dir: &Path, env: &[(&str, &str)], store: &dyn Store, families: usize) -> Vec<String> {
