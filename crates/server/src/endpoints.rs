@@ -20,6 +20,9 @@ use crate::{AppState, RequestMeta, now};
 #[derive(Debug)]
 pub struct TokenProblem(pub &'static str);
 
+/// The [`TokenProblem`] when the revocation set cannot be read (the database is down): not the token's fault.
+pub const REVOCATION_UNAVAILABLE: &str = "revocation_check_unavailable";
+
 /// Verifies, validates and checks the revocation set for an access token issued by this server, whatever
 /// its audience (userinfo and introspection serve every audience).
 ///
@@ -57,7 +60,7 @@ pub async fn check_access_token(
     match state.store.is_revoked(reference, now).await {
         Ok(false) => Ok(claims),
         Ok(true) => Err(TokenProblem("revoked")),
-        Err(_) => Err(TokenProblem("revocation_check_unavailable")),
+        Err(_) => Err(TokenProblem(REVOCATION_UNAVAILABLE)),
     }
 }
 
@@ -336,6 +339,10 @@ async fn introspect_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) ->
     }
     if let Some(jkt) = jkt {
         out["cnf"] = json!({ "jkt": jkt });
+    }
+    // RFC 8693 §4.1: a delegated token says who acts for the subject.
+    if let Some(act) = claims.act {
+        out["act"] = serde_json::to_value(act).unwrap_or_default();
     }
     Ok(out)
 }

@@ -16,7 +16,7 @@ use tessera_core::flow;
 use tessera_store::{Client, Event};
 use tessera_token::{AccessClaims, Actor};
 
-use crate::endpoints::check_access_token;
+use crate::endpoints::{REVOCATION_UNAVAILABLE, check_access_token};
 use crate::issue::{self, AccessGrant, TokenResponse};
 use crate::oauth::{ClientAuth, OAuthError, Params};
 use crate::token::active_user;
@@ -45,9 +45,12 @@ pub async fn exchange(
     if client.kind != ClientKind::Confidential || !auth.is_confidential() {
         return Err(OAuthError::unauthorized_client("token exchange needs a confidential client"));
     }
-    if params.get("requested_token_type").is_some_and(|t| t != ACCESS_TOKEN_TYPE) {
-        return Err(OAuthError::invalid_request("only access tokens can be requested"));
-    }
+    // Our access tokens are JWTs, so either name is honest; the answer echoes the one asked for.
+    let issued_type = match params.get("requested_token_type") {
+        None | Some(ACCESS_TOKEN_TYPE) => ACCESS_TOKEN_TYPE,
+        Some(JWT_TOKEN_TYPE) => JWT_TOKEN_TYPE,
+        Some(_) => return Err(OAuthError::invalid_request("only access tokens can be requested")),
+    };
     let subject = typed_token(params, "subject_token", "subject_token_type")?
         .ok_or(OAuthError::invalid_request("subject_token and subject_token_type are required"))?;
     let target = target_audience(params)?;
@@ -59,6 +62,10 @@ pub async fn exchange(
     if !subject.aud.0.iter().any(|a| client.audiences.contains(a)) {
         tracing::warn!(client = %client.id, jti = %subject.jti, "token exchange of a token issued for another service");
         return Err(OAuthError::invalid_request("the subject token was not issued for this client"));
+    }
+    // A sender-constrained token stays sender-constrained: the caller must bind the new one to its own key.
+    if subject.cnf.is_some() && jkt.is_none() {
+        return Err(OAuthError::invalid_dpop_proof("exchanging a DPoP-bound token needs a DPoP proof"));
     }
     if let Some(actor) = typed_token(params, "actor_token", "actor_token_type")? {
         // The actor token says who is acting; it must be the caller's own.
@@ -124,7 +131,7 @@ pub async fn exchange(
         })
         .await;
     let mut response = TokenResponse::new(minted, scope, None, None);
-    response.issued_token_type = Some(ACCESS_TOKEN_TYPE);
+    response.issued_token_type = Some(issued_type);
     Ok(response)
 }
 
@@ -147,6 +154,7 @@ fn typed_token<'a>(params: &'a Params, token: &str, kind: &str) -> Result<Option
 fn target_audience(params: &Params) -> Result<&str, OAuthError> {
     let mut wanted = params.all("resource");
     wanted.extend(params.all("audience"));
+    wanted.sort_unstable();
     wanted.dedup();
     match wanted.as_slice() {
         [one] => Ok(one),
@@ -165,6 +173,10 @@ async fn accepted_token(
 ) -> Result<AccessClaims, OAuthError> {
     check_access_token(state, token, now).await.map_err(|problem| {
         tracing::info!(role, reason = problem.0, "token exchange: token refused");
-        rejected("the token is invalid, expired or revoked")
+        if problem.0 == REVOCATION_UNAVAILABLE {
+            OAuthError::temporarily_unavailable()
+        } else {
+            rejected("the token is invalid, expired or revoked")
+        }
     })
 }

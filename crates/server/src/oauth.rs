@@ -150,8 +150,8 @@ impl std::fmt::Debug for Params {
     }
 }
 
-/// Parameters that may legitimately repeat (RFC 8707 `resource`).
-const REPEATABLE: &[&str] = &["resource"];
+/// Parameters that may legitimately repeat (RFC 8707 `resource`, RFC 8693 `audience`).
+const REPEATABLE: &[&str] = &["resource", "audience"];
 
 impl Params {
     /// Reads `application/x-www-form-urlencoded` bytes.

@@ -57,11 +57,13 @@ async fn grant(
     let params = Params::from_form(headers, body)?;
     let grant_type = params.get("grant_type").ok_or(OAuthError::invalid_request("grant_type is required"))?;
     let grant: GrantType = grant_type.parse().map_err(|_| OAuthError::unsupported_grant_type())?;
+    // The proof first: a `use_dpop_nonce` answer must not spend the client's assertion, which the retry
+    // (RFC 9449 §8) sends again.
+    let proof = dpop::request_proof(state, headers, "POST", "/token", None, now).await?;
     let (client, auth) = authenticate_client(state, headers, &params, now).await?;
     if !client.grant_types.contains(&grant) {
         return Err(OAuthError::unauthorized_client("this client may not use this grant type"));
     }
-    let proof = dpop::request_proof(state, headers, "POST", "/token", None, now).await?;
     if proof.is_none() && client.require_dpop {
         return Err(OAuthError::invalid_dpop_proof("this client must send a DPoP proof"));
     }

@@ -177,3 +177,43 @@ async fn discovery_lists_private_key_jwt_and_token_exchange(s: &Server) {
     let grants = d["grant_types_supported"].as_array().unwrap();
     assert!(grants.contains(&"urn:ietf:params:oauth:grant-type:token-exchange".into()), "{d}");
 }
+
+/// With server nonces on, the first request's `use_dpop_nonce` answer must not spend the assertion: the
+/// client's retry (RFC 9449 §8) sends the same body again with a new proof.
+async fn assertion_survives_a_dpop_nonce_retry(backend: crate::common::Backend) {
+    let Some(s) = Server::start_with(backend, |c| c.dpop_nonce = true).await else { return };
+    let key = DpopClient::new("ES256").unwrap();
+    key_client(&s, &key).await;
+    let assertion = key.client_assertion("k1", "worker", &s.base, now(), 60).unwrap();
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", ASSERTION_TYPE),
+        ("client_assertion", assertion.as_str()),
+    ];
+    let send = |proof: String| {
+        let s = &s;
+        async move {
+            let r = http().post(s.url("/token")).header("DPoP", proof).form(&form).send().await.unwrap();
+            let nonce = r.headers().get("dpop-nonce").map(|v| v.to_str().unwrap().to_owned());
+            let status = r.status().as_u16();
+            (status, nonce, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, nonce, body) = send(key.proof("POST", &s.url("/token"), now(), None, None).unwrap()).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("use_dpop_nonce")), "{body}");
+    let nonce = nonce.unwrap();
+    let (status, _, body) =
+        send(key.proof("POST", &s.url("/token"), now(), None, Some(&nonce)).unwrap()).await;
+    assert_eq!((status, body["token_type"].as_str()), (200, Some("DPoP")), "{body}");
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assertion_survives_a_dpop_nonce_retry_sqlite() {
+    assertion_survives_a_dpop_nonce_retry(crate::common::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assertion_survives_a_dpop_nonce_retry_postgres() {
+    assertion_survives_a_dpop_nonce_retry(crate::common::Backend::Postgres).await;
+}

@@ -70,6 +70,18 @@ async fn setup(s: &Server) -> String {
 
 /// Alice's access token for `audience`, as the web app `spa` got it, in session `sid`.
 fn user_token(s: &Server, audience: &str, scope: &str, sid: &str, ttl: i64) -> String {
+    user_token_bound(s, audience, scope, sid, ttl, None)
+}
+
+/// Like [`user_token`], bound to the DPoP key `jkt` when given.
+fn user_token_bound(
+    s: &Server,
+    audience: &str,
+    scope: &str,
+    sid: &str,
+    ttl: i64,
+    jkt: Option<String>,
+) -> String {
     let minted = tessera_server::issue::access_token(
         &s.state,
         AccessGrant {
@@ -82,7 +94,7 @@ fn user_token(s: &Server, audience: &str, scope: &str, sid: &str, ttl: i64) -> S
             auth_time: Some(now() - 30),
             amr: vec!["pwd".into(), "otp".into()],
             ttl,
-            jkt: None,
+            jkt,
             act: None,
         },
         now(),
@@ -148,8 +160,27 @@ async fn exchange_narrows_to_the_target_and_names_the_actor(s: &Server) {
         [("subject_token", subject.as_str()), ("subject_token_type", ACCESS_TOKEN), ("audience", BILLING)];
     assert_eq!(exchange_as(s, SERVICE, &secret, &form, None).await.0, 200);
 
+    // Asking for a JWT gets the same token, named as asked.
+    let mut form = subject_form(&subject, BILLING);
+    form.push(("requested_token_type", "urn:ietf:params:oauth:token-type:jwt"));
+    let (status, body) = exchange_as(s, SERVICE, &secret, &form, None).await;
+    assert_eq!(
+        (status, body["issued_token_type"].as_str()),
+        (200, Some("urn:ietf:params:oauth:token-type:jwt"))
+    );
+    // Introspection shows who acts for the user.
+    let r = http()
+        .post(s.url("/introspect"))
+        .basic_auth(SERVICE, Some(&secret))
+        .form(&[("token", body["access_token"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    let introspected: Value = r.json().await.unwrap();
+    assert_eq!(introspected["act"]["sub"], SERVICE, "{introspected}");
+
     let events = s.state.store.recent_events(Some("token_exchanged"), 10).await.unwrap();
-    assert_eq!(events.len(), 3, "every exchange is recorded");
+    assert_eq!(events.len(), 4, "every exchange is recorded");
     assert_eq!(events[0].client_id.as_deref(), Some(SERVICE));
     assert_eq!(events[0].audience.as_deref(), Some(BILLING));
     assert_eq!(events[0].sid.as_deref(), Some("sess-1"));
@@ -177,6 +208,13 @@ async fn exchange_refuses_escalation_and_targets_outside_the_policy(s: &Server) 
         ("subject_token", wide.as_str()),
         ("subject_token_type", ACCESS_TOKEN),
         ("resource", BILLING),
+        ("audience", API),
+    ];
+    assert_eq!(error(exchange_as(s, SERVICE, &secret, &form, None).await), (400, "invalid_target".into()));
+    let form = [
+        ("subject_token", wide.as_str()),
+        ("subject_token_type", ACCESS_TOKEN),
+        ("audience", BILLING),
         ("audience", API),
     ];
     assert_eq!(error(exchange_as(s, SERVICE, &secret, &form, None).await), (400, "invalid_target".into()));
@@ -266,6 +304,16 @@ async fn exchanged_token_lives_no_longer_than_its_subject_and_dies_with_the_sess
 async fn exchange_with_a_dpop_proof_binds_the_new_token_to_the_callers_key(s: &Server) {
     let secret = setup(s).await;
     let key = DpopClient::new("ES256").unwrap();
+    // A DPoP-bound user token never becomes a bearer token through an exchange.
+    let user_key = DpopClient::new("EdDSA").unwrap();
+    let bound =
+        user_token_bound(s, API, "invoices:read", "sess-4", 300, Some(user_key.thumbprint().unwrap()));
+    let (status, body) = exchange_as(s, SERVICE, &secret, &subject_form(&bound, BILLING), None).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_dpop_proof")), "{body}");
+    let proof = key.proof("POST", &s.url("/token"), u64::try_from(now()).unwrap(), None, None).unwrap();
+    let (status, body) = exchange_as(s, SERVICE, &secret, &subject_form(&bound, BILLING), Some(&proof)).await;
+    assert_eq!((status, body["token_type"].as_str()), (200, Some("DPoP")), "{body}");
+
     let subject = user_token(s, API, "invoices:read", "sess-4", 300);
     let proof = key.proof("POST", &s.url("/token"), u64::try_from(now()).unwrap(), None, None).unwrap();
     let (status, body) =
