@@ -25,6 +25,7 @@ const POOL_SIZE: u32 = 16;
 pub struct PostgresStore {
     pool: PgPool,
     rotations: tokio::sync::mpsc::Sender<RotationJob>,
+    single_use: tokio::sync::mpsc::Sender<OnceJob>,
 }
 
 impl PostgresStore {
@@ -47,7 +48,8 @@ impl PostgresStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
         let rotations = spawn_rotation_writer(&pool);
-        Ok(PostgresStore { pool, rotations })
+        let single_use = spawn_single_use_writer(&pool);
+        Ok(PostgresStore { pool, rotations, single_use })
     }
 
     /// Closes the pool, waiting for connections in use to be returned.

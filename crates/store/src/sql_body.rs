@@ -1,7 +1,7 @@
 // The one implementation of `Store`, compiled once per backend: `sqlite.rs` and `postgres.rs` each define
 // `Db`, `WritePool`, `begin_write_on(&WritePool)`, `rotate_batch` (the one piece of SQL that differs: a
 // batch of rotations' compare-and-swaps and successor inserts), `StoreImpl` (with `read()`, `write()`, `begin_write()`,
-// `backend_name()` and a `rotations` sender) and `MIGRATOR`, then `include!` this file. Both backends therefore run the very same SQL text; `$n` placeholders are understood
+// `backend_name()`, a `rotations` and a `single_use` sender) and `MIGRATOR`, then `include!` this file. Both backends therefore run the very same SQL text; `$n` placeholders are understood
 // by both. Nothing here may name a backend.
 
 use async_trait::async_trait;
@@ -955,20 +955,13 @@ impl Store for StoreImpl {
     }
 
     async fn use_once(&self, scope: &str, id_hash: &TokenHash, expires_at: Time, now: Time) -> Result<bool> {
-        // A row whose time has passed may be taken again: whatever it guarded is refused as too old anyway.
-        let fresh = sqlx::query(
-            "INSERT INTO used_ids (scope, id_hash, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (scope, id_hash) DO UPDATE SET expires_at = excluded.expires_at \
-             WHERE used_ids.expires_at <= $4",
-        )
-        .bind(scope)
-        .bind(id_hash.as_bytes())
-        .bind(expires_at)
-        .bind(now)
-        .execute(self.write())
-        .await?
-        .rows_affected();
-        Ok(fresh == 1)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = OnceJob { scope: scope.to_owned(), id_hash: *id_hash, expires_at, now, reply };
+        self.single_use
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable("the single-use writer stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Unavailable("the single-use writer stopped".into()))?
     }
 
     async fn append_event(&self, e: &Event) -> Result<()> {
@@ -1058,6 +1051,76 @@ fn spawn_rotation_writer(pool: &WritePool) -> tokio::sync::mpsc::Sender<Rotation
         }
     });
     jobs
+}
+
+/// One single-use id waiting for the single-use writer.
+struct OnceJob {
+    scope: String,
+    id_hash: TokenHash,
+    expires_at: Time,
+    now: Time,
+    reply: tokio::sync::oneshot::Sender<Result<bool>>,
+}
+
+/// The most single-use ids taken in one transaction.
+const MAX_ONCE_BATCH: usize = 256;
+
+/// Starts the single-use writer: like the rotation writer, it takes every id waiting (up to
+/// [`MAX_ONCE_BATCH`]) and inserts them in one transaction, so that concurrent DPoP proofs and client
+/// assertions share one commit (one flush to disk) instead of paying for one each. Each insert is still its
+/// own "take if not taken": two requests with one id in the same batch see the first win. The task ends
+/// when the store is dropped.
+fn spawn_single_use_writer(pool: &WritePool) -> tokio::sync::mpsc::Sender<OnceJob> {
+    let (jobs, mut queue) = tokio::sync::mpsc::channel::<OnceJob>(4 * MAX_ONCE_BATCH);
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        while let Some(first) = queue.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_ONCE_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            match take_once_batch(&pool, &batch).await {
+                Ok(outcomes) => {
+                    for (job, fresh) in batch.into_iter().zip(outcomes) {
+                        let _ = job.reply.send(Ok(fresh));
+                    }
+                }
+                Err(e) => {
+                    for job in batch {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    });
+    jobs
+}
+
+/// Takes a batch of single-use ids in one transaction; for each, whether it was fresh.
+async fn take_once_batch(pool: &WritePool, batch: &[OnceJob]) -> Result<Vec<bool>> {
+    let mut tx = begin_write_on(pool).await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for job in batch {
+        // A row whose time has passed may be taken again: whatever it guarded is refused as too old anyway.
+        let fresh = sqlx::query(
+            "INSERT INTO used_ids (scope, id_hash, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (scope, id_hash) DO UPDATE SET expires_at = excluded.expires_at \
+             WHERE used_ids.expires_at <= $4",
+        )
+        .bind(&job.scope)
+        .bind(job.id_hash.as_bytes())
+        .bind(job.expires_at)
+        .bind(job.now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        outcomes.push(fresh == 1);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
 }
 
 /// Counts a change to users, clients or resources, inside the caller's transaction.

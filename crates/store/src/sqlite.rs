@@ -30,6 +30,7 @@ pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
     rotations: tokio::sync::mpsc::Sender<RotationJob>,
+    single_use: tokio::sync::mpsc::Sender<OnceJob>,
 }
 
 impl SqliteStore {
@@ -61,7 +62,8 @@ impl SqliteStore {
             .await
             .map_err(unavailable)?;
         let rotations = spawn_rotation_writer(&write);
-        Ok(SqliteStore { path: path.to_owned(), read, write, rotations })
+        let single_use = spawn_single_use_writer(&write);
+        Ok(SqliteStore { path: path.to_owned(), read, write, rotations, single_use })
     }
 
     /// The database file.
