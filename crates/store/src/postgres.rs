@@ -24,8 +24,8 @@ const POOL_SIZE: u32 = 16;
 #[derive(Debug)]
 pub struct PostgresStore {
     pool: PgPool,
-    rotations: tokio::sync::mpsc::Sender<RotationJob>,
-    single_use: tokio::sync::mpsc::Sender<OnceJob>,
+    rotations: tokio::sync::mpsc::Sender<Queued<RotationJob, Rotation>>,
+    single_use: tokio::sync::mpsc::Sender<Queued<OnceJob, bool>>,
 }
 
 impl PostgresStore {

@@ -784,13 +784,7 @@ impl Store for StoreImpl {
         successor: &RefreshRecord,
         now: Time,
     ) -> Result<Rotation> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = RotationJob { old: *old, successor: successor.clone(), now, reply };
-        self.rotations
-            .send(job)
-            .await
-            .map_err(|_| StoreError::Unavailable("the rotation writer stopped".into()))?;
-        answer.await.map_err(|_| StoreError::Unavailable("the rotation writer stopped".into()))?
+        enqueue(&self.rotations, RotationJob { old: *old, successor: successor.clone(), now }, "rotation").await
     }
 
     async fn bind_family_key(&self, id: &str, jkt: &str) -> Result<Option<String>> {
@@ -955,13 +949,8 @@ impl Store for StoreImpl {
     }
 
     async fn use_once(&self, scope: &str, id_hash: &TokenHash, expires_at: Time, now: Time) -> Result<bool> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = OnceJob { scope: scope.to_owned(), id_hash: *id_hash, expires_at, now, reply };
-        self.single_use
-            .send(job)
-            .await
-            .map_err(|_| StoreError::Unavailable("the single-use writer stopped".into()))?;
-        answer.await.map_err(|_| StoreError::Unavailable("the single-use writer stopped".into()))?
+        let job = OnceJob { scope: scope.to_owned(), id_hash: *id_hash, expires_at, now };
+        enqueue(&self.single_use, job, "single-use").await
     }
 
     async fn append_event(&self, e: &Event) -> Result<()> {
@@ -1008,95 +997,93 @@ impl Store for StoreImpl {
     }
 }
 
-/// One rotation waiting for the rotation writer.
+/// One rotation for the rotation writer.
 struct RotationJob {
     old: TokenHash,
     successor: RefreshRecord,
     now: Time,
-    reply: tokio::sync::oneshot::Sender<Result<Rotation>>,
 }
 
 /// The most rotations committed in one transaction.
 const MAX_ROTATION_BATCH: usize = 128;
 
-/// Starts the rotation writer. It takes every rotation waiting (up to [`MAX_ROTATION_BATCH`]) and commits them
-/// in one transaction (group commit), so concurrent rotations share one commit and one flush to disk instead
-/// of paying for one each; each rotation inside is still its own compare-and-swap. One writer per node:
-/// SQLite has one write lock anyway, and on PostgreSQL two or four writers measured no better (the CPU, not
-/// the commit, is then the limit). The task ends when the store is dropped.
-fn spawn_rotation_writer(pool: &WritePool) -> tokio::sync::mpsc::Sender<RotationJob> {
-    let (jobs, mut queue) = tokio::sync::mpsc::channel::<RotationJob>(4 * MAX_ROTATION_BATCH);
-    let pool = pool.clone();
-    tokio::spawn(async move {
-        while let Some(first) = queue.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < MAX_ROTATION_BATCH {
-                match queue.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            match rotate_batch(&pool, &batch).await {
-                Ok(outcomes) => {
-                    for (job, outcome) in batch.into_iter().zip(outcomes) {
-                        let _ = job.reply.send(Ok(outcome));
-                    }
-                }
-                Err(e) => {
-                    for job in batch {
-                        let _ = job.reply.send(Err(e.clone()));
-                    }
-                }
-            }
-        }
-    });
-    jobs
-}
-
-/// One single-use id waiting for the single-use writer.
+/// One single-use id for the single-use writer.
 struct OnceJob {
     scope: String,
     id_hash: TokenHash,
     expires_at: Time,
     now: Time,
-    reply: tokio::sync::oneshot::Sender<Result<bool>>,
 }
 
 /// The most single-use ids taken in one transaction.
 const MAX_ONCE_BATCH: usize = 256;
 
-/// Starts the single-use writer: like the rotation writer, it takes every id waiting (up to
-/// [`MAX_ONCE_BATCH`]) and inserts them in one transaction, so that concurrent DPoP proofs and client
-/// assertions share one commit (one flush to disk) instead of paying for one each. Each insert is still its
-/// own "take if not taken": two requests with one id in the same batch see the first win. The task ends
-/// when the store is dropped.
-fn spawn_single_use_writer(pool: &WritePool) -> tokio::sync::mpsc::Sender<OnceJob> {
-    let (jobs, mut queue) = tokio::sync::mpsc::channel::<OnceJob>(4 * MAX_ONCE_BATCH);
+/// A job waiting for a batch writer, with where its outcome goes.
+struct Queued<J, O> {
+    job: J,
+    reply: tokio::sync::oneshot::Sender<Result<O>>,
+}
+
+/// What a batch writer runs: one transaction for the whole batch, one outcome per job, in order.
+type BatchFuture<'a, O> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<O>>> + Send + 'a>>;
+
+/// Starts a batch writer (group commit). It takes every job waiting, up to `max`, runs them with `run` in
+/// one transaction, and answers each after the commit; a failed batch fails all its jobs. Concurrent writes
+/// thus share one commit (and one flush to disk) instead of paying for one each, and no job is answered
+/// before it is durable. Two use it: refresh rotations (each still its own compare-and-swap) and single-use
+/// ids (DPoP proofs, client assertions; each still its own "take if not taken"). One writer of each kind
+/// per node: SQLite has one write lock anyway, and on PostgreSQL two or four rotation writers measured no
+/// better (the CPU, not the commit, is then the limit). The task ends when the store is dropped.
+fn spawn_batch_writer<J: Send + 'static, O: Send + 'static>(
+    pool: &WritePool,
+    max: usize,
+    run: for<'a> fn(&'a WritePool, &'a [J]) -> BatchFuture<'a, O>,
+) -> tokio::sync::mpsc::Sender<Queued<J, O>> {
+    let (jobs, mut queue) = tokio::sync::mpsc::channel::<Queued<J, O>>(4 * max);
     let pool = pool.clone();
     tokio::spawn(async move {
         while let Some(first) = queue.recv().await {
             let mut batch = vec![first];
-            while batch.len() < MAX_ONCE_BATCH {
+            while batch.len() < max {
                 match queue.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(queued) => batch.push(queued),
                     Err(_) => break,
                 }
             }
-            match take_once_batch(&pool, &batch).await {
+            let (work, replies): (Vec<J>, Vec<_>) = batch.into_iter().map(|q| (q.job, q.reply)).unzip();
+            match run(&pool, &work).await {
                 Ok(outcomes) => {
-                    for (job, fresh) in batch.into_iter().zip(outcomes) {
-                        let _ = job.reply.send(Ok(fresh));
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        let _ = reply.send(Ok(outcome));
                     }
                 }
                 Err(e) => {
-                    for job in batch {
-                        let _ = job.reply.send(Err(e.clone()));
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
                     }
                 }
             }
         }
     });
     jobs
+}
+
+/// Sends `job` to a batch writer and waits for its outcome.
+async fn enqueue<J, O>(writer: &tokio::sync::mpsc::Sender<Queued<J, O>>, job: J, what: &str) -> Result<O> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let stopped = || StoreError::Unavailable(format!("the {what} writer stopped"));
+    writer.send(Queued { job, reply }).await.map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())?
+}
+
+/// The rotation writer.
+fn spawn_rotation_writer(pool: &WritePool) -> tokio::sync::mpsc::Sender<Queued<RotationJob, Rotation>> {
+    spawn_batch_writer(pool, MAX_ROTATION_BATCH, |pool, batch| Box::pin(rotate_batch(pool, batch)))
+}
+
+/// The single-use writer.
+fn spawn_single_use_writer(pool: &WritePool) -> tokio::sync::mpsc::Sender<Queued<OnceJob, bool>> {
+    spawn_batch_writer(pool, MAX_ONCE_BATCH, |pool, batch| Box::pin(take_once_batch(pool, batch)))
 }
 
 /// Takes a batch of single-use ids in one transaction; for each, whether it was fresh.

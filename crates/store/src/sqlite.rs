@@ -29,8 +29,8 @@ pub struct SqliteStore {
     path: PathBuf,
     read: SqlitePool,
     write: SqlitePool,
-    rotations: tokio::sync::mpsc::Sender<RotationJob>,
-    single_use: tokio::sync::mpsc::Sender<OnceJob>,
+    rotations: tokio::sync::mpsc::Sender<Queued<RotationJob, Rotation>>,
+    single_use: tokio::sync::mpsc::Sender<Queued<OnceJob, bool>>,
 }
 
 impl SqliteStore {
