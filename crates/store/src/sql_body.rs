@@ -784,7 +784,8 @@ impl Store for StoreImpl {
         successor: &RefreshRecord,
         now: Time,
     ) -> Result<Rotation> {
-        enqueue(&self.rotations, RotationJob { old: *old, successor: successor.clone(), now }, "rotation").await
+        enqueue(&self.rotations, RotationJob { old: *old, successor: successor.clone(), now }, "rotation")
+            .await
     }
 
     async fn bind_family_key(&self, id: &str, jkt: &str) -> Result<Option<String>> {
