@@ -382,29 +382,13 @@ impl Store for StoreImpl {
     }
 
     async fn set_user_disabled(&self, id: &str, disabled: bool) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let n = sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
-            .bind(disabled)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        bump_changes(&mut tx).await?;
-        tx.commit().await?;
-        Ok(n == 1)
+        let query = sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2").bind(disabled).bind(id);
+        update_counted(self.begin_write().await?, query).await
     }
 
     async fn set_user_roles(&self, id: &str, roles: &[String]) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let n = sqlx::query("UPDATE users SET roles = $1 WHERE id = $2")
-            .bind(to_list(roles))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        bump_changes(&mut tx).await?;
-        tx.commit().await?;
-        Ok(n == 1)
+        let query = sqlx::query("UPDATE users SET roles = $1 WHERE id = $2").bind(to_list(roles)).bind(id);
+        update_counted(self.begin_write().await?, query).await
     }
 
     async fn set_password(&self, id: &str, password_hash: &str, now: Time) -> Result<Option<i64>> {
@@ -474,42 +458,23 @@ impl Store for StoreImpl {
     }
 
     async fn set_client_secret(&self, id: &str, secret_hash: Option<&TokenHash>) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let n = sqlx::query("UPDATE clients SET secret_hash = $1 WHERE id = $2 AND kind = 'confidential'")
-            .bind(opt_hash(secret_hash))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        bump_changes(&mut tx).await?;
-        tx.commit().await?;
-        Ok(n == 1)
+        let query =
+            sqlx::query("UPDATE clients SET secret_hash = $1 WHERE id = $2 AND kind = 'confidential'")
+                .bind(opt_hash(secret_hash))
+                .bind(id);
+        update_counted(self.begin_write().await?, query).await
     }
 
     async fn set_client_jwks(&self, id: &str, jwks: Option<&str>) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let n = sqlx::query("UPDATE clients SET jwks = $1 WHERE id = $2 AND kind = 'confidential'")
+        let query = sqlx::query("UPDATE clients SET jwks = $1 WHERE id = $2 AND kind = 'confidential'")
             .bind(jwks)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        bump_changes(&mut tx).await?;
-        tx.commit().await?;
-        Ok(n == 1)
+            .bind(id);
+        update_counted(self.begin_write().await?, query).await
     }
 
     async fn set_client_disabled(&self, id: &str, disabled: bool) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let n = sqlx::query("UPDATE clients SET disabled = $1 WHERE id = $2")
-            .bind(disabled)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        bump_changes(&mut tx).await?;
-        tx.commit().await?;
-        Ok(n == 1)
+        let query = sqlx::query("UPDATE clients SET disabled = $1 WHERE id = $2").bind(disabled).bind(id);
+        update_counted(self.begin_write().await?, query).await
     }
 
     async fn create_resource(&self, r: &Resource) -> Result<()> {
@@ -1109,6 +1074,18 @@ async fn take_once_batch(pool: &WritePool, batch: &[OnceJob]) -> Result<Vec<bool
     }
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// Runs a one-row UPDATE of a user, client or resource in `tx`, counts the change, and commits; whether the
+/// row existed.
+async fn update_counted<'q>(
+    mut tx: Tx,
+    query: sqlx::query::Query<'q, Db, <Db as sqlx::Database>::Arguments<'q>>,
+) -> Result<bool> {
+    let n = query.execute(&mut *tx).await?.rows_affected();
+    bump_changes(&mut tx).await?;
+    tx.commit().await?;
+    Ok(n == 1)
 }
 
 /// Counts a change to users, clients or resources, inside the caller's transaction.

@@ -6,10 +6,12 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tessera_core::{ClientKind, GrantType, RevocationKind, SecretKind};
+use tessera_core::{GrantType, RevocationKind, SecretKind};
 use tessera_store::{Client, NewRevocation, User};
 
-use crate::harness::{API, Backend, Front, Grant, OTHER_API, Options, World, eventually, get};
+use crate::harness::{
+    API, Backend, Front, Grant, OTHER_API, Options, World, eventually, get, service_client,
+};
 
 const SERVICE: &str = "orders-svc";
 const BILLING_GATEWAY: &str = "billing-gateway";
@@ -26,23 +28,11 @@ scopes = ["billing:read"]
 async fn add_service(w: &World) -> String {
     let secret = tessera_server::crypto::new_secret(SecretKind::ClientSecret).unwrap();
     let client = Client {
-        id: SERVICE.into(),
-        name: SERVICE.into(),
-        kind: ClientKind::Confidential,
         secret_hash: Some(secret.hash()),
-        redirect_uris: vec![],
         grant_types: vec![GrantType::TokenExchange],
-        audiences: vec![API.into()],
         scopes: vec!["orders:read".into(), "billing:read".into()],
-        access_ttl: 300,
-        refresh_idle_ttl: 3600,
-        refresh_absolute_ttl: 86_400,
-        first_party: true,
-        disabled: false,
-        created_at: tessera_server::now(),
-        require_dpop: false,
-        jwks: None,
         exchange_audiences: vec![OTHER_API.into()],
+        ..service_client(SERVICE, &[API])
     };
     w.server.state.store.create_client(&client).await.unwrap();
     let alice = User {

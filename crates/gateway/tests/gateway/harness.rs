@@ -174,27 +174,33 @@ impl Server {
     /// A confidential client with `audiences`; returns its secret.
     pub async fn add_client(&self, id: &str, audiences: &[&str]) -> String {
         let secret = tessera_server::crypto::new_secret(SecretKind::ClientSecret).unwrap();
-        let client = Client {
-            id: id.into(),
-            name: id.into(),
-            kind: ClientKind::Confidential,
-            secret_hash: Some(secret.hash()),
-            redirect_uris: vec![],
-            grant_types: vec![GrantType::ClientCredentials],
-            audiences: audiences.iter().map(|s| (*s).to_owned()).collect(),
-            scopes: vec!["orders:read".into()],
-            access_ttl: 300,
-            refresh_idle_ttl: 3600,
-            refresh_absolute_ttl: 86_400,
-            first_party: true,
-            disabled: false,
-            created_at: tessera_server::now(),
-            require_dpop: false,
-            jwks: None,
-            exchange_audiences: Vec::new(),
-        };
+        let client = Client { secret_hash: Some(secret.hash()), ..service_client(id, audiences) };
         self.state.store.create_client(&client).await.unwrap();
         secret.expose().to_owned()
+    }
+}
+
+/// A confidential client record `id` for `audiences`, without a credential: client_credentials, scope
+/// orders:read. Tests set the credential and whatever else they need.
+pub fn service_client(id: &str, audiences: &[&str]) -> Client {
+    Client {
+        id: id.into(),
+        name: id.into(),
+        kind: ClientKind::Confidential,
+        secret_hash: None,
+        redirect_uris: vec![],
+        grant_types: vec![GrantType::ClientCredentials],
+        audiences: audiences.iter().map(|s| (*s).to_owned()).collect(),
+        scopes: vec!["orders:read".into()],
+        access_ttl: 300,
+        refresh_idle_ttl: 3600,
+        refresh_absolute_ttl: 86_400,
+        first_party: true,
+        disabled: false,
+        created_at: tessera_server::now(),
+        require_dpop: false,
+        jwks: None,
+        exchange_audiences: Vec::new(),
     }
 }
 

@@ -3,11 +3,10 @@
 //! assertions are signed by `tessera-testkit` with the `jsonwebtoken` crate.
 
 use serde_json::Value;
-use tessera_core::{ClientKind, GrantType};
 use tessera_store::Client;
 use tessera_testkit::DpopClient;
 
-use crate::common::{API, Server, http};
+use crate::common::{API, Server, http, service_client};
 
 crate::on_both_backends!(
     private_key_jwt_assertion_gets_a_token_and_works_once,
@@ -25,25 +24,7 @@ fn now() -> u64 {
 /// Registers `worker`, a confidential client_credentials client with `key` and no secret.
 async fn key_client(s: &Server, key: &DpopClient) {
     s.add_resource(API, &["orders:read"]).await;
-    let client = Client {
-        id: "worker".into(),
-        name: "worker".into(),
-        kind: ClientKind::Confidential,
-        secret_hash: None,
-        redirect_uris: Vec::new(),
-        grant_types: vec![GrantType::ClientCredentials],
-        audiences: vec![API.into()],
-        scopes: vec!["orders:read".into()],
-        access_ttl: 300,
-        refresh_idle_ttl: 3600,
-        refresh_absolute_ttl: 86_400,
-        first_party: true,
-        disabled: false,
-        created_at: tessera_server::now(),
-        require_dpop: false,
-        jwks: Some(key.jwks("k1").unwrap().to_string()),
-        exchange_audiences: Vec::new(),
-    };
+    let client = Client { jwks: Some(key.jwks("k1").unwrap().to_string()), ..service_client("worker") };
     s.state.store.create_client(&client).await.unwrap();
 }
 

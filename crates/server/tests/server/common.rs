@@ -130,7 +130,6 @@ impl Server {
         let secret = (kind == ClientKind::Confidential)
             .then(|| tessera_server::crypto::new_secret(SecretKind::ClientSecret).unwrap());
         let client = Client {
-            id: id.into(),
             name: format!("{id} app"),
             kind,
             secret_hash: secret.as_ref().map(|s| s.hash()),
@@ -138,15 +137,8 @@ impl Server {
             grant_types: grants.to_vec(),
             audiences: audiences.iter().map(|s| (*s).to_owned()).collect(),
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-            access_ttl: 300,
-            refresh_idle_ttl: 3600,
-            refresh_absolute_ttl: 86_400,
             first_party,
-            disabled: false,
-            created_at: tessera_server::now(),
-            require_dpop: false,
-            jwks: None,
-            exchange_audiences: Vec::new(),
+            ..service_client(id)
         };
         self.state.store.create_client(&client).await.unwrap();
         secret.map(|s| s.expose().to_owned())
@@ -161,25 +153,7 @@ impl Server {
     /// A confidential service client like [`Self::add_service_client`] that must use DPoP.
     pub async fn add_dpop_service_client(&self, id: &str) -> String {
         let secret = tessera_server::crypto::new_secret(SecretKind::ClientSecret).unwrap();
-        let client = Client {
-            id: id.into(),
-            name: format!("{id} service"),
-            kind: ClientKind::Confidential,
-            secret_hash: Some(secret.hash()),
-            redirect_uris: Vec::new(),
-            grant_types: vec![GrantType::ClientCredentials],
-            audiences: vec![API.into()],
-            scopes: vec!["orders:read".into()],
-            access_ttl: 300,
-            refresh_idle_ttl: 3600,
-            refresh_absolute_ttl: 86_400,
-            first_party: true,
-            disabled: false,
-            created_at: tessera_server::now(),
-            require_dpop: true,
-            jwks: None,
-            exchange_audiences: Vec::new(),
-        };
+        let client = Client { secret_hash: Some(secret.hash()), require_dpop: true, ..service_client(id) };
         self.state.store.create_client(&client).await.unwrap();
         secret.expose().to_owned()
     }
@@ -231,6 +205,30 @@ impl Server {
             Some(s) => client.set_client_secret(ClientSecret::new(s.into())),
             None => client,
         }
+    }
+}
+
+/// A confidential first-party service client record `id` without a credential: client_credentials for API,
+/// scope orders:read, bearer tokens. Tests set the credential and whatever else they need.
+pub fn service_client(id: &str) -> Client {
+    Client {
+        id: id.into(),
+        name: format!("{id} service"),
+        kind: ClientKind::Confidential,
+        secret_hash: None,
+        redirect_uris: Vec::new(),
+        grant_types: vec![GrantType::ClientCredentials],
+        audiences: vec![API.into()],
+        scopes: vec!["orders:read".into()],
+        access_ttl: 300,
+        refresh_idle_ttl: 3600,
+        refresh_absolute_ttl: 86_400,
+        first_party: true,
+        disabled: false,
+        created_at: tessera_server::now(),
+        require_dpop: false,
+        jwks: None,
+        exchange_audiences: Vec::new(),
     }
 }
 

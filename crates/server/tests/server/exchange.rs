@@ -5,13 +5,13 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
-use tessera_core::{ClientKind, GrantType, RevocationKind, SecretKind};
+use tessera_core::{GrantType, RevocationKind, SecretKind};
 use tessera_server::issue::AccessGrant;
 use tessera_store::{Client, NewRevocation};
 use tessera_testkit::DpopClient;
 use tessera_token::{UnixTime, Validation};
 
-use crate::common::{API, Server, http};
+use crate::common::{API, Server, http, service_client};
 
 crate::on_both_backends!(
     exchange_narrows_to_the_target_and_names_the_actor,
@@ -38,23 +38,11 @@ fn claims(jwt: &str) -> Value {
 async fn add_exchanger(s: &Server, id: &str, grants: &[GrantType], exchange_audiences: &[&str]) -> String {
     let secret = tessera_server::crypto::new_secret(SecretKind::ClientSecret).unwrap();
     let client = Client {
-        id: id.into(),
-        name: id.into(),
-        kind: ClientKind::Confidential,
         secret_hash: Some(secret.hash()),
-        redirect_uris: Vec::new(),
         grant_types: grants.to_vec(),
-        audiences: vec![API.into()],
         scopes: vec!["orders:read".into(), "invoices:read".into(), "invoices:write".into()],
-        access_ttl: 300,
-        refresh_idle_ttl: 3600,
-        refresh_absolute_ttl: 86_400,
-        first_party: true,
-        disabled: false,
-        created_at: now(),
-        require_dpop: false,
-        jwks: None,
         exchange_audiences: exchange_audiences.iter().map(|a| (*a).to_owned()).collect(),
+        ..service_client(id)
     };
     s.state.store.create_client(&client).await.unwrap();
     secret.expose().to_owned()
