@@ -196,6 +196,7 @@ pub(crate) fn run(cmd: TokenCommand) -> Result<(), Failure> {
                 acr: None,
                 cnf: None,
                 act: None,
+                origin: Vec::new(),
                 extra: serde_json::Map::new(),
             };
             let token = key

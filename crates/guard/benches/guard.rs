@@ -158,6 +158,7 @@ fn benches(c: &mut Criterion) {
             ttl: 300,
             jkt,
             act: None,
+            origin: Vec::new(),
         };
         tessera_server::issue::access_token(&state, grant, now).unwrap().token
     };

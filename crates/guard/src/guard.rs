@@ -159,6 +159,7 @@ impl Identity {
             client_id: &self.claims.client_id,
             kid: &self.kid,
             iat: i64::try_from(self.claims.iat).unwrap_or(i64::MAX),
+            origin: &self.claims.origin,
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use serde::Deserialize;
+use tessera_token::Origin;
 
 /// One entry as the server streams it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -40,6 +41,8 @@ pub struct TokenIds<'a> {
     pub kid: &'a str,
     /// `iat`.
     pub iat: i64,
+    /// For an exchanged token, the tokens it came from: their `jti`, client and key are checked too.
+    pub origin: &'a [Origin],
 }
 
 /// Which kind of entry matched.
@@ -55,6 +58,8 @@ pub enum Revoked {
     Client,
     /// The key that signed it.
     Key,
+    /// A token it was exchanged from, that token's client or its key.
+    Origin,
 }
 
 impl Revoked {
@@ -67,6 +72,7 @@ impl Revoked {
             Self::User => "revoked_user",
             Self::Client => "revoked_client",
             Self::Key => "revoked_key",
+            Self::Origin => "revoked_origin",
         }
     }
 }
@@ -173,7 +179,13 @@ impl RevocationSet {
         if self.keys.get(t.kid).is_some_and(live) {
             return Some(Revoked::Key);
         }
-        None
+        let origin_revoked = |o: &Origin| {
+            let iat = i64::try_from(o.iat).unwrap_or(i64::MAX);
+            self.tokens.get(&o.jti).is_some_and(live)
+                || self.clients.get(&o.client_id).is_some_and(|(nb, exp)| *exp > now && iat <= *nb)
+                || self.keys.get(&o.kid).is_some_and(live)
+        };
+        t.origin.iter().any(origin_revoked).then_some(Revoked::Origin)
     }
 
     /// Drops entries that can no longer match a valid token; returns how many.
@@ -199,7 +211,15 @@ mod tests {
     }
 
     fn ids() -> TokenIds<'static> {
-        TokenIds { jti: "j1", sid: Some("s1"), sub: "alice", client_id: "web", kid: "k1", iat: NOW - 10 }
+        TokenIds {
+            jti: "j1",
+            sid: Some("s1"),
+            sub: "alice",
+            client_id: "web",
+            kid: "k1",
+            iat: NOW - 10,
+            origin: &[],
+        }
     }
 
     #[test]
@@ -218,6 +238,29 @@ mod tests {
             other.apply(entry(1, kind, "someone-else", nb), NOW);
             assert_eq!(other.check(ids(), NOW), None, "{kind}");
         }
+    }
+
+    #[test]
+    fn exchanged_token_dies_with_the_token_client_or_key_it_came_from() {
+        let origin = [Origin {
+            jti: "j0".into(),
+            client_id: "webapp".into(),
+            iat: (NOW - 60) as u64,
+            kid: "k0".into(),
+        }];
+        let exchanged = TokenIds { client_id: "svc-a", origin: &origin, ..ids() };
+        for (kind, subject, nb) in
+            [("token", "j0", None), ("client", "webapp", Some(NOW - 30)), ("key", "k0", None)]
+        {
+            let mut set = RevocationSet::new();
+            set.apply(entry(1, kind, subject, nb), NOW);
+            assert_eq!(set.check(exchanged, NOW), Some(Revoked::Origin), "{kind}");
+            assert_eq!(set.check(ids(), NOW), None, "{kind}: a token without that origin is untouched");
+        }
+        // A client revocation older than the original token spares it.
+        let mut set = RevocationSet::new();
+        set.apply(entry(1, "client", "webapp", Some(NOW - 90)), NOW);
+        assert_eq!(set.check(exchanged, NOW), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tessera_core::flow::has_scope;
 use tessera_core::{ClientKind, OpaqueSecret, RevocationKind, SecretKind};
-use tessera_store::{Event, NewRevocation, TokenRef};
+use tessera_store::{Event, NewRevocation, OriginRef, TokenRef};
 use tessera_token::{AccessClaims, UnixTime, UnverifiedJwt, Validation};
 
 use crate::oauth::{OAuthError, Params, authenticate_client, no_store_json};
@@ -24,7 +24,8 @@ pub struct TokenProblem(pub &'static str);
 pub const REVOCATION_UNAVAILABLE: &str = "revocation_check_unavailable";
 
 /// Verifies, validates and checks the revocation set for an access token issued by this server, whatever
-/// its audience (userinfo and introspection serve every audience).
+/// its audience (userinfo and introspection serve every audience); returns its claims and the `kid` of the
+/// key that signed it.
 ///
 /// # Errors
 /// A [`TokenProblem`] naming the reason.
@@ -32,7 +33,7 @@ pub async fn check_access_token(
     state: &AppState,
     token: &str,
     now: i64,
-) -> Result<AccessClaims, TokenProblem> {
+) -> Result<(AccessClaims, String), TokenProblem> {
     let keyring = state.keyring();
     let verified = UnverifiedJwt::parse(token)
         .and_then(|t| t.verify(keyring.published()))
@@ -49,6 +50,16 @@ pub async fn check_access_token(
         .validate(&policy, UnixTime(u64::try_from(now).unwrap_or(0)))
         .map_err(|r| TokenProblem(r.name()))?;
     let kid = verified.header().kid.clone().unwrap_or_default();
+    let origin: Vec<OriginRef<'_>> = claims
+        .origin
+        .iter()
+        .map(|o| OriginRef {
+            jti: &o.jti,
+            client_id: &o.client_id,
+            kid: &o.kid,
+            iat: i64::try_from(o.iat).unwrap_or(i64::MAX),
+        })
+        .collect();
     let reference = TokenRef {
         jti: &claims.jti,
         sid: claims.sid.as_deref(),
@@ -56,9 +67,12 @@ pub async fn check_access_token(
         client_id: &claims.client_id,
         kid: &kid,
         iat: i64::try_from(claims.iat).unwrap_or(i64::MAX),
+        origin: &origin,
     };
-    match state.store.is_revoked(reference, now).await {
-        Ok(false) => Ok(claims),
+    let revoked = state.store.is_revoked(reference, now).await;
+    drop(origin);
+    match revoked {
+        Ok(false) => Ok((claims, kid)),
         Ok(true) => Err(TokenProblem("revoked")),
         Err(_) => Err(TokenProblem(REVOCATION_UNAVAILABLE)),
     }
@@ -116,7 +130,7 @@ pub async fn userinfo(State(state): State<Arc<AppState>>, method: Method, header
     };
     let now = now();
     let claims = match check_access_token(&state, token, now).await {
-        Ok(claims) => claims,
+        Ok((claims, _)) => claims,
         Err(TokenProblem(reason)) => {
             tracing::info!(reason, "userinfo: token refused");
             return token_error(StatusCode::UNAUTHORIZED, Some("invalid_token"), dpop);
@@ -311,7 +325,7 @@ async fn introspect_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) ->
         }
         return Ok(out);
     }
-    let Ok(claims) = check_access_token(state, token, now).await else { return Ok(inactive) };
+    let Ok((claims, _)) = check_access_token(state, token, now).await else { return Ok(inactive) };
     let allowed = claims.client_id == client.id || claims.aud.0.iter().any(|a| client.audiences.contains(a));
     if !allowed {
         return Ok(inactive);

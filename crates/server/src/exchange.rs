@@ -9,12 +9,15 @@
 //! - the new scope is within the subject token's, the caller's and the target resource's;
 //! - the new token keeps `sub`, `sid`, `roles`, `auth_time` and `amr`, so revoking the user or the session
 //!   kills it; it carries `act` naming the caller (nesting any earlier `act`); it expires no later than
-//!   the subject token.
+//!   the subject token;
+//! - it names the tokens it came from in `origin` (the subject token and the subject's own origin), so
+//!   revoking any of them, their clients or their keys revokes it at the server and at every guard; a
+//!   chain is at most [`MAX_EXCHANGE_DEPTH`] exchanges long.
 
 use tessera_core::ClientKind;
 use tessera_core::flow;
 use tessera_store::{Client, Event};
-use tessera_token::{AccessClaims, Actor};
+use tessera_token::{AccessClaims, Actor, Origin};
 
 use crate::endpoints::{REVOCATION_UNAVAILABLE, check_access_token};
 use crate::issue::{self, AccessGrant, TokenResponse};
@@ -26,6 +29,10 @@ use crate::{AppState, RequestMeta};
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// RFC 8693 §3: a JWT (our access tokens are JWTs).
 pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// How many exchanges one token may be from the original: enough for a request that crosses a few
+/// services, short enough that every revocation check of the chain stays cheap.
+pub const MAX_EXCHANGE_DEPTH: usize = 4;
 
 /// The token-exchange grant.
 ///
@@ -58,7 +65,10 @@ pub async fn exchange(
         tracing::info!(client = %client.id, "token exchange for an audience outside the client's policy");
         return Err(OAuthError::invalid_target());
     }
-    let subject = accepted_token(state, subject, now, "subject").await?;
+    let (subject, subject_kid) = accepted_token(state, subject, now, "subject").await?;
+    if subject.origin.len() >= MAX_EXCHANGE_DEPTH {
+        return Err(rejected("the subject token has been exchanged too many times"));
+    }
     if !subject.aud.0.iter().any(|a| client.audiences.contains(a)) {
         tracing::warn!(client = %client.id, jti = %subject.jti, "token exchange of a token issued for another service");
         return Err(OAuthError::invalid_request("the subject token was not issued for this client"));
@@ -69,7 +79,7 @@ pub async fn exchange(
     }
     if let Some(actor) = typed_token(params, "actor_token", "actor_token_type")? {
         // The actor token says who is acting; it must be the caller's own.
-        let actor = accepted_token(state, actor, now, "actor").await?;
+        let (actor, _) = accepted_token(state, actor, now, "actor").await?;
         if actor.client_id != client.id {
             return Err(OAuthError::invalid_request("the actor token is not the calling client's"));
         }
@@ -103,6 +113,13 @@ pub async fn exchange(
         act: subject.act.clone().map(Box::new),
         other: Default::default(),
     };
+    let mut origin = subject.origin.clone();
+    origin.push(Origin {
+        jti: subject.jti.clone(),
+        client_id: subject.client_id.clone(),
+        iat: subject.iat,
+        kid: subject_kid,
+    });
     let grant = AccessGrant {
         sub: subject.sub.clone(),
         client_id: client.id.clone(),
@@ -115,6 +132,7 @@ pub async fn exchange(
         ttl: client.access_ttl.min(remaining),
         jkt,
         act: Some(act),
+        origin,
     };
     let minted = issue::access_token(state, grant, now)?;
     tracing::info!(client = %client.id, subject = %subject.jti, issued = %minted.jti, audience = %target, "token exchanged");
@@ -170,7 +188,7 @@ async fn accepted_token(
     token: &str,
     now: i64,
     role: &'static str,
-) -> Result<AccessClaims, OAuthError> {
+) -> Result<(AccessClaims, String), OAuthError> {
     check_access_token(state, token, now).await.map_err(|problem| {
         tracing::info!(role, reason = problem.0, "token exchange: token refused");
         if problem.0 == REVOCATION_UNAVAILABLE {

@@ -1,7 +1,7 @@
 //! Minting tokens: RFC 9068 access tokens, OIDC ID tokens, and the token response.
 
 use serde::Serialize;
-use tessera_token::{AccessClaims, Actor, Audience, Confirmation};
+use tessera_token::{AccessClaims, Actor, Audience, Confirmation, Origin};
 
 use crate::AppState;
 use crate::config::MAX_ACCESS_TOKEN_TTL;
@@ -33,6 +33,8 @@ pub struct AccessGrant {
     pub jkt: Option<String>,
     /// For an exchanged token (RFC 8693 §4.1): the service acting on the subject's behalf.
     pub act: Option<Actor>,
+    /// For an exchanged token: the tokens it was exchanged from, the original first.
+    pub origin: Vec<Origin>,
 }
 
 /// A signed access token and its `jti`. `Debug` shows the `jti`, never the token.
@@ -81,6 +83,7 @@ pub fn access_token(state: &AppState, grant: AccessGrant, now: i64) -> Result<Mi
         acr: None,
         cnf: grant.jkt.map(|jkt| Confirmation { jkt: Some(jkt), other: Default::default() }),
         act: grant.act,
+        origin: grant.origin,
         extra: Default::default(),
     };
     let keyring = state.keyring();

@@ -106,6 +106,7 @@ async fn client_credentials(
             ttl: client.access_ttl,
             jkt,
             act: None,
+            origin: Vec::new(),
         },
         now,
     )?;
@@ -378,6 +379,7 @@ fn user_grant(
         ttl: client.access_ttl,
         jkt,
         act: None,
+        origin: Vec::new(),
     }
 }
 

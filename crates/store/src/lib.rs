@@ -20,8 +20,8 @@ mod postgres;
 mod sqlite;
 
 pub use model::{
-    AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewRevocation, RefreshRecord,
-    Resource, Revocation, Rotation, Time, TokenRef, User,
+    AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewRevocation, OriginRef,
+    RefreshRecord, Resource, Revocation, Rotation, Time, TokenRef, User,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

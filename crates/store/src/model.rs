@@ -298,6 +298,22 @@ pub struct TokenRef<'a> {
     pub kid: &'a str,
     /// `iat`.
     pub iat: Time,
+    /// For an exchanged token, the tokens it came from (the `origin` claim): a revocation of any of them,
+    /// of its client or of its key revokes this token too.
+    pub origin: &'a [OriginRef<'a>],
+}
+
+/// One token an exchanged token came from.
+#[derive(Debug, Clone, Copy)]
+pub struct OriginRef<'a> {
+    /// Its `jti`.
+    pub jti: &'a str,
+    /// Its `client_id`.
+    pub client_id: &'a str,
+    /// The `kid` of the key that signed it.
+    pub kid: &'a str,
+    /// Its `iat`.
+    pub iat: Time,
 }
 
 /// A security event (the audit log grows from this table).

@@ -871,7 +871,30 @@ impl Store for StoreImpl {
         .bind(t.kid)
         .fetch_optional(self.read())
         .await?;
-        Ok(hit.is_some())
+        if hit.is_some() {
+            return Ok(true);
+        }
+        // The tokens an exchanged token came from share its sub and sid, checked above; their own jti,
+        // client and key are checked here, one short indexed lookup each (a chain is at most a few long).
+        for o in t.origin {
+            let hit: Option<i64> = sqlx::query_scalar(
+                "SELECT seq FROM revocations WHERE expires_at > $1 AND ( \
+                   (kind = 'token' AND subject = $2) \
+                   OR (kind = 'client' AND subject = $3 AND $4 <= not_before) \
+                   OR (kind = 'key' AND subject = $5)) LIMIT 1",
+            )
+            .bind(now)
+            .bind(o.jti)
+            .bind(o.client_id)
+            .bind(o.iat)
+            .bind(o.kid)
+            .fetch_optional(self.read())
+            .await?;
+            if hit.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     async fn prune(&self, now: Time) -> Result<u64> {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use tessera_core::{ClientKind, GrantType, KeyState, RevocationKind, TokenHash};
 use tessera_store::{
-    AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewRevocation, PostgresStore,
-    RefreshRecord, Resource, Rotation, SqliteStore, Store, StoreError, TokenRef, User,
+    AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewRevocation, OriginRef,
+    PostgresStore, RefreshRecord, Resource, Rotation, SqliteStore, Store, StoreError, TokenRef, User,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -96,6 +96,7 @@ conformance!(
     rotation_is_refused_once_the_family_is_revoked,
     revocation_sequence_is_gapless_and_ordered_under_concurrency,
     revocation_matches_each_subject_kind_until_it_expires,
+    exchanged_token_is_revoked_with_its_origin,
     password_change_revokes_every_session_of_the_user,
     ending_a_login_session_revokes_its_families,
     code_replay_revokes_families_from_that_code,
@@ -184,7 +185,7 @@ fn login_session(secret: &str, user_id: &str) -> LoginSession {
 }
 
 fn token_ref<'a>(jti: &'a str, sid: Option<&'a str>, sub: &'a str, iat: i64) -> TokenRef<'a> {
-    TokenRef { jti, sid, sub, client_id: "web", kid: "k1", iat }
+    TokenRef { jti, sid, sub, client_id: "web", kid: "k1", iat, origin: &[] }
 }
 
 async fn migrations_apply_twice_without_harm(s: &Arc<dyn Store>) {
@@ -459,6 +460,34 @@ async fn revocation_matches_each_subject_kind_until_it_expires(s: &Arc<dyn Store
     );
     let other_key = TokenRef { kid: "k2", iat: NOW + 1, ..clean };
     assert!(!s.is_revoked(other_key, NOW).await.unwrap(), "nothing matches an unrelated token");
+}
+
+async fn exchanged_token_is_revoked_with_its_origin(s: &Arc<dyn Store>) {
+    let entry = |kind, subject: &str, not_before| NewRevocation {
+        kind,
+        subject: subject.into(),
+        not_before,
+        expires_at: NOW + 960,
+        reason: "admin".into(),
+    };
+    let chain = |jti, client_id, kid, iat| [OriginRef { jti, client_id, kid, iat }];
+    let exchanged =
+        |origin| TokenRef { client_id: "svc", kid: "k-new", origin, ..token_ref("jx", None, "u0", NOW) };
+    let clean = chain("j-root", "webapp", "k-old", NOW - 60);
+    assert!(!s.is_revoked(exchanged(&clean), NOW).await.unwrap());
+
+    s.revoke(&entry(RevocationKind::Token, "j-root", None), NOW).await.unwrap();
+    assert!(s.is_revoked(exchanged(&clean), NOW).await.unwrap(), "the original token's revocation");
+
+    s.revoke(&entry(RevocationKind::Client, "webapp2", Some(NOW - 30)), NOW).await.unwrap();
+    let by_client = chain("j-a", "webapp2", "k-old", NOW - 60);
+    assert!(s.is_revoked(exchanged(&by_client), NOW).await.unwrap(), "the original client's revocation");
+    let later = chain("j-a", "webapp2", "k-old", NOW - 10);
+    assert!(!s.is_revoked(exchanged(&later), NOW).await.unwrap(), "an original issued after it is spared");
+
+    s.revoke(&entry(RevocationKind::Key, "k-old2", None), NOW).await.unwrap();
+    let by_key = chain("j-b", "webapp3", "k-old2", NOW - 60);
+    assert!(s.is_revoked(exchanged(&by_key), NOW).await.unwrap(), "the original signing key's revocation");
 }
 
 async fn password_change_revokes_every_session_of_the_user(s: &Arc<dyn Store>) {

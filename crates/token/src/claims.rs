@@ -92,6 +92,22 @@ pub struct Actor {
     pub other: Map<String, Value>,
 }
 
+/// One token in an `origin` chain: a token this one was exchanged from (RFC 8693), with what a revocation
+/// of it can match. Revoking that token, its client or its signing key revokes every token exchanged from
+/// it, at the server and at every guard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    /// The earlier token's `jti`.
+    pub jti: String,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// Its `iat`, compared with a client revocation's not-before time.
+    pub iat: u64,
+    /// The `kid` of the key that signed it.
+    pub kid: String,
+}
+
 /// Validated access-token claims (RFC 9068 §2.2, plus Tessera's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessClaims {
@@ -127,6 +143,8 @@ pub struct AccessClaims {
     pub cnf: Option<Confirmation>,
     /// Actor chain after token exchange.
     pub act: Option<Actor>,
+    /// The tokens this one was exchanged from, the original first (empty for a token not from an exchange).
+    pub origin: Vec<Origin>,
     /// Any other claims.
     pub extra: Map<String, Value>,
 }
@@ -146,7 +164,7 @@ impl AccessClaims {
 
 impl AccessClaims {
     /// The registered and Tessera claim names this type reads into typed fields; `extra` may not repeat them.
-    pub const REGISTERED: [&'static str; 16] = [
+    pub const REGISTERED: [&'static str; 17] = [
         "iss",
         "sub",
         "aud",
@@ -163,6 +181,7 @@ impl AccessClaims {
         "acr",
         "cnf",
         "act",
+        "origin",
     ];
 }
 
@@ -205,6 +224,9 @@ impl Serialize for AccessClaims {
         }
         if let Some(v) = &self.act {
             m.serialize_entry("act", v)?;
+        }
+        if !self.origin.is_empty() {
+            m.serialize_entry("origin", &self.origin)?;
         }
         for (k, v) in &self.extra {
             m.serialize_entry(k, v)?;
@@ -254,6 +276,7 @@ enum Field {
     Acr,
     Cnf,
     Act,
+    Origin,
     Other(String),
 }
 
@@ -283,6 +306,7 @@ impl<'de> Deserialize<'de> for Field {
                     "acr" => Field::Acr,
                     "cnf" => Field::Cnf,
                     "act" => Field::Act,
+                    "origin" => Field::Origin,
                     other => Field::Other(other.to_owned()),
                 })
             }
@@ -302,6 +326,12 @@ fn strict_object<'de, A: MapAccess<'de>, T: de::DeserializeOwned>(map: &mut A) -
     serde_json::from_value(v).map_err(A::Error::custom)
 }
 
+/// Reads a nested value strictly (no duplicates at any depth), then as `T`.
+fn strict_value<'de, A: MapAccess<'de>, T: de::DeserializeOwned>(map: &mut A) -> Result<T, A::Error> {
+    let StrictValue(v) = map.next_value()?;
+    serde_json::from_value(v).map_err(A::Error::custom)
+}
+
 impl<'de> Visitor<'de> for ClaimsVisitor {
     type Value = ParsedClaims;
 
@@ -314,6 +344,7 @@ impl<'de> Visitor<'de> for ClaimsVisitor {
             (None, None, None, None, None, None, None, None);
         let (mut scope, mut sid, mut roles, mut auth_time, mut amr, mut acr, mut cnf, mut act) =
             (None, None, None, None, None, None, None, None);
+        let mut origin = None;
         let mut extra = Map::new();
         while let Some(field) = map.next_key::<Field>()? {
             match field {
@@ -335,6 +366,9 @@ impl<'de> Visitor<'de> for ClaimsVisitor {
                 Field::Acr => set_once(&mut acr, map.next_value::<String>()?, "acr")?,
                 Field::Cnf => set_once(&mut cnf, strict_object::<A, Confirmation>(&mut map)?, "cnf")?,
                 Field::Act => set_once(&mut act, strict_object::<A, Actor>(&mut map)?, "act")?,
+                Field::Origin => {
+                    set_once(&mut origin, strict_value::<A, Vec<Origin>>(&mut map)?, "origin")?;
+                }
                 Field::Other(name) => {
                     if extra.contains_key(&name) {
                         return Err(json::duplicate(&name));
@@ -369,6 +403,7 @@ impl<'de> Visitor<'de> for ClaimsVisitor {
             acr,
             cnf,
             act,
+            origin: origin.unwrap_or_default(),
             extra,
         })))
     }

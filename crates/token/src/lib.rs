@@ -23,7 +23,7 @@
 //!     iss: "https://id.example".into(), sub: "alice".into(), aud: Audience::one("orders"),
 //!     exp: 1_700_000_300, iat: 1_700_000_000, nbf: None, jti: "t1".into(), client_id: "web".into(),
 //!     scope: Some("orders:read".into()), sid: None, roles: vec![], auth_time: None, amr: vec![],
-//!     acr: None, cnf: None, act: None, extra: Default::default(),
+//!     acr: None, cnf: None, act: None, origin: Vec::new(), extra: Default::default(),
 //! };
 //! let token = key.sign_jwt("at+jwt", &claims)?;
 //! let policy = Validation::access_token("https://id.example", "orders");
@@ -46,7 +46,7 @@ pub mod validate;
 
 pub use alg::Algorithm;
 pub use assertion::{AssertionPolicy, AssertionRejection, ClientAssertion, ClientKeys, verify_assertion};
-pub use claims::{AccessClaims, Actor, Audience, Confirmation};
+pub use claims::{AccessClaims, Actor, Audience, Confirmation, Origin};
 pub use dpop::{DpopProof, NewProof, ProofPolicy, ProofRejection, ProofRequest, verify_proof};
 pub use error::{KeyError, Rejection};
 pub use jws::{DEFAULT_MAX_TOKEN_LEN, Header, UnverifiedJwt, VerifiedJwt};

@@ -36,6 +36,7 @@ pub fn claims() -> AccessClaims {
         acr: None,
         cnf: None,
         act: None,
+        origin: Vec::new(),
         extra: serde_json::Map::new(),
     }
 }

@@ -123,6 +123,66 @@ async fn exchanged_token_works_at_the_next_service_and_the_original_does_not() {
 }
 
 #[tokio::test]
+async fn exchanged_token_dies_at_the_next_service_with_the_original_token_or_client() {
+    let w = World::start(Backend::Sqlite).await.unwrap();
+    let secret = add_service(&w).await;
+    let gateway_secret = w.server.add_client(BILLING_GATEWAY, &[OTHER_API]).await;
+    let options = Options { policy: BILLING_POLICY, ..Options::default() };
+    let billing =
+        Front::start(&w.server, &w.upstream, OTHER_API, BILLING_GATEWAY, &gateway_secret, &options).await;
+    let store = &w.server.state.store;
+    let revoke = |kind, subject: &str| {
+        let now = tessera_server::now();
+        let entry = NewRevocation {
+            kind,
+            subject: subject.into(),
+            not_before: Some(now),
+            expires_at: now + tessera_store::REVOCATION_HORIZON_SECS,
+            reason: "test".into(),
+        };
+        async move { store.revoke(&entry, now).await.unwrap() }
+    };
+    let refused_within_a_second = |token: String| {
+        let billing = &billing;
+        async move {
+            eventually(Duration::from_secs(1), || async {
+                billing.raw(&get("/invoices/9", Some(&token))).await == 401
+            })
+            .await
+            .is_some()
+        }
+    };
+
+    // The user's token itself is revoked (RFC 7009 by the web app, or an admin): the exchanged one dies.
+    let (user_token, jti) = w.token(Grant { scope: "billing:read", ..Grant::default() });
+    let (status, body) = exchange(&w, &secret, &user_token, "billing:read").await;
+    assert_eq!(status, 200, "{body}");
+    let exchanged = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(billing.raw(&get("/invoices/9", Some(&exchanged))).await, 200);
+    revoke(RevocationKind::Token, &jti).await;
+    assert!(refused_within_a_second(exchanged).await, "the original token's revocation reaches billing");
+
+    // The user's client is revoked: every token exchanged from its tokens dies with them.
+    let (user_token, _) =
+        w.token(Grant { scope: "billing:read", sid: Some("fam_alice_2"), ..Grant::default() });
+    let (status, body) = exchange(&w, &secret, &user_token, "billing:read").await;
+    assert_eq!(status, 200, "{body}");
+    let exchanged = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(billing.raw(&get("/invoices/9", Some(&exchanged))).await, 200);
+    revoke(RevocationKind::Client, "web").await;
+    assert!(refused_within_a_second(exchanged).await, "the original client's revocation reaches billing");
+    let reported = eventually(Duration::from_secs(5), || async {
+        let rejected = store.recent_events(Some("token_rejected"), 50).await.unwrap();
+        rejected.iter().any(|e| e.reason.as_deref() == Some("revoked_origin"))
+    })
+    .await;
+    assert!(reported.is_some(), "billing's guard reports why: the token it came from was revoked");
+
+    billing.stop().await;
+    w.finish().await;
+}
+
+#[tokio::test]
 async fn exchange_cannot_add_a_scope_the_user_never_had() {
     let w = World::start(Backend::Sqlite).await.unwrap();
     let secret = add_service(&w).await;

@@ -410,6 +410,7 @@ impl World {
                 ttl: 300,
                 jkt: grant.jkt.clone(),
                 act: None,
+                origin: Vec::new(),
             },
             now,
         )

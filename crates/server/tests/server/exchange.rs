@@ -18,6 +18,7 @@ crate::on_both_backends!(
     exchange_refuses_escalation_and_targets_outside_the_policy,
     exchanged_token_lives_no_longer_than_its_subject_and_dies_with_the_session,
     exchange_with_a_dpop_proof_binds_the_new_token_to_the_callers_key,
+    exchanged_tokens_die_with_the_token_and_client_they_came_from,
 );
 
 const BILLING: &str = "https://billing.example";
@@ -84,6 +85,7 @@ fn user_token_bound(
             ttl,
             jkt,
             act: None,
+            origin: Vec::new(),
         },
         now(),
     )
@@ -287,6 +289,105 @@ async fn exchanged_token_lives_no_longer_than_its_subject_and_dies_with_the_sess
         (400, Some("invalid_request")),
         "a revoked token buys nothing"
     );
+}
+
+/// Introspects `token` as `client`: whether it is active.
+async fn active(s: &Server, client: &str, secret: &str, token: &str) -> bool {
+    let r = http()
+        .post(s.url("/introspect"))
+        .basic_auth(client, Some(secret))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    r.json::<Value>().await.unwrap()["active"].as_bool().unwrap()
+}
+
+async fn exchanged_tokens_die_with_the_token_and_client_they_came_from(s: &Server) {
+    const LEDGER: &str = "https://ledger.example";
+    let secret = setup(s).await;
+    s.add_resource(LEDGER, &["invoices:read"]).await;
+    // Billing receives tokens for itself and may pass them on to the ledger, or to itself again.
+    let billing_secret = tessera_server::crypto::new_secret(SecretKind::ClientSecret).unwrap();
+    let billing = Client {
+        secret_hash: Some(billing_secret.hash()),
+        grant_types: vec![GrantType::TokenExchange],
+        audiences: vec![BILLING.into()],
+        scopes: vec!["invoices:read".into()],
+        exchange_audiences: vec![LEDGER.into(), BILLING.into()],
+        ..service_client("billing-svc")
+    };
+    s.state.store.create_client(&billing).await.unwrap();
+    let billing_secret = billing_secret.expose().to_owned();
+    let revoke = |kind, subject: String| {
+        let entry = NewRevocation {
+            kind,
+            subject,
+            not_before: Some(now()),
+            expires_at: now() + tessera_store::REVOCATION_HORIZON_SECS,
+            reason: "test".into(),
+        };
+        async move { s.state.store.revoke(&entry, now()).await.unwrap() }
+    };
+    // spa's token → orders-svc's token for billing → billing-svc's token for the ledger.
+    let chain = |sid: &'static str| {
+        let secret = secret.clone();
+        let billing_secret = billing_secret.clone();
+        async move {
+            let user = user_token(s, API, "invoices:read", sid, 300);
+            let (status, body) = exchange_as(s, SERVICE, &secret, &subject_form(&user, BILLING), None).await;
+            assert_eq!(status, 200, "{body}");
+            let first = body["access_token"].as_str().unwrap().to_owned();
+            let form = subject_form(&first, LEDGER);
+            let (status, body) = exchange_as(s, "billing-svc", &billing_secret, &form, None).await;
+            assert_eq!(status, 200, "{body}");
+            (user, first, body["access_token"].as_str().unwrap().to_owned())
+        }
+    };
+
+    let (user, first, second) = chain("sess-5").await;
+    let origin = claims(&second)["origin"].clone();
+    assert_eq!(origin[0]["jti"], claims(&user)["jti"], "{origin}");
+    assert_eq!(
+        (origin[0]["client_id"].as_str(), origin[1]["client_id"].as_str()),
+        (Some("spa"), Some(SERVICE))
+    );
+    assert!(
+        active(s, SERVICE, &secret, &first).await && active(s, "billing-svc", &billing_secret, &second).await
+    );
+    revoke(RevocationKind::Token, claims(&user)["jti"].as_str().unwrap().to_owned()).await;
+    assert!(!active(s, SERVICE, &secret, &first).await, "revoking the user's token kills the exchanged one");
+    assert!(!active(s, "billing-svc", &billing_secret, &second).await, "and the one exchanged from that");
+
+    let (_, first, second) = chain("sess-6").await;
+    revoke(RevocationKind::Token, claims(&first)["jti"].as_str().unwrap().to_owned()).await;
+    assert!(
+        !active(s, "billing-svc", &billing_secret, &second).await,
+        "revoking a middle link kills the rest"
+    );
+
+    // A chain has at most MAX_EXCHANGE_DEPTH exchanges.
+    let user = user_token(s, API, "invoices:read", "sess-8", 300);
+    let (status, body) = exchange_as(s, SERVICE, &secret, &subject_form(&user, BILLING), None).await;
+    assert_eq!(status, 200, "{body}");
+    let mut token = body["access_token"].as_str().unwrap().to_owned();
+    for _ in 1..tessera_server::exchange::MAX_EXCHANGE_DEPTH {
+        let form = subject_form(&token, BILLING);
+        let (status, body) = exchange_as(s, "billing-svc", &billing_secret, &form, None).await;
+        assert_eq!(status, 200, "{body}");
+        token = body["access_token"].as_str().unwrap().to_owned();
+    }
+    let form = subject_form(&token, BILLING);
+    let (status, body) = exchange_as(s, "billing-svc", &billing_secret, &form, None).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "one exchange too many");
+
+    let (_, first, second) = chain("sess-7").await;
+    revoke(RevocationKind::Client, "spa".into()).await;
+    assert!(
+        !active(s, SERVICE, &secret, &first).await,
+        "revoking the user's client kills the exchanged token"
+    );
+    assert!(!active(s, "billing-svc", &billing_secret, &second).await);
 }
 
 async fn exchange_with_a_dpop_proof_binds_the_new_token_to_the_callers_key(s: &Server) {

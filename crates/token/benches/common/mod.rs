@@ -31,6 +31,7 @@ pub fn typical_claims() -> AccessClaims {
         acr: Some("urn:tessera:acr:mfa".into()),
         cnf: None,
         act: None,
+        origin: Vec::new(),
         extra: serde_json::Map::new(),
     }
 }
