@@ -235,6 +235,7 @@ async fn setup(store: &dyn Store) -> Result<OpaqueSecret, String> {
         require_dpop: false,
         jwks: None,
         exchange_audiences: Vec::new(),
+        serves: Vec::new(),
     };
     let bench =
         client("bench", ClientKind::Confidential, vec![GrantType::ClientCredentials], Some(secret.hash()));

@@ -57,7 +57,7 @@ pub(crate) enum ConfigCommand {
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClientCommand {
     /// Register a client. A confidential client's secret is generated and shown once.
-    Add(ClientAdd),
+    Add(Box<ClientAdd>),
     /// List clients.
     List {
         #[command(flatten)]
@@ -84,6 +84,16 @@ pub(crate) enum ClientCommand {
         id: String,
         /// The JWKS file ({"keys":[...]}, public keys only, at most 8).
         file: PathBuf,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// Replace the audiences a confidential client serves (the tokens its service receives); none clears it.
+    SetServes {
+        /// The client id.
+        id: String,
+        /// An audience (registered resource) it serves.
+        #[arg(value_name = "AUDIENCE")]
+        audiences: Vec<String>,
         #[command(flatten)]
         cfg: ConfigArgs,
     },
@@ -150,7 +160,8 @@ pub(crate) struct ClientAdd {
     /// A redirect URI, matched exactly (repeatable).
     #[arg(long = "redirect-uri", value_name = "URI")]
     redirect_uris: Vec<String>,
-    /// A grant the client may use (repeatable) [default: authorization_code and refresh_token].
+    /// A grant the client may use (repeatable) [default: authorization_code and refresh_token; none with
+    /// --serves].
     #[arg(long = "grant", value_enum, value_name = "GRANT")]
     grants: Vec<GrantArg>,
     /// An audience (registered resource) the client may get tokens for (repeatable).
@@ -182,6 +193,11 @@ pub(crate) struct ClientAdd {
     /// (repeatable). Without any, the client may exchange for none.
     #[arg(long = "exchange-audience", value_name = "AUDIENCE")]
     exchange_audiences: Vec<String>,
+    /// An audience (registered resource) this client is the resource server for (repeatable): tokens for it
+    /// are sent to this client's service, so its guard reports for it, and it may introspect and exchange
+    /// them. A gateway's or guard's client serves its service's audience (confidential clients only).
+    #[arg(long = "serves", value_name = "AUDIENCE")]
+    serves: Vec<String>,
     #[command(flatten)]
     cfg: ConfigArgs,
 }
@@ -313,7 +329,7 @@ fn split_words(items: &[String]) -> Vec<String> {
 
 pub(crate) fn client(cmd: ClientCommand) -> Result<(), Failure> {
     match cmd {
-        ClientCommand::Add(add) => client_add(add),
+        ClientCommand::Add(add) => client_add(*add),
         ClientCommand::List { cfg } => with_store(&cfg, |store, _| async move {
             let clients = store.list_clients().await.map_err(store_failure)?;
             let mut lines = vec![format!("{:<24} {:<13} {:<9} GRANTS", "CLIENT", "KIND", "STATE")];
@@ -351,6 +367,14 @@ pub(crate) fn client(cmd: ClientCommand) -> Result<(), Failure> {
                 emit(&format!("client {id}: keys registered\n{}", describe_client(&c)))
             })
         }
+        ClientCommand::SetServes { id, audiences, cfg } => with_store(&cfg, |store, _| async move {
+            require_resources(&store, audiences.iter()).await?;
+            if !store.set_client_serves(&id, &audiences).await.map_err(store_failure)? {
+                return Err(no_such_confidential(&id));
+            }
+            let c = store.client(&id).await.map_err(store_failure)?.ok_or_else(|| no_such("client", &id))?;
+            emit(&format!("client {id}: serves updated\n{}", describe_client(&c)))
+        }),
         ClientCommand::RemoveSecret { id, cfg } => with_store(&cfg, |store, _| async move {
             let c = store.client(&id).await.map_err(store_failure)?.ok_or_else(|| no_such("client", &id))?;
             if c.kind != ClientKind::Confidential {
@@ -379,7 +403,10 @@ pub(crate) fn client(cmd: ClientCommand) -> Result<(), Failure> {
 
 fn client_add(add: ClientAdd) -> Result<(), Failure> {
     let kind = if add.public { ClientKind::Public } else { ClientKind::Confidential };
-    let mut grants: Vec<GrantType> = if add.grants.is_empty() {
+    // A guard's or gateway's client that only serves its audience needs no grant at all.
+    let mut grants: Vec<GrantType> = if add.grants.is_empty() && !add.serves.is_empty() {
+        Vec::new()
+    } else if add.grants.is_empty() {
         vec![GrantType::AuthorizationCode, GrantType::RefreshToken]
     } else {
         add.grants.iter().map(|g| (*g).into()).collect()
@@ -410,6 +437,9 @@ fn client_add(add: ClientAdd) -> Result<(), Failure> {
         (false, false) => return Err(Failure::usage("--exchange-audience needs --grant token_exchange")),
         _ => {}
     }
+    if kind == ClientKind::Public && !add.serves.is_empty() {
+        return Err(Failure::usage("a public client cannot serve an audience: it has no credential"));
+    }
     if kind == ClientKind::Public && grants.contains(&GrantType::TokenExchange) {
         return Err(Failure::usage("a public client cannot use token_exchange: it has no credential"));
     }
@@ -417,13 +447,8 @@ fn client_add(add: ClientAdd) -> Result<(), Failure> {
         return Err(Failure::usage("the client id must be 1-128 printable characters without ':'"));
     }
     with_store(&add.cfg, |store, config| async move {
-        for audience in add.audiences.iter().chain(&add.exchange_audiences) {
-            if store.resource(audience).await.map_err(store_failure)?.is_none() {
-                return Err(Failure::usage(format!(
-                    "no resource {audience}; register it first with `tessera resource add`"
-                )));
-            }
-        }
+        require_resources(&store, add.audiences.iter().chain(&add.exchange_audiences).chain(&add.serves))
+            .await?;
         let secret = match kind {
             ClientKind::Confidential if jwks.is_none() => {
                 Some(crypto::new_secret(SecretKind::ClientSecret).map_err(|e| Failure::usage(e.0))?)
@@ -452,6 +477,7 @@ fn client_add(add: ClientAdd) -> Result<(), Failure> {
             },
             jwks: jwks.clone(),
             exchange_audiences: add.exchange_audiences.clone(),
+            serves: add.serves.clone(),
         };
         store.create_client(&client).await.map_err(|e| match e {
             StoreError::Conflict(_) => Failure::usage(format!("client {} already exists", client.id)),
@@ -466,6 +492,21 @@ fn client_add(add: ClientAdd) -> Result<(), Failure> {
         }
         emit(&out)
     })
+}
+
+/// Every audience must be a registered resource.
+async fn require_resources<'a>(
+    store: &Arc<dyn Store>,
+    audiences: impl Iterator<Item = &'a String>,
+) -> Result<(), Failure> {
+    for audience in audiences {
+        if store.resource(audience).await.map_err(store_failure)?.is_none() {
+            return Err(Failure::usage(format!(
+                "no resource {audience}; register it first with `tessera resource add`"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Reads and checks a client's JWKS file: public signing keys we can verify with, at most 8.
@@ -517,6 +558,7 @@ fn describe_client(c: &Client) -> String {
         format!("audiences: {}", c.audiences.join(" ")),
         format!("scopes: {}", c.scopes.join(" ")),
         format!("exchange_audiences: {}", c.exchange_audiences.join(" ")),
+        format!("serves: {}", c.serves.join(" ")),
         format!("access_ttl: {}", c.access_ttl),
         format!("refresh_idle_ttl: {}", c.refresh_idle_ttl),
         format!("refresh_ttl: {}", c.refresh_absolute_ttl),

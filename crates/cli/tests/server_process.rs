@@ -309,9 +309,9 @@ fn client_keys_and_exchange_policy_from_the_command_line() {
     let (code, _, err) = run(d, &[], &[&public[..], &["--jwks", "worker.jwks"]].concat(), "");
     assert_eq!(code, 2, "{err}");
 
-    // Token exchange needs an explicit policy, of registered resources.
+    // Token exchange needs an explicit policy, of registered resources; the service serves its own audience.
     let exchange =
-        ["client", "add", "orders-svc", "--grant", "token_exchange", "--audience", "https://orders.example"];
+        ["client", "add", "orders-svc", "--grant", "token_exchange", "--serves", "https://orders.example"];
     let (code, _, err) = run(d, &[], &exchange, "");
     assert_eq!((code, err.trim()), (2, "error: token_exchange needs at least one --exchange-audience"));
     let (code, _, err) =
@@ -322,6 +322,29 @@ fn client_keys_and_exchange_policy_from_the_command_line() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("exchange_audiences: https://billing.example"), "{out}");
     assert!(out.contains("grants: urn:ietf:params:oauth:grant-type:token-exchange"), "{out}");
+    assert!(out.lines().any(|l| l == "serves: https://orders.example"), "{out}");
+    assert!(out.lines().any(|l| l == "audiences: "), "serving a service is not calling it: {out}");
+
+    // What a client serves can be changed, only to registered resources, and only for confidential clients.
+    let (code, out, err) =
+        run(d, &[], &["client", "set-serves", "orders-svc", "https://billing.example"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l == "serves: https://billing.example"), "{out}");
+    let (code, _, err) = run(d, &[], &["client", "set-serves", "orders-svc", "https://nowhere.example"], "");
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+    let spa = ["client", "add", "spa", "--public", "--redirect-uri", "https://app.example/cb"];
+    let (code, _, err) = run(d, &[], &[&spa[..], &["--serves", "https://orders.example"]].concat(), "");
+    assert_eq!(code, 2, "a public client serves nothing: {err}");
+    assert_eq!(run(d, &[], &spa, "").0, 0);
+    let (code, _, err) = run(d, &[], &["client", "set-serves", "spa", "https://orders.example"], "");
+    assert_eq!(code, 2, "a public client serves nothing: {err}");
+    let (code, out, _) = run(d, &[], &["client", "set-serves", "orders-svc"], "");
+    assert!(code == 0 && out.lines().any(|l| l == "serves: "), "none clears it: {out}");
+    // A gateway's client only serves: it gets a secret and no grant.
+    let (code, out, err) =
+        run(d, &[], &["client", "add", "orders-gateway", "--serves", "https://orders.example"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l == "grants: ") && out.contains("client_secret: tss_"), "{out}");
 
     // Moving a secret client to keys: register them, then switch the secret off.
     let (code, _, _) = run(d, &[], &["client", "add", "svc", "--grant", "client_credentials"], "");

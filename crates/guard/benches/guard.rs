@@ -139,6 +139,7 @@ fn benches(c: &mut Criterion) {
             require_dpop: false,
             jwks: None,
             exchange_audiences: Vec::new(),
+            serves: vec![API.into()],
         };
         state.store.create_client(&client).await.unwrap();
         secret.expose().to_owned()

@@ -161,8 +161,19 @@ async fn connect(inner: &Inner) -> Result<http::Response<Incoming>, String> {
         headers.push(("last-event-id", seq.to_string()));
     }
     let resp = inner.http.send(http::Method::GET, &url, Some(&inner.auth), &headers, None).await?;
-    if !resp.status().is_success() {
-        return Err(format!("{url}: HTTP {}", resp.status().as_u16()));
+    match resp.status().as_u16() {
+        200..=299 => {}
+        401 => {
+            return Err(format!(
+                "{url}: HTTP 401: the server does not accept this guard's client credentials"
+            ));
+        }
+        403 => {
+            return Err(format!(
+                "{url}: HTTP 403: this guard's client does not serve an audience (tessera client set-serves ID AUDIENCE)"
+            ));
+        }
+        status => return Err(format!("{url}: HTTP {status}")),
     }
     Ok(resp)
 }

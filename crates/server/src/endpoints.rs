@@ -280,7 +280,7 @@ async fn revoke_inner(
 
 /// `POST /introspect` (RFC 7662), for confidential clients. An inactive token gets exactly
 /// `{"active":false}`. A client learns about a token only if it is the token's client or the token's
-/// audience is one of the client's.
+/// audience is one the client serves.
 pub async fn introspect(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     match introspect_inner(&state, &headers, &body).await {
         Ok(body) => no_store_json(body.to_string()),
@@ -326,7 +326,7 @@ async fn introspect_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) ->
         return Ok(out);
     }
     let Ok((claims, _)) = check_access_token(state, token, now).await else { return Ok(inactive) };
-    let allowed = claims.client_id == client.id || claims.aud.0.iter().any(|a| client.audiences.contains(a));
+    let allowed = claims.client_id == client.id || claims.aud.0.iter().any(|a| client.serves.contains(a));
     if !allowed {
         return Ok(inactive);
     }

@@ -5,7 +5,7 @@
 //! - the caller is a confidential client that proved a credential, and the target audience is in its
 //!   exchange policy (`exchange_audiences`, empty by default);
 //! - the subject token is an access token issued here, valid and not revoked, and it was issued for the
-//!   caller: its audience is one of the caller's own;
+//!   caller: its audience is one the caller serves;
 //! - the new scope is within the subject token's, the caller's and the target resource's;
 //! - the new token keeps `sub`, `sid`, `roles`, `auth_time` and `amr`, so revoking the user or the session
 //!   kills it; it carries `act` naming the caller (nesting any earlier `act`); it expires no later than
@@ -69,7 +69,7 @@ pub async fn exchange(
     if subject.origin.len() >= MAX_EXCHANGE_DEPTH {
         return Err(rejected("the subject token has been exchanged too many times"));
     }
-    if !subject.aud.0.iter().any(|a| client.audiences.contains(a)) {
+    if !subject.aud.0.iter().any(|a| client.serves.contains(a)) {
         tracing::warn!(client = %client.id, jti = %subject.jti, "token exchange of a token issued for another service");
         return Err(OAuthError::invalid_request("the subject token was not issued for this client"));
     }

@@ -1,6 +1,6 @@
 //! `POST /guard/events`: usage events from guards and gateways, in batches, stored in the event log.
 //!
-//! Only a resource server's own confidential client may post, and it reports for its own audiences only.
+//! Only a resource server's own confidential client may post, and it reports for the audiences it serves only.
 //! Each event is checked field by field; a batch with one bad event is refused whole (400), so a guard
 //! with a bug learns of it instead of losing data silently.
 
@@ -25,7 +25,7 @@ pub const MAX_BATCH: usize = 1000;
 pub const GUARD_EVENT_KINDS: [&str; 3] = ["token_used", "token_rejected", "lateral_movement_attempt"];
 const MAX_FIELD: usize = 256;
 
-/// Authenticates a resource server's own client (confidential, secret-authenticated, with an audience).
+/// Authenticates a resource server's own client (confidential, secret-authenticated, serving an audience).
 ///
 /// # Errors
 /// The response to send: 401 for failed authentication, 403 for a client that is not a resource server's.
@@ -33,7 +33,7 @@ pub async fn authenticate_resource_server(state: &AppState, headers: &HeaderMap)
     let (client, auth) = authenticate_client(state, headers, &Params::default(), crate::now())
         .await
         .map_err(IntoResponse::into_response)?;
-    if client.kind != ClientKind::Confidential || auth != ClientAuth::Secret || client.audiences.is_empty() {
+    if client.kind != ClientKind::Confidential || auth != ClientAuth::Secret || client.serves.is_empty() {
         let mut refusal = OAuthError::unauthorized_client("only a resource server's own client may do this");
         refusal.status = StatusCode::FORBIDDEN;
         return Err(refusal.into_response());
@@ -134,13 +134,13 @@ pub async fn events(State(state): State<Arc<AppState>>, headers: HeaderMap, body
         return OAuthError::invalid_request("too many events in one batch").into_response();
     }
     let audience = match batch.audience {
-        Some(a) if client.audiences.contains(&a) => a,
+        Some(a) if client.serves.contains(&a) => a,
         Some(_) => {
             let mut refusal = OAuthError::unauthorized_client("a guard reports for its own audience only");
             refusal.status = StatusCode::FORBIDDEN;
             return refusal.into_response();
         }
-        None => client.audiences.first().cloned().unwrap_or_default(),
+        None => client.serves.first().cloned().unwrap_or_default(),
     };
     let now = now();
     let mut stored = Vec::with_capacity(batch.events.len());

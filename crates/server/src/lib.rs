@@ -280,6 +280,7 @@ async fn create_quickstart(
         require_dpop: false,
         jwks: None,
         exchange_audiences: Vec::new(),
+        serves: Vec::new(),
     };
     store.create_client(&client).await.map_err(start_error)?;
     Ok((client.id, secret.expose().to_owned(), QUICKSTART_AUDIENCE.into()))

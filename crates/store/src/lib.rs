@@ -124,6 +124,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Registers, replaces or removes (`None`) a confidential client's public JWKS for `private_key_jwt`;
     /// `false` if there is no such confidential client.
     async fn set_client_jwks(&self, id: &str, jwks: Option<&str>) -> Result<bool>;
+    /// Replaces the audiences a confidential client serves; `false` if there is no such confidential client.
+    async fn set_client_serves(&self, id: &str, serves: &[String]) -> Result<bool>;
     /// Enables or disables a client; `false` if there is no such client.
     async fn set_client_disabled(&self, id: &str, disabled: bool) -> Result<bool>;
 

@@ -77,6 +77,10 @@ pub struct Client {
     pub jwks: Option<String>,
     /// The audiences this client may exchange a token for (RFC 8693). Empty: it may exchange none.
     pub exchange_audiences: Vec<String>,
+    /// The audiences this client is the resource server for: tokens for them are sent to it, so it may
+    /// exchange them, introspect them and report their use from its guard. Distinct from `audiences`, which
+    /// are the services it may get tokens for. Confidential clients only.
+    pub serves: Vec<String>,
 }
 
 /// A resource server: an audience tokens can be issued for, with the scopes it understands.

@@ -25,7 +25,7 @@ macro_rules! user_cols {
 macro_rules! client_cols {
     () => {
         "id, name, kind, secret_hash, redirect_uris, grant_types, audiences, scopes, access_ttl, \
-         refresh_idle_ttl, refresh_absolute_ttl, first_party, disabled, created_at, require_dpop, jwks, exchange_audiences"
+         refresh_idle_ttl, refresh_absolute_ttl, first_party, disabled, created_at, require_dpop, jwks, exchange_audiences, serves"
     };
 }
 macro_rules! key_cols {
@@ -125,6 +125,7 @@ fn client_from(row: &DbRow) -> Result<Client> {
         require_dpop: row.try_get("require_dpop")?,
         jwks: row.try_get("jwks")?,
         exchange_audiences: from_list(row, "exchange_audiences")?,
+        serves: from_list(row, "serves")?,
     })
 }
 
@@ -415,7 +416,7 @@ impl Store for StoreImpl {
         sqlx::query(concat!(
             "INSERT INTO clients (",
             client_cols!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
         ))
         .bind(&c.id)
         .bind(&c.name)
@@ -434,6 +435,7 @@ impl Store for StoreImpl {
         .bind(c.require_dpop)
         .bind(&c.jwks)
         .bind(to_list(&c.exchange_audiences))
+        .bind(to_list(&c.serves))
         .execute(&mut *tx)
         .await
         .map_err(|e| conflict(e, "client"))?;
@@ -468,6 +470,13 @@ impl Store for StoreImpl {
     async fn set_client_jwks(&self, id: &str, jwks: Option<&str>) -> Result<bool> {
         let query = sqlx::query("UPDATE clients SET jwks = $1 WHERE id = $2 AND kind = 'confidential'")
             .bind(jwks)
+            .bind(id);
+        update_counted(self.begin_write().await?, query).await
+    }
+
+    async fn set_client_serves(&self, id: &str, serves: &[String]) -> Result<bool> {
+        let query = sqlx::query("UPDATE clients SET serves = $1 WHERE id = $2 AND kind = 'confidential'")
+            .bind(to_list(serves))
             .bind(id);
         update_counted(self.begin_write().await?, query).await
     }

@@ -138,6 +138,7 @@ fn client(id: &str) -> Client {
         require_dpop: false,
         jwks: None,
         exchange_audiences: Vec::new(),
+        serves: Vec::new(),
     }
 }
 
@@ -243,6 +244,10 @@ async fn clients_round_trip_rotate_secret_and_disable(s: &Arc<dyn Store>) {
     gateway.exchange_audiences = vec!["https://billing.example".into()];
     s.create_client(&gateway).await.unwrap();
     assert_eq!(s.client("svc").await.unwrap().unwrap().exchange_audiences, gateway.exchange_audiences);
+    let serves = vec!["https://orders.example".to_owned()];
+    assert!(s.set_client_serves("svc", &serves).await.unwrap());
+    assert_eq!(s.client("svc").await.unwrap().unwrap().serves, serves);
+    assert!(!s.set_client_serves("spa", &serves).await.unwrap(), "a public client serves nothing");
     assert!(s.set_client_disabled("web", true).await.unwrap());
     assert!(s.client("web").await.unwrap().unwrap().disabled);
     let ids: Vec<String> = s.list_clients().await.unwrap().into_iter().map(|c| c.id).collect();

@@ -18,7 +18,8 @@ use tessera_store::{Client, Resource};
 
 const API: &str = "https://orders.example";
 
-async fn add_client(state: &tessera_server::AppState, id: &str, scopes: &[&str]) -> String {
+/// A confidential client for API; `serves` makes it the service's own (its guard's) client.
+async fn add_client(state: &tessera_server::AppState, id: &str, scopes: &[&str], serves: bool) -> String {
     let secret = tessera_server::crypto::new_secret(SecretKind::ClientSecret).unwrap();
     let client = Client {
         id: id.into(),
@@ -38,6 +39,7 @@ async fn add_client(state: &tessera_server::AppState, id: &str, scopes: &[&str])
         require_dpop: false,
         jwks: None,
         exchange_audiences: Vec::new(),
+        serves: if serves { vec![API.into()] } else { Vec::new() },
     };
     state.store.create_client(&client).await.unwrap();
     secret.expose().to_owned()
@@ -56,8 +58,8 @@ async fn orders_service_serves_its_callers_and_refuses_everyone_else() {
         created_at: tessera_server::now(),
     };
     state.store.create_resource(&resource).await.unwrap();
-    let service_secret = add_client(&state, "orders-service", &[]).await;
-    let reader_secret = add_client(&state, "reporting", &["orders:read"]).await;
+    let service_secret = add_client(&state, "orders-service", &[], true).await;
+    let reader_secret = add_client(&state, "reporting", &["orders:read"], false).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(tessera_server::serve(Arc::clone(&state), listener, async move {
         let _ = stopped.await;

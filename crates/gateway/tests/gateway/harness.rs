@@ -180,7 +180,8 @@ impl Server {
     }
 }
 
-/// A confidential client record `id` for `audiences`, without a credential: client_credentials, scope
+/// A confidential client record `id` that serves `audiences` (a gateway's, or a service's that receives
+/// tokens for them) and may get tokens for them, without a credential: client_credentials, scope
 /// orders:read. Tests set the credential and whatever else they need.
 pub fn service_client(id: &str, audiences: &[&str]) -> Client {
     Client {
@@ -201,6 +202,7 @@ pub fn service_client(id: &str, audiences: &[&str]) -> Client {
         require_dpop: false,
         jwks: None,
         exchange_audiences: Vec::new(),
+        serves: audiences.iter().map(|s| (*s).to_owned()).collect(),
     }
 }
 

@@ -150,6 +150,15 @@ impl Server {
         self.add_client(id, ClientKind::Confidential, &grants, &[API], &["orders:read"], true).await.unwrap()
     }
 
+    /// A resource server's own client (its guard's): a service client that serves API; returns its secret.
+    pub async fn add_resource_server(&self, id: &str) -> String {
+        let secret = tessera_server::crypto::new_secret(SecretKind::ClientSecret).unwrap();
+        let client =
+            Client { secret_hash: Some(secret.hash()), serves: vec![API.into()], ..service_client(id) };
+        self.state.store.create_client(&client).await.unwrap();
+        secret.expose().to_owned()
+    }
+
     /// A confidential service client like [`Self::add_service_client`] that must use DPoP.
     pub async fn add_dpop_service_client(&self, id: &str) -> String {
         let secret = tessera_server::crypto::new_secret(SecretKind::ClientSecret).unwrap();
@@ -229,6 +238,7 @@ pub fn service_client(id: &str) -> Client {
         require_dpop: false,
         jwks: None,
         exchange_audiences: Vec::new(),
+        serves: Vec::new(),
     }
 }
 

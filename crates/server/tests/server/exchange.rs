@@ -35,7 +35,8 @@ fn claims(jwt: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
-/// A confidential client that may exchange tokens for `exchange_audiences`; returns its secret.
+/// A confidential client that serves API (it receives the users' tokens for it) and may exchange tokens for
+/// `exchange_audiences`; returns its secret.
 async fn add_exchanger(s: &Server, id: &str, grants: &[GrantType], exchange_audiences: &[&str]) -> String {
     let secret = tessera_server::crypto::new_secret(SecretKind::ClientSecret).unwrap();
     let client = Client {
@@ -43,6 +44,7 @@ async fn add_exchanger(s: &Server, id: &str, grants: &[GrantType], exchange_audi
         grant_types: grants.to_vec(),
         scopes: vec!["orders:read".into(), "invoices:read".into(), "invoices:write".into()],
         exchange_audiences: exchange_audiences.iter().map(|a| (*a).to_owned()).collect(),
+        serves: vec![API.into()],
         ..service_client(id)
     };
     s.state.store.create_client(&client).await.unwrap();
@@ -224,6 +226,27 @@ async fn exchange_refuses_escalation_and_targets_outside_the_policy(s: &Server) 
     let billing_token = user_token(s, BILLING, "invoices:read", "sess-2", 300);
     let form = subject_form(&billing_token, BILLING);
     assert_eq!(error(exchange_as(s, SERVICE, &secret, &form, None).await), (400, "invalid_request".into()));
+    // A client that may call the orders API, but does not serve it, never receives its users' tokens: it can
+    // neither exchange nor introspect them.
+    let caller_secret = tessera_server::crypto::new_secret(SecretKind::ClientSecret).unwrap();
+    let caller = Client {
+        secret_hash: Some(caller_secret.hash()),
+        grant_types: vec![GrantType::ClientCredentials, GrantType::TokenExchange],
+        scopes: vec!["invoices:read".into()],
+        exchange_audiences: vec![BILLING.into()],
+        ..service_client("caller")
+    };
+    assert_eq!(caller.audiences, [API], "it may get tokens for the orders API");
+    s.state.store.create_client(&caller).await.unwrap();
+    let caller_secret = caller_secret.expose().to_owned();
+    let form = subject_form(&wide, BILLING);
+    assert_eq!(
+        error(exchange_as(s, "caller", &caller_secret, &form, None).await),
+        (400, "invalid_request".into())
+    );
+    assert!(!active(s, "caller", &caller_secret, &wide).await, "nor introspect them");
+    assert!(active(s, SERVICE, &secret, &wide).await, "the service that serves the API can");
+
     // Not a token of ours, the wrong token type, or a token without its type.
     for form in [
         subject_form("eyJhbGciOiJFZERTQSJ9.e30.c2ln", BILLING),
@@ -312,7 +335,8 @@ async fn exchanged_tokens_die_with_the_token_and_client_they_came_from(s: &Serve
     let billing = Client {
         secret_hash: Some(billing_secret.hash()),
         grant_types: vec![GrantType::TokenExchange],
-        audiences: vec![BILLING.into()],
+        audiences: Vec::new(),
+        serves: vec![BILLING.into()],
         scopes: vec!["invoices:read".into()],
         exchange_audiences: vec![LEDGER.into(), BILLING.into()],
         ..service_client("billing-svc")

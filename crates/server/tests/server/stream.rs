@@ -71,7 +71,7 @@ impl Events {
 
 async fn revocation_stream_is_for_resource_servers_only(s: &Server) {
     setup(s).await;
-    let secret = s.add_service_client("rs").await;
+    let secret = s.add_resource_server("rs").await;
     let r = http().get(s.url("/revocations/stream")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let r =
@@ -83,6 +83,10 @@ async fn revocation_stream_is_for_resource_servers_only(s: &Server) {
         .unwrap();
     let r = http().get(s.url("/revocations/stream")).basic_auth("plain", Some(&other)).send().await.unwrap();
     assert_eq!(r.status(), 403, "a client without an audience is no resource server");
+    let caller = s.add_service_client("caller").await;
+    let r =
+        http().get(s.url("/revocations/stream")).basic_auth("caller", Some(&caller)).send().await.unwrap();
+    assert_eq!(r.status(), 403, "a client that may call API does not serve it");
     let r = http()
         .get(s.url("/revocations/stream"))
         .basic_auth("rs", Some(&secret))
@@ -95,7 +99,7 @@ async fn revocation_stream_is_for_resource_servers_only(s: &Server) {
 
 async fn revocation_stream_sends_a_snapshot_then_every_revocation_and_resumes(s: &Server) {
     let client = setup(s).await;
-    let secret = s.add_service_client("rs").await;
+    let secret = s.add_resource_server("rs").await;
     let t = tokens(s, &client).await;
     // One entry exists before the guard connects.
     s.state.store.revoke_client("nobody-yet", "admin", tessera_server::now()).await.unwrap();
@@ -152,7 +156,7 @@ async fn revocation_stream_sends_a_snapshot_then_every_revocation_and_resumes(s:
 async fn shutdown_ends_open_revocation_streams() {
     let s = Server::start(crate::common::Backend::Sqlite).await.unwrap();
     setup(&s).await;
-    let secret = s.add_service_client("rs").await;
+    let secret = s.add_resource_server("rs").await;
     let mut events = Events::open(&s, &secret, None).await;
     assert_eq!(events.next().await.0, "snapshot");
     tokio::time::timeout(Duration::from_secs(5), s.finish())
@@ -164,7 +168,7 @@ async fn shutdown_ends_open_revocation_streams() {
 
 async fn revocation_stream_beats_and_snapshots_a_guard_ahead_of_it(s: &Server) {
     setup(s).await;
-    let secret = s.add_service_client("rs").await;
+    let secret = s.add_resource_server("rs").await;
     // A guard that remembers a sequence number this database never reached (it was restored from a backup)
     // gets the whole live set, not a resume that would skip new entries up to its old number.
     let mut events = Events::open(s, &secret, Some(1_000_000)).await;

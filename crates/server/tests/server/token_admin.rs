@@ -45,7 +45,7 @@ async fn revoke(s: &Server, token: &str, hint: Option<&str>) {
 
 async fn revocation_follows_rfc_7009(s: &Server) {
     let client = setup(s).await;
-    let api = s.add_service_client("api").await;
+    let api = s.add_resource_server("api").await;
     s.add_client("other", ClientKind::Public, &[GrantType::AuthorizationCode], &[API], &["openid"], true)
         .await;
     let t = tokens(s, &client).await;
@@ -81,7 +81,7 @@ async fn revocation_follows_rfc_7009(s: &Server) {
 
 async fn introspection_follows_rfc_7662(s: &Server) {
     let client = setup(s).await;
-    let api = s.add_service_client("api").await;
+    let api = s.add_resource_server("api").await;
     s.add_resource("https://billing.example", &["bills:read"]).await;
     let billing = s
         .add_client(
@@ -135,7 +135,7 @@ async fn introspection_follows_rfc_7662(s: &Server) {
 
 async fn userinfo_needs_a_valid_bearer_token_with_openid(s: &Server) {
     setup(s).await;
-    let api = s.add_service_client("api").await;
+    let api = s.add_resource_server("api").await;
     let r = http().get(s.url("/userinfo")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"tessera\"");
@@ -153,7 +153,7 @@ async fn userinfo_needs_a_valid_bearer_token_with_openid(s: &Server) {
 
 async fn password_change_revokes_every_session(s: &Server) {
     let client = setup(s).await;
-    let api = s.add_service_client("api").await;
+    let api = s.add_resource_server("api").await;
     let a = tokens(s, &client).await;
     let b = tokens(s, &client).await;
     let hash = tessera_server::passwords::hash_blocking("a brand new password").unwrap();
@@ -168,7 +168,7 @@ async fn password_change_revokes_every_session(s: &Server) {
 
 async fn key_rotation_publishes_then_signs_and_emergency_revokes(s: &Server) {
     let client = setup(s).await;
-    let api = s.add_service_client("api").await;
+    let api = s.add_resource_server("api").await;
     let old_kid = s.state.keyring().signer().kid().to_owned();
     let before = tokens(s, &client).await;
     let store = &*s.state.store;
