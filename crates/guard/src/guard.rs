@@ -10,7 +10,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tessera_token::dpop::{ProofPolicy, ProofRejection, ProofRequest, required_key, verify_proof};
+use tessera_token::dpop::{
+    Ath, ProofKey, ProofPolicy, ProofRejection, ProofRequest, proof_header, required_key,
+    verify_proof_with_key,
+};
 use tessera_token::{AccessClaims, Rejection, UnixTime, UnverifiedJwt, Validation};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
@@ -25,6 +28,8 @@ use crate::report::Reporter;
 use crate::revocation::{RevocationSet, TokenIds};
 
 /// The request header that carries a DPoP proof.
+/// How many DPoP client keys the guard keeps parsed (least recently used go first).
+const PROOF_KEY_CAPACITY: usize = 4096;
 const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
 
 /// How long the server keeps a revocation entry past the tokens it can match (`tessera_store`'s horizon;
@@ -225,6 +230,9 @@ pub(crate) struct Inner {
     /// The base URL DPoP proofs are checked against; `None` refuses DPoP-bound tokens.
     dpop_base: Option<String>,
     dpop_policy: ProofPolicy,
+    /// The checked headers (and keys) of proofs that verified, by header segment: a client's proofs share
+    /// one, so parsing its key is paid once per key, not per request.
+    proof_keys: quick_cache::sync::Cache<Box<str>, Arc<ProofKey>>,
     replay: ReplayCache,
     pub(crate) reporter: Reporter,
     pub(crate) metrics: Metrics,
@@ -395,6 +403,7 @@ impl Guard {
             cache: quick_cache::sync::Cache::new(config.cache_capacity.max(1)),
             dpop_base,
             dpop_policy: ProofPolicy { max_age_secs: config.dpop_max_age_secs, ..ProofPolicy::default() },
+            proof_keys: quick_cache::sync::Cache::new(PROOF_KEY_CAPACITY),
             replay: ReplayCache::new(config.dpop_replay_capacity),
             reporter: Reporter::new(),
             validation,
@@ -528,7 +537,7 @@ impl Guard {
         let now = unix_now();
         let identity = self.validate(token, now, route_index, peer).await?;
         inner
-            .check_binding(&identity, scheme, method, uri, headers, token, now)
+            .check_binding(&identity, scheme, method, uri, headers, now)
             .map_err(|d| inner.deny(d, route_index, Some(&identity), peer))?;
         let permitted = match route {
             Some(r) => r.permits(identity.claims.scope.as_deref(), &identity.claims.roles),
@@ -649,7 +658,6 @@ impl Inner {
         method: &Method,
         uri: &http::Uri,
         headers: &HeaderMap,
-        token: &[u8],
         now: u64,
     ) -> Result<(), Denial> {
         let jkt = match required_key(identity.claims.cnf.as_ref(), scheme == Scheme::Dpop) {
@@ -669,12 +677,21 @@ impl Inner {
             (Some(_), Some(_)) => return Err(Denial::InvalidDpopProof { reason: "dpop_multiple_proofs" }),
         };
         let url = format!("{base}{}", uri.path());
-        let token = std::str::from_utf8(token)
-            .map_err(|_| Denial::InvalidToken { reason: "malformed_authorization" })?;
-        let request =
-            ProofRequest { method: method.as_str(), url: &url, access_token: Some(token), nonces: &[] };
-        let checked = verify_proof(proof, &request, &self.dpop_policy, UnixTime(now))
-            .map_err(|r| Denial::InvalidDpopProof { reason: r.name() })?;
+        // The token's SHA-256 is already known (it keys the validation cache): `ath` is checked against it.
+        let ath = Some(Ath::from_sha256(identity.token_hash));
+        let request = ProofRequest { method: method.as_str(), url: &url, access_token: ath, nonces: &[] };
+        let refused = |r: ProofRejection| Denial::InvalidDpopProof { reason: r.name() };
+        let header = proof_header(proof).map_err(refused)?;
+        let (key, parsed) = match self.proof_keys.get(header) {
+            Some(key) => (key, false),
+            None => (Arc::new(ProofKey::parse(header).map_err(refused)?), true),
+        };
+        let checked = verify_proof_with_key(proof, &key, &request, &self.dpop_policy, UnixTime(now))
+            .map_err(refused)?;
+        if parsed {
+            // Only the keys of proofs that verified: filling this takes a private key per entry.
+            self.proof_keys.insert(header.into(), key);
+        }
         if checked.jkt != jkt {
             return Err(Denial::InvalidDpopProof { reason: ProofRejection::KeyMismatch.name() });
         }

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tessera_core::TokenHash;
 use tessera_token::UnixTime;
-use tessera_token::dpop::{DpopProof, ProofPolicy, ProofRejection, ProofRequest, verify_proof};
+use tessera_token::dpop::{Ath, DpopProof, ProofPolicy, ProofRejection, ProofRequest, verify_proof};
 
 use crate::AppState;
 use crate::oauth::OAuthError;
@@ -97,7 +97,8 @@ pub async fn request_proof(
         Vec::new()
     };
     let accepted: Vec<&str> = nonces.iter().map(String::as_str).collect();
-    let request = ProofRequest { method, url: &url, access_token, nonces: &accepted };
+    let request =
+        ProofRequest { method, url: &url, access_token: access_token.map(Ath::of), nonces: &accepted };
     let policy = policy(state);
     let checked = match verify_proof(proof, &request, &policy, UnixTime(u64::try_from(now).unwrap_or(0))) {
         Ok(checked) => checked,

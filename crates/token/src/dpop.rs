@@ -45,6 +45,33 @@ impl Default for ProofPolicy {
     }
 }
 
+/// The SHA-256 of the access token a proof accompanies: what its `ath` claim carries (RFC 9449 §4.2). A
+/// caller that already hashed the token (a guard's cache key) passes the digest instead of hashing again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Ath([u8; 32]);
+
+impl Ath {
+    /// The hash of `token`.
+    #[must_use]
+    pub fn of(token: &str) -> Self {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
+        Self(out)
+    }
+
+    /// The hash from a SHA-256 digest of the token computed elsewhere.
+    #[must_use]
+    pub const fn from_sha256(digest: [u8; 32]) -> Self {
+        Self(digest)
+    }
+}
+
+impl fmt::Debug for Ath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ath(..)")
+    }
+}
+
 /// The request a proof came with, as the client addressed it.
 #[derive(Debug, Clone, Copy)]
 pub struct ProofRequest<'a> {
@@ -52,8 +79,9 @@ pub struct ProofRequest<'a> {
     pub method: &'a str,
     /// The request URL as the client saw it: scheme, host, port and path. Query and fragment are ignored.
     pub url: &'a str,
-    /// The access token the proof accompanies, whose hash `ath` must carry; `None` at the token endpoint.
-    pub access_token: Option<&'a str>,
+    /// The hash of the access token the proof accompanies, which `ath` must carry; `None` at the token
+    /// endpoint.
+    pub access_token: Option<Ath>,
     /// The nonces the server currently accepts. Empty: the server asks for none.
     pub nonces: &'a [&'a str],
 }
@@ -171,8 +199,9 @@ impl From<Rejection> for ProofRejection {
     }
 }
 
-/// The claims as read, before the required ones are checked.
-#[derive(Deserialize)]
+/// The claims as read, before the required ones are checked. Read straight from the JSON text, with every
+/// member name at most once (members we do not read are still checked for duplicates, at every depth).
+#[derive(Default)]
 struct RawClaims {
     jti: Option<String>,
     htm: Option<String>,
@@ -180,6 +209,134 @@ struct RawClaims {
     iat: Option<u64>,
     ath: Option<String>,
     nonce: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawClaims {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(RawClaimsVisitor)
+    }
+}
+
+struct RawClaimsVisitor;
+
+/// A claim name: one of those read, or another (kept to refuse its repetition).
+enum ClaimName {
+    Jti,
+    Htm,
+    Htu,
+    Iat,
+    Ath,
+    Nonce,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for ClaimName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ClaimName;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a claim name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ClaimName, E> {
+                Ok(match v {
+                    "jti" => ClaimName::Jti,
+                    "htm" => ClaimName::Htm,
+                    "htu" => ClaimName::Htu,
+                    "iat" => ClaimName::Iat,
+                    "ath" => ClaimName::Ath,
+                    "nonce" => ClaimName::Nonce,
+                    other => ClaimName::Other(other.to_owned()),
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RawClaimsVisitor {
+    type Value = RawClaims;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a DPoP proof's claims object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawClaims, A::Error> {
+        let mut c = RawClaims::default();
+        let mut others: Vec<String> = Vec::new();
+        while let Some(name) = map.next_key::<ClaimName>()? {
+            match name {
+                ClaimName::Jti => json::set_once(&mut c.jti, map.next_value()?, "jti")?,
+                ClaimName::Htm => json::set_once(&mut c.htm, map.next_value()?, "htm")?,
+                ClaimName::Htu => json::set_once(&mut c.htu, map.next_value()?, "htu")?,
+                ClaimName::Iat => json::set_once(&mut c.iat, map.next_value()?, "iat")?,
+                ClaimName::Ath => json::set_once(&mut c.ath, map.next_value()?, "ath")?,
+                ClaimName::Nonce => json::set_once(&mut c.nonce, map.next_value()?, "nonce")?,
+                ClaimName::Other(other) => {
+                    if others.contains(&other) {
+                        return Err(json::duplicate(&other));
+                    }
+                    map.next_value::<StrictValue>()?;
+                    others.push(other);
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// A proof's header, checked, and the public key it embeds: the part that is the same in every proof a
+/// client makes with one key. Parsing it (base64, JSON, the JWK, the key, its thumbprint) costs a few
+/// microseconds, so a caller that sees many proofs may keep it, keyed by the header segment (see
+/// [`proof_header`]), and check later proofs with [`verify_proof_with_key`]. Keep only keys of proofs that
+/// verified, so that nobody can fill the cache without a private key.
+#[derive(Clone)]
+pub struct ProofKey {
+    header: Box<str>,
+    key: VerifyingKey,
+    alg: Algorithm,
+}
+
+impl fmt::Debug for ProofKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProofKey").field("jkt", &self.key.kid()).field("alg", &self.alg).finish()
+    }
+}
+
+impl ProofKey {
+    /// Checks a proof's header segment: `typ` is `dpop+jwt`, the `alg` is one we accept, there are no key
+    /// URLs or `crit`, and `jwk` is a public key for that `alg`.
+    ///
+    /// # Errors
+    /// The [`ProofRejection`] naming the first problem found.
+    pub fn parse(header_segment: &str) -> Result<Self, ProofRejection> {
+        let header = RawHeader::decode(header_segment)?;
+        let alg = header.common_checks()?;
+        if !TokenType::DpopProof.matches(header.typ.as_deref()) {
+            return Err(ProofRejection::WrongType);
+        }
+        let jwk = header.jwk.ok_or(ProofRejection::MissingJwk)?;
+        let key = VerifyingKey::from_client_jwk(jwk, alg).map_err(|e| match e {
+            KeyError::PrivateMaterialInPublicSet => ProofRejection::PrivateJwk,
+            _ => ProofRejection::InvalidJwk,
+        })?;
+        Ok(Self { header: header_segment.into(), key, alg })
+    }
+
+    /// The RFC 7638 thumbprint of the key: what `cnf.jkt` must equal.
+    #[must_use]
+    pub fn jkt(&self) -> &str {
+        self.key.kid()
+    }
+}
+
+/// The header segment of a proof, once the proof's size and shape are acceptable: the key under which a
+/// [`ProofKey`] may be kept.
+///
+/// # Errors
+/// [`ProofRejection::Jws`] for a proof too long, in JSON serialization, or not of three segments.
+pub fn proof_header(proof: &str) -> Result<&str, ProofRejection> {
+    Ok(Segments::split(proof, MAX_PROOF_LEN)?.header)
 }
 
 /// Checks `proof` against `request` at `now`: the header (`typ`, an embedded public key of the `alg`, no
@@ -194,26 +351,47 @@ pub fn verify_proof(
     now: UnixTime,
 ) -> Result<DpopProof, ProofRejection> {
     let parts = Segments::split(proof, MAX_PROOF_LEN)?;
-    let header = RawHeader::decode(parts.header)?;
-    let alg = header.common_checks()?;
-    if !TokenType::DpopProof.matches(header.typ.as_deref()) {
-        return Err(ProofRejection::WrongType);
+    let key = ProofKey::parse(parts.header)?;
+    verify_parts(&parts, &key, request, policy, now)
+}
+
+/// [`verify_proof`] with the proof's header already checked: `key` must have been parsed from this proof's
+/// header segment (compared byte for byte; a different one is refused).
+///
+/// # Errors
+/// The [`ProofRejection`] naming the first problem found.
+pub fn verify_proof_with_key(
+    proof: &str,
+    key: &ProofKey,
+    request: &ProofRequest<'_>,
+    policy: &ProofPolicy,
+    now: UnixTime,
+) -> Result<DpopProof, ProofRejection> {
+    let parts = Segments::split(proof, MAX_PROOF_LEN)?;
+    if parts.header != &*key.header {
+        return Err(Rejection::Malformed.into());
     }
-    let jwk = header.jwk.ok_or(ProofRejection::MissingJwk)?;
-    let key = VerifyingKey::from_client_jwk(jwk, alg).map_err(|e| match e {
-        KeyError::PrivateMaterialInPublicSet => ProofRejection::PrivateJwk,
-        _ => ProofRejection::InvalidJwk,
-    })?;
+    verify_parts(&parts, key, request, policy, now)
+}
+
+/// The signature and the claims, once the header is known.
+fn verify_parts(
+    parts: &Segments<'_>,
+    key: &ProofKey,
+    request: &ProofRequest<'_>,
+    policy: &ProofPolicy,
+    now: UnixTime,
+) -> Result<DpopProof, ProofRejection> {
+    let (alg, key) = (key.alg, &key.key);
     if parts.payload.is_empty() {
         return Err(Rejection::Malformed.into());
     }
     let payload = b64::decode(parts.payload).map_err(|_| Rejection::InvalidBase64)?;
-    verify_segment(&key, parts.signing_input, parts.signature)?;
+    verify_segment(key, parts.signing_input, parts.signature)?;
 
-    let StrictValue(value) = json::parse_segment(&payload, Rejection::InvalidClaims).map_err(|e| {
+    let claims: RawClaims = json::parse_segment(&payload, Rejection::InvalidClaims).map_err(|e| {
         if e == Rejection::DuplicateMember { e.into() } else { ProofRejection::InvalidClaims }
     })?;
-    let claims: RawClaims = serde_json::from_value(value).map_err(|_| ProofRejection::InvalidClaims)?;
     let jti = claims.jti.filter(|j| !j.is_empty()).ok_or(ProofRejection::MissingClaim("jti"))?;
     if jti.len() > MAX_JTI_LEN {
         return Err(ProofRejection::InvalidClaims);
@@ -224,9 +402,14 @@ pub fn verify_proof(
     if htm != request.method {
         return Err(ProofRejection::MethodMismatch);
     }
-    match (Target::parse(&htu), Target::parse(request.url)) {
-        (Some(claimed), Some(actual)) if claimed == actual => {}
-        _ => return Err(ProofRejection::UrlMismatch),
+    // The same text normalises the same way: one parse (to refuse what is no http(s) URL) is enough.
+    let same_url = if htu == request.url {
+        Target::parse(request.url).is_some()
+    } else {
+        matches!((Target::parse(&htu), Target::parse(request.url)), (Some(claimed), Some(actual)) if claimed == actual)
+    };
+    if !same_url {
+        return Err(ProofRejection::UrlMismatch);
     }
     let UnixTime(now) = now;
     if iat > now.saturating_add(policy.leeway_secs) {
@@ -235,9 +418,9 @@ pub fn verify_proof(
     if now > iat.saturating_add(policy.max_age_secs) {
         return Err(ProofRejection::TooOld);
     }
-    if let Some(token) = request.access_token {
+    if let Some(Ath(expected)) = request.access_token {
         let ath = claims.ath.ok_or(ProofRejection::MissingClaim("ath"))?;
-        if ath != access_token_hash(token) {
+        if ath != b64::encode(&expected) {
             return Err(ProofRejection::AthMismatch);
         }
     }

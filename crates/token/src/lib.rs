@@ -47,7 +47,10 @@ pub mod validate;
 pub use alg::Algorithm;
 pub use assertion::{AssertionPolicy, AssertionRejection, ClientAssertion, ClientKeys, verify_assertion};
 pub use claims::{AccessClaims, Actor, Audience, Confirmation, Origin};
-pub use dpop::{DpopProof, NewProof, ProofPolicy, ProofRejection, ProofRequest, verify_proof};
+pub use dpop::{
+    DpopProof, NewProof, ProofKey, ProofPolicy, ProofRejection, ProofRequest, proof_header, verify_proof,
+    verify_proof_with_key,
+};
 pub use error::{KeyError, Rejection};
 pub use jws::{DEFAULT_MAX_TOKEN_LEN, Header, UnverifiedJwt, VerifiedJwt};
 pub use key::{KeySet, RsaBits, SigningKey, VerifyingKey};

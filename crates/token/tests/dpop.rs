@@ -3,7 +3,10 @@
 
 use serde_json::json;
 use tessera_testkit::{DpopClient, hmac_proof};
-use tessera_token::dpop::{NewProof, ProofPolicy, ProofRejection, ProofRequest, verify_proof};
+use tessera_token::dpop::{
+    Ath, NewProof, ProofKey, ProofPolicy, ProofRejection, ProofRequest, proof_header, verify_proof,
+    verify_proof_with_key,
+};
 use tessera_token::{Algorithm, Rejection, UnixTime, b64};
 
 use crate::common::{NOW, forge, key, key_set, now, policy};
@@ -160,12 +163,53 @@ fn duplicate_claims_in_a_proof_are_refused() {
     let claims = format!(r#"{{"jti":"a","htm":"POST","htu":"{URL}","iat":{NOW},"htm":"GET"}}"#);
     let proof = forge(signer, &header, &claims);
     assert_eq!(check(&proof, &request("POST", URL)), Err(ProofRejection::Jws(Rejection::DuplicateMember)));
+    // Members the proof check does not read are held to the same rule, at every depth.
+    for extra in [r#""x":1,"x":2"#, r#""x":{"a":1,"a":2}"#, r#""x":[{"a":1,"a":2}]"#] {
+        let claims = format!(r#"{{"jti":"a","htm":"POST","htu":"{URL}","iat":{NOW},{extra}}}"#);
+        let proof = forge(key(Algorithm::EdDSA), &header, &claims);
+        assert_eq!(
+            check(&proof, &request("POST", URL)),
+            Err(ProofRejection::Jws(Rejection::DuplicateMember)),
+            "{extra}"
+        );
+    }
+    let claims = format!(r#"{{"jti":"a","htm":"POST","htu":"{URL}","iat":{NOW},"x":{{"a":1}},"y":[1]}}"#);
+    assert!(check(&forge(key(Algorithm::EdDSA), &header, &claims), &request("POST", URL)).is_ok());
+}
+
+#[test]
+fn a_kept_proof_key_checks_only_proofs_with_the_same_header() {
+    let client = DpopClient::new("ES256").unwrap();
+    let first = client.proof("POST", URL, NOW, None, None).unwrap();
+    let key = ProofKey::parse(proof_header(&first).unwrap()).unwrap();
+    assert_eq!(key.jkt(), client.thumbprint().unwrap());
+    let policy = ProofPolicy::default();
+    let later = client.proof("POST", URL, NOW, None, None).unwrap();
+    let checked = verify_proof_with_key(&later, &key, &request("POST", URL), &policy, now()).unwrap();
+    assert_eq!(checked.jkt, key.jkt());
+    // Another key's proof, or a header bent in any way, is not checked against the kept key.
+    let other = DpopClient::new("ES256").unwrap().proof("POST", URL, NOW, None, None).unwrap();
+    assert_eq!(
+        verify_proof_with_key(&other, &key, &request("POST", URL), &policy, now()),
+        Err(ProofRejection::Jws(Rejection::Malformed))
+    );
+    // The kept key still checks everything else.
+    assert_eq!(
+        verify_proof_with_key(&later, &key, &request("GET", URL), &policy, now()),
+        Err(ProofRejection::MethodMismatch)
+    );
+    let hmac = hmac_proof(&json!({ "jti": "j1", "htm": "POST", "htu": URL, "iat": NOW })).unwrap();
+    assert_eq!(
+        ProofKey::parse(proof_header(&hmac).unwrap()).err(),
+        Some(ProofRejection::Jws(Rejection::UnsupportedAlgorithm))
+    );
 }
 
 #[test]
 fn ath_must_match_the_access_token() {
     let client = DpopClient::new("ES256").unwrap();
-    let with_token = ProofRequest { access_token: Some(TOKEN), ..request("GET", "https://api.test/orders") };
+    let with_token =
+        ProofRequest { access_token: Some(Ath::of(TOKEN)), ..request("GET", "https://api.test/orders") };
     let good = client.proof("GET", "https://api.test/orders", NOW, Some(TOKEN), None).unwrap();
     assert!(check(&good, &with_token).is_ok());
     let other = client.proof("GET", "https://api.test/orders", NOW, Some("another.token.x"), None).unwrap();
@@ -205,7 +249,7 @@ fn our_own_proofs_verify_and_bind_to_the_key_thumbprint() {
         let req = ProofRequest {
             method: "GET",
             url: "https://api.test/orders",
-            access_token: Some(TOKEN),
+            access_token: Some(Ath::of(TOKEN)),
             nonces: &["n1"],
         };
         let checked = check(&proof, &req).unwrap();
