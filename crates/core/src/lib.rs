@@ -6,6 +6,7 @@
 
 pub mod flow;
 pub mod model;
+pub mod replay;
 pub mod secret;
 
 pub use model::{ClientKind, GrantType, KeyState, RevocationKind};

@@ -23,9 +23,9 @@ use crate::keys::Keys;
 use crate::net::{Http, basic_auth};
 use crate::path::{self, BadPath};
 use crate::policy::{Policy, Route, Unlisted};
-use crate::replay::{ReplayCache, Seen};
 use crate::report::Reporter;
 use crate::revocation::{RevocationSet, TokenIds};
+use tessera_core::replay::{ReplayCache, Seen};
 
 /// The request header that carries a DPoP proof.
 /// How many DPoP client keys the guard keeps parsed (least recently used go first).
@@ -695,7 +695,12 @@ impl Inner {
         if checked.jkt != jkt {
             return Err(Denial::InvalidDpopProof { reason: ProofRejection::KeyMismatch.name() });
         }
-        match self.replay.record(&checked.jkt, &checked.jti, checked.replay_until(&self.dpop_policy), now) {
+        match self.replay.record(
+            checked.jkt.as_bytes(),
+            checked.jti.as_bytes(),
+            checked.replay_until(&self.dpop_policy),
+            now,
+        ) {
             Seen::Fresh => Ok(()),
             Seen::Replayed => Err(Denial::InvalidDpopProof { reason: ProofRejection::Replayed.name() }),
             Seen::Full => Err(Denial::Unavailable { reason: "dpop_replay_cache_full" }),

@@ -27,7 +27,6 @@ mod layer;
 mod net;
 pub mod path;
 pub mod policy;
-mod replay;
 mod report;
 pub mod revocation;
 

@@ -74,6 +74,23 @@ impl PostgresStore {
     }
 }
 
+/// Single-use ids are committed without waiting for the WAL flush (`synchronous_commit = off` for that
+/// transaction only): a database crash may forget the ids of the last moments, whose proofs and assertions
+/// would then be accepted once more within their short lifetimes; every other write waits for the disk.
+const RELAXED_COMMIT: Option<&str> = Some("SET LOCAL synchronous_commit = off");
+
+impl PostgresStore {
+    /// Takes a single-use id through the group-commit writer: shared by every node through the table.
+    async fn take_once(&self, job: OnceJob) -> Result<bool> {
+        enqueue(&self.single_use, job, "single-use").await
+    }
+}
+
+/// The single-use writer.
+fn spawn_single_use_writer(pool: &PgPool) -> tokio::sync::mpsc::Sender<Queued<OnceJob, bool>> {
+    spawn_batch_writer(pool, MAX_ONCE_BATCH, |pool, batch| Box::pin(take_once_batch(pool, batch)))
+}
+
 async fn begin_write_on(pool: &PgPool) -> Result<sqlx::Transaction<'static, Db>> {
     Ok(pool.begin().await?)
 }

@@ -947,8 +947,7 @@ impl Store for StoreImpl {
     }
 
     async fn use_once(&self, scope: &str, id_hash: &TokenHash, expires_at: Time, now: Time) -> Result<bool> {
-        let job = OnceJob { scope: scope.to_owned(), id_hash: *id_hash, expires_at, now };
-        enqueue(&self.single_use, job, "single-use").await
+        self.take_once(OnceJob { scope: scope.to_owned(), id_hash: *id_hash, expires_at, now }).await
     }
 
     async fn append_event(&self, e: &Event) -> Result<()> {
@@ -1079,33 +1078,49 @@ fn spawn_rotation_writer(pool: &WritePool) -> tokio::sync::mpsc::Sender<Queued<R
     spawn_batch_writer(pool, MAX_ROTATION_BATCH, |pool, batch| Box::pin(rotate_batch(pool, batch)))
 }
 
-/// The single-use writer.
-fn spawn_single_use_writer(pool: &WritePool) -> tokio::sync::mpsc::Sender<Queued<OnceJob, bool>> {
-    spawn_batch_writer(pool, MAX_ONCE_BATCH, |pool, batch| Box::pin(take_once_batch(pool, batch)))
-}
-
-/// Takes a batch of single-use ids in one transaction; for each, whether it was fresh.
+/// Takes a batch of single-use ids in one statement and one transaction; for each, whether it was fresh.
+///
+/// One multi-row `INSERT … ON CONFLICT … RETURNING` instead of a statement per id: the rows it returns are
+/// the ids taken now (new, or a row whose time had passed). An id repeated inside the batch is taken by its
+/// first job only, in memory, since one statement cannot touch a row twice. The batch's earliest `now`
+/// decides whether an old row has expired, so no row is retaken early.
 async fn take_once_batch(pool: &WritePool, batch: &[OnceJob]) -> Result<Vec<bool>> {
-    let mut tx = begin_write_on(pool).await?;
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for job in batch {
-        // A row whose time has passed may be taken again: whatever it guarded is refused as too old anyway.
-        let fresh = sqlx::query(
-            "INSERT INTO used_ids (scope, id_hash, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (scope, id_hash) DO UPDATE SET expires_at = excluded.expires_at \
-             WHERE used_ids.expires_at <= $4",
-        )
-        .bind(&job.scope)
-        .bind(job.id_hash.as_bytes())
-        .bind(job.expires_at)
-        .bind(job.now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        outcomes.push(fresh == 1);
+    if batch.is_empty() {
+        return Ok(Vec::new());
     }
+    let mut first = std::collections::HashSet::with_capacity(batch.len());
+    let unique: Vec<bool> =
+        batch.iter().map(|job| first.insert((job.scope.as_str(), job.id_hash.as_bytes()))).collect();
+    let now = batch.iter().map(|job| job.now).min().unwrap_or(0);
+    let mut insert = sqlx::QueryBuilder::<Db>::new("INSERT INTO used_ids (scope, id_hash, expires_at) ");
+    insert.push_values(batch.iter().zip(&unique).filter(|(_, unique)| **unique), |mut row, (job, _)| {
+        row.push_bind(job.scope.as_str()).push_bind(job.id_hash.as_bytes()).push_bind(job.expires_at);
+    });
+    // A row whose time has passed may be taken again: whatever it guarded is refused as too old anyway.
+    insert
+        .push(
+            " ON CONFLICT (scope, id_hash) DO UPDATE SET expires_at = excluded.expires_at \
+             WHERE used_ids.expires_at <= ",
+        )
+        .push_bind(now)
+        .push(" RETURNING scope, id_hash");
+    let mut tx = begin_write_on(pool).await?;
+    if let Some(relax) = RELAXED_COMMIT {
+        sqlx::query(relax).execute(&mut *tx).await?;
+    }
+    let rows = insert.build().fetch_all(&mut *tx).await?;
     tx.commit().await?;
-    Ok(outcomes)
+    let mut taken = std::collections::HashSet::with_capacity(rows.len());
+    for row in &rows {
+        let scope: String = row.try_get("scope")?;
+        let id_hash: Vec<u8> = row.try_get("id_hash")?;
+        taken.insert((scope, id_hash));
+    }
+    Ok(batch
+        .iter()
+        .zip(unique)
+        .map(|(job, unique)| unique && taken.contains(&(job.scope.clone(), job.id_hash.as_bytes().to_vec())))
+        .collect())
 }
 
 /// Runs a one-row UPDATE of a user, client or resource in `tx`, counts the change, and commits; whether the

@@ -7,7 +7,10 @@
 //! file through SQLite's own locking and a five-second busy timeout.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tessera_core::replay::{ReplayCache, Seen};
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -30,7 +33,10 @@ pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
     rotations: tokio::sync::mpsc::Sender<Queued<RotationJob, Rotation>>,
-    single_use: tokio::sync::mpsc::Sender<Queued<OnceJob, bool>>,
+    /// Single-use ids taken by this process: the authority on SQLite, where one server process owns the file.
+    once: Arc<ReplayCache>,
+    /// Ids to write behind to `used_ids`, so that a restart still knows them.
+    once_behind: tokio::sync::mpsc::Sender<OnceJob>,
 }
 
 impl SqliteStore {
@@ -62,8 +68,25 @@ impl SqliteStore {
             .await
             .map_err(unavailable)?;
         let rotations = spawn_rotation_writer(&write);
-        let single_use = spawn_single_use_writer(&write);
-        Ok(SqliteStore { path: path.to_owned(), read, write, rotations, single_use })
+        let once = Arc::new(ReplayCache::new(MAX_SINGLE_USE_IDS));
+        // The ids a previous process took and that have not yet been pruned (none in a file not yet migrated).
+        let migrated: Option<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'used_ids'")
+                .fetch_optional(&read)
+                .await
+                .map_err(unavailable)?;
+        let kept: Vec<(String, Vec<u8>, i64)> = match migrated {
+            Some(_) => sqlx::query_as("SELECT scope, id_hash, expires_at FROM used_ids")
+                .fetch_all(&read)
+                .await
+                .map_err(unavailable)?,
+            None => Vec::new(),
+        };
+        for (scope, id_hash, expires_at) in kept {
+            once.record(scope.as_bytes(), &id_hash, u64::try_from(expires_at).unwrap_or(0), 0);
+        }
+        let once_behind = spawn_write_behind(&write);
+        Ok(SqliteStore { path: path.to_owned(), read, write, rotations, once, once_behind })
     }
 
     /// The database file.
@@ -92,6 +115,55 @@ impl SqliteStore {
     fn backend_name(&self) -> &'static str {
         "sqlite"
     }
+}
+
+/// The most single-use ids held in memory (about 50 bytes each); past it, new ones are refused (503) rather
+/// than old ones forgotten. At 10,000 DPoP requests a second with 90 s windows, about 900,000 are live.
+const MAX_SINGLE_USE_IDS: usize = 4_000_000;
+
+/// SQLite's write-behind of single-use ids is off the request path; a commit there may wait for the disk.
+const RELAXED_COMMIT: Option<&str> = None;
+
+impl SqliteStore {
+    /// Takes a single-use id in memory, then queues it for the disk. The memory is the authority (one server
+    /// process per database file); the disk copy is read back at the next start, so a restart does not
+    /// reopen the ids' windows, except for those of the last moments before a crash.
+    async fn take_once(&self, job: OnceJob) -> Result<bool> {
+        let until = u64::try_from(job.expires_at).unwrap_or(0);
+        match self.once.record(
+            job.scope.as_bytes(),
+            job.id_hash.as_bytes(),
+            until,
+            u64::try_from(job.now).unwrap_or(0),
+        ) {
+            Seen::Fresh => {
+                if self.once_behind.try_send(job).is_err() {
+                    tracing::warn!(
+                        "single-use ids are arriving faster than they are written behind; one is kept in memory only"
+                    );
+                }
+                Ok(true)
+            }
+            Seen::Replayed => Ok(false),
+            Seen::Full => Err(StoreError::Unavailable("the single-use id cache is full".into())),
+        }
+    }
+}
+
+/// Writes single-use ids to `used_ids` in batches, off the request path.
+fn spawn_write_behind(pool: &SqlitePool) -> tokio::sync::mpsc::Sender<OnceJob> {
+    let (jobs, mut queue) = tokio::sync::mpsc::channel::<OnceJob>(64 * MAX_ONCE_BATCH);
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(MAX_ONCE_BATCH);
+        while queue.recv_many(&mut batch, MAX_ONCE_BATCH).await > 0 {
+            if let Err(e) = take_once_batch(&pool, &batch).await {
+                tracing::warn!(error = %e, ids = batch.len(), "single-use ids not written behind");
+            }
+            batch.clear();
+        }
+    });
+    jobs
 }
 
 /// Writing transactions take the write lock at once.

@@ -630,8 +630,27 @@ async fn single_use_ids_are_taken_once_under_concurrency(s: &Arc<dyn Store>) {
         s.use_once("dpop", &id, NOW + 200, NOW + 60).await.unwrap(),
         "an expired entry may be taken again"
     );
-    assert!(s.prune(NOW + 500).await.unwrap() >= 2);
+    s.prune(NOW + 500).await.unwrap();
     assert!(s.use_once("dpop", &id, NOW + 600, NOW + 500).await.unwrap(), "pruned");
+
+    // Many ids at once, each sent four times, land in shared batches: each is taken exactly once.
+    let mut tasks = Vec::new();
+    for round in 0..4 {
+        for n in 0..50 {
+            let s = Arc::clone(s);
+            let id = TokenHash::of(&format!("jkt|batch-{n}"));
+            let now = NOW + round;
+            tasks.push(tokio::spawn(
+                async move { (n, s.use_once("dpop", &id, NOW + 60, now).await.unwrap()) },
+            ));
+        }
+    }
+    let mut taken = [0u32; 50];
+    for t in tasks {
+        let (n, fresh) = t.await.unwrap();
+        taken[n] += u32::from(fresh);
+    }
+    assert_eq!(taken, [1; 50], "every id once, however the batches fell");
 }
 
 async fn dpop_binding_round_trips(s: &Arc<dyn Store>) {
@@ -646,4 +665,42 @@ async fn dpop_binding_round_trips(s: &Arc<dyn Store>) {
     assert_eq!(s.bind_family_key("fam-late", "key-a").await.unwrap().as_deref(), Some("key-a"));
     assert_eq!(s.bind_family_key("fam-late", "key-b").await.unwrap().as_deref(), Some("key-a"));
     assert_eq!(s.bind_family_key("no-such-family", "key-a").await.unwrap(), None);
+}
+
+/// On SQLite the server process keeps single-use ids in memory and writes them behind: a restart (a new
+/// store on the same file) still refuses the ids taken before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_single_use_ids_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tessera.db");
+    let first = SqliteStore::open(&path).await.unwrap();
+    first.migrate().await.unwrap();
+    let ids: Vec<TokenHash> = (0..300).map(|i| TokenHash::of(&format!("jkt|restart-{i}"))).collect();
+    for id in &ids {
+        assert!(first.use_once("dpop", id, NOW + 60, NOW).await.unwrap());
+    }
+    // The write-behind lands within moments.
+    let mut written = 0;
+    for _ in 0..200 {
+        written = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM used_ids")
+            .fetch_one(&sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.unwrap())
+            .await
+            .unwrap();
+        if written == 300 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(written, 300, "every id was written behind");
+    first.close().await;
+    let second = SqliteStore::open(&path).await.unwrap();
+    second.migrate().await.unwrap();
+    for id in &ids {
+        assert!(
+            !second.use_once("dpop", id, NOW + 60, NOW + 1).await.unwrap(),
+            "still refused after a restart"
+        );
+    }
+    assert!(second.use_once("dpop", &ids[0], NOW + 120, NOW + 60).await.unwrap(), "until its window ends");
+    assert!(second.use_once("dpop", &TokenHash::of("jkt|new"), NOW + 60, NOW).await.unwrap());
 }

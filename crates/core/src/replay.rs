@@ -1,10 +1,11 @@
-//! The DPoP proof replay cache: which proof ids this guard has accepted, until each proof is too old to be
-//! accepted anyway.
+//! A single-use id cache in memory: which ids (DPoP proof ids, client assertion ids) have been taken, until
+//! whatever they guard is too old to be accepted anyway. The guard keeps its proof ids here; the SQLite store
+//! keeps every single-use id here (one process per database file) and writes them behind to disk.
 //!
 //! Sharded so that concurrent requests seldom contend on one lock. Bounded: past its capacity it refuses new
-//! proofs (fail closed) rather than forget ones it has seen, which would let them be replayed. Entries are
-//! keyed by the first 8 bytes of SHA-256(jkt | jti): two distinct proofs collide with odds near 2^-64 per
-//! pair, and a collision only refuses a genuine proof.
+//! ids (fail closed) rather than forget ones it has seen, which would let them be replayed. Entries are keyed
+//! by the first 8 bytes of SHA-256 over the namespace and the id (each length-prefixed): two distinct ids
+//! collide with odds near 2^-64 per pair, and a collision only refuses a genuine one.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,7 +14,7 @@ const SHARDS: usize = 16;
 
 /// What the cache says about a proof id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Seen {
+pub enum Seen {
     /// First time: now remembered.
     Fresh,
     /// Seen before, still within its window.
@@ -31,7 +32,7 @@ struct Shard {
 }
 
 /// The cache. `Debug` shows its size only.
-pub(crate) struct ReplayCache {
+pub struct ReplayCache {
     shards: [Mutex<Shard>; SHARDS],
     per_shard: usize,
 }
@@ -44,19 +45,22 @@ impl std::fmt::Debug for ReplayCache {
 
 impl ReplayCache {
     /// A cache holding at most about `capacity` live ids.
-    pub(crate) fn new(capacity: usize) -> Self {
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
         Self {
             shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
             per_shard: capacity.div_ceil(SHARDS).max(1),
         }
     }
 
-    /// Records `jkt | jti`, remembered until `until`, at `now`.
-    pub(crate) fn record(&self, jkt: &str, jti: &str, until: u64, now: u64) -> Seen {
+    /// Takes `id` in `namespace` (a DPoP key's thumbprint, a store scope), remembered until `until`, at
+    /// `now`: [`Seen::Fresh`] the first time, and again once `until` has passed.
+    pub fn record(&self, namespace: &[u8], id: &[u8], until: u64, now: u64) -> Seen {
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        ctx.update(jkt.as_bytes());
-        ctx.update(b"|");
-        ctx.update(jti.as_bytes());
+        for part in [namespace, id] {
+            ctx.update(&u64::try_from(part.len()).unwrap_or(u64::MAX).to_le_bytes());
+            ctx.update(part);
+        }
         let digest = ctx.finish();
         let mut id = [0u8; 8];
         id.copy_from_slice(&digest.as_ref()[..8]);
@@ -80,9 +84,15 @@ impl ReplayCache {
     }
 
     /// Entries held, live or not yet swept.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    #[must_use]
+    pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().map(|s| s.entries.len()).unwrap_or(0)).sum()
+    }
+
+    /// Whether no entry is held.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -93,10 +103,10 @@ mod tests {
     #[test]
     fn an_id_is_fresh_once_until_it_expires() {
         let cache = ReplayCache::new(100);
-        assert_eq!(cache.record("k", "a", 160, 100), Seen::Fresh);
-        assert_eq!(cache.record("k", "a", 160, 159), Seen::Replayed);
-        assert_eq!(cache.record("other", "a", 160, 100), Seen::Fresh, "ids are per key");
-        assert_eq!(cache.record("k", "a", 160, 160), Seen::Fresh, "an entry goes at its expiry second");
+        assert_eq!(cache.record(b"k", b"a", 160, 100), Seen::Fresh);
+        assert_eq!(cache.record(b"k", b"a", 160, 159), Seen::Replayed);
+        assert_eq!(cache.record(b"other", b"a", 160, 100), Seen::Fresh, "ids are per key");
+        assert_eq!(cache.record(b"k", b"a", 160, 160), Seen::Fresh, "an entry goes at its expiry second");
     }
 
     #[test]
@@ -104,17 +114,18 @@ mod tests {
         let cache = ReplayCache::new(SHARDS);
         let mut full = 0;
         for i in 0..200 {
-            if cache.record("k", &i.to_string(), 1000, 100) == Seen::Full {
+            if cache.record(b"k", i.to_string().as_bytes(), 1000, 100) == Seen::Full {
                 full += 1;
             }
         }
         assert!(full > 0);
         assert!(cache.len() <= SHARDS);
         // Every id that was taken is still refused.
-        let fresh_again =
-            (0..200).filter(|i| cache.record("k", &i.to_string(), 1000, 101) == Seen::Fresh).count();
+        let fresh_again = (0..200)
+            .filter(|i| cache.record(b"k", i.to_string().as_bytes(), 1000, 101) == Seen::Fresh)
+            .count();
         assert_eq!(fresh_again, 0);
         // Once they expire there is room again.
-        assert_eq!(cache.record("k", "late", 2000, 1000), Seen::Fresh);
+        assert_eq!(cache.record(b"k", b"late", 2000, 1000), Seen::Fresh);
     }
 }
