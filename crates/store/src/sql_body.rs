@@ -1012,8 +1012,6 @@ struct OnceJob {
     now: Time,
 }
 
-/// The most single-use ids taken in one transaction.
-const MAX_ONCE_BATCH: usize = 256;
 
 /// A job waiting for a batch writer, with where its outcome goes.
 struct Queued<J, O> {
@@ -1076,51 +1074,6 @@ async fn enqueue<J, O>(writer: &tokio::sync::mpsc::Sender<Queued<J, O>>, job: J,
 /// The rotation writer.
 fn spawn_rotation_writer(pool: &WritePool) -> tokio::sync::mpsc::Sender<Queued<RotationJob, Rotation>> {
     spawn_batch_writer(pool, MAX_ROTATION_BATCH, |pool, batch| Box::pin(rotate_batch(pool, batch)))
-}
-
-/// Takes a batch of single-use ids in one statement and one transaction; for each, whether it was fresh.
-///
-/// One multi-row `INSERT … ON CONFLICT … RETURNING` instead of a statement per id: the rows it returns are
-/// the ids taken now (new, or a row whose time had passed). An id repeated inside the batch is taken by its
-/// first job only, in memory, since one statement cannot touch a row twice. The batch's earliest `now`
-/// decides whether an old row has expired, so no row is retaken early.
-async fn take_once_batch(pool: &WritePool, batch: &[OnceJob]) -> Result<Vec<bool>> {
-    if batch.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut first = std::collections::HashSet::with_capacity(batch.len());
-    let unique: Vec<bool> =
-        batch.iter().map(|job| first.insert((job.scope.as_str(), job.id_hash.as_bytes()))).collect();
-    let now = batch.iter().map(|job| job.now).min().unwrap_or(0);
-    let mut insert = sqlx::QueryBuilder::<Db>::new("INSERT INTO used_ids (scope, id_hash, expires_at) ");
-    insert.push_values(batch.iter().zip(&unique).filter(|(_, unique)| **unique), |mut row, (job, _)| {
-        row.push_bind(job.scope.as_str()).push_bind(job.id_hash.as_bytes()).push_bind(job.expires_at);
-    });
-    // A row whose time has passed may be taken again: whatever it guarded is refused as too old anyway.
-    insert
-        .push(
-            " ON CONFLICT (scope, id_hash) DO UPDATE SET expires_at = excluded.expires_at \
-             WHERE used_ids.expires_at <= ",
-        )
-        .push_bind(now)
-        .push(" RETURNING scope, id_hash");
-    let mut tx = begin_write_on(pool).await?;
-    if let Some(relax) = RELAXED_COMMIT {
-        sqlx::query(relax).execute(&mut *tx).await?;
-    }
-    let rows = insert.build().fetch_all(&mut *tx).await?;
-    tx.commit().await?;
-    let mut taken = std::collections::HashSet::with_capacity(rows.len());
-    for row in &rows {
-        let scope: String = row.try_get("scope")?;
-        let id_hash: Vec<u8> = row.try_get("id_hash")?;
-        taken.insert((scope, id_hash));
-    }
-    Ok(batch
-        .iter()
-        .zip(unique)
-        .map(|(job, unique)| unique && taken.contains(&(job.scope.clone(), job.id_hash.as_bytes().to_vec())))
-        .collect())
 }
 
 /// Runs a one-row UPDATE of a user, client or resource in `tx`, counts the change, and commits; whether the

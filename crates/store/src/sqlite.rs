@@ -76,10 +76,12 @@ impl SqliteStore {
                 .await
                 .map_err(unavailable)?;
         let kept: Vec<(String, Vec<u8>, i64)> = match migrated {
-            Some(_) => sqlx::query_as("SELECT scope, id_hash, expires_at FROM used_ids")
-                .fetch_all(&read)
-                .await
-                .map_err(unavailable)?,
+            Some(_) => {
+                sqlx::query_as("SELECT scope, id_hash, max(expires_at) FROM used_ids GROUP BY scope, id_hash")
+                    .fetch_all(&read)
+                    .await
+                    .map_err(unavailable)?
+            }
             None => Vec::new(),
         };
         for (scope, id_hash, expires_at) in kept {
@@ -121,9 +123,6 @@ impl SqliteStore {
 /// than old ones forgotten. At 10,000 DPoP requests a second with 90 s windows, about 900,000 are live.
 const MAX_SINGLE_USE_IDS: usize = 4_000_000;
 
-/// SQLite's write-behind of single-use ids is off the request path; a commit there may wait for the disk.
-const RELAXED_COMMIT: Option<&str> = None;
-
 impl SqliteStore {
     /// Takes a single-use id in memory, then queues it for the disk. The memory is the authority (one server
     /// process per database file); the disk copy is read back at the next start, so a restart does not
@@ -150,20 +149,46 @@ impl SqliteStore {
     }
 }
 
+/// The most ids written behind in one transaction (three bound values each, well under SQLite's limit).
+const WRITE_BEHIND_BATCH: usize = 4096;
+/// How long the write-behind waits for a batch to gather after its first id: what a crash can lose.
+const WRITE_BEHIND_GATHER: Duration = Duration::from_millis(25);
+
 /// Writes single-use ids to `used_ids` in batches, off the request path.
 fn spawn_write_behind(pool: &SqlitePool) -> tokio::sync::mpsc::Sender<OnceJob> {
-    let (jobs, mut queue) = tokio::sync::mpsc::channel::<OnceJob>(64 * MAX_ONCE_BATCH);
+    let (jobs, mut queue) = tokio::sync::mpsc::channel::<OnceJob>(4 * WRITE_BEHIND_BATCH);
     let pool = pool.clone();
     tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(MAX_ONCE_BATCH);
-        while queue.recv_many(&mut batch, MAX_ONCE_BATCH).await > 0 {
-            if let Err(e) = take_once_batch(&pool, &batch).await {
+        let mut batch = Vec::with_capacity(WRITE_BEHIND_BATCH);
+        while queue.recv_many(&mut batch, WRITE_BEHIND_BATCH).await > 0 {
+            // Let a batch gather: one commit (and its fsync) per few hundred ids, not per few.
+            tokio::time::sleep(WRITE_BEHIND_GATHER).await;
+            while batch.len() < WRITE_BEHIND_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = write_behind_batch(&pool, &batch).await {
                 tracing::warn!(error = %e, ids = batch.len(), "single-use ids not written behind");
             }
             batch.clear();
         }
     });
     jobs
+}
+
+/// Appends a batch of taken ids to `used_ids`, an append-only log on SQLite: no unique key to look up, and
+/// rows land at the end of the table and of its expiry index, so a batch touches a few pages, not one per id.
+async fn write_behind_batch(pool: &SqlitePool, batch: &[OnceJob]) -> Result<()> {
+    let mut insert = sqlx::QueryBuilder::<Db>::new("INSERT INTO used_ids (scope, id_hash, expires_at) ");
+    insert.push_values(batch, |mut row, job| {
+        row.push_bind(job.scope.as_str()).push_bind(job.id_hash.as_bytes()).push_bind(job.expires_at);
+    });
+    let mut tx = begin_write_on(pool).await?;
+    insert.build().execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Writing transactions take the write lock at once.

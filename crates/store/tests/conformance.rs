@@ -679,6 +679,8 @@ async fn sqlite_single_use_ids_survive_a_restart() {
     for id in &ids {
         assert!(first.use_once("dpop", id, NOW + 60, NOW).await.unwrap());
     }
+    // An id may be taken again once its window has passed; the later window is the one remembered.
+    assert!(first.use_once("dpop", &ids[1], NOW + 180, NOW + 60).await.unwrap());
     // The write-behind lands within moments.
     let mut written = 0;
     for _ in 0..200 {
@@ -686,12 +688,12 @@ async fn sqlite_single_use_ids_survive_a_restart() {
             .fetch_one(&sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.unwrap())
             .await
             .unwrap();
-        if written == 300 {
+        if written == 301 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_eq!(written, 300, "every id was written behind");
+    assert_eq!(written, 301, "every id was written behind");
     first.close().await;
     let second = SqliteStore::open(&path).await.unwrap();
     second.migrate().await.unwrap();
@@ -702,5 +704,6 @@ async fn sqlite_single_use_ids_survive_a_restart() {
         );
     }
     assert!(second.use_once("dpop", &ids[0], NOW + 120, NOW + 60).await.unwrap(), "until its window ends");
+    assert!(!second.use_once("dpop", &ids[1], NOW + 240, NOW + 61).await.unwrap(), "the later window");
     assert!(second.use_once("dpop", &TokenHash::of("jkt|new"), NOW + 60, NOW).await.unwrap());
 }
