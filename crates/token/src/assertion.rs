@@ -14,7 +14,7 @@ use crate::alg::Algorithm;
 use crate::b64;
 use crate::claims::Audience;
 use crate::error::{KeyError, Rejection};
-use crate::json::{self, StrictValue};
+use crate::json::{self, NumericDate, StrictValue};
 use crate::jwk::{RawJwk, parse_json};
 use crate::jws::{RawHeader, Segments, verify_segment};
 use crate::key::VerifyingKey;
@@ -210,10 +210,17 @@ struct RawClaims {
     iss: Option<String>,
     sub: Option<String>,
     aud: Option<Audience>,
-    exp: Option<u64>,
-    nbf: Option<u64>,
-    iat: Option<u64>,
+    exp: Option<NumericDate>,
+    nbf: Option<NumericDate>,
+    iat: Option<NumericDate>,
     jti: Option<String>,
+}
+
+impl RawClaims {
+    fn times(&self) -> (Option<u64>, Option<u64>, Option<u64>) {
+        let secs = |d: Option<NumericDate>| d.map(|NumericDate(s)| s);
+        (secs(self.exp), secs(self.nbf), secs(self.iat))
+    }
 }
 
 fn claims_of(payload: &[u8]) -> Result<RawClaims, AssertionRejection> {
@@ -271,12 +278,13 @@ pub fn verify_assertion(
     };
 
     let claims = claims_of(&payload)?;
+    let (exp, nbf, iat) = claims.times();
     let present =
         |v: Option<String>, name| v.filter(|s| !s.is_empty()).ok_or(AssertionRejection::MissingClaim(name));
     let iss = present(claims.iss, "iss")?;
     let sub = present(claims.sub, "sub")?;
     let aud = claims.aud.ok_or(AssertionRejection::MissingClaim("aud"))?;
-    let exp = claims.exp.ok_or(AssertionRejection::MissingClaim("exp"))?;
+    let exp = exp.ok_or(AssertionRejection::MissingClaim("exp"))?;
     let jti = present(claims.jti, "jti")?;
     if iss != policy.client_id || sub != policy.client_id {
         return Err(AssertionRejection::WrongClient);
@@ -289,14 +297,14 @@ pub fn verify_assertion(
     if now >= exp.saturating_add(leeway) {
         return Err(AssertionRejection::Expired);
     }
-    let lifetime_from = claims.iat.map_or(now, |iat| iat.min(now));
+    let lifetime_from = iat.map_or(now, |iat| iat.min(now));
     if exp > lifetime_from.saturating_add(policy.max_lifetime_secs).saturating_add(leeway) {
         return Err(AssertionRejection::LifetimeTooLong);
     }
-    if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+    if nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
         return Err(AssertionRejection::NotYetValid);
     }
-    if claims.iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+    if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
         return Err(AssertionRejection::IssuedInFuture);
     }
     if jti.len() > MAX_ASSERTION_JTI_LEN {

@@ -206,7 +206,7 @@ struct RawClaims {
     jti: Option<String>,
     htm: Option<String>,
     htu: Option<String>,
-    iat: Option<u64>,
+    iat: Option<json::NumericDate>,
     ath: Option<String>,
     nonce: Option<String>,
 }
@@ -398,7 +398,7 @@ fn verify_parts(
     }
     let htm = claims.htm.ok_or(ProofRejection::MissingClaim("htm"))?;
     let htu = claims.htu.ok_or(ProofRejection::MissingClaim("htu"))?;
-    let iat = claims.iat.ok_or(ProofRejection::MissingClaim("iat"))?;
+    let json::NumericDate(iat) = claims.iat.ok_or(ProofRejection::MissingClaim("iat"))?;
     if htm != request.method {
         return Err(ProofRejection::MethodMismatch);
     }

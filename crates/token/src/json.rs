@@ -142,3 +142,42 @@ mod tests {
         assert!(!is_duplicate(&err));
     }
 }
+
+/// An RFC 7519 NumericDate in a JWT a client made (a DPoP proof, a client assertion): whole seconds, or a
+/// non-integer number of seconds as RFC 7519 §2 allows and some clients send (`Date.now() / 1000`), rounded
+/// down. Negative, non-finite and out-of-range values are refused. Our own tokens always carry whole seconds
+/// and are read as integers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NumericDate(pub(crate) u64);
+
+impl<'de> Deserialize<'de> for NumericDate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = NumericDate;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a NumericDate: seconds since the epoch")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<NumericDate, E> {
+                Ok(NumericDate(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<NumericDate, E> {
+                u64::try_from(v).map(NumericDate).map_err(|_| E::custom("a negative NumericDate"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<NumericDate, E> {
+                // 2^53: past it a float no longer holds every whole second.
+                if v.is_finite() && (0.0..9_007_199_254_740_992.0).contains(&v) {
+                    #[allow(
+                        clippy::cast_possible_truncation,
+                        clippy::cast_sign_loss,
+                        reason = "checked above: finite, non-negative and below 2^53; rounding down is intended"
+                    )]
+                    Ok(NumericDate(v.floor() as u64))
+                } else {
+                    Err(E::custom("a NumericDate out of range"))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

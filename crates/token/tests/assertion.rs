@@ -173,6 +173,21 @@ fn expired_long_lived_or_early_assertions_are_refused() {
 }
 
 #[test]
+fn assertion_times_may_be_fractional_but_not_negative_or_text() {
+    let client = DpopClient::new("EdDSA").unwrap();
+    let mut fractional = claims();
+    fractional["iat"] = json!(NOW as f64 + 0.25);
+    fractional["exp"] = json!((NOW + 60) as f64 + 0.75);
+    let checked = check(&client, &fractional).unwrap();
+    assert_eq!(checked.exp, NOW + 60, "rounded down");
+    for bad in [json!(-1), json!(-0.5), json!("1700000000"), json!(1e300), json!(true)] {
+        let mut c = claims();
+        c["exp"] = bad.clone();
+        assert_eq!(check(&client, &c), Err(AssertionRejection::InvalidClaims), "{bad}");
+    }
+}
+
+#[test]
 fn assertion_without_required_claims_is_refused() {
     let client = DpopClient::new("EdDSA").unwrap();
     for claim in ["iss", "sub", "aud", "exp", "jti"] {
