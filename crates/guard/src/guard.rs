@@ -75,6 +75,10 @@ pub struct GuardConfig {
     pub dpop_max_age_secs: u64,
     /// The most DPoP proof ids remembered against replay; beyond it new proofs are refused. Default 1,000,000.
     pub dpop_replay_capacity: usize,
+    /// The most of those one client key may hold: past it that key's proofs get 503 until some expire, and
+    /// other clients are unaffected. Default 100,000 (about 1,600 requests a second per key, sustained over
+    /// the 60 s window).
+    pub dpop_replay_per_key: usize,
 }
 
 impl std::fmt::Debug for GuardConfig {
@@ -116,6 +120,7 @@ impl GuardConfig {
             public_url: None,
             dpop_max_age_secs: tessera_token::dpop::DEFAULT_PROOF_MAX_AGE_SECS,
             dpop_replay_capacity: 1_000_000,
+            dpop_replay_per_key: 100_000,
         }
     }
 }
@@ -404,7 +409,7 @@ impl Guard {
             dpop_base,
             dpop_policy: ProofPolicy { max_age_secs: config.dpop_max_age_secs, ..ProofPolicy::default() },
             proof_keys: quick_cache::sync::Cache::new(PROOF_KEY_CAPACITY),
-            replay: ReplayCache::new(config.dpop_replay_capacity),
+            replay: ReplayCache::with_namespace_cap(config.dpop_replay_capacity, config.dpop_replay_per_key),
             reporter: Reporter::new(),
             validation,
             http,
@@ -704,6 +709,7 @@ impl Inner {
             Seen::Fresh => Ok(()),
             Seen::Replayed => Err(Denial::InvalidDpopProof { reason: ProofRejection::Replayed.name() }),
             Seen::Full => Err(Denial::Unavailable { reason: "dpop_replay_cache_full" }),
+            Seen::NamespaceFull => Err(Denial::Unavailable { reason: "dpop_replay_limit_for_key" }),
         }
     }
 

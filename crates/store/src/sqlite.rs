@@ -144,7 +144,9 @@ impl SqliteStore {
                 Ok(true)
             }
             Seen::Replayed => Ok(false),
-            Seen::Full => Err(StoreError::Unavailable("the single-use id cache is full".into())),
+            Seen::Full | Seen::NamespaceFull => {
+                Err(StoreError::Unavailable("the single-use id cache is full".into()))
+            }
         }
     }
 }
