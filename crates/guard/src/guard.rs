@@ -505,6 +505,23 @@ impl Guard {
         headers: &HeaderMap,
         peer: Option<IpAddr>,
     ) -> Result<Admitted, Denial> {
+        self.check_at(method, uri, uri, headers, peer).await
+    }
+
+    /// [`Self::check`] for a request whose path the service sees differently from the client: `uri` is
+    /// matched against the policy, `client_uri` (what the client addressed, such as axum's `OriginalUri`
+    /// inside a nested router) is what a DPoP proof must name.
+    ///
+    /// # Errors
+    /// The [`Denial`] to answer with.
+    pub async fn check_at(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        client_uri: &http::Uri,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Admitted, Denial> {
         let inner = &self.inner;
         let raw_path = uri.path();
         let path =
@@ -542,7 +559,7 @@ impl Guard {
         let now = unix_now();
         let identity = self.validate(token, now, route_index, peer).await?;
         inner
-            .check_binding(&identity, scheme, method, uri, headers, now)
+            .check_binding(&identity, scheme, method, client_uri, headers, now)
             .map_err(|d| inner.deny(d, route_index, Some(&identity), peer))?;
         let permitted = match route {
             Some(r) => r.permits(identity.claims.scope.as_deref(), &identity.claims.roles),

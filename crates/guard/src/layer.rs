@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::{ConnectInfo, FromRequestParts, OptionalFromRequestParts};
+use axum::extract::{ConnectInfo, FromRequestParts, OptionalFromRequestParts, OriginalUri};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Request, Response};
@@ -90,7 +90,10 @@ where
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             let peer = peer_of(&parts);
-            match guard.check(&parts.method, &parts.uri, &parts.headers, peer).await {
+            // Inside a nested router the path here lacks the prefix the client sent; a DPoP proof names the
+            // URL the client used, which axum keeps as `OriginalUri`.
+            let client_uri = parts.extensions.get::<OriginalUri>().map(|o| &o.0).unwrap_or(&parts.uri);
+            match guard.check_at(&parts.method, &parts.uri, client_uri, &parts.headers, peer).await {
                 Ok(admitted) => {
                     if admitted.path != parts.uri.path() {
                         let denial = Denial::Forbidden { reason: "path_not_normal" };

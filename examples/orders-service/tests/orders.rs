@@ -110,6 +110,42 @@ async fn orders_service_serves_its_callers_and_refuses_everyone_else() {
     let health = http.get(format!("{base}/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 
+    // The same service mounted under /api in a larger app: the guard layer sees /orders/42, the client
+    // addressed /api/orders/42, and its DPoP proof names the URL it addressed.
+    let nested_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nested_base = format!("http://{}", nested_listener.local_addr().unwrap());
+    let nested = axum::Router::new()
+        .nest("/api", tessera_example_orders::app(&guard))
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let nested_service = tokio::spawn(async move {
+        let _ = axum::serve(nested_listener, nested).await;
+    });
+    let key = tessera_testkit::DpopClient::new("ES256").unwrap();
+    let now = || u64::try_from(tessera_server::now()).unwrap();
+    let proof = key.proof("POST", &format!("{issuer}/token"), now(), None, None).unwrap();
+    let bound: serde_json::Value = http
+        .post(format!("{issuer}/token"))
+        .basic_auth("reporting", Some(&reader_secret))
+        .header("DPoP", proof)
+        .form(&[("grant_type", "client_credentials"), ("resource", API), ("scope", "orders:read")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bound["token_type"], "DPoP", "{bound}");
+    let bound = bound["access_token"].as_str().unwrap().to_owned();
+    let call = |url: String, proof_url: &str| {
+        let proof = key.proof("GET", proof_url, now(), Some(&bound), None).unwrap();
+        http.get(url).header("authorization", format!("DPoP {bound}")).header("DPoP", proof).send()
+    };
+    let r = call(format!("{nested_base}/api/orders/7"), &format!("{API}/api/orders/7")).await.unwrap();
+    assert_eq!(r.status(), 200, "the proof names the URL the client used");
+    let r = call(format!("{nested_base}/api/orders/7"), &format!("{API}/orders/7")).await.unwrap();
+    assert_eq!(r.status(), 401, "a proof for the path without the prefix is for another URL");
+    nested_service.abort();
+
     // Revoking the client at the server reaches the service's guard.
     state.store.revoke_client("reporting", "test", tessera_server::now()).await.unwrap();
     let mut refused = false;
