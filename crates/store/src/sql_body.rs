@@ -1012,7 +1012,6 @@ struct OnceJob {
     now: Time,
 }
 
-
 /// A job waiting for a batch writer, with where its outcome goes.
 struct Queued<J, O> {
     job: J,

@@ -7,7 +7,6 @@
 //! file through SQLite's own locking and a five-second busy timeout.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_core::replay::{ReplayCache, Seen};
@@ -34,7 +33,8 @@ pub struct SqliteStore {
     write: SqlitePool,
     rotations: tokio::sync::mpsc::Sender<Queued<RotationJob, Rotation>>,
     /// Single-use ids taken by this process: the authority on SQLite, where one server process owns the file.
-    once: Arc<ReplayCache>,
+    /// Filled at the first use, from `used_ids`, so that the management CLI never pays for it.
+    once: tokio::sync::OnceCell<ReplayCache>,
     /// Ids to write behind to `used_ids`, so that a restart still knows them.
     once_behind: tokio::sync::mpsc::Sender<OnceJob>,
 }
@@ -68,26 +68,8 @@ impl SqliteStore {
             .await
             .map_err(unavailable)?;
         let rotations = spawn_rotation_writer(&write);
-        let once = Arc::new(ReplayCache::new(MAX_SINGLE_USE_IDS));
-        // The ids a previous process took and that have not yet been pruned (none in a file not yet migrated).
-        let migrated: Option<String> =
-            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'used_ids'")
-                .fetch_optional(&read)
-                .await
-                .map_err(unavailable)?;
-        let kept: Vec<(String, Vec<u8>, i64)> = match migrated {
-            Some(_) => {
-                sqlx::query_as("SELECT scope, id_hash, max(expires_at) FROM used_ids GROUP BY scope, id_hash")
-                    .fetch_all(&read)
-                    .await
-                    .map_err(unavailable)?
-            }
-            None => Vec::new(),
-        };
-        for (scope, id_hash, expires_at) in kept {
-            once.record(scope.as_bytes(), &id_hash, u64::try_from(expires_at).unwrap_or(0), 0);
-        }
         let once_behind = spawn_write_behind(&write);
+        let once = tokio::sync::OnceCell::new();
         Ok(SqliteStore { path: path.to_owned(), read, write, rotations, once, once_behind })
     }
 
@@ -124,12 +106,26 @@ impl SqliteStore {
 const MAX_SINGLE_USE_IDS: usize = 4_000_000;
 
 impl SqliteStore {
+    /// The ids a previous process took and that have not yet been pruned; a retaken id's latest window.
+    async fn load_single_use_ids(&self) -> Result<ReplayCache> {
+        let once = ReplayCache::new(MAX_SINGLE_USE_IDS);
+        let kept: Vec<(String, Vec<u8>, i64)> =
+            sqlx::query_as("SELECT scope, id_hash, max(expires_at) FROM used_ids GROUP BY scope, id_hash")
+                .fetch_all(&self.read)
+                .await?;
+        for (scope, id_hash, expires_at) in kept {
+            once.record(scope.as_bytes(), &id_hash, u64::try_from(expires_at).unwrap_or(0), 0);
+        }
+        Ok(once)
+    }
+
     /// Takes a single-use id in memory, then queues it for the disk. The memory is the authority (one server
     /// process per database file); the disk copy is read back at the next start, so a restart does not
     /// reopen the ids' windows, except for those of the last moments before a crash.
     async fn take_once(&self, job: OnceJob) -> Result<bool> {
+        let once = self.once.get_or_try_init(|| self.load_single_use_ids()).await?;
         let until = u64::try_from(job.expires_at).unwrap_or(0);
-        match self.once.record(
+        match once.record(
             job.scope.as_bytes(),
             job.id_hash.as_bytes(),
             until,

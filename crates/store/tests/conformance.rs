@@ -428,24 +428,22 @@ async fn revocation_sequence_is_gapless_and_ordered_under_concurrency(s: &Arc<dy
     assert_eq!(s.revocations_after(40, 100).await.unwrap(), vec![]);
 }
 
+/// A revocation entry that lives 16 minutes from NOW.
+fn revocation(kind: RevocationKind, subject: &str, not_before: Option<i64>) -> NewRevocation {
+    NewRevocation { kind, subject: subject.into(), not_before, expires_at: NOW + 960, reason: "admin".into() }
+}
+
 async fn revocation_matches_each_subject_kind_until_it_expires(s: &Arc<dyn Store>) {
-    let entry = |kind, subject: &str, not_before| NewRevocation {
-        kind,
-        subject: subject.into(),
-        not_before,
-        expires_at: NOW + 960,
-        reason: "admin".into(),
-    };
     let clean = token_ref("j0", Some("s0"), "u0", NOW);
     assert!(!s.is_revoked(clean, NOW).await.unwrap());
 
-    s.revoke(&entry(RevocationKind::Token, "j1", None), NOW).await.unwrap();
+    s.revoke(&revocation(RevocationKind::Token, "j1", None), NOW).await.unwrap();
     assert!(s.is_revoked(token_ref("j1", None, "u0", NOW), NOW).await.unwrap());
 
-    s.revoke(&entry(RevocationKind::Session, "s2", None), NOW).await.unwrap();
+    s.revoke(&revocation(RevocationKind::Session, "s2", None), NOW).await.unwrap();
     assert!(s.is_revoked(token_ref("jx", Some("s2"), "u0", NOW), NOW).await.unwrap());
 
-    s.revoke(&entry(RevocationKind::User, "u3", Some(NOW)), NOW).await.unwrap();
+    s.revoke(&revocation(RevocationKind::User, "u3", Some(NOW)), NOW).await.unwrap();
     assert!(s.is_revoked(token_ref("jx", None, "u3", NOW - 1), NOW).await.unwrap());
     assert!(!s.is_revoked(token_ref("jx", None, "u3", NOW + 1), NOW + 1).await.unwrap(), "issued after");
     assert!(
@@ -453,10 +451,10 @@ async fn revocation_matches_each_subject_kind_until_it_expires(s: &Arc<dyn Store
         "issued in the revocation's second: refused (one-second iat fails closed)"
     );
 
-    s.revoke(&entry(RevocationKind::Client, "web", Some(NOW)), NOW).await.unwrap();
+    s.revoke(&revocation(RevocationKind::Client, "web", Some(NOW)), NOW).await.unwrap();
     assert!(s.is_revoked(token_ref("jx", None, "u9", NOW - 1), NOW).await.unwrap());
 
-    s.revoke(&entry(RevocationKind::Key, "k1", None), NOW).await.unwrap();
+    s.revoke(&revocation(RevocationKind::Key, "k1", None), NOW).await.unwrap();
     assert!(s.is_revoked(token_ref("jx", None, "u9", NOW + 5), NOW + 5).await.unwrap());
 
     assert!(
@@ -468,29 +466,22 @@ async fn revocation_matches_each_subject_kind_until_it_expires(s: &Arc<dyn Store
 }
 
 async fn exchanged_token_is_revoked_with_its_origin(s: &Arc<dyn Store>) {
-    let entry = |kind, subject: &str, not_before| NewRevocation {
-        kind,
-        subject: subject.into(),
-        not_before,
-        expires_at: NOW + 960,
-        reason: "admin".into(),
-    };
     let chain = |jti, client_id, kid, iat| [OriginRef { jti, client_id, kid, iat }];
     let exchanged =
         |origin| TokenRef { client_id: "svc", kid: "k-new", origin, ..token_ref("jx", None, "u0", NOW) };
     let clean = chain("j-root", "webapp", "k-old", NOW - 60);
     assert!(!s.is_revoked(exchanged(&clean), NOW).await.unwrap());
 
-    s.revoke(&entry(RevocationKind::Token, "j-root", None), NOW).await.unwrap();
+    s.revoke(&revocation(RevocationKind::Token, "j-root", None), NOW).await.unwrap();
     assert!(s.is_revoked(exchanged(&clean), NOW).await.unwrap(), "the original token's revocation");
 
-    s.revoke(&entry(RevocationKind::Client, "webapp2", Some(NOW - 30)), NOW).await.unwrap();
+    s.revoke(&revocation(RevocationKind::Client, "webapp2", Some(NOW - 30)), NOW).await.unwrap();
     let by_client = chain("j-a", "webapp2", "k-old", NOW - 60);
     assert!(s.is_revoked(exchanged(&by_client), NOW).await.unwrap(), "the original client's revocation");
     let later = chain("j-a", "webapp2", "k-old", NOW - 10);
     assert!(!s.is_revoked(exchanged(&later), NOW).await.unwrap(), "an original issued after it is spared");
 
-    s.revoke(&entry(RevocationKind::Key, "k-old2", None), NOW).await.unwrap();
+    s.revoke(&revocation(RevocationKind::Key, "k-old2", None), NOW).await.unwrap();
     let by_key = chain("j-b", "webapp3", "k-old2", NOW - 60);
     assert!(s.is_revoked(exchanged(&by_key), NOW).await.unwrap(), "the original signing key's revocation");
 }

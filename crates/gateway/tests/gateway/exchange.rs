@@ -68,14 +68,40 @@ async fn exchange(w: &World, secret: &str, subject: &str, scope: &str) -> (u16, 
     (status, serde_json::from_str(&r.text().await.unwrap()).unwrap())
 }
 
+/// Billing's gateway, in front of the same upstream, following the same server.
+async fn start_billing(w: &World) -> Front {
+    let gateway_secret = w.server.add_client(BILLING_GATEWAY, &[OTHER_API]).await;
+    let options = Options { policy: BILLING_POLICY, ..Options::default() };
+    Front::start(&w.server, &w.upstream, OTHER_API, BILLING_GATEWAY, &gateway_secret, &options).await
+}
+
+/// Revokes `subject` for tokens issued up to now.
+async fn revoke(w: &World, kind: RevocationKind, subject: &str) {
+    let now = tessera_server::now();
+    let entry = NewRevocation {
+        kind,
+        subject: subject.into(),
+        not_before: Some(now),
+        expires_at: now + tessera_store::REVOCATION_HORIZON_SECS,
+        reason: "test".into(),
+    };
+    w.server.state.store.revoke(&entry, now).await.unwrap();
+}
+
+/// Whether billing refuses `token` within a second.
+async fn refused_within_a_second(billing: &Front, token: &str) -> bool {
+    eventually(Duration::from_secs(1), || async {
+        billing.raw(&get("/invoices/9", Some(token))).await == 401
+    })
+    .await
+    .is_some()
+}
+
 #[tokio::test]
 async fn exchanged_token_works_at_the_next_service_and_the_original_does_not() {
     let w = World::start(Backend::Sqlite).await.unwrap();
     let secret = add_service(&w).await;
-    let gateway_secret = w.server.add_client(BILLING_GATEWAY, &[OTHER_API]).await;
-    let options = Options { policy: BILLING_POLICY, ..Options::default() };
-    let billing =
-        Front::start(&w.server, &w.upstream, OTHER_API, BILLING_GATEWAY, &gateway_secret, &options).await;
+    let billing = start_billing(&w).await;
 
     // Alice's token, as the orders service received it.
     let (user_token, _) = w.token(Grant { scope: "orders:read billing:read", ..Grant::default() });
@@ -103,20 +129,8 @@ async fn exchanged_token_works_at_the_next_service_and_the_original_does_not() {
     assert!(reported.is_some(), "billing's guard reports the original token as lateral movement");
 
     // Revoking alice's session kills the exchanged token at billing within a second.
-    let now = tessera_server::now();
-    let entry = NewRevocation {
-        kind: RevocationKind::Session,
-        subject: "fam_alice_1".into(),
-        not_before: None,
-        expires_at: now + tessera_store::REVOCATION_HORIZON_SECS,
-        reason: "test".into(),
-    };
-    store.revoke(&entry, now).await.unwrap();
-    let refused = eventually(Duration::from_secs(1), || async {
-        billing.raw(&get("/invoices/9", Some(&exchanged))).await == 401
-    })
-    .await;
-    assert!(refused.is_some(), "the exchanged token dies with the session within 1 s");
+    revoke(&w, RevocationKind::Session, "fam_alice_1").await;
+    assert!(refused_within_a_second(&billing, &exchanged).await, "the exchanged token dies with the session");
 
     billing.stop().await;
     w.finish().await;
@@ -126,32 +140,8 @@ async fn exchanged_token_works_at_the_next_service_and_the_original_does_not() {
 async fn exchanged_token_dies_at_the_next_service_with_the_original_token_or_client() {
     let w = World::start(Backend::Sqlite).await.unwrap();
     let secret = add_service(&w).await;
-    let gateway_secret = w.server.add_client(BILLING_GATEWAY, &[OTHER_API]).await;
-    let options = Options { policy: BILLING_POLICY, ..Options::default() };
-    let billing =
-        Front::start(&w.server, &w.upstream, OTHER_API, BILLING_GATEWAY, &gateway_secret, &options).await;
+    let billing = start_billing(&w).await;
     let store = &w.server.state.store;
-    let revoke = |kind, subject: &str| {
-        let now = tessera_server::now();
-        let entry = NewRevocation {
-            kind,
-            subject: subject.into(),
-            not_before: Some(now),
-            expires_at: now + tessera_store::REVOCATION_HORIZON_SECS,
-            reason: "test".into(),
-        };
-        async move { store.revoke(&entry, now).await.unwrap() }
-    };
-    let refused_within_a_second = |token: String| {
-        let billing = &billing;
-        async move {
-            eventually(Duration::from_secs(1), || async {
-                billing.raw(&get("/invoices/9", Some(&token))).await == 401
-            })
-            .await
-            .is_some()
-        }
-    };
 
     // The user's token itself is revoked (RFC 7009 by the web app, or an admin): the exchanged one dies.
     let (user_token, jti) = w.token(Grant { scope: "billing:read", ..Grant::default() });
@@ -159,8 +149,11 @@ async fn exchanged_token_dies_at_the_next_service_with_the_original_token_or_cli
     assert_eq!(status, 200, "{body}");
     let exchanged = body["access_token"].as_str().unwrap().to_owned();
     assert_eq!(billing.raw(&get("/invoices/9", Some(&exchanged))).await, 200);
-    revoke(RevocationKind::Token, &jti).await;
-    assert!(refused_within_a_second(exchanged).await, "the original token's revocation reaches billing");
+    revoke(&w, RevocationKind::Token, &jti).await;
+    assert!(
+        refused_within_a_second(&billing, &exchanged).await,
+        "the original token's revocation reaches billing"
+    );
 
     // The user's client is revoked: every token exchanged from its tokens dies with them.
     let (user_token, _) =
@@ -169,8 +162,11 @@ async fn exchanged_token_dies_at_the_next_service_with_the_original_token_or_cli
     assert_eq!(status, 200, "{body}");
     let exchanged = body["access_token"].as_str().unwrap().to_owned();
     assert_eq!(billing.raw(&get("/invoices/9", Some(&exchanged))).await, 200);
-    revoke(RevocationKind::Client, "web").await;
-    assert!(refused_within_a_second(exchanged).await, "the original client's revocation reaches billing");
+    revoke(&w, RevocationKind::Client, "web").await;
+    assert!(
+        refused_within_a_second(&billing, &exchanged).await,
+        "the original client's revocation reaches billing"
+    );
     let reported = eventually(Duration::from_secs(5), || async {
         let rejected = store.recent_events(Some("token_rejected"), 50).await.unwrap();
         rejected.iter().any(|e| e.reason.as_deref() == Some("revoked_origin"))
