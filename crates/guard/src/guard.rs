@@ -672,7 +672,6 @@ impl Inner {
     /// Checks how a token was presented against its binding (RFC 9449 §7): a DPoP-bound token only with the
     /// `DPoP` scheme and a fresh proof by its key for this method and URL; the `DPoP` scheme only for a
     /// bound token. Costs one signature verification per DPoP request, none for a bearer token.
-    #[allow(clippy::too_many_arguments, reason = "the request's parts, borrowed as the caller holds them")]
     fn check_binding(
         &self,
         identity: &Identity,

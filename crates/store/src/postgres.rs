@@ -102,13 +102,15 @@ async fn take_once_batch(pool: &PgPool, batch: &[OnceJob]) -> Result<Vec<bool>> 
     if batch.is_empty() {
         return Ok(Vec::new());
     }
-    let mut first = std::collections::HashSet::with_capacity(batch.len());
-    let unique: Vec<bool> =
-        batch.iter().map(|job| first.insert((job.scope.as_str(), job.id_hash.as_bytes()))).collect();
+    // Each distinct id once, at its first job; a repeat inside the batch is a replay of that job's id.
+    let mut first: std::collections::HashMap<(&str, &[u8]), usize> = std::collections::HashMap::new();
+    for (i, job) in batch.iter().enumerate() {
+        first.entry((job.scope.as_str(), job.id_hash.as_bytes())).or_insert(i);
+    }
     let now = batch.iter().map(|job| job.now).min().unwrap_or(0);
     let mut insert = sqlx::QueryBuilder::<Db>::new("INSERT INTO used_ids (scope, id_hash, expires_at) ");
-    insert.push_values(batch.iter().zip(&unique).filter(|(_, unique)| **unique), |mut row, (job, _)| {
-        row.push_bind(job.scope.as_str()).push_bind(job.id_hash.as_bytes()).push_bind(job.expires_at);
+    insert.push_values(first.iter(), |mut row, ((scope, id_hash), &i)| {
+        row.push_bind(*scope).push_bind(*id_hash).push_bind(batch[i].expires_at);
     });
     // A row whose time has passed may be taken again: whatever it guarded is refused as too old anyway.
     insert
@@ -123,17 +125,15 @@ async fn take_once_batch(pool: &PgPool, batch: &[OnceJob]) -> Result<Vec<bool>> 
     sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
     let rows = insert.build().fetch_all(&mut *tx).await?;
     tx.commit().await?;
-    let mut taken = std::collections::HashSet::with_capacity(rows.len());
+    let mut fresh = vec![false; batch.len()];
     for row in &rows {
         let scope: String = row.try_get("scope")?;
         let id_hash: Vec<u8> = row.try_get("id_hash")?;
-        taken.insert((scope, id_hash));
+        if let Some(&i) = first.get(&(scope.as_str(), id_hash.as_slice())) {
+            fresh[i] = true;
+        }
     }
-    Ok(batch
-        .iter()
-        .zip(unique)
-        .map(|(job, unique)| unique && taken.contains(&(job.scope.clone(), job.id_hash.as_bytes().to_vec())))
-        .collect())
+    Ok(fresh)
 }
 
 async fn begin_write_on(pool: &PgPool) -> Result<sqlx::Transaction<'static, Db>> {

@@ -9,8 +9,8 @@ use sqlx::Row;
 use tessera_core::{ClientKind, GrantType, KeyState, RevocationKind, TokenHash};
 
 use crate::model::{
-    AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewRevocation, RefreshRecord,
-    Resource, Revocation, Rotation, Time, TokenRef, User,
+    AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewRevocation, OriginRef,
+    RefreshRecord, Resource, Revocation, Rotation, Time, TokenRef, User,
 };
 use crate::{REVOCATION_HORIZON_SECS, SPENT_CODE_RETENTION_SECS, Store};
 
@@ -863,47 +863,23 @@ impl Store for StoreImpl {
     }
 
     async fn is_revoked(&self, t: TokenRef<'_>, now: Time) -> Result<bool> {
-        let hit: Option<i64> = sqlx::query_scalar(
-            "SELECT seq FROM revocations WHERE expires_at > $1 AND ( \
-               (kind = 'token' AND subject = $2) \
-               OR (kind = 'session' AND subject = $3) \
-               OR (kind = 'user' AND subject = $4 AND $5 <= not_before) \
-               OR (kind = 'client' AND subject = $6 AND $5 <= not_before) \
-               OR (kind = 'key' AND subject = $7)) LIMIT 1",
-        )
-        .bind(now)
-        .bind(t.jti)
-        .bind(t.sid.unwrap_or(""))
-        .bind(t.sub)
-        .bind(t.iat)
-        .bind(t.client_id)
-        .bind(t.kid)
-        .fetch_optional(self.read())
-        .await?;
-        if hit.is_some() {
-            return Ok(true);
+        let mut q = sqlx::QueryBuilder::<Db>::new("SELECT seq FROM revocations WHERE expires_at > ");
+        q.push_bind(now);
+        q.push(" AND ((kind = 'session' AND subject = ").push_bind(t.sid.unwrap_or(""));
+        q.push(") OR (kind = 'user' AND subject = ").push_bind(t.sub);
+        q.push(" AND ").push_bind(t.iat).push(" <= not_before)");
+        // The token's own jti, client and key, then those of every token it was exchanged from (which share
+        // its sub and sid): one statement, one round trip, however long the chain.
+        let own = OriginRef { jti: t.jti, client_id: t.client_id, kid: t.kid, iat: t.iat };
+        for o in std::iter::once(&own).chain(t.origin) {
+            q.push(" OR (kind = 'token' AND subject = ").push_bind(o.jti);
+            q.push(") OR (kind = 'client' AND subject = ").push_bind(o.client_id);
+            q.push(" AND ").push_bind(o.iat).push(" <= not_before)");
+            q.push(" OR (kind = 'key' AND subject = ").push_bind(o.kid).push(")");
         }
-        // The tokens an exchanged token came from share its sub and sid, checked above; their own jti,
-        // client and key are checked here, one short indexed lookup each (a chain is at most a few long).
-        for o in t.origin {
-            let hit: Option<i64> = sqlx::query_scalar(
-                "SELECT seq FROM revocations WHERE expires_at > $1 AND ( \
-                   (kind = 'token' AND subject = $2) \
-                   OR (kind = 'client' AND subject = $3 AND $4 <= not_before) \
-                   OR (kind = 'key' AND subject = $5)) LIMIT 1",
-            )
-            .bind(now)
-            .bind(o.jti)
-            .bind(o.client_id)
-            .bind(o.iat)
-            .bind(o.kid)
-            .fetch_optional(self.read())
-            .await?;
-            if hit.is_some() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        q.push(") LIMIT 1");
+        let hit: Option<i64> = q.build_query_scalar().fetch_optional(self.read()).await?;
+        Ok(hit.is_some())
     }
 
     async fn prune(&self, now: Time) -> Result<u64> {

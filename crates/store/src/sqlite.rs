@@ -37,6 +37,8 @@ pub struct SqliteStore {
     once: tokio::sync::OnceCell<ReplayCache>,
     /// Ids to write behind to `used_ids`, so that a restart still knows them.
     once_behind: tokio::sync::mpsc::Sender<OnceJob>,
+    /// How many ids were kept in memory only because the write-behind queue was full.
+    once_unwritten: std::sync::atomic::AtomicU64,
 }
 
 impl SqliteStore {
@@ -70,7 +72,15 @@ impl SqliteStore {
         let rotations = spawn_rotation_writer(&write);
         let once_behind = spawn_write_behind(&write);
         let once = tokio::sync::OnceCell::new();
-        Ok(SqliteStore { path: path.to_owned(), read, write, rotations, once, once_behind })
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            read,
+            write,
+            rotations,
+            once,
+            once_behind,
+            once_unwritten: Default::default(),
+        })
     }
 
     /// The database file.
@@ -133,9 +143,14 @@ impl SqliteStore {
         ) {
             Seen::Fresh => {
                 if self.once_behind.try_send(job).is_err() {
-                    tracing::warn!(
-                        "single-use ids are arriving faster than they are written behind; one is kept in memory only"
-                    );
+                    // One line per 1,024 ids, not one per id, when the disk falls behind.
+                    let dropped = self.once_unwritten.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if dropped.is_multiple_of(1024) {
+                        tracing::warn!(
+                            unwritten = dropped + 1,
+                            "single-use ids are arriving faster than they are written behind; these are kept in memory only"
+                        );
+                    }
                 }
                 Ok(true)
             }

@@ -80,16 +80,18 @@ async fn orders_service_serves_its_callers_and_refuses_everyone_else() {
 
     // The reporting client gets a token the usual way.
     let http = reqwest::Client::new();
-    let token: serde_json::Value = http
-        .post(format!("{issuer}/token"))
-        .basic_auth("reporting", Some(&reader_secret))
-        .form(&[("grant_type", "client_credentials"), ("resource", API), ("scope", "orders:read")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // client_credentials for orders:read as `reporting`, with a DPoP proof when one is given.
+    let get_token = |proof: Option<String>| {
+        let mut request = http
+            .post(format!("{issuer}/token"))
+            .basic_auth("reporting", Some(&reader_secret))
+            .form(&[("grant_type", "client_credentials"), ("resource", API), ("scope", "orders:read")]);
+        if let Some(proof) = proof {
+            request = request.header("DPoP", proof);
+        }
+        async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let token = get_token(None).await;
     let token = token["access_token"].as_str().unwrap().to_owned();
 
     let order: serde_json::Value =
@@ -123,17 +125,7 @@ async fn orders_service_serves_its_callers_and_refuses_everyone_else() {
     let key = tessera_testkit::DpopClient::new("ES256").unwrap();
     let now = || u64::try_from(tessera_server::now()).unwrap();
     let proof = key.proof("POST", &format!("{issuer}/token"), now(), None, None).unwrap();
-    let bound: serde_json::Value = http
-        .post(format!("{issuer}/token"))
-        .basic_auth("reporting", Some(&reader_secret))
-        .header("DPoP", proof)
-        .form(&[("grant_type", "client_credentials"), ("resource", API), ("scope", "orders:read")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bound = get_token(Some(proof)).await;
     assert_eq!(bound["token_type"], "DPoP", "{bound}");
     let bound = bound["access_token"].as_str().unwrap().to_owned();
     let call = |url: String, proof_url: &str| {
