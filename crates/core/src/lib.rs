@@ -4,10 +4,12 @@
 //! Nothing here reads a clock, a socket, a file or a random source: time and random bytes come in as
 //! arguments, so every decision can be tested at a fixed time.
 
+pub mod audit;
 pub mod flow;
 pub mod model;
 pub mod replay;
 pub mod secret;
 
+pub use audit::{ChainHash, Event, EventKind};
 pub use model::{ClientKind, GrantType, KeyState, RevocationKind};
 pub use secret::{OpaqueSecret, SecretKind, SuccessorKey, TokenHash};

@@ -98,9 +98,8 @@ fn to_event(r: Reported, client: &Client, audience: &str, now: i64) -> Result<Ev
         }
         Some(_) => return Err("token_audience must be a string or an array of strings"),
     };
+    let outcome = if r.kind == "token_used" { "allowed" } else { "refused" };
     let detail = json!({
-        "service": client.id,
-        "route": r.route,
         "count": r.count,
         "first_at": r.first_at,
         "token_audience": token_audience,
@@ -116,7 +115,11 @@ fn to_event(r: Reported, client: &Client, audience: &str, now: i64) -> Result<Ev
         jti: r.jti,
         client_id: r.client_id,
         audience: Some(audience.to_owned()),
+        service: Some(client.id.clone()),
+        route: r.route,
+        outcome: Some(outcome.to_owned()),
         reason: r.reason,
+        actor: None,
         detail: Some(detail.to_string()),
     })
 }

@@ -13,6 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tessera_core::audit::{ChainBreak, ChainSummary, ChainVerifier};
 use tessera_core::{KeyState, TokenHash};
 
 mod model;
@@ -20,8 +21,8 @@ mod postgres;
 mod sqlite;
 
 pub use model::{
-    AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewRevocation, OriginRef,
-    RefreshRecord, Resource, Revocation, Rotation, Time, TokenRef, User,
+    AuditQuery, AuditRecord, AuditState, AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession,
+    NewRevocation, OriginRef, RefreshRecord, Resource, Revocation, Rotation, Time, TokenRef, User,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -207,12 +208,56 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Shared by every node on the same database.
     async fn use_once(&self, scope: &str, id_hash: &TokenHash, expires_at: Time, now: Time) -> Result<bool>;
 
-    /// Appends a security event.
+    /// Appends a security event to the audit chain; returns once it is committed.
     async fn append_event(&self, event: &Event) -> Result<()>;
-    /// Appends several events in one transaction (a guard's usage batch).
+    /// Appends several events to the audit chain, in order and contiguously; returns once they are
+    /// committed. Concurrent appends share one transaction (group commit).
     async fn append_events(&self, events: &[Event]) -> Result<()>;
     /// The newest events, optionally of one kind, newest first.
     async fn recent_events(&self, kind: Option<&str>, limit: i64) -> Result<Vec<Event>>;
+    /// Events matching `query`, oldest first, with their chain links.
+    async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
+    /// The chain's latest checkpoint and its head.
+    async fn audit_state(&self) -> Result<AuditState>;
+    /// Removes the oldest events written before `before`, at most `max` of them: records a checkpoint at
+    /// the last one removed (with its hash), deletes them, and appends an `audit_pruned` event, in one
+    /// transaction. Only a prefix of the chain is ever removed, so what remains verifies from the
+    /// checkpoint. Returns the number removed.
+    async fn prune_audit(&self, before: Time, max: i64, now: Time) -> Result<u64>;
+}
+
+/// Events read per page while verifying or exporting the audit chain.
+pub const AUDIT_PAGE: i64 = 10_000;
+
+/// Walks the audit chain from its latest checkpoint to its head, page by page. The outer `Result` is the
+/// store's; the inner one is the chain's verdict: its summary, or the first broken link. Events appended
+/// while the walk runs lie past the head read at its start and are left for the next walk.
+///
+/// # Errors
+/// A [`StoreError`] if the database cannot be read.
+pub async fn verify_audit_chain(
+    store: &dyn Store,
+) -> Result<std::result::Result<(AuditState, ChainSummary), ChainBreak>> {
+    let state = store.audit_state().await?;
+    let mut verifier = ChainVerifier::from_checkpoint(state.checkpoint_seq, state.checkpoint_hash);
+    let mut after = state.checkpoint_seq;
+    while after < state.head_seq {
+        let query = AuditQuery { after_seq: after, limit: AUDIT_PAGE, ..AuditQuery::default() };
+        let page = store.audit_events(&query).await?;
+        if page.is_empty() {
+            break;
+        }
+        for r in page.iter().take_while(|r| r.seq <= state.head_seq) {
+            if let Err(broken) = verifier.check(r.seq, &r.event, r.prev_hash, r.hash) {
+                return Ok(Err(broken));
+            }
+            after = r.seq;
+        }
+        if page.last().is_some_and(|r| r.seq > state.head_seq) {
+            break;
+        }
+    }
+    Ok(verifier.finish(state.head_seq, state.head_hash).map(|summary| (state, summary)))
 }
 
 /// Opens the store a URL names (`sqlite://PATH` or `postgres://…`), creating an SQLite file if needed, and

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use tessera_core::{ClientKind, GrantType, KeyState, RevocationKind, TokenHash};
+use tessera_core::{ChainHash, ClientKind, GrantType, KeyState, RevocationKind, TokenHash};
 
 /// Unix seconds, as the store keeps every time.
 pub type Time = i64;
@@ -320,29 +320,61 @@ pub struct OriginRef<'a> {
     pub iat: Time,
 }
 
-/// A security event (the audit log grows from this table).
+pub use tessera_core::audit::Event;
+
+/// An event as the audit log holds it: its number in the chain and its links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Its number: the chain's order.
+    pub seq: i64,
+    /// The event.
+    pub event: Event,
+    /// The hash of the event before it; `None` only for events written before the chain began.
+    pub prev_hash: Option<ChainHash>,
+    /// Its own hash; `None` only for events written before the chain began.
+    pub hash: Option<ChainHash>,
+}
+
+/// Which events to read, oldest first. Every filter that is set must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Event {
-    /// When.
-    pub at: Time,
-    /// Stable snake_case kind (`refresh_token_reuse`, `token_issued`, …).
-    pub kind: String,
-    /// Source IP.
-    pub ip: Option<String>,
-    /// User agent.
-    pub user_agent: Option<String>,
+pub struct AuditQuery {
+    /// Only events after this number (paging).
+    pub after_seq: i64,
     /// Subject.
     pub sub: Option<String>,
-    /// Session (refresh family).
+    /// Session.
     pub sid: Option<String>,
-    /// Token id, or a token hash prefix.
+    /// Token id.
     pub jti: Option<String>,
     /// Client.
     pub client_id: Option<String>,
-    /// Audience.
-    pub audience: Option<String>,
-    /// Reason (a stable name).
-    pub reason: Option<String>,
-    /// Extra detail, never a secret.
-    pub detail: Option<String>,
+    /// Source IP.
+    pub ip: Option<String>,
+    /// Any of these kinds (none: every kind).
+    pub kinds: Vec<String>,
+    /// At or after this time.
+    pub since: Option<Time>,
+    /// Before this time.
+    pub until: Option<Time>,
+    /// The newest `limit` matches instead of the oldest (still returned oldest first).
+    pub newest: bool,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// Where the audit chain starts and ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditState {
+    /// The latest checkpoint: the last event removed (or written before the chain began).
+    pub checkpoint_seq: i64,
+    /// That event's hash (zeros at the chain's start).
+    pub checkpoint_hash: ChainHash,
+    /// When the checkpoint was recorded.
+    pub checkpoint_at: Time,
+    /// Why: `chain_start` or `retention`.
+    pub checkpoint_reason: String,
+    /// The last event written.
+    pub head_seq: i64,
+    /// Its hash.
+    pub head_hash: ChainHash,
 }

@@ -25,6 +25,7 @@ const POOL_SIZE: u32 = 16;
 pub struct PostgresStore {
     pool: PgPool,
     rotations: tokio::sync::mpsc::Sender<Queued<RotationJob, Rotation>>,
+    audit: tokio::sync::mpsc::Sender<Queued<Vec<Event>, ()>>,
     single_use: tokio::sync::mpsc::Sender<Queued<OnceJob, bool>>,
 }
 
@@ -49,7 +50,8 @@ impl PostgresStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
         let rotations = spawn_rotation_writer(&pool);
         let single_use = spawn_single_use_writer(&pool);
-        Ok(PostgresStore { pool, rotations, single_use })
+        let audit = spawn_audit_writer(&pool);
+        Ok(PostgresStore { pool, rotations, audit, single_use })
     }
 
     /// Closes the pool, waiting for connections in use to be returned.

@@ -6,11 +6,11 @@
 
 use async_trait::async_trait;
 use sqlx::Row;
-use tessera_core::{ClientKind, GrantType, KeyState, RevocationKind, TokenHash};
+use tessera_core::{ChainHash, ClientKind, EventKind, GrantType, KeyState, RevocationKind, TokenHash};
 
 use crate::model::{
-    AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewRevocation, OriginRef,
-    RefreshRecord, Resource, Revocation, Rotation, Time, TokenRef, User,
+    AuditQuery, AuditRecord, AuditState, AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession,
+    NewRevocation, OriginRef, RefreshRecord, Resource, Revocation, Rotation, Time, TokenRef, User,
 };
 use crate::{REVOCATION_HORIZON_SECS, SPENT_CODE_RETENTION_SECS, Store};
 
@@ -54,7 +54,7 @@ macro_rules! revocation_cols {
 }
 macro_rules! event_cols {
     () => {
-        "at, kind, ip, user_agent, sub, sid, jti, client_id, audience, reason, detail"
+        "at, kind, ip, user_agent, sub, sid, jti, client_id, audience, service, route, outcome, reason, actor, detail"
     };
 }
 
@@ -237,9 +237,104 @@ fn event_from(row: &DbRow) -> Result<Event> {
         jti: row.try_get("jti")?,
         client_id: row.try_get("client_id")?,
         audience: row.try_get("audience")?,
+        service: row.try_get("service")?,
+        route: row.try_get("route")?,
+        outcome: row.try_get("outcome")?,
         reason: row.try_get("reason")?,
+        actor: row.try_get("actor")?,
         detail: row.try_get("detail")?,
     })
+}
+
+fn chain_col(row: &DbRow, col: &str) -> Result<Option<ChainHash>> {
+    let bytes: Option<Vec<u8>> = row.try_get(col)?;
+    bytes.map(|b| ChainHash::from_slice(&b).ok_or_else(|| corrupt(col))).transpose()
+}
+
+fn audit_record_from(row: &DbRow) -> Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: row.try_get("id")?,
+        event: event_from(row)?,
+        prev_hash: chain_col(row, "prev_hash")?,
+        hash: chain_col(row, "hash")?,
+    })
+}
+
+/// Rows per INSERT statement of events: 17 bound values each, under both databases' limits.
+const EVENT_ROWS_PER_INSERT: usize = 1000;
+
+/// Appends `events` to the audit chain inside the caller's transaction: takes their numbers from the head
+/// (whose row lock, held to the commit, orders every writer on every node), hashes each onto the one
+/// before, inserts them, and moves the head to the last.
+async fn append_chained(tx: &mut Tx, events: &[&Event]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let n = i64::try_from(events.len()).map_err(|_| corrupt("events"))?;
+    let (end, head): (i64, Vec<u8>) =
+        sqlx::query_as("UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash")
+            .bind(n)
+            .fetch_one(&mut **tx)
+            .await?;
+    let mut prev = ChainHash::from_slice(&head).ok_or_else(|| corrupt("audit_head"))?;
+    let mut seq = end - n;
+    let mut rows = Vec::with_capacity(events.len());
+    for e in events {
+        seq += 1;
+        let hash = e.chain_hash(seq, &prev);
+        rows.push((seq, *e, prev, hash));
+        prev = hash;
+    }
+    for chunk in rows.chunks(EVENT_ROWS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::<Db>::new(concat!(
+            "INSERT INTO events (id, ",
+            event_cols!(),
+            ", prev_hash, hash) "
+        ));
+        insert.push_values(chunk, |mut row, (seq, e, prev, hash)| {
+            row.push_bind(*seq)
+                .push_bind(e.at)
+                .push_bind(e.kind.as_str())
+                .push_bind(e.ip.as_deref())
+                .push_bind(e.user_agent.as_deref())
+                .push_bind(e.sub.as_deref())
+                .push_bind(e.sid.as_deref())
+                .push_bind(e.jti.as_deref())
+                .push_bind(e.client_id.as_deref())
+                .push_bind(e.audience.as_deref())
+                .push_bind(e.service.as_deref())
+                .push_bind(e.route.as_deref())
+                .push_bind(e.outcome.as_deref())
+                .push_bind(e.reason.as_deref())
+                .push_bind(e.actor.as_deref())
+                .push_bind(e.detail.as_deref())
+                .push_bind(prev.0.to_vec())
+                .push_bind(hash.0.to_vec());
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(prev.0.to_vec())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A batch of appends in one transaction.
+async fn audit_batch(pool: &WritePool, batch: &[Vec<Event>]) -> Result<Vec<()>> {
+    let mut tx = begin_write_on(pool).await?;
+    let all: Vec<&Event> = batch.iter().flatten().collect();
+    append_chained(&mut tx, &all).await?;
+    tx.commit().await?;
+    Ok(vec![(); batch.len()])
+}
+
+/// The most appends (each one caller's events) committed in one transaction.
+const MAX_AUDIT_BATCH: usize = 256;
+
+/// The audit writer: appends from every request of this node share one transaction and one commit.
+fn spawn_audit_writer(pool: &WritePool) -> tokio::sync::mpsc::Sender<Queued<Vec<Event>, ()>> {
+    spawn_batch_writer(pool, MAX_AUDIT_BATCH, |pool, batch| Box::pin(audit_batch(pool, batch)))
 }
 
 /// Takes the next sequence number and inserts the entry, inside the caller's transaction. The counter row
@@ -931,29 +1026,10 @@ impl Store for StoreImpl {
     }
 
     async fn append_events(&self, events: &[Event]) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        for e in events {
-            sqlx::query(concat!(
-                "INSERT INTO events (",
-                event_cols!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-            ))
-            .bind(e.at)
-            .bind(&e.kind)
-            .bind(&e.ip)
-            .bind(&e.user_agent)
-            .bind(&e.sub)
-            .bind(&e.sid)
-            .bind(&e.jti)
-            .bind(&e.client_id)
-            .bind(&e.audience)
-            .bind(&e.reason)
-            .bind(&e.detail)
-            .execute(&mut *tx)
-            .await?;
+        if events.is_empty() {
+            return Ok(());
         }
-        tx.commit().await?;
-        Ok(())
+        enqueue(&self.audit, events.to_vec(), "audit").await
     }
 
     async fn recent_events(&self, kind: Option<&str>, limit: i64) -> Result<Vec<Event>> {
@@ -968,6 +1044,120 @@ impl Store for StoreImpl {
         .await?;
         rows.iter().map(event_from).collect()
     }
+
+    async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        let mut sql = sqlx::QueryBuilder::<Db>::new(concat!(
+            "SELECT id, ",
+            event_cols!(),
+            ", prev_hash, hash FROM events WHERE id > "
+        ));
+        sql.push_bind(q.after_seq);
+        let exact =
+            [("sub", &q.sub), ("sid", &q.sid), ("jti", &q.jti), ("client_id", &q.client_id), ("ip", &q.ip)];
+        for (col, value) in exact {
+            if let Some(v) = value {
+                sql.push(format_args!(" AND {col} = ")).push_bind(v.as_str());
+            }
+        }
+        if !q.kinds.is_empty() {
+            sql.push(" AND kind IN (");
+            let mut kinds = sql.separated(", ");
+            for k in &q.kinds {
+                kinds.push_bind(k.as_str());
+            }
+            sql.push(")");
+        }
+        if let Some(since) = q.since {
+            sql.push(" AND at >= ").push_bind(since);
+        }
+        if let Some(until) = q.until {
+            sql.push(" AND at < ").push_bind(until);
+        }
+        sql.push(if q.newest { " ORDER BY id DESC LIMIT " } else { " ORDER BY id LIMIT " })
+            .push_bind(q.limit);
+        let rows = sql.build().fetch_all(self.read()).await?;
+        let mut records = rows.iter().map(audit_record_from).collect::<Result<Vec<_>>>()?;
+        if q.newest {
+            records.reverse();
+        }
+        Ok(records)
+    }
+
+    async fn audit_state(&self) -> Result<AuditState> {
+        audit_state_in(self.read()).await
+    }
+
+    async fn prune_audit(&self, before: Time, max: i64, now: Time) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        // The head's row lock first: a concurrent prune on another node waits here, then sees this one's
+        // checkpoint.
+        sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1").execute(&mut *tx).await?;
+        let state = audit_state_in(&mut *tx).await?;
+        // The prefix of the chain written before `before`: up to the first younger event.
+        let first_kept: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM events WHERE id > $1 AND at >= $2 ORDER BY id LIMIT 1")
+                .bind(state.checkpoint_seq)
+                .bind(before)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let through = first_kept.map_or(state.head_seq, |id| id - 1).min(state.checkpoint_seq + max);
+        if through <= state.checkpoint_seq {
+            return Ok(0);
+        }
+        let hash: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM events WHERE id = $1")
+            .bind(through)
+            .fetch_optional(&mut *tx)
+            .await?
+            .flatten();
+        let hash = hash.and_then(|h| ChainHash::from_slice(&h)).ok_or_else(|| corrupt("events.hash"))?;
+        sqlx::query("INSERT INTO audit_checkpoints (through_seq, hash, created_at, reason) VALUES ($1, $2, $3, 'retention')")
+            .bind(through)
+            .bind(hash.0.to_vec())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let removed = sqlx::query("DELETE FROM events WHERE id <= $1")
+            .bind(through)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let detail = serde_json::json!({
+            "through_seq": through,
+            "through_hash": hash.hex(),
+            "removed": removed,
+            "before": before,
+        });
+        let event = Event {
+            reason: Some("retention".into()),
+            detail: Some(detail.to_string()),
+            ..Event::new(EventKind::AuditPruned, now)
+        };
+        append_chained(&mut tx, &[&event]).await?;
+        tx.commit().await?;
+        Ok(removed)
+    }
+}
+
+async fn audit_state_in<'e, E: sqlx::Executor<'e, Database = Db>>(db: E) -> Result<AuditState> {
+    let row = sqlx::query(
+        "SELECT h.seq AS head_seq, h.hash AS head_hash, c.through_seq, c.hash AS cp_hash, c.created_at, c.reason \
+         FROM audit_head h, audit_checkpoints c WHERE h.id = 1 \
+         ORDER BY c.through_seq DESC LIMIT 1",
+    )
+    .fetch_one(db)
+    .await?;
+    let hash = |col: &str| -> Result<ChainHash> {
+        let bytes: Vec<u8> = row.try_get(col)?;
+        ChainHash::from_slice(&bytes).ok_or_else(|| corrupt(col))
+    };
+    Ok(AuditState {
+        checkpoint_seq: row.try_get("through_seq")?,
+        checkpoint_hash: hash("cp_hash")?,
+        checkpoint_at: row.try_get("created_at")?,
+        checkpoint_reason: row.try_get("reason")?,
+        head_seq: row.try_get("head_seq")?,
+        head_hash: hash("head_hash")?,
+    })
 }
 
 /// One rotation for the rotation writer.

@@ -32,6 +32,7 @@ pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
     rotations: tokio::sync::mpsc::Sender<Queued<RotationJob, Rotation>>,
+    audit: tokio::sync::mpsc::Sender<Queued<Vec<Event>, ()>>,
     /// Single-use ids taken by this process: the authority on SQLite, where one server process owns the file.
     /// Filled at the first use, from `used_ids`, so that the management CLI never pays for it.
     once: tokio::sync::OnceCell<ReplayCache>,
@@ -70,6 +71,7 @@ impl SqliteStore {
             .await
             .map_err(unavailable)?;
         let rotations = spawn_rotation_writer(&write);
+        let audit = spawn_audit_writer(&write);
         let once_behind = spawn_write_behind(&write);
         let once = tokio::sync::OnceCell::new();
         Ok(SqliteStore {
@@ -77,6 +79,7 @@ impl SqliteStore {
             read,
             write,
             rotations,
+            audit,
             once,
             once_behind,
             once_unwritten: Default::default(),

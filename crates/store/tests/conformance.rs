@@ -7,10 +7,12 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
-use tessera_core::{ClientKind, GrantType, KeyState, RevocationKind, TokenHash};
+use tessera_core::audit::ChainBreak;
+use tessera_core::{ClientKind, EventKind, GrantType, KeyState, RevocationKind, TokenHash};
 use tessera_store::{
-    AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewRevocation, OriginRef,
+    AuditQuery, AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewRevocation, OriginRef,
     PostgresStore, RefreshRecord, Resource, Rotation, SqliteStore, Store, StoreError, TokenRef, User,
+    verify_audit_chain,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -59,6 +61,58 @@ async fn admin(url: &str, sql: &str) {
     sqlx::query(sql).execute(&mut conn).await.unwrap();
 }
 
+impl Harness {
+    /// Runs SQL on the database directly, as an operator (or an intruder) with database access would.
+    async fn raw(&self, sql: &str) -> Result<u64, sqlx::Error> {
+        use sqlx::Connection;
+        match (&self.schema, &self._dir) {
+            (Some((url, schema)), _) => {
+                let mut conn = sqlx::PgConnection::connect(url).await?;
+                sqlx::query(&format!("SET search_path TO {schema}")).execute(&mut conn).await?;
+                Ok(sqlx::query(sql).execute(&mut conn).await?.rows_affected())
+            }
+            (None, Some(dir)) => {
+                let url = format!("sqlite://{}", dir.path().join("tessera.db").display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+                Ok(sqlx::query(sql).execute(&mut conn).await?.rows_affected())
+            }
+            (None, None) => unreachable!("a harness has a file or a schema"),
+        }
+    }
+}
+
+/// Instantiates every suite function that needs the database itself (not just the store), once per backend.
+macro_rules! conformance_raw {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_raw {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let h = super::Harness::sqlite().await;
+                    super::$name(&h).await;
+                    h.finish().await;
+                }
+            )*
+        }
+        mod postgres_raw {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(h) = super::Harness::postgres().await else { return };
+                    super::$name(&h).await;
+                    h.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance_raw!(
+    audit_log_refuses_updates_and_deletes_in_the_database,
+    edited_audit_event_is_named_by_verify,
+    deleted_audit_events_are_named_by_verify,
+);
+
 /// Instantiates every suite function once per backend.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -102,6 +156,9 @@ conformance!(
     code_replay_revokes_families_from_that_code,
     prune_removes_only_what_can_no_longer_matter,
     events_append_and_read_back_newest_first,
+    audit_chain_links_every_event_in_order_under_concurrency,
+    audit_search_filters_and_pages,
+    pruning_keeps_the_audit_chain_verifiable_from_its_checkpoint,
     every_change_to_users_clients_and_resources_moves_the_change_counter,
     single_use_ids_are_taken_once_under_concurrency,
     dpop_binding_round_trips,
@@ -573,6 +630,187 @@ async fn events_append_and_read_back_newest_first(s: &Arc<dyn Store>) {
     assert_eq!(issued.iter().map(|e| e.at).collect::<Vec<_>>(), [NOW + 2, NOW]);
     assert_eq!(s.recent_events(None, 10).await.unwrap().len(), 3);
     assert_eq!(s.recent_events(None, 1).await.unwrap()[0].at, NOW + 2);
+}
+
+fn audit_event(n: i64, kind: EventKind) -> Event {
+    Event {
+        sub: Some(format!("u-{}", n % 3)),
+        sid: Some(format!("s-{}", n % 5)),
+        jti: Some(format!("j-{n}")),
+        client_id: Some("web".into()),
+        ip: Some(format!("192.0.2.{}", n % 7)),
+        ..Event::new(kind, NOW + n)
+    }
+}
+
+/// Verifies the chain; panics with the store error, returns the verdict.
+async fn verdict(s: &dyn Store) -> Result<u64, ChainBreak> {
+    verify_audit_chain(s).await.unwrap().map(|(_, summary)| summary.checked)
+}
+
+async fn audit_chain_links_every_event_in_order_under_concurrency(s: &Arc<dyn Store>) {
+    let start = s.audit_state().await.unwrap();
+    assert_eq!(start.head_seq, start.checkpoint_seq, "a new chain is empty");
+    assert_eq!(verdict(&**s).await, Ok(0));
+    let mut tasks = Vec::new();
+    for t in 0..16i64 {
+        let s = Arc::clone(s);
+        tasks.push(tokio::spawn(async move {
+            for b in 0..5i64 {
+                let batch: Vec<Event> =
+                    (0..4).map(|i| audit_event(t * 100 + b * 10 + i, EventKind::TokenUsed)).collect();
+                s.append_events(&batch).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(verdict(&**s).await, Ok(320), "every event is on the chain, none twice");
+    let state = s.audit_state().await.unwrap();
+    assert_eq!(state.head_seq, start.head_seq + 320);
+    let all = s.audit_events(&AuditQuery { limit: 1000, ..AuditQuery::default() }).await.unwrap();
+    let seqs: Vec<i64> = all.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        (start.head_seq + 1..=start.head_seq + 320).collect::<Vec<_>>(),
+        "numbered without gaps"
+    );
+    // One caller's batch stays together and in its order.
+    for w in all.windows(2) {
+        assert_eq!(w[1].prev_hash, w[0].hash, "each event names its predecessor's hash");
+    }
+    let first_batch: Vec<&str> = all
+        .iter()
+        .filter(|r| r.event.jti.as_deref().is_some_and(|j| ["j-0", "j-1", "j-2", "j-3"].contains(&j)))
+        .map(|r| r.event.jti.as_deref().unwrap())
+        .collect();
+    assert_eq!(first_batch, ["j-0", "j-1", "j-2", "j-3"]);
+    assert_eq!(state.head_hash, all.last().unwrap().hash.unwrap());
+}
+
+async fn audit_search_filters_and_pages(s: &Arc<dyn Store>) {
+    let events: Vec<Event> = (0..30)
+        .map(|n| audit_event(n, if n % 2 == 0 { EventKind::TokenIssued } else { EventKind::TokenRejected }))
+        .collect();
+    s.append_events(&events).await.unwrap();
+    let q = |f: fn(&mut AuditQuery)| {
+        let mut q = AuditQuery { limit: 100, ..AuditQuery::default() };
+        f(&mut q);
+        q
+    };
+    let by = |q: AuditQuery| {
+        let s = Arc::clone(s);
+        async move {
+            s.audit_events(&q).await.unwrap().into_iter().map(|r| r.event.jti.unwrap()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(by(q(|q| q.sub = Some("u-1".into()))).await.len(), 10);
+    assert_eq!(by(q(|q| q.sid = Some("s-2".into()))).await, ["j-2", "j-7", "j-12", "j-17", "j-22", "j-27"]);
+    assert_eq!(by(q(|q| q.jti = Some("j-13".into()))).await, ["j-13"]);
+    assert_eq!(by(q(|q| q.ip = Some("192.0.2.0".into()))).await, ["j-0", "j-7", "j-14", "j-21", "j-28"]);
+    assert_eq!(by(q(|q| q.kinds = vec!["token_rejected".into()])).await.len(), 15);
+    assert_eq!(by(q(|q| q.client_id = Some("nobody".into()))).await.len(), 0);
+    // Time range: [since, until).
+    assert_eq!(
+        by(q(|q| (q.since, q.until) = (Some(NOW + 10), Some(NOW + 13)))).await,
+        ["j-10", "j-11", "j-12"]
+    );
+    // Filters combine.
+    let both = q(|q| {
+        q.sub = Some("u-0".into());
+        q.kinds = vec!["token_issued".into()];
+    });
+    assert_eq!(by(both).await, ["j-0", "j-6", "j-12", "j-18", "j-24"]);
+    // The newest few, still oldest first; paging by sequence number.
+    assert_eq!(by(q(|q| (q.newest, q.limit) = (true, 3))).await, ["j-27", "j-28", "j-29"]);
+    let first = s.audit_events(&q(|q| q.limit = 4)).await.unwrap();
+    let next = by(AuditQuery { after_seq: first[3].seq, limit: 2, ..AuditQuery::default() }).await;
+    assert_eq!(next, ["j-4", "j-5"]);
+}
+
+async fn pruning_keeps_the_audit_chain_verifiable_from_its_checkpoint(s: &Arc<dyn Store>) {
+    // Events at NOW+0 .. NOW+49, then one at NOW+5 (a late guard report): retention stops at the first
+    // young event, so only a prefix is ever removed.
+    let mut events: Vec<Event> = (0..50).map(|n| audit_event(n, EventKind::TokenUsed)).collect();
+    events.push(audit_event(5, EventKind::TokenUsed));
+    s.append_events(&events).await.unwrap();
+    let before = s.audit_state().await.unwrap();
+    // At most 10 per round.
+    assert_eq!(s.prune_audit(NOW + 20, 10, NOW + 100).await.unwrap(), 10);
+    assert_eq!(verdict(&**s).await, Ok(41 + 1), "what is left, and the pruning's own event, verify");
+    let state = s.audit_state().await.unwrap();
+    assert_eq!(state.checkpoint_seq, before.checkpoint_seq + 10);
+    assert_eq!(state.checkpoint_reason, "retention");
+    assert_eq!(s.prune_audit(NOW + 20, 1000, NOW + 100).await.unwrap(), 10, "the rest older than NOW+20");
+    assert_eq!(s.prune_audit(NOW + 20, 1000, NOW + 100).await.unwrap(), 0, "nothing more to do");
+    assert_eq!(verdict(&**s).await, Ok(31 + 2));
+    let left = s.audit_events(&AuditQuery { limit: 1000, ..AuditQuery::default() }).await.unwrap();
+    assert_eq!(left[0].event.at, NOW + 20, "the oldest event kept is the first one at or after the cut");
+    let pruned: Vec<_> = left.iter().filter(|r| r.event.kind == "audit_pruned").collect();
+    assert_eq!(pruned.len(), 2, "each pruning is itself on the chain");
+    let detail: serde_json::Value = serde_json::from_str(pruned[1].event.detail.as_deref().unwrap()).unwrap();
+    assert_eq!(detail["through_seq"], before.checkpoint_seq + 20);
+    assert_eq!(detail["through_hash"], s.audit_state().await.unwrap().checkpoint_hash.hex());
+    // Pruning everything old, including the late event behind the young ones, never cuts into the chain.
+    assert_eq!(s.prune_audit(NOW + 1000, 1000, NOW + 2000).await.unwrap(), 33);
+    assert_eq!(verdict(&**s).await, Ok(1), "only the last pruning's own event is left");
+}
+
+async fn audit_log_refuses_updates_and_deletes_in_the_database(h: &Harness) {
+    let s = &h.store;
+    s.append_events(&(0..3).map(|n| audit_event(n, EventKind::TokenIssued)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let head = s.audit_state().await.unwrap().head_seq;
+    let update = h.raw(&format!("UPDATE events SET sub = 'mallory' WHERE id = {head}")).await;
+    assert!(update.unwrap_err().to_string().contains("append-only"));
+    let delete = h.raw(&format!("DELETE FROM events WHERE id = {head}")).await;
+    assert!(delete.unwrap_err().to_string().contains("checkpoint"));
+    let checkpoint = h.raw("DELETE FROM audit_checkpoints").await;
+    assert!(checkpoint.unwrap_err().to_string().contains("append-only"));
+    assert_eq!(verdict(&**s).await, Ok(3), "nothing changed");
+}
+
+/// Drops the triggers that keep the log append-only: what someone with full database access can do.
+async fn drop_audit_triggers(h: &Harness) {
+    let drops: &[&str] = if h.schema.is_some() {
+        &["DROP TRIGGER events_append_only ON events", "DROP TRIGGER events_no_truncate ON events"]
+    } else {
+        &["DROP TRIGGER events_no_update", "DROP TRIGGER events_no_delete"]
+    };
+    for sql in drops {
+        h.raw(sql).await.unwrap();
+    }
+}
+
+async fn edited_audit_event_is_named_by_verify(h: &Harness) {
+    let s = &h.store;
+    s.append_events(&(0..10).map(|n| audit_event(n, EventKind::TokenIssued)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let state = s.audit_state().await.unwrap();
+    let target = state.checkpoint_seq + 4;
+    drop_audit_triggers(h).await;
+    assert_eq!(h.raw(&format!("UPDATE events SET ip = '203.0.113.9' WHERE id = {target}")).await.unwrap(), 1);
+    let broken = verdict(&**s).await.unwrap_err();
+    assert_eq!(broken, ChainBreak::Altered { seq: target });
+    assert!(broken.to_string().starts_with(&format!("event {target} does not match its hash")), "{broken}");
+}
+
+async fn deleted_audit_events_are_named_by_verify(h: &Harness) {
+    let s = &h.store;
+    s.append_events(&(0..10).map(|n| audit_event(n, EventKind::TokenIssued)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let state = s.audit_state().await.unwrap();
+    let cp = state.checkpoint_seq;
+    drop_audit_triggers(h).await;
+    h.raw(&format!("DELETE FROM events WHERE id IN ({}, {})", cp + 3, cp + 4)).await.unwrap();
+    assert_eq!(verdict(&**s).await, Err(ChainBreak::Missing { from: cp + 3, to: cp + 4 }));
+    // Removing the newest events instead is caught by the head.
+    h.raw(&format!("DELETE FROM events WHERE id > {}", cp + 2)).await.unwrap();
+    assert_eq!(verdict(&**s).await, Err(ChainBreak::Truncated { last: cp + 2, head: cp + 10 }));
 }
 
 async fn every_change_to_users_clients_and_resources_moves_the_change_counter(s: &Arc<dyn Store>) {

@@ -200,7 +200,10 @@ async fn lateral_movement_is_refused_and_recorded_with_sid_sub_and_client_id() {
     assert_eq!(e.audience.as_deref(), Some(API), "recorded against the service it was tried at");
     assert_eq!(e.ip.as_deref(), Some("127.0.0.1"));
     let detail = e.detail.as_deref().unwrap();
-    assert!(detail.contains(OTHER_API) && detail.contains("/orders/{id}"), "{detail}");
+    assert!(detail.contains(OTHER_API), "the token's own audience is kept: {detail}");
+    assert!(e.route.as_deref().is_some_and(|r| r.contains("/orders/{id}")), "{:?}", e.route);
+    assert_eq!(e.outcome.as_deref(), Some("refused"));
+    assert!(e.service.is_some(), "the reporting service is recorded");
     w.finish().await;
 }
 
