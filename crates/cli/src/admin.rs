@@ -8,10 +8,42 @@ use std::sync::Arc;
 use clap::{Args, Subcommand, ValueEnum};
 use tessera_core::flow::is_registrable_redirect_uri;
 use tessera_core::{ClientKind, GrantType, SecretKind};
+use tessera_core::{Event, EventKind};
 use tessera_server::{Config, Overrides, crypto};
 use tessera_store::{Client, Resource, Store, StoreError};
 
 use crate::{Failure, emit};
+
+/// Who is running this command, for the audit log: `TESSERA_ACTOR` if set (automation naming the person
+/// behind it), else `cli:` and the login name (`SUDO_USER` first, so `sudo` does not hide who it was).
+pub(crate) fn actor() -> String {
+    let clean = |v: String| {
+        let v: String = v.chars().filter(|c| !c.is_control()).take(64).collect();
+        (!v.trim().is_empty()).then_some(v)
+    };
+    if let Some(actor) = std::env::var("TESSERA_ACTOR").ok().and_then(clean) {
+        return actor;
+    }
+    let user = ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|var| std::env::var(var).ok().and_then(clean))
+        .unwrap_or_else(|| "unknown".to_owned());
+    format!("cli:{user}")
+}
+
+/// An admin action named `action` (`client_add`, `user_disable`, …), now.
+pub(crate) fn admin_event(action: &str) -> Event {
+    Event { reason: Some(action.to_owned()), ..Event::new(EventKind::AdminAction, tessera_server::now()) }
+}
+
+/// Writes what an operator did, with who did it, to the audit log. The change itself is already committed;
+/// if the log cannot be written the command still fails, so that the operator knows.
+pub(crate) async fn record(store: &dyn Store, event: Event) -> Result<(), Failure> {
+    let event = Event { actor: Some(actor()), outcome: Some("success".into()), ..event };
+    store.append_event(&event).await.map_err(|e| {
+        Failure::usage(format!("the change was made, but the audit log could not be written: {e}"))
+    })
+}
 
 /// Where the configuration comes from; shared by every server command.
 #[derive(Debug, Clone, Args)]
@@ -351,6 +383,8 @@ pub(crate) fn client(cmd: ClientCommand) -> Result<(), Failure> {
             }
             let secret = crypto::new_secret(SecretKind::ClientSecret).map_err(|e| Failure::usage(e.0))?;
             store.set_client_secret(&id, Some(&secret.hash())).await.map_err(store_failure)?;
+            record(&*store, Event { client_id: Some(id.clone()), ..admin_event("client_rotate_secret") })
+                .await?;
             emit(&format!(
                 "client {id}: new secret (shown only now; the old one no longer works)\nclient_secret: {}",
                 secret.expose()
@@ -364,6 +398,8 @@ pub(crate) fn client(cmd: ClientCommand) -> Result<(), Failure> {
                 }
                 let c =
                     store.client(&id).await.map_err(store_failure)?.ok_or_else(|| no_such("client", &id))?;
+                record(&*store, Event { client_id: Some(id.clone()), ..admin_event("client_set_jwks") })
+                    .await?;
                 emit(&format!("client {id}: keys registered\n{}", describe_client(&c)))
             })
         }
@@ -373,6 +409,13 @@ pub(crate) fn client(cmd: ClientCommand) -> Result<(), Failure> {
                 return Err(no_such_confidential(&id));
             }
             let c = store.client(&id).await.map_err(store_failure)?.ok_or_else(|| no_such("client", &id))?;
+            let detail = serde_json::json!({ "serves": audiences }).to_string();
+            let event = Event {
+                client_id: Some(id.clone()),
+                detail: Some(detail),
+                ..admin_event("client_set_serves")
+            };
+            record(&*store, event).await?;
             emit(&format!("client {id}: serves updated\n{}", describe_client(&c)))
         }),
         ClientCommand::RemoveSecret { id, cfg } => with_store(&cfg, |store, _| async move {
@@ -386,6 +429,8 @@ pub(crate) fn client(cmd: ClientCommand) -> Result<(), Failure> {
                 )));
             }
             store.set_client_secret(&id, None).await.map_err(store_failure)?;
+            record(&*store, Event { client_id: Some(id.clone()), ..admin_event("client_remove_secret") })
+                .await?;
             emit(&format!("client {id}: secret removed; only private_key_jwt authenticates it now"))
         }),
         ClientCommand::Disable { id, cfg } => with_store(&cfg, |store, _| async move {
@@ -396,6 +441,7 @@ pub(crate) fn client(cmd: ClientCommand) -> Result<(), Failure> {
                 .revoke_client(&id, "client_disabled", tessera_server::now())
                 .await
                 .map_err(store_failure)?;
+            record(&*store, Event { client_id: Some(id.clone()), ..admin_event("client_disable") }).await?;
             emit(&format!("client {id} disabled; its tokens are revoked (revocation #{seq})"))
         }),
     }
@@ -483,6 +529,7 @@ fn client_add(add: ClientAdd) -> Result<(), Failure> {
             StoreError::Conflict(_) => Failure::usage(format!("client {} already exists", client.id)),
             other => store_failure(other),
         })?;
+        record(&*store, Event { client_id: Some(client.id.clone()), ..admin_event("client_add") }).await?;
         let mut out = describe_client(&client);
         if let Some(secret) = secret {
             out.push_str(&format!(
@@ -581,6 +628,8 @@ pub(crate) fn resource(cmd: ResourceCommand) -> Result<(), Failure> {
                 StoreError::Conflict(_) => Failure::usage(format!("resource {audience} already exists")),
                 other => store_failure(other),
             })?;
+            record(&*store, Event { audience: Some(audience.clone()), ..admin_event("resource_add") })
+                .await?;
             emit(&format!("resource {audience} added with scopes: {}", r.scopes.join(" ")))
         }),
         ResourceCommand::List { cfg } => with_store(&cfg, |store, _| async move {

@@ -9,7 +9,10 @@ use tessera_server::crypto::Kek;
 use tessera_server::keyring::{self, RotationMode};
 use tessera_token::{Algorithm, KeySet, RsaBits, SigningKey};
 
-use crate::admin::{ConfigArgs, store_failure, with_store};
+use tessera_core::{Event, EventKind};
+use tessera_store::Store;
+
+use crate::admin::{ConfigArgs, record, store_failure, with_store};
 use crate::{Failure, emit, read_file};
 
 #[derive(Debug, Subcommand)]
@@ -173,6 +176,12 @@ pub(crate) fn run(cmd: KeysCommand) -> Result<(), Failure> {
             let record = keyring::rotate(&*store, &kek, alg, mode, tessera_server::now())
                 .await
                 .map_err(key_failure)?;
+            let how = match mode {
+                RotationMode::Scheduled => "scheduled",
+                RotationMode::Immediate => "immediate",
+                RotationMode::Emergency => "emergency",
+            };
+            key_event(&*store, how, &record.kid, alg).await?;
             emit(&match mode {
                 RotationMode::Scheduled => format!(
                     "key {} ({alg}) published; it starts signing in {} s (key_publish_delay)",
@@ -196,10 +205,22 @@ pub(crate) fn run(cmd: KeysCommand) -> Result<(), Failure> {
                 let kek = load_kek(&config)?;
                 let record =
                     keyring::import(&*store, &kek, &key, tessera_server::now()).await.map_err(key_failure)?;
+                key_event(&*store, "imported", &record.kid, key.alg()).await?;
                 emit(&format!("key {} ({}) imported and current", record.kid, record.alg))
             })
         }
     }
+}
+
+/// Records a key change in the audit log: how, which key (by `kid`, never its material), which algorithm.
+async fn key_event(store: &dyn Store, how: &str, kid: &str, alg: Algorithm) -> Result<(), Failure> {
+    let detail = serde_json::json!({ "kid": kid, "alg": alg.as_str() }).to_string();
+    let event = Event {
+        reason: Some(how.to_owned()),
+        detail: Some(detail),
+        ..Event::new(EventKind::KeyRotated, tessera_server::now())
+    };
+    record(store, event).await
 }
 
 fn load_kek(config: &tessera_server::Config) -> Result<Kek, Failure> {

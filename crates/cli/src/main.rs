@@ -5,6 +5,7 @@
 //! one line on stderr and never contains key material or a token.
 
 mod admin;
+mod audit;
 mod gateway;
 mod keys;
 mod token;
@@ -64,6 +65,9 @@ enum Command {
     User(users::UserCommand),
     /// Revoke a token, a session, every token of a user, or every token of a client.
     Revoke(users::RevokeArgs),
+    /// Read, search, export and verify the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// A failure to report: one line, and the exit code.
@@ -86,6 +90,11 @@ pub(crate) fn emit(text: &str) -> Result<(), Failure> {
     writeln!(out, "{text}")
         .and_then(|()| out.flush())
         .map_err(|e| Failure::usage(format!("cannot write to stdout: {}", e.kind())))
+}
+
+/// Writes a note for the user (not the command's output) to stderr.
+pub(crate) fn note(text: &str) {
+    report(text);
 }
 
 /// Writes one line to stderr, ignoring failure: there is nowhere left to report it.
@@ -127,6 +136,7 @@ fn main() -> ExitCode {
         Command::Resource(cmd) => admin::resource(cmd),
         Command::User(cmd) => users::user(cmd),
         Command::Revoke(args) => users::revoke(args),
+        Command::Audit(cmd) => audit::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

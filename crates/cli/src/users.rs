@@ -10,7 +10,9 @@ use tessera_core::RevocationKind;
 use tessera_store::{NewRevocation, REVOCATION_HORIZON_SECS, Store, StoreError, User};
 use zeroize::Zeroizing;
 
-use crate::admin::{ConfigArgs, store_failure, with_store};
+use tessera_core::{Event, EventKind};
+
+use crate::admin::{ConfigArgs, admin_event, record, store_failure, with_store};
 use crate::{Failure, emit};
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +187,7 @@ pub(crate) fn user(cmd: UserCommand) -> Result<(), Failure> {
                     StoreError::Conflict(_) => Failure::usage(format!("user {username} already exists")),
                     other => store_failure(other),
                 })?;
+                record(&*store, Event { sub: Some(user.id.clone()), ..admin_event("user_add") }).await?;
                 emit(&describe(&user))
             })
         }
@@ -207,11 +210,13 @@ pub(crate) fn user(cmd: UserCommand) -> Result<(), Failure> {
                 .revoke_user(&u.id, "user_disabled", tessera_server::now())
                 .await
                 .map_err(store_failure)?;
+            record(&*store, Event { sub: Some(u.id.clone()), ..admin_event("user_disable") }).await?;
             emit(&format!("user {username} disabled; every session and token revoked (revocation #{seq})"))
         }),
         UserCommand::Enable { username, cfg } => with_store(&cfg, |store, _| async move {
             let u = find(&*store, &username).await?;
             store.set_user_disabled(&u.id, false).await.map_err(store_failure)?;
+            record(&*store, Event { sub: Some(u.id.clone()), ..admin_event("user_enable") }).await?;
             emit(&format!("user {username} enabled"))
         }),
         UserCommand::SetPassword { username, cfg } => {
@@ -224,6 +229,12 @@ pub(crate) fn user(cmd: UserCommand) -> Result<(), Failure> {
                     .await
                     .map_err(store_failure)?
                     .ok_or_else(|| Failure::usage(format!("no user {username}")))?;
+                let event = Event {
+                    sub: Some(u.id.clone()),
+                    reason: Some("admin_set".into()),
+                    ..Event::new(EventKind::PasswordChanged, tessera_server::now())
+                };
+                record(&*store, event).await?;
                 emit(&format!("password of {username} changed; every session revoked (revocation #{seq})"))
             })
         }
@@ -236,6 +247,10 @@ pub(crate) fn user(cmd: UserCommand) -> Result<(), Failure> {
             roles.sort();
             roles.dedup();
             store.set_user_roles(&u.id, &roles).await.map_err(store_failure)?;
+            let detail = serde_json::json!({ "roles": roles }).to_string();
+            let event =
+                Event { sub: Some(u.id.clone()), detail: Some(detail), ..admin_event("user_set_roles") };
+            record(&*store, event).await?;
             emit(&format!("roles of {username}: {} (in tokens issued from now on)", roles.join(" ")))
         }),
     }
@@ -250,7 +265,9 @@ pub(crate) fn revoke(args: RevokeArgs) -> Result<(), Failure> {
     with_store(&args.cfg, |store, _| async move {
         let now = tessera_server::now();
         let t = args.target;
+        let mut event = Event { reason: Some(reason.clone()), ..Event::new(EventKind::TokenRevoked, now) };
         let message = if let Some(jti) = t.token {
+            event.jti = Some(jti.clone());
             let entry = NewRevocation {
                 kind: RevocationKind::Token,
                 subject: jti.clone(),
@@ -261,6 +278,7 @@ pub(crate) fn revoke(args: RevokeArgs) -> Result<(), Failure> {
             let seq = store.revoke(&entry, now).await.map_err(store_failure)?;
             format!("token {jti} revoked (revocation #{seq})")
         } else if let Some(sid) = t.session {
+            event.sid = Some(sid.clone());
             if store.family(&sid).await.map_err(store_failure)?.is_none() {
                 return Err(Failure::usage(format!("no session {sid}")));
             }
@@ -268,9 +286,11 @@ pub(crate) fn revoke(args: RevokeArgs) -> Result<(), Failure> {
             format!("session {sid} revoked")
         } else if let Some(username) = t.user {
             let u = find(&*store, &username).await?;
+            event.sub = Some(u.id.clone());
             let seq = store.revoke_user(&u.id, &reason, now).await.map_err(store_failure)?;
             format!("every session and token of {username} revoked (revocation #{seq})")
         } else if let Some(client) = t.client {
+            event.client_id = Some(client.clone());
             if store.client(&client).await.map_err(store_failure)?.is_none() {
                 return Err(Failure::usage(format!("no client {client}")));
             }
@@ -279,6 +299,7 @@ pub(crate) fn revoke(args: RevokeArgs) -> Result<(), Failure> {
         } else {
             return Err(Failure::usage("name what to revoke: --token, --session, --user or --client"));
         };
+        record(&*store, event).await?;
         emit(&message)
     })
 }

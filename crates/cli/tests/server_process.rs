@@ -591,3 +591,142 @@ fn json_logs_are_one_object_per_line_and_never_show_a_secret() {
     assert!(logs.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string()));
     assert!(!stderr.contains(&secret) && !stderr.contains(MASTER_KEY), "no secret in the log");
 }
+
+/// Issues a client_credentials token from the quickstart client; its `jti` is read back from the audit log.
+async fn quickstart_token(server: &ServerProcess, secret: &str) -> String {
+    let r = client()
+        .post(server.url("/token"))
+        .basic_auth("quickstart", Some(secret))
+        .form(&[("grant_type", "client_credentials"), ("resource", "urn:tessera:quickstart")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_commands_show_search_export_and_verify_the_chain_and_name_an_edited_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = ServerProcess::start(d, &[], &[]);
+    let curl = server.first_start.iter().find(|l| l.trim_start().starts_with("curl ")).unwrap();
+    let secret = curl.split("quickstart:").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+    let alice = [("TESSERA_ACTOR", "alice@example")];
+    assert_eq!(run(d, &alice, &["user", "add", "bob"], "a long password\n").0, 0);
+    let first = quickstart_token(&server, &secret).await;
+    assert!(!first.is_empty());
+
+    // `tail --follow` prints what is there, then new events as they are written.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["audit", "tail", "-n", "1", "--follow", "--format", "json"])
+        .current_dir(d)
+        .env_remove("TESSERA_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let shown = lines_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(shown.contains("\"token_issued\""), "{shown}");
+    quickstart_token(&server, &secret).await;
+    let next: Value = serde_json::from_str(&lines_rx.recv_timeout(Duration::from_secs(10)).unwrap()).unwrap();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(next["kind"], "token_issued");
+    assert_eq!(next["client_id"], "quickstart");
+    assert_eq!(next["audience"], "urn:tessera:quickstart");
+    assert_eq!(next["ip"], "127.0.0.1");
+    assert_eq!(next["hash"].as_str().unwrap().len(), 64);
+    let jti = next["jti"].as_str().unwrap().to_owned();
+    let raw = serde_json::to_string(&next).unwrap();
+    assert!(!raw.contains(&secret) && !raw.contains("eyJ"), "no secret and no token in the log: {raw}");
+
+    // Search: by token, by kind (admin actions name their actor), by time; text lines for a terminal.
+    let (code, out, err) = run(d, &[], &["audit", "search", "--token", &jti], "");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains(" token_issued ") && out.contains("client=quickstart"), "{out}");
+    let (_, out, _) = run(d, &[], &["audit", "search", "--kind", "admin_action", "--since", "1h"], "");
+    assert!(out.contains("reason=user_add") && out.contains("actor=alice@example"), "{out}");
+    let (_, out, _) = run(d, &[], &["audit", "search", "--user", "bob", "--format", "json"], "");
+    assert_eq!(out.lines().count(), 1, "bob is found by login name: {out}");
+    let (_, out, _) =
+        run(d, &[], &["audit", "search", "--kind", "token_issued", "--until", "2001-01-01"], "");
+    assert!(out.is_empty(), "nothing that old: {out}");
+    for bad in [
+        &["audit", "search", "--kind", "token_issue"][..],
+        &["audit", "search", "--since", "last tuesday"],
+        &["audit", "search", "--ip", "not-an-ip"],
+        &["audit", "tail", "-n", "0"],
+    ] {
+        let (code, out, err) = run(d, &[], bad, "");
+        assert_eq!(code, 2, "{bad:?}: {out}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
+
+    // Export: JSON lines, every event, to a file only its owner can read.
+    let (code, out, err) =
+        run(d, &[], &["audit", "export", "--format", "jsonl", "--output", "audit.jsonl"], "");
+    assert_eq!(code, 0, "{err}");
+    let exported = std::fs::read_to_string(d.join("audit.jsonl")).unwrap();
+    let events: Vec<Value> = exported.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(out.contains(&format!("exported {} events", events.len())), "{out}");
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "token_issued").count(), 2, "{kinds:?}");
+    for pair in events.windows(2) {
+        assert_eq!(pair[1]["prev_hash"], pair[0]["hash"], "the export carries the chain");
+        assert_eq!(pair[1]["seq"].as_i64().unwrap(), pair[0]["seq"].as_i64().unwrap() + 1);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(d.join("audit.jsonl")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let (code, _, err) = run(d, &[], &["audit", "export", "--output", "audit.jsonl"], "");
+    assert_eq!(code, 2, "an existing file is not overwritten");
+    assert!(err.contains("audit.jsonl"), "{err}");
+
+    // Verify, then edit one event in the database (dropping the trigger that forbids it, as someone with
+    // full database access could) and verify again: the edited event is named.
+    let (code, out, err) = run(d, &[], &["audit", "verify"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("audit chain intact: "), "{out}");
+    let (code, out, _) = run(d, &[], &["audit", "prune"], "");
+    assert_eq!(code, 0);
+    assert!(out.starts_with("removed 0 events older than 365 days"), "{out}");
+    server.signal("-TERM");
+    assert!(server.wait().success());
+    let edited = events.iter().find(|e| e["jti"] == jti.as_str()).unwrap()["seq"].as_i64().unwrap();
+    let db = format!("sqlite://{}", d.join("tessera-data/tessera.db").display());
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let refused = sqlx::query("UPDATE events SET client_id = 'someone-else' WHERE id = $1")
+        .bind(edited)
+        .execute(&pool)
+        .await;
+    assert!(refused.unwrap_err().to_string().contains("append-only"));
+    sqlx::query("DROP TRIGGER events_no_update").execute(&pool).await.unwrap();
+    sqlx::query("UPDATE events SET client_id = 'someone-else' WHERE id = $1")
+        .bind(edited)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (code, out, err) = run(d, &[], &["audit", "verify"], "");
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "audit chain broken at event {edited}: event {edited} does not match its hash: it was changed after it was written"
+        )
+    );
+}

@@ -57,6 +57,8 @@ pub struct Config {
     pub dpop_proof_max_age: i64,
     /// Require a server-supplied nonce in DPoP proofs (RFC 9449 §8): a proof made in advance is refused.
     pub dpop_nonce: bool,
+    /// Days the audit log keeps an event; older ones are removed behind a checkpoint. 0: keep forever.
+    pub audit_retention_days: i64,
 }
 
 impl Default for Config {
@@ -81,6 +83,7 @@ impl Default for Config {
             master_key: String::new(),
             dpop_proof_max_age: 60,
             dpop_nonce: false,
+            audit_retention_days: 365,
         }
     }
 }
@@ -221,6 +224,9 @@ impl Config {
         }
         if !(1..=300).contains(&self.dpop_proof_max_age) {
             return bad("dpop_proof_max_age", "must be between 1 and 300 seconds");
+        }
+        if !(0..=36_500).contains(&self.audit_retention_days) {
+            return bad("audit_retention_days", "must be between 0 (keep forever) and 36500");
         }
         if self.password_hash_concurrency == 0 {
             return bad("password_hash_concurrency", "must be at least 1");

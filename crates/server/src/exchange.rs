@@ -14,9 +14,8 @@
 //!   revoking any of them, their clients or their keys revokes it at the server and at every guard; a
 //!   chain is at most [`MAX_EXCHANGE_DEPTH`] exchanges long.
 
-use tessera_core::ClientKind;
-use tessera_core::flow;
-use tessera_store::{Client, Event};
+use tessera_core::{ClientKind, EventKind, GrantType, flow};
+use tessera_store::Client;
 use tessera_token::{AccessClaims, Actor, Origin};
 
 use crate::endpoints::{REVOCATION_UNAVAILABLE, check_access_token};
@@ -136,20 +135,19 @@ pub async fn exchange(
     };
     let minted = issue::access_token(state, grant, now)?;
     tracing::info!(client = %client.id, subject = %subject.jti, issued = %minted.jti, audience = %target, "token exchanged");
-    state
-        .event(Event {
-            kind: "token_exchanged".into(),
-            sub: Some(subject.sub.clone()),
-            sid: subject.sid.clone(),
-            jti: Some(minted.jti.clone()),
-            client_id: Some(client.id.clone()),
-            audience: Some(target.to_owned()),
-            detail: Some(format!("subject_jti={}", subject.jti)),
-            ..meta.event(now)
-        })
-        .await;
     let mut response = TokenResponse::new(minted, scope, None, None);
     response.issued_token_type = Some(issued_type);
+    let mut event =
+        crate::token::issued_event(&response, EventKind::TokenExchanged, GrantType::TokenExchange, meta, now);
+    let detail = serde_json::json!({
+        "scope": response.issued.scope,
+        "dpop": response.issued.dpop_bound,
+        "expires_in": response.issued.expires_in,
+        "subject_jti": subject.jti,
+        "subject_client_id": subject.client_id,
+    });
+    event.detail = Some(detail.to_string());
+    state.record(event).await?;
     Ok(response)
 }
 

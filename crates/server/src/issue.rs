@@ -47,6 +47,29 @@ pub struct Minted {
     pub expires_in: i64,
     /// Whether it is bound to a DPoP key.
     pub dpop_bound: bool,
+    /// What the audit log records of it.
+    pub issued: Issued,
+}
+
+/// What the audit log records of an issued access token: who, for what, and its id; never the token.
+#[derive(Debug, Clone, Default)]
+pub struct Issued {
+    /// `jti`.
+    pub jti: String,
+    /// `sub`.
+    pub sub: String,
+    /// `sid`.
+    pub sid: Option<String>,
+    /// `client_id`.
+    pub client_id: String,
+    /// `aud`.
+    pub audience: String,
+    /// Granted scope.
+    pub scope: String,
+    /// Bound to a DPoP key.
+    pub dpop_bound: bool,
+    /// Lifetime, seconds.
+    pub expires_in: i64,
 }
 
 impl std::fmt::Debug for Minted {
@@ -66,6 +89,16 @@ pub fn access_token(state: &AppState, grant: AccessGrant, now: i64) -> Result<Mi
     let ttl = grant.ttl.clamp(1, MAX_ACCESS_TOKEN_TTL);
     let dpop_bound = grant.jkt.is_some();
     let jti = random_id().map_err(internal)?;
+    let issued = Issued {
+        jti: jti.clone(),
+        sub: grant.sub.clone(),
+        sid: grant.sid.clone(),
+        client_id: grant.client_id.clone(),
+        audience: grant.audience.clone(),
+        scope: grant.scope.clone(),
+        dpop_bound,
+        expires_in: ttl,
+    };
     let claims = AccessClaims {
         iss: state.config.issuer.clone(),
         sub: grant.sub,
@@ -88,7 +121,7 @@ pub fn access_token(state: &AppState, grant: AccessGrant, now: i64) -> Result<Mi
     };
     let keyring = state.keyring();
     let token = keyring.signer().sign_jwt("at+jwt", &claims).map_err(internal)?;
-    Ok(Minted { token, jti, expires_in: ttl, dpop_bound })
+    Ok(Minted { token, jti, expires_in: ttl, dpop_bound, issued })
 }
 
 /// OIDC Core §2 ID token claims.
@@ -148,6 +181,9 @@ pub struct TokenResponse {
     /// For token exchange (RFC 8693 §2.2.1): the type of the token issued.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issued_token_type: Option<&'static str>,
+    /// What the audit log records; not sent.
+    #[serde(skip)]
+    pub issued: Issued,
 }
 
 fn unsigned(t: i64) -> u64 {
@@ -168,6 +204,7 @@ impl TokenResponse {
         id_token: Option<String>,
     ) -> Self {
         TokenResponse {
+            issued: minted.issued,
             access_token: minted.token,
             token_type: if minted.dpop_bound { "DPoP" } else { "Bearer" },
             expires_in: minted.expires_in,

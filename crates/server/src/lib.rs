@@ -107,6 +107,18 @@ impl AppState {
         }
     }
 
+    /// Records an event that must be on the audit log before the request may succeed (an issuance):
+    /// if it cannot be written, the request fails with 503 and nothing is handed out.
+    ///
+    /// # Errors
+    /// `temporarily_unavailable` (or `server_error`) when the log cannot be written.
+    pub async fn record(&self, event: Event) -> Result<(), OAuthError> {
+        self.store.append_event(&event).await.map_err(|e| {
+            tracing::error!(error = %e, kind = %event.kind, "cannot record event; refusing the request");
+            OAuthError::from(e)
+        })
+    }
+
     /// The scopes a registered resource defines.
     ///
     /// # Errors
@@ -403,6 +415,36 @@ async fn housekeeping(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiv
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "pruning failed"),
             }
+        }
+        // Audit retention: soon after start, then hourly.
+        if rounds % AUDIT_PRUNE_ROUNDS == 1 && state.config.audit_retention_days > 0 {
+            match prune_audit(&*state.store, state.config.audit_retention_days, now).await {
+                Ok(n) if n > 0 => tracing::info!(events = n, "audit events past their retention removed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "audit pruning failed"),
+            }
+        }
+    }
+}
+
+/// Housekeeping rounds (2 s each) between audit prunings: an hour.
+const AUDIT_PRUNE_ROUNDS: u64 = 1800;
+/// Audit events removed per transaction: bounds how long one pruning holds the chain's head.
+const AUDIT_PRUNE_BATCH: i64 = 50_000;
+
+/// Removes audit events older than `retention_days`, a batch per transaction, each behind a new checkpoint.
+/// Returns how many were removed.
+///
+/// # Errors
+/// The store's error; batches already committed stay removed.
+pub async fn prune_audit(store: &dyn Store, retention_days: i64, now: i64) -> Result<u64, StoreError> {
+    let before = now - retention_days * 86_400;
+    let mut removed = 0;
+    loop {
+        let n = store.prune_audit(before, AUDIT_PRUNE_BATCH, now).await?;
+        removed += n;
+        if n < AUDIT_PRUNE_BATCH as u64 {
+            return Ok(removed);
         }
     }
 }

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use tessera_core::flow::{self, FlowError, RefreshDecision};
-use tessera_core::{ClientKind, GrantType, OpaqueSecret, SecretKind};
+use tessera_core::{ClientKind, EventKind, GrantType, OpaqueSecret, SecretKind};
 use tessera_store::{Client, CodeUse, Event, Family, RefreshRecord, Rotation, StoreError, User};
 use tessera_token::dpop::ProofRejection;
 
@@ -74,8 +74,44 @@ async fn grant(
         GrantType::RefreshToken => refresh(state, meta, &client, &params, jkt, now).await?,
         GrantType::TokenExchange => exchange::exchange(state, meta, &client, auth, &params, jkt, now).await?,
     };
+    // Exchange records its own event, naming the subject token.
+    if grant != GrantType::TokenExchange {
+        let kind =
+            if grant == GrantType::RefreshToken { EventKind::TokenRefreshed } else { EventKind::TokenIssued };
+        state.record(issued_event(&response, kind, grant, meta, now)).await?;
+    }
     state.metrics.token_issued(grant.as_str());
     Ok(response)
+}
+
+/// The audit event for an issued token response.
+pub(crate) fn issued_event(
+    response: &TokenResponse,
+    kind: EventKind,
+    grant: GrantType,
+    meta: &RequestMeta,
+    now: i64,
+) -> Event {
+    let i = &response.issued;
+    let detail = serde_json::json!({
+        "scope": i.scope,
+        "dpop": i.dpop_bound,
+        "expires_in": i.expires_in,
+        "refresh_token": response.refresh_token.is_some(),
+        "id_token": response.id_token.is_some(),
+    });
+    Event {
+        kind: kind.into(),
+        sub: Some(i.sub.clone()),
+        sid: i.sid.clone(),
+        jti: Some(i.jti.clone()),
+        client_id: Some(i.client_id.clone()),
+        audience: Some(i.audience.clone()),
+        outcome: Some("success".into()),
+        reason: Some(grant.as_str().to_owned()),
+        detail: Some(detail.to_string()),
+        ..meta.event(now)
+    }
 }
 
 async fn client_credentials(
