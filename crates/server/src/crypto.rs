@@ -208,6 +208,23 @@ pub fn random_id() -> Result<String, KekError> {
     Ok(b64::encode(&out))
 }
 
+/// An identifier that sorts by time: the second `now` in 5 big-endian bytes, then 11 random bytes,
+/// base64url (22 characters). For `jti`s and `sid`s, which every audit event indexes: ids made in the same
+/// few seconds share a prefix, so their index entries land on a few pages instead of one random page each
+/// (measured: a third of the cost of writing an event). 88 random bits keep ids unique, and the time they
+/// reveal is the token's own `iat`. Not for secrets.
+///
+/// # Errors
+/// If the system random source fails.
+pub fn sortable_id(now: i64) -> Result<String, KekError> {
+    let mut out = [0u8; 16];
+    out[..5].copy_from_slice(&u64::try_from(now).unwrap_or(0).to_be_bytes()[3..]);
+    SystemRandom::new()
+        .fill(&mut out[5..])
+        .map_err(|_| KekError("the system random source failed".into()))?;
+    Ok(b64::encode(&out))
+}
+
 /// Writes a new file readable only by its owner; refuses to overwrite.
 ///
 /// # Errors

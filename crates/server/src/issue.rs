@@ -5,7 +5,7 @@ use tessera_token::{AccessClaims, Actor, Audience, Confirmation, Origin};
 
 use crate::AppState;
 use crate::config::MAX_ACCESS_TOKEN_TTL;
-use crate::crypto::random_id;
+use crate::crypto::sortable_id;
 use crate::oauth::OAuthError;
 
 /// What an access token says.
@@ -88,7 +88,7 @@ impl std::fmt::Debug for Minted {
 pub fn access_token(state: &AppState, grant: AccessGrant, now: i64) -> Result<Minted, OAuthError> {
     let ttl = grant.ttl.clamp(1, MAX_ACCESS_TOKEN_TTL);
     let dpop_bound = grant.jkt.is_some();
-    let jti = random_id().map_err(internal)?;
+    let jti = sortable_id(now).map_err(internal)?;
     let issued = Issued {
         jti: jti.clone(),
         sub: grant.sub.clone(),

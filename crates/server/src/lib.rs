@@ -111,11 +111,12 @@ impl AppState {
     /// if it cannot be written, the request fails with 503 and nothing is handed out.
     ///
     /// # Errors
-    /// `temporarily_unavailable` (or `server_error`) when the log cannot be written.
+    /// `temporarily_unavailable` when the log cannot be written: the client may retry.
     pub async fn record(&self, event: Event) -> Result<(), OAuthError> {
         self.store.append_event(&event).await.map_err(|e| {
-            tracing::error!(error = %e, kind = %event.kind, "cannot record event; refusing the request");
-            OAuthError::from(e)
+            tracing::error!(error = %e, kind = %event.kind, "cannot write the audit log; nothing issued");
+            self.metrics.audit_write_failed();
+            OAuthError::temporarily_unavailable()
         })
     }
 

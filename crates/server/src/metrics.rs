@@ -42,6 +42,7 @@ pub struct Metrics {
     tokens: Family<GrantLabel, Counter>,
     refresh_reuse: Counter,
     login_failures: Counter,
+    audit_write_failures: Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -65,6 +66,7 @@ impl Metrics {
         let tokens = Family::<GrantLabel, Counter>::default();
         let refresh_reuse = Counter::default();
         let login_failures = Counter::default();
+        let audit_write_failures = Counter::default();
         registry.register("http_requests", "HTTP requests by endpoint and status", requests.clone());
         registry.register(
             "http_request_duration_seconds",
@@ -78,7 +80,20 @@ impl Metrics {
             refresh_reuse.clone(),
         );
         registry.register("login_failures", "Failed logins", login_failures.clone());
-        Metrics { registry: Arc::new(registry), requests, latency, tokens, refresh_reuse, login_failures }
+        registry.register(
+            "audit_write_failures",
+            "Requests refused because their audit event could not be written",
+            audit_write_failures.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            requests,
+            latency,
+            tokens,
+            refresh_reuse,
+            login_failures,
+            audit_write_failures,
+        }
     }
 
     /// Counts one request.
@@ -95,6 +110,11 @@ impl Metrics {
     /// Counts one refresh-token reuse.
     pub fn refresh_reuse(&self) {
         self.refresh_reuse.inc();
+    }
+
+    /// Counts one request refused because the audit log could not be written.
+    pub fn audit_write_failed(&self) {
+        self.audit_write_failures.inc();
     }
 
     /// Counts one failed login.

@@ -12,7 +12,7 @@ use tessera_core::{ClientKind, EventKind, GrantType, OpaqueSecret, SecretKind};
 use tessera_store::{Client, CodeUse, Event, Family, RefreshRecord, Rotation, StoreError, User};
 use tessera_token::dpop::ProofRejection;
 
-use crate::crypto::random_id;
+use crate::crypto::sortable_id;
 use crate::dpop;
 use crate::exchange;
 use crate::issue::{self, AccessGrant, IdClaims, TokenResponse};
@@ -74,11 +74,10 @@ async fn grant(
         GrantType::RefreshToken => refresh(state, meta, &client, &params, jkt, now).await?,
         GrantType::TokenExchange => exchange::exchange(state, meta, &client, auth, &params, jkt, now).await?,
     };
-    // Exchange records its own event, naming the subject token.
-    if grant != GrantType::TokenExchange {
-        let kind =
-            if grant == GrantType::RefreshToken { EventKind::TokenRefreshed } else { EventKind::TokenIssued };
-        state.record(issued_event(&response, kind, grant, meta, now)).await?;
+    // Exchange records its own event (naming the subject token), and a rotation its own in the rotation's
+    // transaction.
+    if !matches!(grant, GrantType::TokenExchange | GrantType::RefreshToken) {
+        state.record(issued_event(&response, EventKind::TokenIssued, grant, meta, now)).await?;
     }
     state.metrics.token_issued(grant.as_str());
     Ok(response)
@@ -203,7 +202,7 @@ async fn authorization_code(
     }
     let user = active_user(state, &record.user_id).await?;
     let family = Family {
-        id: random_id().map_err(|_| OAuthError::server_error())?,
+        id: sortable_id(now).map_err(|_| OAuthError::server_error())?,
         client_id: client.id.clone(),
         user_id: user.id.clone(),
         scope: record.scope.clone(),
@@ -344,11 +343,14 @@ async fn refresh(
                     rotated_at: None,
                     successor: None,
                 };
-                match state.store.rotate_refresh(&hash, &next, now).await? {
-                    Rotation::Rotated => {
-                        let grant = user_grant(state, client, &user, &family, &scope, jkt);
-                        return answer_refresh(state, grant, &successor, now);
-                    }
+                // The access token is minted first, so that its audit event commits with the rotation: a
+                // successor exists if and only if its issuance is on the log. A lost race discards it.
+                let grant = user_grant(state, client, &user, &family, &scope, jkt.clone());
+                let response = answer_refresh(state, grant, &successor, now)?;
+                let event =
+                    issued_event(&response, EventKind::TokenRefreshed, GrantType::RefreshToken, meta, now);
+                match state.store.rotate_refresh(&hash, &next, Some(&event), now).await? {
+                    Rotation::Rotated => return Ok(response),
                     Rotation::Lost => {
                         let Some((fresh, _)) = state.store.refresh_token(&hash).await? else {
                             return Err(invalid);
@@ -359,7 +361,11 @@ async fn refresh(
             }
             RefreshDecision::ReturnSuccessor if record.successor == Some(successor.hash()) => {
                 let grant = user_grant(state, client, &user, &family, &scope, jkt);
-                return answer_refresh(state, grant, &successor, now);
+                let response = answer_refresh(state, grant, &successor, now)?;
+                let event =
+                    issued_event(&response, EventKind::TokenRefreshed, GrantType::RefreshToken, meta, now);
+                state.record(Event { reason: Some("refresh_token_retry".into()), ..event }).await?;
+                return Ok(response);
             }
             RefreshDecision::ReturnSuccessor | RefreshDecision::Reuse => break,
         }

@@ -172,9 +172,15 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn refresh_token(&self, hash: &TokenHash) -> Result<Option<(RefreshRecord, Family)>>;
     /// The compare-and-swap at the heart of rotation: marks `old` rotated and stores `successor`, only if
     /// `old` has not been rotated and its family is not revoked. Exactly one of any number of concurrent
-    /// calls for one token gets [`Rotation::Rotated`].
-    async fn rotate_refresh(&self, old: &TokenHash, successor: &RefreshRecord, now: Time)
-    -> Result<Rotation>;
+    /// calls for one token gets [`Rotation::Rotated`]. With `event` (the issuance it answers), the event is
+    /// appended to the audit chain in the same transaction, if and only if this call rotated.
+    async fn rotate_refresh(
+        &self,
+        old: &TokenHash,
+        successor: &RefreshRecord,
+        event: Option<&Event>,
+        now: Time,
+    ) -> Result<Rotation>;
     /// Revokes a family and adds a session revocation for its `sid`. `true` if this call revoked it.
     async fn revoke_family(&self, id: &str, reason: &str, now: Time) -> Result<bool>;
     /// Binds a family that has no DPoP key yet to `jkt`; returns the key the family is bound to afterwards

@@ -48,9 +48,9 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
-        let rotations = spawn_rotation_writer(&pool);
+        let rotations = spawn_rotation_writer(&pool, ());
         let single_use = spawn_single_use_writer(&pool);
-        let audit = spawn_audit_writer(&pool);
+        let audit = spawn_audit_writer(&pool, ());
         Ok(PostgresStore { pool, rotations, audit, single_use })
     }
 
@@ -90,8 +90,21 @@ impl PostgresStore {
 const MAX_ONCE_BATCH: usize = 256;
 
 /// The single-use writer.
+/// A batch of audit appends in one transaction, committed without waiting for the WAL flush
+/// (`synchronous_commit = off` for this transaction only): the events are in PostgreSQL, and visible to
+/// every node, before anyone is answered; a database crash may lose its last moments' events, as it may
+/// lose the single-use ids.
+async fn audit_batch(pool: &PgPool, (): &mut ChainCache, batch: &[Vec<Event>]) -> Result<Vec<()>> {
+    let all: Vec<&Event> = batch.iter().flatten().collect();
+    let mut tx = begin_write_on(pool).await?;
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    append_chained(&mut tx, &all).await?;
+    tx.commit().await?;
+    Ok(vec![(); batch.len()])
+}
+
 fn spawn_single_use_writer(pool: &PgPool) -> tokio::sync::mpsc::Sender<Queued<OnceJob, bool>> {
-    spawn_batch_writer(pool, MAX_ONCE_BATCH, |pool, batch| Box::pin(take_once_batch(pool, batch)))
+    spawn_batch_writer(pool, MAX_ONCE_BATCH, (), |pool, (), batch| Box::pin(take_once_batch(pool, batch)))
 }
 
 /// Takes a batch of single-use ids in one statement and one transaction; for each, whether it was fresh.
@@ -146,7 +159,11 @@ async fn begin_write_on(pool: &PgPool) -> Result<sqlx::Transaction<'static, Db>>
 /// UPDATE is the compare-and-swap of every job at once (a token named by several jobs is updated once, with
 /// one of their successors, and RETURNING says which); the INSERT adds exactly the winners' successors.
 /// A job is `Rotated` if its (token, successor) pair won, and only the first such job in the batch.
-async fn rotate_batch(pool: &PgPool, batch: &[RotationJob]) -> Result<Vec<Rotation>> {
+/// What a PostgreSQL writer remembers of the audit chain between batches: nothing. Every node appends, so
+/// each transaction locks and reads the head ([`append_chained`]).
+type ChainCache = ();
+
+async fn rotate_batch(pool: &PgPool, (): &mut ChainCache, batch: &[RotationJob]) -> Result<Vec<Rotation>> {
     let col = |f: fn(&RotationJob) -> Vec<u8>| batch.iter().map(f).collect::<Vec<_>>();
     let olds = col(|j| j.old.as_bytes().to_vec());
     let successors = col(|j| j.successor.hash.as_bytes().to_vec());
@@ -156,6 +173,7 @@ async fn rotate_batch(pool: &PgPool, batch: &[RotationJob]) -> Result<Vec<Rotati
     let created: Vec<i64> = batch.iter().map(|j| j.successor.created_at).collect();
     let expires: Vec<i64> = batch.iter().map(|j| j.successor.expires_at).collect();
     let nows: Vec<i64> = batch.iter().map(|j| j.now).collect();
+    let mut tx = begin_write_on(pool).await?;
     let rows = sqlx::query(
         "WITH jobs AS ( \
            SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], \
@@ -182,14 +200,14 @@ async fn rotate_batch(pool: &PgPool, batch: &[RotationJob]) -> Result<Vec<Rotati
     .bind(created)
     .bind(expires)
     .bind(nows)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await
     .map_err(|e| conflict(e, "refresh token"))?;
     let mut winners: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(rows.len());
     for row in &rows {
         winners.push((row.try_get("old")?, row.try_get("succ")?));
     }
-    Ok(batch
+    let outcomes: Vec<Rotation> = batch
         .iter()
         .map(|job| {
             let pair = (job.old.as_bytes().to_vec(), job.successor.hash.as_bytes().to_vec());
@@ -201,7 +219,10 @@ async fn rotate_batch(pool: &PgPool, batch: &[RotationJob]) -> Result<Vec<Rotati
                 None => Rotation::Lost,
             }
         })
-        .collect())
+        .collect();
+    append_chained(&mut tx, &won_events(batch, &outcomes)).await?;
+    tx.commit().await?;
+    Ok(outcomes)
 }
 
 include!("sql_body.rs");

@@ -260,24 +260,35 @@ fn audit_record_from(row: &DbRow) -> Result<AuditRecord> {
     })
 }
 
-/// Rows per INSERT statement of events: 17 bound values each, under both databases' limits.
+/// Rows per INSERT statement of events: 18 bound values each, under both databases' limits.
 const EVENT_ROWS_PER_INSERT: usize = 1000;
 
-/// Appends `events` to the audit chain inside the caller's transaction: takes their numbers from the head
-/// (whose row lock, held to the commit, orders every writer on every node), hashes each onto the one
-/// before, inserts them, and moves the head to the last.
-async fn append_chained(tx: &mut Tx, events: &[&Event]) -> Result<()> {
-    if events.is_empty() {
-        return Ok(());
+/// Where the chain ends: the last event's number and hash.
+type ChainHead = (i64, ChainHash);
+
+/// Hashes `events` onto `head` and inserts them, numbered from the head's number + 1, inside the caller's
+/// transaction; returns the new head. Does not touch `audit_head`: the caller moves it. A head that is no
+/// longer the chain's end shows up as a conflict on the first number.
+async fn insert_chained(
+    tx: &mut sqlx::Transaction<'_, Db>,
+    head: ChainHead,
+    events: &[&Event],
+) -> Result<ChainHead> {
+    let (rows, end) = chain_rows(head, events);
+    for chunk in rows.chunks(EVENT_ROWS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::<Db>::new("");
+        push_event_insert(&mut insert, chunk);
+        insert.build().execute(&mut **tx).await.map_err(|e| conflict(e, "audit chain head"))?;
     }
-    let n = i64::try_from(events.len()).map_err(|_| corrupt("events"))?;
-    let (end, head): (i64, Vec<u8>) =
-        sqlx::query_as("UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash")
-            .bind(n)
-            .fetch_one(&mut **tx)
-            .await?;
-    let mut prev = ChainHash::from_slice(&head).ok_or_else(|| corrupt("audit_head"))?;
-    let mut seq = end - n;
+    Ok(end)
+}
+
+/// An event with its number and links, ready to insert.
+type ChainRow<'a> = (i64, &'a Event, ChainHash, ChainHash);
+
+/// Numbers and hashes `events` onto `head`; the rows and the new head.
+fn chain_rows<'a>(head: ChainHead, events: &[&'a Event]) -> (Vec<ChainRow<'a>>, ChainHead) {
+    let (mut seq, mut prev) = head;
     let mut rows = Vec::with_capacity(events.len());
     for e in events {
         seq += 1;
@@ -285,56 +296,77 @@ async fn append_chained(tx: &mut Tx, events: &[&Event]) -> Result<()> {
         rows.push((seq, *e, prev, hash));
         prev = hash;
     }
-    for chunk in rows.chunks(EVENT_ROWS_PER_INSERT) {
-        let mut insert = sqlx::QueryBuilder::<Db>::new(concat!(
-            "INSERT INTO events (id, ",
-            event_cols!(),
-            ", prev_hash, hash) "
-        ));
-        insert.push_values(chunk, |mut row, (seq, e, prev, hash)| {
-            row.push_bind(*seq)
-                .push_bind(e.at)
-                .push_bind(e.kind.as_str())
-                .push_bind(e.ip.as_deref())
-                .push_bind(e.user_agent.as_deref())
-                .push_bind(e.sub.as_deref())
-                .push_bind(e.sid.as_deref())
-                .push_bind(e.jti.as_deref())
-                .push_bind(e.client_id.as_deref())
-                .push_bind(e.audience.as_deref())
-                .push_bind(e.service.as_deref())
-                .push_bind(e.route.as_deref())
-                .push_bind(e.outcome.as_deref())
-                .push_bind(e.reason.as_deref())
-                .push_bind(e.actor.as_deref())
-                .push_bind(e.detail.as_deref())
-                .push_bind(prev.0.to_vec())
-                .push_bind(hash.0.to_vec());
-        });
-        insert.build().execute(&mut **tx).await?;
-    }
-    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-        .bind(prev.0.to_vec())
+    (rows, (seq, prev))
+}
+
+/// Appends one INSERT of `rows` (at most [`EVENT_ROWS_PER_INSERT`]) to `sql`.
+fn push_event_insert<'a>(sql: &mut sqlx::QueryBuilder<'a, Db>, rows: &[ChainRow<'a>]) {
+    sql.push(concat!("INSERT INTO events (id, ", event_cols!(), ", prev_hash, hash) "));
+    sql.push_values(rows, |mut row, (seq, e, prev, hash)| {
+        row.push_bind(*seq)
+            .push_bind(e.at)
+            .push_bind(e.kind.as_str())
+            .push_bind(e.ip.as_deref())
+            .push_bind(e.user_agent.as_deref())
+            .push_bind(e.sub.as_deref())
+            .push_bind(e.sid.as_deref())
+            .push_bind(e.jti.as_deref())
+            .push_bind(e.client_id.as_deref())
+            .push_bind(e.audience.as_deref())
+            .push_bind(e.service.as_deref())
+            .push_bind(e.route.as_deref())
+            .push_bind(e.outcome.as_deref())
+            .push_bind(e.reason.as_deref())
+            .push_bind(e.actor.as_deref())
+            .push_bind(e.detail.as_deref())
+            .push_bind(prev.0.to_vec())
+            .push_bind(hash.0.to_vec());
+    });
+}
+
+/// Moves the head from `from` to `to` if it is still at `from`; whether it was.
+async fn move_head(tx: &mut sqlx::Transaction<'_, Db>, from: i64, to: ChainHead) -> Result<bool> {
+    let moved = sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1 AND seq = $3")
+        .bind(to.0)
+        .bind(to.1.0.to_vec())
+        .bind(from)
         .execute(&mut **tx)
-        .await?;
+        .await?
+        .rows_affected();
+    Ok(moved == 1)
+}
+
+/// Appends `events` to the audit chain inside the caller's transaction, locking the head first (its row
+/// lock, held to the commit, orders every writer on every node): for pruning, and PostgreSQL's writer.
+async fn append_chained(tx: &mut sqlx::Transaction<'_, Db>, events: &[&Event]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    // A no-op update takes the row lock and reads the head in one statement.
+    let (seq, hash): (i64, Vec<u8>) =
+        sqlx::query_as("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
+            .fetch_one(&mut **tx)
+            .await?;
+    let head = (seq, ChainHash::from_slice(&hash).ok_or_else(|| corrupt("audit_head"))?);
+    let end = insert_chained(tx, head, events).await?;
+    if !move_head(tx, head.0, end).await? {
+        return Err(StoreError::Conflict("audit chain head"));
+    }
     Ok(())
 }
 
-/// A batch of appends in one transaction.
-async fn audit_batch(pool: &WritePool, batch: &[Vec<Event>]) -> Result<Vec<()>> {
-    let mut tx = begin_write_on(pool).await?;
-    let all: Vec<&Event> = batch.iter().flatten().collect();
-    append_chained(&mut tx, &all).await?;
-    tx.commit().await?;
-    Ok(vec![(); batch.len()])
-}
-
 /// The most appends (each one caller's events) committed in one transaction.
-const MAX_AUDIT_BATCH: usize = 256;
+const MAX_AUDIT_BATCH: usize = 1024;
 
-/// The audit writer: appends from every request of this node share one transaction and one commit.
-fn spawn_audit_writer(pool: &WritePool) -> tokio::sync::mpsc::Sender<Queued<Vec<Event>, ()>> {
-    spawn_batch_writer(pool, MAX_AUDIT_BATCH, |pool, batch| Box::pin(audit_batch(pool, batch)))
+/// The audit writer: appends from every request of this node share one transaction and one commit. Its
+/// state is the backend's [`ChainCache`], shared with the rotation writer.
+fn spawn_audit_writer(
+    pool: &WritePool,
+    cache: ChainCache,
+) -> tokio::sync::mpsc::Sender<Queued<Vec<Event>, ()>> {
+    spawn_batch_writer(pool, MAX_AUDIT_BATCH, cache, |pool, cache, batch| {
+        Box::pin(audit_batch(pool, cache, batch))
+    })
 }
 
 /// Takes the next sequence number and inserts the entry, inside the caller's transaction. The counter row
@@ -851,10 +883,11 @@ impl Store for StoreImpl {
         &self,
         old: &TokenHash,
         successor: &RefreshRecord,
+        event: Option<&Event>,
         now: Time,
     ) -> Result<Rotation> {
-        enqueue(&self.rotations, RotationJob { old: *old, successor: successor.clone(), now }, "rotation")
-            .await
+        let job = RotationJob { old: *old, successor: successor.clone(), event: event.cloned(), now };
+        enqueue(&self.rotations, job, "rotation").await
     }
 
     async fn bind_family_key(&self, id: &str, jkt: &str) -> Result<Option<String>> {
@@ -1164,6 +1197,8 @@ async fn audit_state_in<'e, E: sqlx::Executor<'e, Database = Db>>(db: E) -> Resu
 struct RotationJob {
     old: TokenHash,
     successor: RefreshRecord,
+    /// Appended to the audit chain with the rotation, if it wins.
+    event: Option<Event>,
     now: Time,
 }
 
@@ -1194,10 +1229,11 @@ type BatchFuture<'a, O> = std::pin::Pin<Box<dyn std::future::Future<Output = Res
 /// ids (DPoP proofs, client assertions; each still its own "take if not taken"). One writer of each kind
 /// per node: SQLite has one write lock anyway, and on PostgreSQL two or four rotation writers measured no
 /// better (the CPU, not the commit, is then the limit). The task ends when the store is dropped.
-fn spawn_batch_writer<J: Send + 'static, O: Send + 'static>(
+fn spawn_batch_writer<J: Send + 'static, O: Send + 'static, S: Send + 'static>(
     pool: &WritePool,
     max: usize,
-    run: for<'a> fn(&'a WritePool, &'a [J]) -> BatchFuture<'a, O>,
+    mut state: S,
+    run: for<'a> fn(&'a WritePool, &'a mut S, &'a [J]) -> BatchFuture<'a, O>,
 ) -> tokio::sync::mpsc::Sender<Queued<J, O>> {
     let (jobs, mut queue) = tokio::sync::mpsc::channel::<Queued<J, O>>(4 * max);
     let pool = pool.clone();
@@ -1211,7 +1247,7 @@ fn spawn_batch_writer<J: Send + 'static, O: Send + 'static>(
                 }
             }
             let (work, replies): (Vec<J>, Vec<_>) = batch.into_iter().map(|q| (q.job, q.reply)).unzip();
-            match run(&pool, &work).await {
+            match run(&pool, &mut state, &work).await {
                 Ok(outcomes) => {
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         let _ = reply.send(Ok(outcome));
@@ -1237,8 +1273,23 @@ async fn enqueue<J, O>(writer: &tokio::sync::mpsc::Sender<Queued<J, O>>, job: J,
 }
 
 /// The rotation writer.
-fn spawn_rotation_writer(pool: &WritePool) -> tokio::sync::mpsc::Sender<Queued<RotationJob, Rotation>> {
-    spawn_batch_writer(pool, MAX_ROTATION_BATCH, |pool, batch| Box::pin(rotate_batch(pool, batch)))
+fn spawn_rotation_writer(
+    pool: &WritePool,
+    cache: ChainCache,
+) -> tokio::sync::mpsc::Sender<Queued<RotationJob, Rotation>> {
+    spawn_batch_writer(pool, MAX_ROTATION_BATCH, cache, |pool, cache, batch| {
+        Box::pin(rotate_batch(pool, cache, batch))
+    })
+}
+
+/// The audit events of the rotations that won, in job order.
+fn won_events<'a>(batch: &'a [RotationJob], outcomes: &[Rotation]) -> Vec<&'a Event> {
+    batch
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| **outcome == Rotation::Rotated)
+        .filter_map(|(job, _)| job.event.as_ref())
+        .collect()
 }
 
 /// Runs a one-row UPDATE of a user, client or resource in `tx`, counts the change, and commits; whether the

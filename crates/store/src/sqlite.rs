@@ -58,20 +58,25 @@ impl SqliteStore {
             .foreign_keys(true);
         let unavailable =
             |e: sqlx::Error| StoreError::Unavailable(format!("cannot open {}: {e}", path.display()));
+        // No test query before handing out a connection: each statement is a hand-off to SQLite's worker
+        // thread, and an in-process file connection cannot go stale the way a network one can.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
         let read = SqlitePoolOptions::new()
             .max_connections(READERS)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
             .map_err(unavailable)?;
-        let rotations = spawn_rotation_writer(&write);
-        let audit = spawn_audit_writer(&write);
+        let chain = ChainCache::default();
+        let rotations = spawn_rotation_writer(&write, std::sync::Arc::clone(&chain));
+        let audit = spawn_audit_writer(&write, chain);
         let once_behind = spawn_write_behind(&write);
         let once = tokio::sync::OnceCell::new();
         Ok(SqliteStore {
@@ -207,14 +212,147 @@ async fn write_behind_batch(pool: &SqlitePool, batch: &[OnceJob]) -> Result<()> 
     Ok(())
 }
 
+/// Appends a batch to the audit chain (group commit). On SQLite every statement is a hand-off to the
+/// connection's worker thread, which under load costs more than the statement itself, so each transaction
+/// is one multi-statement call: `BEGIN IMMEDIATE`, one INSERT of at most [`EVENT_ROWS_PER_INSERT`] events,
+/// the head update, `COMMIT`, with `synchronous = NORMAL` around it (the commit is in the WAL before anyone
+/// is answered, which a crash of the server process cannot undo; a power loss can undo the last moments,
+/// until the next FULL commit of any other write flushes them). The writer remembers the head it wrote
+/// last: if another process (the CLI) or a pruning appended since, the first number collides, the
+/// transaction is rolled back and retried from the head as stored. Callers' events are never split across
+/// transactions.
+async fn audit_batch(pool: &SqlitePool, cache: &mut ChainCache, batch: &[Vec<Event>]) -> Result<Vec<()>> {
+    let mut conn = pool.acquire().await?;
+    let mut group: Vec<&Event> = Vec::new();
+    let mut jobs = batch.iter().peekable();
+    while let Some(job) = jobs.next() {
+        group.extend(job.iter());
+        let next_fits = jobs.peek().is_some_and(|next| group.len() + next.len() <= EVENT_ROWS_PER_INSERT);
+        if !next_fits {
+            append_group(&mut conn, cache, &group).await?;
+            group.clear();
+        }
+    }
+    Ok(vec![(); batch.len()])
+}
+
+/// Appends one caller-aligned group of events in one transaction; see [`audit_batch`].
+async fn append_group(
+    conn: &mut sqlx::pool::PoolConnection<Db>,
+    cache: &ChainCache,
+    events: &[&Event],
+) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    if events.len() > EVENT_ROWS_PER_INSERT {
+        // One caller's very large append: the ordinary transaction, several statements.
+        let mut tx = sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE").await?;
+        let head = append_cached(&mut tx, cache, events).await?;
+        tx.commit().await?;
+        if let Some(head) = head {
+            put_cached(cache, head);
+        }
+        return Ok(());
+    }
+    for _ in 0..3 {
+        let start = match take_cached(cache) {
+            Some(known) => known,
+            None => head_row(&mut **conn).await?,
+        };
+        let (rows, end) = chain_rows(start, events);
+        let mut sql = sqlx::QueryBuilder::<Db>::new("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE; ");
+        push_event_insert(&mut sql, &rows);
+        sql.push("; UPDATE audit_head SET seq = ")
+            .push_bind(end.0)
+            .push(", hash = ")
+            .push_bind(end.1.0.to_vec())
+            .push(" WHERE id = 1; COMMIT; PRAGMA synchronous = FULL");
+        match sql.build().execute(&mut **conn).await {
+            Ok(_) => {
+                put_cached(cache, end);
+                return Ok(());
+            }
+            Err(e) => {
+                // Whatever failed, leave the connection as it was: no transaction, FULL.
+                let _ = sqlx::query("ROLLBACK").execute(&mut **conn).await;
+                if sqlx::query("PRAGMA synchronous = FULL").execute(&mut **conn).await.is_err() {
+                    conn.close_on_drop();
+                }
+                match conflict(e, "audit chain head") {
+                    StoreError::Conflict(_) => continue,
+                    other => return Err(other),
+                }
+            }
+        }
+    }
+    Err(StoreError::Unavailable("the audit chain's head keeps moving under this writer".into()))
+}
+
 /// Writing transactions take the write lock at once.
 async fn begin_write_on(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, Db>> {
     Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
 }
 
+/// The head of the audit chain as this process last wrote it, shared by its two writers (rotations and
+/// audit appends), which take turns on the one write connection. Each reads it only once it holds the
+/// connection, so it is current unless another process (the CLI) appended since; then the first number
+/// collides and the head is read from the table ([`append_cached`]).
+type ChainCache = std::sync::Arc<std::sync::Mutex<Option<ChainHead>>>;
+
+fn take_cached(cache: &ChainCache) -> Option<ChainHead> {
+    cache.lock().map(|mut head| head.take()).unwrap_or(None)
+}
+
+fn put_cached(cache: &ChainCache, head: ChainHead) {
+    if let Ok(mut cached) = cache.lock() {
+        *cached = Some(head);
+    }
+}
+
+async fn head_row<'e, E: sqlx::Executor<'e, Database = Db>>(db: E) -> Result<ChainHead> {
+    let (seq, hash): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(db).await?;
+    Ok((seq, ChainHash::from_slice(&hash).ok_or_else(|| corrupt("audit_head"))?))
+}
+
+/// Appends `events` inside `tx` from the cached head, or from the table's if there is none or it turns out
+/// stale (on SQLite a failed statement leaves the transaction open, so the append is simply redone).
+/// Returns the new head, for the cache once the transaction commits.
+async fn append_cached(
+    tx: &mut sqlx::Transaction<'_, Db>,
+    cache: &ChainCache,
+    events: &[&Event],
+) -> Result<Option<ChainHead>> {
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let start = match take_cached(cache) {
+        Some(known) => known,
+        None => head_row(&mut **tx).await?,
+    };
+    let (start, end) = match insert_chained(tx, start, events).await {
+        Ok(end) => (start, end),
+        Err(StoreError::Conflict(_)) => {
+            let fresh = head_row(&mut **tx).await?;
+            (fresh, insert_chained(tx, fresh, events).await?)
+        }
+        Err(e) => return Err(e),
+    };
+    if !move_head(tx, start.0, end).await? {
+        return Err(StoreError::Conflict("audit chain head"));
+    }
+    Ok(Some(end))
+}
+
 /// A batch of rotations in one transaction: for each, the compare-and-swap, then the successor's insert if
-/// it won (two statements each; in-process, so cheap, and the one commit carries the fsync).
-async fn rotate_batch(pool: &SqlitePool, batch: &[RotationJob]) -> Result<Vec<Rotation>> {
+/// it won (two statements each; in-process, so cheap, and the one commit carries the fsync); then the
+/// winners' audit events.
+async fn rotate_batch(
+    pool: &SqlitePool,
+    cache: &mut ChainCache,
+    batch: &[RotationJob],
+) -> Result<Vec<Rotation>> {
     let mut tx = begin_write_on(pool).await?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for job in batch {
@@ -237,7 +375,11 @@ async fn rotate_batch(pool: &SqlitePool, batch: &[RotationJob]) -> Result<Vec<Ro
             outcomes.push(Rotation::Lost);
         }
     }
+    let head = append_cached(&mut tx, cache, &won_events(batch, &outcomes)).await?;
     tx.commit().await?;
+    if let Some(head) = head {
+        put_cached(cache, head);
+    }
     Ok(outcomes)
 }
 

@@ -414,7 +414,12 @@ async fn refresh_rotation_has_exactly_one_winner_under_concurrency(s: &Arc<dyn S
         let s = Arc::clone(s);
         tasks.push(tokio::spawn(async move {
             let successor = refresh(&format!("tsr_succ{i}"), "fam1", 1);
-            (i, s.rotate_refresh(&TokenHash::of("tsr_root"), &successor, NOW + 5).await.unwrap())
+            (
+                i,
+                s.rotate_refresh(&TokenHash::of("tsr_root"), &successor, Some(&rotated_event(i)), NOW + 5)
+                    .await
+                    .unwrap(),
+            )
         }));
     }
     let mut winners = Vec::new();
@@ -434,6 +439,19 @@ async fn refresh_rotation_has_exactly_one_winner_under_concurrency(s: &Arc<dyn S
     for i in (0..50).filter(|i| *i != winners[0]) {
         assert!(s.refresh_token(&TokenHash::of(&format!("tsr_succ{i}"))).await.unwrap().is_none());
     }
+    // The winner's audit event, and only the winner's, was written with the rotation.
+    let refreshed = s.recent_events(Some("token_refreshed"), 100).await.unwrap();
+    assert_eq!(refreshed.len(), 1);
+    assert_eq!(refreshed[0].jti, Some(format!("j-rot{}", winners[0])));
+    assert_eq!(verify_audit_chain(&**s).await.unwrap().map(|(_, sum)| sum.checked), Ok(1));
+}
+
+fn rotated_event(i: usize) -> Event {
+    Event {
+        jti: Some(format!("j-rot{i}")),
+        sid: Some("fam1".into()),
+        ..Event::new(EventKind::TokenRefreshed, NOW + 5)
+    }
 }
 
 async fn rotation_is_refused_once_the_family_is_revoked(s: &Arc<dyn Store>) {
@@ -444,7 +462,7 @@ async fn rotation_is_refused_once_the_family_is_revoked(s: &Arc<dyn Store>) {
         "revoking twice is harmless"
     );
     let outcome =
-        s.rotate_refresh(&TokenHash::of("tsr_a"), &refresh("tsr_b", "fam2", 1), NOW + 1).await.unwrap();
+        s.rotate_refresh(&TokenHash::of("tsr_a"), &refresh("tsr_b", "fam2", 1), None, NOW + 1).await.unwrap();
     assert_eq!(outcome, Rotation::Lost);
     assert_eq!(s.family("fam2").await.unwrap().unwrap().revoked_at, Some(NOW));
     let live = s.live_revocations(NOW).await.unwrap();
@@ -454,7 +472,7 @@ async fn rotation_is_refused_once_the_family_is_revoked(s: &Arc<dyn Store>) {
     // A successor may not be smuggled into another family through the CAS either.
     s.create_family(&family("fam3", "u-alice"), Some(&refresh("tsr_c", "fam3", 0))).await.unwrap();
     let outcome =
-        s.rotate_refresh(&TokenHash::of("tsr_c"), &refresh("tsr_d", "fam2", 1), NOW + 1).await.unwrap();
+        s.rotate_refresh(&TokenHash::of("tsr_c"), &refresh("tsr_d", "fam2", 1), None, NOW + 1).await.unwrap();
     assert_eq!(outcome, Rotation::Lost);
 }
 

@@ -14,6 +14,7 @@ crate::on_both_backends!(
     client_credentials_token_is_audience_bound_and_verifies,
     client_credentials_refuses_what_it_must,
     token_endpoint_answers_garbage_with_rfc_6749_errors_never_5xx,
+    no_token_is_issued_when_the_audit_log_cannot_record_it,
 );
 
 async fn discovery_advertises_every_endpoint_and_only_s256(s: &Server) {
@@ -225,4 +226,59 @@ async fn token_endpoint_answers_garbage_with_rfc_6749_errors_never_5xx(s: &Serve
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+}
+
+/// Runs SQL on the server's own database, as an operator with database access could.
+async fn database_sql(s: &Server, sql: &str) {
+    use sqlx::Connection;
+    if s.state.config.database_url.is_empty() {
+        let path = s.state.config.data_dir.join("tessera.db");
+        let mut conn =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(&s.state.config.database_url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    }
+}
+
+async fn no_token_is_issued_when_the_audit_log_cannot_record_it(s: &Server) {
+    s.add_resource(API, &["orders:read"]).await;
+    let secret = s.add_service_client("svc").await;
+    let ask = || {
+        http()
+            .post(s.url("/token"))
+            .basic_auth("svc", Some(&secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+    };
+    assert_eq!(ask().await.unwrap().status(), 200);
+    // The audit log refuses every write (a full disk, a broken table): the token endpoint hands nothing out.
+    let sqlite = s.state.config.database_url.is_empty();
+    if sqlite {
+        database_sql(
+            s,
+            "CREATE TRIGGER audit_down BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+        )
+        .await;
+    } else {
+        database_sql(
+            s,
+            "CREATE FUNCTION audit_down() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$; \
+             CREATE TRIGGER audit_down BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION audit_down();",
+        )
+        .await;
+    }
+    let refused = ask().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert!(body.get("access_token").is_none());
+    assert!(!body.to_string().contains("disk full"), "no internal error text on the wire: {body}");
+    database_sql(s, if sqlite { "DROP TRIGGER audit_down" } else { "DROP TRIGGER audit_down ON events" })
+        .await;
+    assert_eq!(ask().await.unwrap().status(), 200, "issuing again once the log can be written");
+    let issued = s.state.store.recent_events(Some("token_issued"), 10).await.unwrap();
+    assert_eq!(issued.len(), 2, "exactly the tokens handed out are recorded");
+    assert!(tessera_store::verify_audit_chain(&*s.state.store).await.unwrap().is_ok(), "the chain is whole");
 }

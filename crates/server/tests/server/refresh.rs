@@ -39,6 +39,29 @@ async fn refresh_rotates_on_every_use(s: &Server) {
     assert_ne!(third.access_token().secret(), second.access_token().secret());
     let metrics = reqwest::get(s.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("tessera_tokens_issued_total{grant=\"refresh_token\"} 2"), "{metrics}");
+    // Every issuance is on the audit log by the time the client has its tokens, by jti, never the token.
+    let jwks = s.jwks().await;
+    let jti = |token: &str| {
+        let policy = tessera_token::Validation::access_token(&s.state.config.issuer, API);
+        let now = tessera_token::UnixTime(tessera_server::now() as u64);
+        tessera_token::validate_access_token(token, &jwks, &policy, now).unwrap().jti
+    };
+    let issued = s.state.store.recent_events(Some("token_issued"), 10).await.unwrap();
+    assert_eq!(issued.len(), 1);
+    assert_eq!(issued[0].jti.as_deref(), Some(jti(first.access_token().secret()).as_str()));
+    assert_eq!(issued[0].reason.as_deref(), Some("authorization_code"));
+    let refreshed = s.state.store.recent_events(Some("token_refreshed"), 10).await.unwrap();
+    assert_eq!(refreshed.len(), 2);
+    assert_eq!(refreshed[0].jti.as_deref(), Some(jti(third.access_token().secret()).as_str()));
+    for e in issued.iter().chain(&refreshed) {
+        assert_eq!(e.client_id.as_deref(), Some("spa"));
+        assert_eq!(e.audience.as_deref(), Some(API));
+        assert_eq!(e.sid, issued[0].sid, "one session");
+        assert!(e.sid.is_some() && e.sub.is_some() && e.ip.is_some());
+        let detail = e.detail.as_deref().unwrap();
+        assert!(detail.contains("\"refresh_token\":true"), "{detail}");
+        assert!(!detail.contains("tsr_") && !detail.contains("eyJ"), "no token in the log: {detail}");
+    }
 }
 
 async fn refresh_reuse_revokes_family(s: &Server) {
