@@ -5,6 +5,7 @@
 //! arguments, so every decision can be tested at a fixed time.
 
 pub mod audit;
+pub mod detect;
 pub mod flow;
 pub mod model;
 pub mod replay;
