@@ -147,10 +147,16 @@ pub async fn events(State(state): State<Arc<AppState>>, headers: HeaderMap, body
     };
     let now = now();
     let mut stored = Vec::with_capacity(batch.events.len());
+    let counts: Vec<u64> = batch.events.iter().map(|r| r.count).collect();
     for r in batch.events {
         match to_event(r, &client, &audience, now) {
             Ok(e) => stored.push(e),
             Err(why) => return OAuthError::invalid_request(why).into_response(),
+        }
+    }
+    for (e, n) in stored.iter().zip(&counts) {
+        if e.kind == "token_rejected" {
+            state.metrics.guard_rejections(e.reason.as_deref().unwrap_or("unknown"), *n);
         }
     }
     let lateral = stored.iter().filter(|e| e.kind == "lateral_movement_attempt").count();

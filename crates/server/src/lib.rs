@@ -7,6 +7,7 @@
 mod authorize;
 pub mod config;
 pub mod crypto;
+pub mod detector;
 pub mod directory;
 pub mod dpop;
 pub mod endpoints;
@@ -348,6 +349,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&state), stop_rx.clone()));
     let directory = tokio::spawn(watch_directory(Arc::clone(&state), stop_rx.clone()));
+    let detector = tokio::spawn(detector::run(Arc::clone(&state), stop_rx.clone()));
     let feed = tokio::spawn(follow_revocations(Arc::clone(&state), stop_rx));
     let closing = Arc::clone(&state);
     let shutdown = async move {
@@ -361,6 +363,7 @@ pub async fn serve(
     let _ = housekeeping.await;
     let _ = directory.await;
     let _ = feed.await;
+    let _ = detector.await;
     result
 }
 

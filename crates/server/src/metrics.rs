@@ -26,6 +26,21 @@ struct GrantLabel {
     grant: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabel {
+    action: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
 type LatencyFamily = Family<EndpointLabel, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -43,6 +58,9 @@ pub struct Metrics {
     refresh_reuse: Counter,
     login_failures: Counter,
     audit_write_failures: Counter,
+    detections: Family<RuleLabel, Counter>,
+    responses: Family<ActionLabel, Counter>,
+    guard_rejections: Family<ReasonLabel, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -67,6 +85,16 @@ impl Metrics {
         let refresh_reuse = Counter::default();
         let login_failures = Counter::default();
         let audit_write_failures = Counter::default();
+        let detections = Family::<RuleLabel, Counter>::default();
+        let responses = Family::<ActionLabel, Counter>::default();
+        let guard_rejections = Family::<ReasonLabel, Counter>::default();
+        registry.register("detections", "Detections raised by this node, by rule", detections.clone());
+        registry.register("responses", "Automatic responses run by this node, by action", responses.clone());
+        registry.register(
+            "guard_rejections",
+            "Requests refused at guards, by reason, as reported to this node",
+            guard_rejections.clone(),
+        );
         registry.register("http_requests", "HTTP requests by endpoint and status", requests.clone());
         registry.register(
             "http_request_duration_seconds",
@@ -93,6 +121,9 @@ impl Metrics {
             refresh_reuse,
             login_failures,
             audit_write_failures,
+            detections,
+            responses,
+            guard_rejections,
         }
     }
 
@@ -115,6 +146,21 @@ impl Metrics {
     /// Counts one request refused because the audit log could not be written.
     pub fn audit_write_failed(&self) {
         self.audit_write_failures.inc();
+    }
+
+    /// Counts one detection raised.
+    pub fn detection(&self, rule: &str) {
+        self.detections.get_or_create(&RuleLabel { rule: rule.to_owned() }).inc();
+    }
+
+    /// Counts one response run.
+    pub fn response(&self, action: &str) {
+        self.responses.get_or_create(&ActionLabel { action: action.to_owned() }).inc();
+    }
+
+    /// Counts `n` requests refused at a guard for `reason` (a stable snake_case name, checked at ingest).
+    pub fn guard_rejections(&self, reason: &str, n: u64) {
+        self.guard_rejections.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc_by(n);
     }
 
     /// Counts one failed login.

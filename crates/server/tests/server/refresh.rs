@@ -15,6 +15,7 @@ crate::on_both_backends!(
     refresh_retry_inside_the_window_returns_the_same_successor,
     refresh_scope_narrows_per_access_token_and_the_token_is_bound_to_its_client,
     fifty_concurrent_refreshes_yield_one_successor,
+    refresh_reuse_is_detected_and_answered_within_a_second,
 );
 
 async fn refresh(s: &Server, token: &str, client_id: &str) -> (u16, Value) {
@@ -191,4 +192,48 @@ async fn fifty_concurrent_refreshes_yield_one_successor(s: &Server) {
     let (status, _) = refresh(s, &r0, "spa").await;
     assert_eq!(status, 400);
     assert!(s.state.store.family(&family.id).await.unwrap().unwrap().revoked_at.is_some());
+}
+
+/// Waits up to `secs` for events of `kind`.
+async fn events_within(s: &Server, kind: &str, secs: u64) -> Vec<tessera_store::Event> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let found = s.state.store.recent_events(Some(kind), 10).await.unwrap();
+        if !found.is_empty() || std::time::Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn refresh_reuse_is_detected_and_answered_within_a_second(s: &Server) {
+    let client = setup(s).await;
+    let first = tokens(s, &client).await;
+    let r0 = first.refresh_token().unwrap().clone();
+    let second = client.exchange_refresh_token(&r0).request_async(&http()).await.unwrap();
+    // The successor is used, so r0 coming back is reuse, not a retry.
+    client.exchange_refresh_token(second.refresh_token().unwrap()).request_async(&http()).await.unwrap();
+    let reused_at = std::time::Instant::now();
+    assert_eq!(refresh(s, r0.secret(), "spa").await.0, 400);
+    let raised = events_within(s, "detection_raised", 2).await;
+    assert_eq!(raised.len(), 1, "raised once");
+    let responses = events_within(s, "response_taken", 2).await;
+    assert!(reused_at.elapsed() < std::time::Duration::from_millis(1500), "{:?}", reused_at.elapsed());
+    let d = &raised[0];
+    assert_eq!((d.reason.as_deref(), d.outcome.as_deref()), (Some("refresh_token_reuse"), Some("critical")));
+    let detail: Value = serde_json::from_str(d.detail.as_deref().unwrap()).unwrap();
+    assert!(detail["explanation"].as_str().unwrap().contains("presented again after it had been rotated"));
+    assert!(!detail["evidence"].as_array().unwrap().is_empty(), "names the events that prove it");
+    let actions: Vec<_> = responses.iter().map(|r| r.reason.as_deref().unwrap()).collect();
+    assert!(actions.contains(&"revoke_session") && actions.contains(&"alert"), "{actions:?}");
+    for r in &responses {
+        assert_eq!(r.sid, d.sid, "the response names the session it acted on");
+        assert!(r.detail.as_deref().unwrap().contains("refresh_token_reuse|sid:"), "linked to its detection");
+    }
+    let metrics = reqwest::get(s.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("tessera_detections_total{rule=\"refresh_token_reuse\"} 1"), "{metrics}");
+    assert!(metrics.contains("tessera_responses_total{action=\"revoke_session\"} 1"), "{metrics}");
+    // The rounds that follow raise nothing more.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(s.state.store.recent_events(Some("detection_raised"), 10).await.unwrap().len(), 1);
 }

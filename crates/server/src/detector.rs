@@ -1,0 +1,262 @@
+//! The detector: follows the audit log, runs the detection rules (`tessera_core::detect`) over a sliding
+//! window of recent events, raises each finding once across every node, records it, alerts, and runs its
+//! response.
+//!
+//! Each round reads the events written since the last one, then runs the rules only over the window's
+//! events that share a session, token, user or source with the new ones, so a quiet log costs nothing and a
+//! busy one costs in proportion to what changed. A finding is raised by the node that first takes its key in
+//! the store's single-use table (shared on PostgreSQL), so two nodes never both respond.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use serde_json::json;
+use tessera_core::detect::{self, Detection, Rule, Thresholds};
+use tessera_core::{Event, EventKind, TokenHash};
+use tessera_store::{AuditQuery, StoreError};
+
+use crate::AppState;
+
+/// How often the detector reads new events: a response runs within about this long of its event.
+pub const POLL: Duration = Duration::from_millis(250);
+/// The most events kept in the window; past it the oldest go first (and a warning says so).
+const MAX_WINDOW: usize = 500_000;
+/// The most events read in one round.
+const MAX_ROUND: i64 = 50_000;
+
+/// The kinds the rules read; everything else is skipped.
+const WATCHED: [EventKind; 8] = [
+    EventKind::RefreshTokenReuse,
+    EventKind::TokenIssued,
+    EventKind::TokenRefreshed,
+    EventKind::TokenUsed,
+    EventKind::TokenRejected,
+    EventKind::LateralMovementAttempt,
+    EventKind::LoginFailure,
+    EventKind::LoginSuccess,
+];
+
+/// What a rule does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Tell someone (the log; webhook and SET sinks are to come).
+    Alert,
+    /// Revoke the session (refresh family and its access tokens) at the server and every guard.
+    RevokeSession,
+}
+
+impl Action {
+    /// The stable name, as `response_taken` records it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Alert => "alert",
+            Action::RevokeSession => "revoke_session",
+        }
+    }
+}
+
+/// The default response of each rule.
+pub fn default_actions(rule: Rule) -> &'static [Action] {
+    match rule {
+        Rule::RefreshTokenReuse | Rule::LateralMovementProbe => &[Action::RevokeSession, Action::Alert],
+        _ => &[Action::Alert],
+    }
+}
+
+/// The detector's memory: where it is in the log, and the recent events the rules look at.
+#[derive(Debug)]
+pub struct Detector {
+    after: i64,
+    window: VecDeque<(i64, Event)>,
+    thresholds: Thresholds,
+    trimmed: bool,
+    /// Keys this node already raised or saw taken, until when: no store round trip for a finding that the
+    /// next events only confirm.
+    known: HashMap<String, i64>,
+}
+
+/// The keys an event shares with others: its session, token, user, source and (for failed logins) name.
+fn keys(e: &Event) -> Vec<String> {
+    let mut out = Vec::with_capacity(5);
+    for (prefix, value) in [("sid", &e.sid), ("jti", &e.jti), ("sub", &e.sub), ("ip", &e.ip)] {
+        if let Some(v) = value {
+            out.push(format!("{prefix}:{v}"));
+        }
+    }
+    out
+}
+
+impl Detector {
+    /// Starts at the head of the log, with the window filled from the events of the last
+    /// `thresholds.window_secs`.
+    ///
+    /// # Errors
+    /// The store's error.
+    pub async fn start(state: &AppState, thresholds: Thresholds, now: i64) -> Result<Self, StoreError> {
+        let head = state.store.audit_state().await?.head_seq;
+        let query = AuditQuery {
+            since: Some(now - thresholds.window_secs),
+            kinds: WATCHED.iter().map(|k| k.name().to_owned()).collect(),
+            newest: true,
+            limit: i64::try_from(MAX_WINDOW).unwrap_or(i64::MAX),
+            ..AuditQuery::default()
+        };
+        let recent = state.store.audit_events(&query).await?;
+        let window = recent.into_iter().filter(|r| r.seq <= head).map(|r| (r.seq, r.event)).collect();
+        Ok(Detector { after: head, window, thresholds, trimmed: false, known: HashMap::new() })
+    }
+
+    /// Reads the new events, runs the rules where they changed something, and raises what is new. Returns
+    /// the detections raised by this node.
+    ///
+    /// # Errors
+    /// The store's error; the events are read again next round.
+    pub async fn round(&mut self, state: &AppState, now: i64) -> Result<Vec<Detection>, StoreError> {
+        let query = AuditQuery { after_seq: self.after, limit: MAX_ROUND, ..AuditQuery::default() };
+        let new = state.store.audit_events(&query).await?;
+        let Some(last) = new.last() else { return Ok(Vec::new()) };
+        self.after = last.seq;
+        let mut touched: HashSet<String> = HashSet::new();
+        for r in new {
+            if WATCHED.iter().any(|k| k.name() == r.event.kind) {
+                touched.extend(keys(&r.event));
+                self.window.push_back((r.seq, r.event));
+            }
+        }
+        while self.window.front().is_some_and(|(_, e)| e.at <= now - self.thresholds.window_secs)
+            || self.window.len() > MAX_WINDOW
+        {
+            if self.window.len() > MAX_WINDOW && !self.trimmed {
+                self.trimmed = true;
+                tracing::warn!(
+                    max = MAX_WINDOW,
+                    "detection window full: the oldest events are dropped early"
+                );
+            }
+            self.window.pop_front();
+        }
+        if touched.is_empty() {
+            return Ok(Vec::new());
+        }
+        let related: Vec<(i64, Event)> = self
+            .window
+            .iter()
+            .filter(|(_, e)| keys(e).iter().any(|k| touched.contains(k)))
+            .cloned()
+            .collect();
+        let mut raised = Vec::new();
+        self.known.retain(|_, until| *until > now);
+        for found in detect::detect(&related, now, &self.thresholds) {
+            // Once per key, across nodes and restarts, for as long as its evidence is in the window.
+            let until = now + self.thresholds.window_secs;
+            if self.known.insert(found.key(), until).is_some() {
+                continue;
+            }
+            if !state.store.use_once("detection", &TokenHash::of(&found.key()), until, now).await? {
+                continue;
+            }
+            raise(state, &found, now).await;
+            raised.push(found);
+        }
+        Ok(raised)
+    }
+}
+
+/// Records a detection, alerts, and runs its response; each action is its own `response_taken` event.
+async fn raise(state: &AppState, d: &Detection, now: i64) {
+    let rule = Rule::from_name(d.rule).unwrap_or(Rule::RefreshTokenReuse);
+    let actions = default_actions(rule);
+    let detail = json!({
+        "key": d.key(),
+        "severity": d.severity.name(),
+        "subject": d.subject,
+        "explanation": d.explanation,
+        "evidence": d.evidence,
+        "actions": actions.iter().map(|a| a.name()).collect::<Vec<_>>(),
+    });
+    state
+        .event(Event {
+            sub: d.sub.clone(),
+            sid: d.sid.clone(),
+            jti: d.jti.clone(),
+            ip: d.ip.clone(),
+            reason: Some(d.rule.to_owned()),
+            outcome: Some(d.severity.name().to_owned()),
+            detail: Some(detail.to_string()),
+            ..Event::new(EventKind::DetectionRaised, now)
+        })
+        .await;
+    state.metrics.detection(d.rule);
+    for action in actions {
+        let outcome = match action {
+            Action::Alert => {
+                tracing::warn!(
+                    rule = d.rule,
+                    severity = d.severity.name(),
+                    subject = %d.subject,
+                    evidence = ?d.evidence,
+                    "detection: {}",
+                    d.explanation
+                );
+                "sent:log"
+            }
+            Action::RevokeSession => match &d.sid {
+                None => "skipped:no_session",
+                Some(sid) => {
+                    match state.store.revoke_family(sid, &format!("detection_{}", d.rule), now).await {
+                        Ok(revoked) => {
+                            state.revocations.wake();
+                            if revoked { "revoked" } else { "already_revoked" }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, sid = %sid, "detection response failed: cannot revoke the session");
+                            "failed"
+                        }
+                    }
+                }
+            },
+        };
+        state.metrics.response(action.name());
+        let detail = json!({ "detection": d.key(), "rule": d.rule, "result": outcome });
+        state
+            .event(Event {
+                sub: d.sub.clone(),
+                sid: d.sid.clone(),
+                jti: d.jti.clone(),
+                ip: d.ip.clone(),
+                reason: Some(action.name().to_owned()),
+                outcome: Some(outcome.to_owned()),
+                actor: Some("detector".into()),
+                detail: Some(detail.to_string()),
+                ..Event::new(EventKind::ResponseTaken, now)
+            })
+            .await;
+    }
+}
+
+/// Runs the detector until `stop`: a round every [`POLL`].
+pub async fn run(state: std::sync::Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let thresholds = Thresholds::default();
+    let mut detector = loop {
+        match Detector::start(&state, thresholds.clone(), crate::now()).await {
+            Ok(d) => break d,
+            Err(e) => {
+                tracing::warn!(error = %e, "detector cannot read the audit log; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    };
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = detector.round(&state, crate::now()).await {
+            tracing::warn!(error = %e, "detector round failed");
+        }
+    }
+}
