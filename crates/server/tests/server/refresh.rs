@@ -196,10 +196,10 @@ async fn fifty_concurrent_refreshes_yield_one_successor(s: &Server) {
 
 /// Waits up to `secs` for events of `kind`.
 async fn events_within(s: &Server, kind: &str, secs: u64) -> Vec<tessera_store::Event> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
         let found = s.state.store.recent_events(Some(kind), 10).await.unwrap();
-        if !found.is_empty() || std::time::Instant::now() > deadline {
+        if !found.is_empty() || tokio::time::Instant::now() > deadline {
             return found;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -213,7 +213,7 @@ async fn refresh_reuse_is_detected_and_answered_within_a_second(s: &Server) {
     let second = client.exchange_refresh_token(&r0).request_async(&http()).await.unwrap();
     // The successor is used, so r0 coming back is reuse, not a retry.
     client.exchange_refresh_token(second.refresh_token().unwrap()).request_async(&http()).await.unwrap();
-    let reused_at = std::time::Instant::now();
+    let reused_at = tokio::time::Instant::now();
     assert_eq!(refresh(s, r0.secret(), "spa").await.0, 400);
     let raised = events_within(s, "detection_raised", 2).await;
     assert_eq!(raised.len(), 1, "raised once");
