@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use tessera_core::detect::{self, Detection, Rule, Thresholds};
-use tessera_core::{Event, EventKind, TokenHash};
-use tessera_store::{AuditQuery, StoreError};
+use tessera_core::{Event, EventKind, RevocationKind, TokenHash};
+use tessera_store::{AuditQuery, NewRevocation, REVOCATION_HORIZON_SECS, StoreError};
 
 use crate::AppState;
 
@@ -202,18 +202,16 @@ async fn raise(state: &AppState, d: &Detection, now: i64) {
             }
             Action::RevokeSession => match &d.sid {
                 None => "skipped:no_session",
-                Some(sid) => {
-                    match state.store.revoke_family(sid, &format!("detection_{}", d.rule), now).await {
-                        Ok(revoked) => {
-                            state.revocations.wake();
-                            if revoked { "revoked" } else { "already_revoked" }
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, sid = %sid, "detection response failed: cannot revoke the session");
-                            "failed"
-                        }
+                Some(sid) => match revoke_session(state, sid, &format!("detection_{}", d.rule), now).await {
+                    Ok(outcome) => {
+                        state.revocations.wake();
+                        outcome
                     }
-                }
+                    Err(e) => {
+                        tracing::error!(error = %e, sid = %sid, "detection response failed: cannot revoke the session");
+                        "failed"
+                    }
+                },
             },
         };
         state.metrics.response(action.name());
@@ -232,6 +230,31 @@ async fn raise(state: &AppState, d: &Detection, now: i64) {
             })
             .await;
     }
+}
+
+/// Revokes a session: its refresh family if this server knows it (which adds the session's revocation
+/// entry), else the entry alone, so that every guard refuses the session's tokens either way.
+async fn revoke_session(
+    state: &AppState,
+    sid: &str,
+    reason: &str,
+    now: i64,
+) -> Result<&'static str, StoreError> {
+    if state.store.revoke_family(sid, reason, now).await? {
+        return Ok("revoked");
+    }
+    if state.store.family(sid).await?.is_some() {
+        return Ok("already_revoked");
+    }
+    let entry = NewRevocation {
+        kind: RevocationKind::Session,
+        subject: sid.to_owned(),
+        not_before: None,
+        expires_at: now + REVOCATION_HORIZON_SECS,
+        reason: reason.to_owned(),
+    };
+    state.store.revoke(&entry, now).await?;
+    Ok("revoked")
 }
 
 /// Runs the detector until `stop`: a round every [`POLL`].

@@ -175,6 +175,9 @@ async fn jwks_rotation_new_kid_is_picked_up_and_retired_key_keeps_working() {
 #[tokio::test]
 async fn lateral_movement_is_refused_and_recorded_with_sid_sub_and_client_id() {
     let w = World::start(Backend::Sqlite).await.unwrap();
+    // The same session's token for this service works, until the probe below is detected.
+    let (own, _) = w.token(Grant { sub: "u_mallory", sid: Some("s_m"), ..Grant::default() });
+    assert_eq!(w.raw(&get("/orders/1", Some(&own))).await, 200);
     let (billing, jti) = w.token(Grant {
         audience: OTHER_API,
         scope: "billing:read",
@@ -184,7 +187,7 @@ async fn lateral_movement_is_refused_and_recorded_with_sid_sub_and_client_id() {
         ..Grant::default()
     });
     assert_eq!(w.raw(&get("/orders/1", Some(&billing))).await, 401);
-    assert_eq!(w.upstream.count(), 0);
+    assert_eq!(w.upstream.count(), 1, "only the session's own token reached the upstream");
     let store = &w.server.state.store;
     let found = eventually(Duration::from_secs(5), || async {
         !store.recent_events(Some("lateral_movement_attempt"), 10).await.unwrap().is_empty()
@@ -204,6 +207,22 @@ async fn lateral_movement_is_refused_and_recorded_with_sid_sub_and_client_id() {
     assert!(e.route.as_deref().is_some_and(|r| r.contains("/orders/{id}")), "{:?}", e.route);
     assert_eq!(e.outcome.as_deref(), Some("refused"));
     assert!(e.service.is_some(), "the reporting service is recorded");
+    // The detector raises lateral_movement_probe and revokes the session: its other tokens stop working.
+    let raised = eventually(Duration::from_secs(5), || async {
+        !store.recent_events(Some("detection_raised"), 10).await.unwrap().is_empty()
+    })
+    .await;
+    assert!(raised.is_some(), "lateral_movement_probe raised");
+    let raised = store.recent_events(Some("detection_raised"), 10).await.unwrap();
+    assert_eq!(raised[0].reason.as_deref(), Some("lateral_movement_probe"));
+    assert_eq!(raised[0].sid.as_deref(), Some("s_m"));
+    assert!(raised[0].detail.as_deref().unwrap().contains(API), "names the service it was tried at");
+    let refused =
+        eventually(Duration::from_secs(2), || async { w.raw(&get("/orders/1", Some(&own))).await == 401 })
+            .await;
+    assert!(refused.is_some(), "the session's own token is refused once the probe is answered");
+    let responses = store.recent_events(Some("response_taken"), 10).await.unwrap();
+    assert!(responses.iter().any(|r| r.reason.as_deref() == Some("revoke_session")), "{responses:?}");
     w.finish().await;
 }
 
