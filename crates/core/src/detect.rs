@@ -255,22 +255,20 @@ const FORGED_REASONS: [&str; 14] = [
     "token_too_large",
 ];
 
+/// One member of an event's JSON detail.
+fn detail(e: &Event, member: &str) -> Option<serde_json::Value> {
+    let mut detail = serde_json::from_str::<serde_json::Value>(e.detail.as_deref()?).ok()?;
+    detail.get_mut(member).map(serde_json::Value::take)
+}
+
 /// How many requests an event stands for: guards aggregate (`detail.count`), the server does not.
 fn count(e: &Event) -> u64 {
-    e.detail
-        .as_deref()
-        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .and_then(|d| d.get("count").and_then(serde_json::Value::as_u64))
-        .unwrap_or(1)
+    detail(e, "count").and_then(|v| v.as_u64()).unwrap_or(1)
 }
 
 /// Whether an issuance event says its token is DPoP-bound.
 fn dpop_bound(e: &Event) -> bool {
-    e.detail
-        .as_deref()
-        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .and_then(|d| d.get("dpop").and_then(serde_json::Value::as_bool))
-        .unwrap_or(false)
+    detail(e, "dpop").and_then(|v| v.as_bool()).unwrap_or(false)
 }
 
 fn is(e: &Event, kind: EventKind) -> bool {
@@ -417,12 +415,7 @@ type Use<'a> = (&'a (i64, Event), String);
 
 /// When a use event's requests happened: guards report the first and last of an aggregate.
 fn span(e: &Event) -> (i64, i64) {
-    let first = e
-        .detail
-        .as_deref()
-        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .and_then(|d| d.get("first_at").and_then(serde_json::Value::as_i64))
-        .unwrap_or(e.at);
+    let first = detail(e, "first_at").and_then(|v| v.as_i64()).unwrap_or(e.at);
     (first.min(e.at), e.at)
 }
 
@@ -571,10 +564,7 @@ fn revoked_token_use(events: &[&(i64, Event)], t: &Thresholds, out: &mut Vec<Det
 
 /// The account a failed login was for: the user id, or the hash of the name typed for an unknown user.
 fn account(e: &Event) -> Option<String> {
-    e.sub.clone().or_else(|| {
-        let detail = serde_json::from_str::<serde_json::Value>(e.detail.as_deref()?).ok()?;
-        Some(format!("name:{}", detail.get("username_sha256")?.as_str()?))
-    })
+    e.sub.clone().or_else(|| Some(format!("name:{}", detail(e, "username_pseudonym")?.as_str()?)))
 }
 
 /// `brute_force` (one account) and `credential_stuffing` (one source, many accounts).
@@ -856,7 +846,7 @@ mod tests {
             sub: sub.map(Into::into),
             ip: Some(ip.into()),
             reason: Some("wrong_password".into()),
-            detail: Some(format!(r#"{{"username_sha256":"{name}"}}"#)),
+            detail: Some(format!(r#"{{"username_pseudonym":"{name}"}}"#)),
             ..ev(EventKind::LoginFailure, at)
         };
         let nine: Vec<Event> =

@@ -403,10 +403,10 @@ pub async fn login(
                     sub: other.map(|u| u.id),
                     reason: Some(reason.into()),
                     outcome: Some("failure".into()),
-                    // The name typed, as a short hash: enough to count the accounts one source tries
+                    // The name typed, as a keyed pseudonym: enough to count the accounts one source tries
                     // (credential stuffing), never a password typed into the wrong field.
                     detail: Some(
-                        serde_json::json!({ "username_sha256": tessera_core::TokenHash::of(&username).short() })
+                        serde_json::json!({ "username_pseudonym": state.kek.pseudonym(&username) })
                             .to_string(),
                     ),
                     ..meta.event(now)

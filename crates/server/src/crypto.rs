@@ -50,6 +50,7 @@ pub struct Kek {
     seal: LessSafeKey,
     successor: SuccessorKey,
     nonce: hmac::Key,
+    pseudonym: hmac::Key,
 }
 
 impl fmt::Debug for Kek {
@@ -84,9 +85,14 @@ impl Kek {
             .map_err(failed)?;
         let mut nonce_bytes = Zeroizing::new([0u8; 32]);
         prk.expand(&[b"dpop nonce"], Len(32)).and_then(|okm| okm.fill(&mut *nonce_bytes)).map_err(failed)?;
+        let mut pseudonym_bytes = Zeroizing::new([0u8; 32]);
+        prk.expand(&[b"audit pseudonyms"], Len(32))
+            .and_then(|okm| okm.fill(&mut *pseudonym_bytes))
+            .map_err(failed)?;
         let seal = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &*seal_bytes).map_err(failed)?);
         let nonce = hmac::Key::new(hmac::HMAC_SHA256, &*nonce_bytes);
-        Ok(Kek { seal, successor: SuccessorKey::new(&successor_bytes), nonce })
+        let pseudonym = hmac::Key::new(hmac::HMAC_SHA256, &*pseudonym_bytes);
+        Ok(Kek { seal, successor: SuccessorKey::new(&successor_bytes), nonce, pseudonym })
     }
 
     /// The KEK from `configured` (base64url of 32 bytes) if non-empty, else from `data_dir/master.key`,
@@ -161,6 +167,15 @@ impl Kek {
     /// The key that derives refresh-token successors.
     pub fn successor_key(&self) -> &SuccessorKey {
         &self.successor
+    }
+
+    /// A stand-in for text the audit log must be able to compare but never show (a login name typed for
+    /// an unknown account may be a password typed into the wrong field): 12 hex digits of an HMAC under a
+    /// key derived from the master key, so the log alone cannot be searched for guesses. The same on every
+    /// node with the same master key.
+    pub fn pseudonym(&self, text: &str) -> String {
+        let tag = hmac::sign(&self.pseudonym, text.as_bytes());
+        tag.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// The key DPoP nonces are derived with: every node with the same master key makes the same nonces.

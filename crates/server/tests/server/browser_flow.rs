@@ -260,6 +260,15 @@ async fn wrong_password_and_unknown_user_get_one_generic_message(s: &Server) {
     let events = s.state.store.recent_events(Some("login_failure"), 10).await.unwrap();
     let reasons: Vec<_> = events.iter().map(|e| e.reason.clone().unwrap()).collect();
     assert_eq!(reasons, ["unknown_user", "wrong_password"]);
+    // What was typed as the name is kept only as a keyed pseudonym, the same for the same name.
+    let unknown = events[0].detail.as_deref().unwrap();
+    let pseudonym: Value = serde_json::from_str(unknown).unwrap();
+    let pseudonym = pseudonym["username_pseudonym"].as_str().unwrap();
+    assert_eq!(pseudonym.len(), 12);
+    assert_eq!(pseudonym, s.state.kek.pseudonym("mallory"));
+    assert!(
+        !unknown.contains("mallory") && !unknown.contains(&tessera_core::TokenHash::of("mallory").short())
+    );
 }
 
 async fn code_is_single_use_and_replay_revokes_its_tokens(s: &Server) {
