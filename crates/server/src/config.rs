@@ -59,6 +59,9 @@ pub struct Config {
     pub dpop_nonce: bool,
     /// Days the audit log keeps an event; older ones are removed behind a checkpoint. 0: keep forever.
     pub audit_retention_days: i64,
+    /// The detection rules' thresholds (`[detection]` in the file; `TESSERA_DETECTION_<KEY>` in the
+    /// environment).
+    pub detection: tessera_core::detect::Thresholds,
 }
 
 impl Default for Config {
@@ -84,6 +87,7 @@ impl Default for Config {
             dpop_proof_max_age: 60,
             dpop_nonce: false,
             audit_retention_days: 365,
+            detection: tessera_core::detect::Thresholds::default(),
         }
     }
 }
@@ -105,6 +109,19 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// An environment variable's text as the type of the value it overrides.
+fn env_value(var: &str, raw: &str, default: &toml::Value) -> Result<toml::Value, ConfigError> {
+    Ok(match default {
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim().parse().map_err(|_| ConfigError(format!("{var} must be an integer")))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(
+            raw.trim().parse().map_err(|_| ConfigError(format!("{var} must be true or false")))?,
+        ),
+        _ => toml::Value::String(raw.to_owned()),
+    })
+}
 
 /// Flags given on the command line; `None` leaves the value from file and environment. `Debug` redacts the
 /// database URL's password.
@@ -157,18 +174,26 @@ impl Config {
             .map_err(|e| ConfigError(format!("cannot describe the defaults: {e}")))?;
         let env: Vec<(String, String)> = env.into_iter().collect();
         for (key, default) in &defaults {
+            if let toml::Value::Table(fields) = default {
+                // A section: each of its keys is TESSERA_<SECTION>_<KEY>.
+                for (field, field_default) in fields {
+                    let var = format!("TESSERA_{}_{}", key.to_uppercase(), field.to_uppercase());
+                    let Some((_, raw)) = env.iter().find(|(name, _)| *name == var) else { continue };
+                    let value = env_value(&var, raw, field_default)?;
+                    let section =
+                        table.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    match section {
+                        toml::Value::Table(section) => {
+                            section.insert(field.clone(), value);
+                        }
+                        _ => return Err(ConfigError(format!("{key} must be a table"))),
+                    }
+                }
+                continue;
+            }
             let var = format!("TESSERA_{}", key.to_uppercase());
             let Some((_, raw)) = env.iter().find(|(name, _)| *name == var) else { continue };
-            let value = match default {
-                toml::Value::Integer(_) => toml::Value::Integer(
-                    raw.trim().parse().map_err(|_| ConfigError(format!("{var} must be an integer")))?,
-                ),
-                toml::Value::Boolean(_) => toml::Value::Boolean(
-                    raw.trim().parse().map_err(|_| ConfigError(format!("{var} must be true or false")))?,
-                ),
-                _ => toml::Value::String(raw.clone()),
-            };
-            table.insert(key.clone(), value);
+            table.insert(key.clone(), env_value(&var, raw, default)?);
         }
         let mut config: Config = table.try_into().map_err(|e: toml::de::Error| {
             let where_ = file.map(|p| format!("{}: ", p.display())).unwrap_or_default();
@@ -194,6 +219,30 @@ impl Config {
     /// Checks values that parse but make no sense.
     fn check(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        let d = &self.detection;
+        if d.window_secs < MAX_ACCESS_TOKEN_TTL || d.window_secs > 86_400 {
+            return bad(
+                "detection.window_secs",
+                "must be between 900 (the longest token lifetime) and 86400",
+            );
+        }
+        for (key, value) in [
+            ("detection.two_networks_secs", d.two_networks_secs),
+            ("detection.forged_burst_secs", d.forged_burst_secs),
+            ("detection.login_failure_secs", d.login_failure_secs),
+        ] {
+            if !(1..=d.window_secs).contains(&value) {
+                return bad(key, "must be between 1 and detection.window_secs");
+            }
+        }
+        if d.forged_burst_count == 0
+            || d.revoked_use_count == 0
+            || d.brute_force_failures == 0
+            || d.stuffing_accounts == 0
+            || d.lateral_probe_audiences == 0
+        {
+            return bad("detection", "counts must be at least 1");
+        }
         if self.listen.parse::<SocketAddr>().is_err() {
             return bad("listen", "must be an address and port, such as 127.0.0.1:8080");
         }
@@ -341,6 +390,35 @@ mod tests {
         assert_eq!(c.issuer, "https://id.example", "trailing slash dropped");
         assert_eq!(c.log_format, "json");
         assert!(c.is_https());
+    }
+
+    #[test]
+    fn detection_thresholds_come_from_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.toml");
+        std::fs::write(&path, "[detection]\nforged_burst_count = 5\nbrute_force_failures = 8\n").unwrap();
+        let vars = env(&[("TESSERA_DETECTION_BRUTE_FORCE_FAILURES", "3")]);
+        let c = Config::load(Some(&path), vars, &Overrides::default()).unwrap();
+        assert_eq!(c.detection.forged_burst_count, 5);
+        assert_eq!(c.detection.brute_force_failures, 3, "environment beats file");
+        assert_eq!(c.detection.window_secs, 900, "the rest keep their defaults");
+        std::fs::write(&path, "[detection]\nforged_burst = 5\n").unwrap();
+        let e = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(e.0.contains("forged_burst"), "{e}");
+        let e = Config::load(None, env(&[("TESSERA_DETECTION_WINDOW_SECS", "60")]), &Overrides::default())
+            .unwrap_err();
+        assert!(e.0.starts_with("detection.window_secs"), "{e}");
+        let e =
+            Config::load(None, env(&[("TESSERA_DETECTION_STUFFING_ACCOUNTS", "0")]), &Overrides::default())
+                .unwrap_err();
+        assert!(e.0.starts_with("detection"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[("TESSERA_DETECTION_FORGED_BURST_SECS", "many")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "TESSERA_DETECTION_FORGED_BURST_SECS must be an integer");
     }
 
     #[test]

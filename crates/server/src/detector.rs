@@ -259,7 +259,7 @@ async fn revoke_session(
 
 /// Runs the detector until `stop`: a round every [`POLL`].
 pub async fn run(state: std::sync::Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let thresholds = Thresholds::default();
+    let thresholds = state.config.detection.clone();
     let mut detector = loop {
         match Detector::start(&state, thresholds.clone(), crate::now()).await {
             Ok(d) => break d,
