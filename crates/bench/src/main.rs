@@ -6,6 +6,9 @@
 //! request, made before the clock starts), `refresh` (each connection rotates its own refresh chain),
 //! `introspect`, `jwks`. Each connection is one keep-alive HTTP/1.1 connection sending one request at a time.
 //!
+//! `ingest`, not in the default set, posts guards' usage batches (1,000 `token_used` events each, from 8
+//! connections) to `/guard/events`; events/s is its requests/s times 1,000.
+//!
 //! Two more, not in the default set, measure the guard and gateway: `revocation_delay` (an in-process guard
 //! follows the server's stream; each of `--revocations` tokens is revoked through RFC 7009 and the time from
 //! the revoke call's answer to the guard's first refusal is recorded) and `gateway` (a `tessera gateway`
@@ -155,6 +158,17 @@ async fn run(args: Args) -> Result<(), String> {
                     .collect()
             }
             "jwks" => (0..args.connections).map(|_| Plan::Get { path: "/jwks.json", auth: None }).collect(),
+            "ingest" => {
+                // Guards post usage in batches of up to 1,000 events; a few guards, each a connection.
+                let guards = args.connections.clamp(1, INGEST_GUARDS);
+                (0..guards)
+                    .map(|g| Plan::Fixed {
+                        path: "/guard/events",
+                        auth: Some(basic.clone()),
+                        body: usage_batch(g),
+                    })
+                    .collect()
+            }
             "client_credentials_dpop" => {
                 // Proofs are made before the clock starts, so the generator spends no CPU on them.
                 let per_connection = 40_000 / args.connections.max(1);
@@ -213,6 +227,33 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Connections (guards) of the `ingest` scenario.
+const INGEST_GUARDS: usize = 8;
+/// Events per `ingest` request: the most a guard sends at once.
+pub(crate) const INGEST_BATCH: usize = 1000;
+
+/// A guard's batch of usage events: distinct tokens, sessions and sources, as a busy service reports them.
+fn usage_batch(guard: usize) -> String {
+    let at = now();
+    let events: Vec<serde_json::Value> = (0..INGEST_BATCH)
+        .map(|i| {
+            serde_json::json!({
+                "kind": "token_used",
+                "count": 3,
+                "first_at": at - 5,
+                "last_at": at,
+                "ip": format!("10.{}.{}.{}", guard, i / 256, i % 256),
+                "route": "GET /orders/{id}",
+                "sub": format!("u{}", i % 500),
+                "sid": format!("s{guard}-{}", i % 700),
+                "client_id": "app",
+                "jti": format!("j{guard}-{i}"),
+            })
+        })
+        .collect();
+    serde_json::json!({ "audience": AUDIENCE, "events": events }).to_string()
+}
+
 async fn setup(store: &dyn Store) -> Result<OpaqueSecret, String> {
     let secret = tessera_server::crypto::new_secret(SecretKind::ClientSecret).map_err(|e| e.0)?;
     let resource = Resource { audience: AUDIENCE.into(), scopes: vec!["read".into()], created_at: now() };
@@ -237,8 +278,11 @@ async fn setup(store: &dyn Store) -> Result<OpaqueSecret, String> {
         exchange_audiences: Vec::new(),
         serves: Vec::new(),
     };
-    let bench =
-        client("bench", ClientKind::Confidential, vec![GrantType::ClientCredentials], Some(secret.hash()));
+    // The bench client is also the resource server of its audience, so it may post usage (`ingest`).
+    let bench = Client {
+        serves: vec![AUDIENCE.into()],
+        ..client("bench", ClientKind::Confidential, vec![GrantType::ClientCredentials], Some(secret.hash()))
+    };
     store.create_client(&bench).await.map_err(|e| e.to_string())?;
     let app =
         client("app", ClientKind::Public, vec![GrantType::AuthorizationCode, GrantType::RefreshToken], None);
@@ -475,6 +519,8 @@ pub(crate) async fn load(addr: &str, plans: Vec<Plan>, duration: Duration) -> Re
                 };
                 let micros = u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX);
                 match answer {
+                    // Usage batches are accepted, not answered with a body.
+                    Ok((202, _)) => latencies.push(micros),
                     Ok((200, body)) => {
                         if matches!(plan, Plan::Refresh { .. }) {
                             let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
