@@ -67,7 +67,11 @@ pub fn default_actions(rule: Rule) -> &'static [Action] {
 #[derive(Debug)]
 pub struct Detector {
     after: i64,
+    /// The window's events, in sequence order.
     window: VecDeque<(i64, Event)>,
+    /// For each key (session, token, user, source) the window's events that carry it, in sequence order:
+    /// a round finds the events related to what is new without walking the whole window.
+    index: HashMap<String, VecDeque<i64>>,
     thresholds: Thresholds,
     trimmed: bool,
     /// Keys this node already raised or saw taken, until when: no store round trip for a finding that the
@@ -102,8 +106,51 @@ impl Detector {
             ..AuditQuery::default()
         };
         let recent = state.store.audit_events(&query).await?;
-        let window = recent.into_iter().filter(|r| r.seq <= head).map(|r| (r.seq, r.event)).collect();
-        Ok(Detector { after: head, window, thresholds, trimmed: false, known: HashMap::new() })
+        let mut detector = Detector {
+            after: head,
+            window: VecDeque::new(),
+            index: HashMap::new(),
+            thresholds,
+            trimmed: false,
+            known: HashMap::new(),
+        };
+        for r in recent.into_iter().filter(|r| r.seq <= head) {
+            detector.push(r.seq, r.event);
+        }
+        Ok(detector)
+    }
+
+    fn push(&mut self, seq: i64, event: Event) {
+        for key in keys(&event) {
+            self.index.entry(key).or_default().push_back(seq);
+        }
+        self.window.push_back((seq, event));
+    }
+
+    fn pop_front(&mut self) {
+        let Some((seq, event)) = self.window.pop_front() else { return };
+        for key in keys(&event) {
+            if let Some(seqs) = self.index.get_mut(&key) {
+                while seqs.front().is_some_and(|s| *s <= seq) {
+                    seqs.pop_front();
+                }
+                if seqs.is_empty() {
+                    self.index.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The window's events that carry any of `keys`, in sequence order.
+    fn related(&self, keys: &HashSet<String>) -> Vec<(i64, Event)> {
+        let seqs: std::collections::BTreeSet<i64> =
+            keys.iter().filter_map(|k| self.index.get(k)).flatten().copied().collect();
+        seqs.into_iter()
+            .filter_map(|seq| {
+                let at = self.window.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+                self.window.get(at).cloned()
+            })
+            .collect()
     }
 
     /// Reads the new events, runs the rules where they changed something, and raises what is new. Returns
@@ -120,7 +167,7 @@ impl Detector {
         for r in new {
             if WATCHED.iter().any(|k| k.name() == r.event.kind) {
                 touched.extend(keys(&r.event));
-                self.window.push_back((r.seq, r.event));
+                self.push(r.seq, r.event);
             }
         }
         while self.window.front().is_some_and(|(_, e)| e.at <= now - self.thresholds.window_secs)
@@ -133,17 +180,12 @@ impl Detector {
                     "detection window full: the oldest events are dropped early"
                 );
             }
-            self.window.pop_front();
+            self.pop_front();
         }
         if touched.is_empty() {
             return Ok(Vec::new());
         }
-        let related: Vec<(i64, Event)> = self
-            .window
-            .iter()
-            .filter(|(_, e)| keys(e).iter().any(|k| touched.contains(k)))
-            .cloned()
-            .collect();
+        let related = self.related(&touched);
         let mut raised = Vec::new();
         self.known.retain(|_, until| *until > now);
         for found in detect::detect(&related, now, &self.thresholds) {
@@ -281,5 +323,40 @@ pub async fn run(state: std::sync::Arc<AppState>, mut stop: tokio::sync::watch::
         if let Err(e) = detector.round(&state, crate::now()).await {
             tracing::warn!(error = %e, "detector round failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn used(sid: &str, ip: &str, at: i64) -> Event {
+        Event { sid: Some(sid.into()), ip: Some(ip.into()), ..Event::new(EventKind::TokenUsed, at) }
+    }
+
+    #[test]
+    fn window_index_finds_related_events_and_forgets_what_leaves() {
+        let mut d = Detector {
+            after: 0,
+            window: VecDeque::new(),
+            index: HashMap::new(),
+            thresholds: Thresholds::default(),
+            trimmed: false,
+            known: HashMap::new(),
+        };
+        d.push(1, used("s1", "192.0.2.1", 100));
+        d.push(2, used("s2", "192.0.2.1", 101));
+        d.push(3, used("s3", "198.51.100.1", 102));
+        let touched: HashSet<String> = ["sid:s1".to_owned()].into();
+        let seqs = |found: Vec<(i64, Event)>| found.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        assert_eq!(seqs(d.related(&touched)), [1]);
+        let touched: HashSet<String> = ["ip:192.0.2.1".to_owned(), "sid:s3".to_owned()].into();
+        assert_eq!(seqs(d.related(&touched)), [1, 2, 3], "in sequence order, each once");
+        d.pop_front();
+        assert_eq!(seqs(d.related(&touched)), [2, 3]);
+        assert!(!d.index.contains_key("sid:s1"), "a key with no event left is dropped");
+        d.pop_front();
+        d.pop_front();
+        assert!(d.index.is_empty() && d.window.is_empty());
     }
 }
