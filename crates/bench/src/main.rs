@@ -162,12 +162,14 @@ async fn run(args: Args) -> Result<(), String> {
                 // Guards post usage in batches of up to 1,000 events; a few guards, each a connection.
                 let guards = args.connections.clamp(1, INGEST_GUARDS);
                 (0..guards)
-                    .map(|g| Plan::Fixed {
-                        path: "/guard/events",
-                        auth: Some(basic.clone()),
-                        body: usage_batch(g),
+                    .map(|g| {
+                        Ok(Plan::Fixed {
+                            path: "/guard/events",
+                            auth: Some(basic.clone()),
+                            body: usage_batch(g)?,
+                        })
                     })
-                    .collect()
+                    .collect::<Result<_, String>>()?
             }
             "client_credentials_dpop" => {
                 // Proofs are made before the clock starts, so the generator spends no CPU on them.
@@ -233,11 +235,16 @@ const INGEST_GUARDS: usize = 8;
 pub(crate) const INGEST_BATCH: usize = 1000;
 
 /// A guard's batch of usage events: distinct tokens, sessions and sources, as a busy service reports them.
-fn usage_batch(guard: usize) -> String {
+/// Token and session ids are made as the server makes them (`sortable_id`: they begin with their second).
+fn usage_batch(guard: usize) -> Result<String, String> {
     let at = now();
+    let sessions: Vec<String> = (0..700)
+        .map(|_| tessera_server::crypto::sortable_id(at - 600).map_err(|e| e.0))
+        .collect::<Result<_, _>>()?;
     let events: Vec<serde_json::Value> = (0..INGEST_BATCH)
         .map(|i| {
-            serde_json::json!({
+            let jti = tessera_server::crypto::sortable_id(at - 60).map_err(|e| e.0)?;
+            Ok(serde_json::json!({
                 "kind": "token_used",
                 "count": 3,
                 "first_at": at - 5,
@@ -245,13 +252,13 @@ fn usage_batch(guard: usize) -> String {
                 "ip": format!("10.{}.{}.{}", guard, i / 256, i % 256),
                 "route": "GET /orders/{id}",
                 "sub": format!("u{}", i % 500),
-                "sid": format!("s{guard}-{}", i % 700),
+                "sid": sessions[i % sessions.len()],
                 "client_id": "app",
-                "jti": format!("j{guard}-{i}"),
-            })
+                "jti": jti,
+            }))
         })
-        .collect();
-    serde_json::json!({ "audience": AUDIENCE, "events": events }).to_string()
+        .collect::<Result<_, String>>()?;
+    Ok(serde_json::json!({ "audience": AUDIENCE, "events": events }).to_string())
 }
 
 async fn setup(store: &dyn Store) -> Result<OpaqueSecret, String> {
