@@ -204,6 +204,17 @@ impl Detector {
     }
 }
 
+/// An event of `kind` about what `d` found: its user, session, token and source.
+fn about(d: &Detection, kind: EventKind, now: i64) -> Event {
+    Event {
+        sub: d.sub.clone(),
+        sid: d.sid.clone(),
+        jti: d.jti.clone(),
+        ip: d.ip.clone(),
+        ..Event::new(kind, now)
+    }
+}
+
 /// Records a detection, alerts, and runs its response; each action is its own `response_taken` event.
 async fn raise(state: &AppState, d: &Detection, now: i64) {
     let rule = Rule::from_name(d.rule).unwrap_or(Rule::RefreshTokenReuse);
@@ -218,14 +229,10 @@ async fn raise(state: &AppState, d: &Detection, now: i64) {
     });
     state
         .event(Event {
-            sub: d.sub.clone(),
-            sid: d.sid.clone(),
-            jti: d.jti.clone(),
-            ip: d.ip.clone(),
             reason: Some(d.rule.to_owned()),
             outcome: Some(d.severity.name().to_owned()),
             detail: Some(detail.to_string()),
-            ..Event::new(EventKind::DetectionRaised, now)
+            ..about(d, EventKind::DetectionRaised, now)
         })
         .await;
     state.metrics.detection(d.rule);
@@ -260,15 +267,11 @@ async fn raise(state: &AppState, d: &Detection, now: i64) {
         let detail = json!({ "detection": d.key(), "rule": d.rule, "result": outcome });
         state
             .event(Event {
-                sub: d.sub.clone(),
-                sid: d.sid.clone(),
-                jti: d.jti.clone(),
-                ip: d.ip.clone(),
                 reason: Some(action.name().to_owned()),
                 outcome: Some(outcome.to_owned()),
                 actor: Some("detector".into()),
                 detail: Some(detail.to_string()),
-                ..Event::new(EventKind::ResponseTaken, now)
+                ..about(d, EventKind::ResponseTaken, now)
             })
             .await;
     }
