@@ -302,6 +302,8 @@ async fn setup(store: &dyn Store) -> Result<OpaqueSecret, String> {
         disabled: false,
         created_at: now(),
         password_changed_at: now(),
+        must_reset_password: false,
+        step_up_after: None,
     };
     store.create_user(&user).await.map_err(|e| e.to_string())?;
     Ok(secret)

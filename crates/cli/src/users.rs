@@ -182,6 +182,8 @@ pub(crate) fn user(cmd: UserCommand) -> Result<(), Failure> {
                     disabled: false,
                     created_at: now,
                     password_changed_at: now,
+                    must_reset_password: false,
+                    step_up_after: None,
                 };
                 store.create_user(&user).await.map_err(|e| match e {
                     StoreError::Conflict(_) => Failure::usage(format!("user {username} already exists")),
@@ -207,7 +209,7 @@ pub(crate) fn user(cmd: UserCommand) -> Result<(), Failure> {
             let u = find(&*store, &username).await?;
             store.set_user_disabled(&u.id, true).await.map_err(store_failure)?;
             let seq = store
-                .revoke_user(&u.id, "user_disabled", tessera_server::now())
+                .revoke_user(&u.id, "user_disabled", false, tessera_server::now())
                 .await
                 .map_err(store_failure)?;
             record(&*store, Event { sub: Some(u.id.clone()), ..admin_event("user_disable") }).await?;
@@ -287,7 +289,7 @@ pub(crate) fn revoke(args: RevokeArgs) -> Result<(), Failure> {
         } else if let Some(username) = t.user {
             let u = find(&*store, &username).await?;
             event.sub = Some(u.id.clone());
-            let seq = store.revoke_user(&u.id, &reason, now).await.map_err(store_failure)?;
+            let seq = store.revoke_user(&u.id, &reason, false, now).await.map_err(store_failure)?;
             format!("every session and token of {username} revoked (revocation #{seq})")
         } else if let Some(client) = t.client {
             event.client_id = Some(client.clone());

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod detect;
 pub mod flow;
 pub mod model;
+pub mod net;
 pub mod replay;
 pub mod secret;
 

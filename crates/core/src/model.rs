@@ -100,6 +100,9 @@ spelled! {
         Client = "client",
         /// Every token signed by one key, by `kid`.
         Key = "key",
+        /// Every request from one source address or network (`block_source`), by the address or CIDR, until
+        /// `expires_at`. With `not_before` set the entry lifts earlier blocks of the same source instead.
+        Source = "source",
     }
 }
 

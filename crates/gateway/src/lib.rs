@@ -339,22 +339,8 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 /// The client's address given the peer, the request's `X-Forwarded-For` and the trusted proxies.
 #[must_use]
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(&peer) {
-        return peer;
-    }
-    let mut chain = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
-        let Ok(text) = value.to_str() else { return peer };
-        for part in text.split(',') {
-            match part.trim().parse::<IpAddr>() {
-                Ok(ip) => chain.push(ip),
-                // A chain we cannot read is not evidence of anything: use the address we know.
-                Err(_) => return peer,
-            }
-        }
-    }
-    chain.iter().rev().find(|ip| !is_trusted(ip)).or(chain.first()).copied().unwrap_or(peer)
+    let lines = headers.get_all("x-forwarded-for").iter().map(|v| v.to_str().ok());
+    tessera_core::net::client_ip(peer, lines, trusted)
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.

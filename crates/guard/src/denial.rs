@@ -32,6 +32,8 @@ pub enum Denial {
         /// The detailed reason.
         reason: &'static str,
     },
+    /// The request's source is blocked (`block_source`): 403 `access_denied`, whatever the route.
+    Blocked,
     /// The guard cannot decide safely (no keys yet, revocation state stale or unknown): 503.
     Unavailable {
         /// The detailed reason.
@@ -50,6 +52,7 @@ impl Denial {
             | Self::Forbidden { reason }
             | Self::Unavailable { reason } => reason,
             Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::Blocked => "blocked_source",
         }
     }
 
@@ -60,7 +63,7 @@ impl Denial {
             Self::MissingToken | Self::InvalidToken { .. } | Self::InvalidDpopProof { .. } => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::InsufficientScope { .. } | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::InsufficientScope { .. } | Self::Forbidden { .. } | Self::Blocked => StatusCode::FORBIDDEN,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -79,7 +82,7 @@ impl Denial {
                 "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{}\", scope=\"{scope}\"",
                 self.description()
             )),
-            Self::Forbidden { .. } | Self::Unavailable { .. } => None,
+            Self::Forbidden { .. } | Self::Blocked | Self::Unavailable { .. } => None,
         }
     }
 
@@ -97,7 +100,7 @@ impl Denial {
             Self::MissingToken | Self::InvalidToken { .. } | Self::InsufficientScope { .. } => {
                 Some(format!("DPoP realm=\"{realm}\", algs=\"{algs}\""))
             }
-            Self::Forbidden { .. } | Self::Unavailable { .. } => None,
+            Self::Forbidden { .. } | Self::Blocked | Self::Unavailable { .. } => None,
         }
     }
 
@@ -107,7 +110,7 @@ impl Denial {
             Self::InvalidToken { .. } => "invalid_token",
             Self::InvalidDpopProof { .. } => "invalid_dpop_proof",
             Self::InsufficientScope { .. } => "insufficient_scope",
-            Self::Forbidden { .. } => "access_denied",
+            Self::Forbidden { .. } | Self::Blocked => "access_denied",
             Self::Unavailable { .. } => "temporarily_unavailable",
         }
     }
@@ -123,6 +126,7 @@ impl Denial {
             }
             Self::InsufficientScope { .. } => "the access token lacks the scope or role this route requires",
             Self::Forbidden { .. } => "this route is not allowed",
+            Self::Blocked => "requests from this address are blocked for now",
             Self::Unavailable { .. } => "the service cannot check tokens right now",
         }
     }

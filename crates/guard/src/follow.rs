@@ -224,7 +224,7 @@ fn handle(inner: &Inner, event: &SseEvent) -> Result<(), String> {
             } else {
                 set.replace(snap.seq, snap.entries, now);
             }
-            inner.counted(set.len());
+            inner.counted(&set);
             inner.metrics.revocation_seq.set(set.seq());
             drop(set);
             inner.synced.store(true, Ordering::Release);
@@ -233,7 +233,7 @@ fn handle(inner: &Inner, event: &SseEvent) -> Result<(), String> {
             let entry: Entry = serde_json::from_str(&event.data).map_err(|e| format!("bad entry: {e}"))?;
             let mut set = inner.revocations.write().map_err(|_| "revocation set poisoned".to_owned())?;
             set.apply(entry, now);
-            inner.counted(set.len());
+            inner.counted(&set);
             inner.metrics.revocation_seq.set(set.seq());
         }
         _ => {}
@@ -260,7 +260,7 @@ async fn housekeeping(weak: Weak<Inner>) {
             let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
             if let Ok(mut set) = inner.revocations.write() {
                 set.prune(now);
-                inner.counted(set.len());
+                inner.counted(&set);
             }
         }
         sleep(Duration::from_secs(1)).await;

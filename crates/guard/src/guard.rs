@@ -228,6 +228,8 @@ pub(crate) struct Inner {
     pub(crate) revocation_count: std::sync::atomic::AtomicUsize,
     /// Whether a snapshot of the revocation set has been received.
     pub(crate) synced: AtomicBool,
+    /// Whether the set blocks any source: requests skip the lock while none is.
+    blocking: AtomicBool,
     /// When the stream was last heard from, in milliseconds since `epoch`.
     pub(crate) last_heard_ms: AtomicU64,
     pub(crate) epoch: Instant,
@@ -416,6 +418,7 @@ impl Guard {
             auth,
             policy,
             revocations: RwLock::new(RevocationSet::new()),
+            blocking: AtomicBool::new(false),
             revocation_count: std::sync::atomic::AtomicUsize::new(0),
             synced: AtomicBool::new(false),
             last_heard_ms: AtomicU64::new(0),
@@ -538,6 +541,11 @@ impl Guard {
             }
         };
         let route_index = inner.policy.routes.iter().position(|r| r.matches(method, &path));
+        if let Some(peer) = peer
+            && inner.blocks(peer)
+        {
+            return Err(inner.deny(Denial::Blocked, route_index, None, Some(peer)));
+        }
         let route = route_index.and_then(|i| inner.policy.routes.get(i));
         if route.is_some_and(|r| r.public) {
             inner.metrics.granted_public.inc();
@@ -733,10 +741,22 @@ impl Inner {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Records the revocation set's new size (gauge and the lock-free copy).
-    pub(crate) fn counted(&self, len: usize) {
+    /// Records the revocation set's new size (gauge and the lock-free copy) and whether it blocks sources.
+    pub(crate) fn counted(&self, set: &RevocationSet) {
+        let len = set.len();
+        self.blocking.store(set.has_blocks(), Ordering::Release);
         self.revocation_count.store(len, Ordering::Release);
         self.metrics.revocations.set(i64::try_from(len).unwrap_or(i64::MAX));
+    }
+
+    /// Whether a `block_source` response or an operator blocked `peer` (every route, public ones too).
+    fn blocks(&self, peer: IpAddr) -> bool {
+        if !self.blocking.load(Ordering::Acquire) {
+            return false;
+        }
+        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+        // A poisoned lock means a writer panicked mid-update: refuse rather than guess.
+        self.revocations.read().map_or(true, |set| set.blocks(peer, now))
     }
 
     pub(crate) fn heard(&self) {

@@ -6,6 +6,9 @@
 //! service (fail closed) rather than grow without bound.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+
+use tessera_core::net::SourceBlocks;
 
 use serde::Deserialize;
 use tessera_token::Origin;
@@ -15,11 +18,12 @@ use tessera_token::Origin;
 pub struct Entry {
     /// Sequence number (commit order).
     pub seq: i64,
-    /// `token`, `session`, `user`, `client` or `key`.
+    /// `token`, `session`, `user`, `client`, `key` or `source`.
     pub kind: String,
-    /// The `jti`, `sid`, `sub`, `client_id` or `kid`.
+    /// The `jti`, `sid`, `sub`, `client_id`, `kid`, or the source's address or CIDR.
     pub subject: String,
-    /// For users and clients: tokens issued at or before this time (Unix seconds) are revoked.
+    /// For users and clients: tokens issued at or before this time (Unix seconds) are revoked. For a
+    /// source: set when the entry lifts the source's block instead of imposing one.
     #[serde(default)]
     pub not_before: Option<i64>,
     /// When the entry may be dropped.
@@ -86,6 +90,8 @@ pub struct RevocationSet {
     /// subject → (not_before, expires_at); a later entry raises both.
     users: HashMap<String, (i64, i64)>,
     clients: HashMap<String, (i64, i64)>,
+    /// Blocked sources (`block_source`).
+    sources: SourceBlocks,
     seq: i64,
 }
 
@@ -115,7 +121,12 @@ impl RevocationSet {
     /// How many entries are held.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.tokens.len() + self.sessions.len() + self.keys.len() + self.users.len() + self.clients.len()
+        self.tokens.len()
+            + self.sessions.len()
+            + self.keys.len()
+            + self.users.len()
+            + self.clients.len()
+            + self.sources.len()
     }
 
     /// Whether no entry is held.
@@ -128,6 +139,10 @@ impl RevocationSet {
     /// the sequence number. Entries already expired at `now` are not kept.
     pub fn apply(&mut self, e: Entry, now: i64) {
         self.seq = self.seq.max(e.seq);
+        if e.kind == "source" {
+            self.apply_source(&e, now);
+            return;
+        }
         if e.expires_at <= now {
             return;
         }
@@ -144,6 +159,24 @@ impl RevocationSet {
             }
             _ => {}
         }
+    }
+
+    /// A source entry: the latest one for an address or network wins, so a lift (`not_before` set) ends an
+    /// earlier block.
+    fn apply_source(&mut self, e: &Entry, now: i64) {
+        self.sources.apply(&e.subject, e.not_before.is_some(), e.expires_at, now);
+    }
+
+    /// Whether any source is blocked (a block may have ended but not yet been pruned).
+    #[must_use]
+    pub fn has_blocks(&self) -> bool {
+        !self.sources.is_empty()
+    }
+
+    /// Whether requests from `peer` are blocked at `now`.
+    #[must_use]
+    pub fn blocks(&self, peer: IpAddr, now: i64) -> bool {
+        self.sources.blocks(peer, now)
     }
 
     /// Replaces the whole set with a snapshot taken at `seq`.
@@ -196,6 +229,7 @@ impl RevocationSet {
         self.keys.retain(|_, exp| *exp > now);
         self.users.retain(|_, (_, exp)| *exp > now);
         self.clients.retain(|_, (_, exp)| *exp > now);
+        self.sources.prune(now);
         before - self.len()
     }
 }
@@ -286,6 +320,18 @@ mod tests {
         assert_eq!(set.check(ids(), NOW + 900), None);
         assert_eq!(set.prune(NOW + 900), 1);
         assert!(set.is_empty());
+    }
+
+    #[test]
+    fn source_entries_block_and_lift_in_sequence_order() {
+        let peer: IpAddr = "203.0.113.7".parse().unwrap();
+        let mut set = RevocationSet::new();
+        set.apply(entry(1, "source", "203.0.113.0/24", None), NOW);
+        assert!(set.blocks(peer, NOW) && set.has_blocks());
+        assert_eq!(set.check(ids(), NOW), None, "a block matches requests, not tokens");
+        set.apply(entry(2, "source", "203.0.113.0/24", Some(NOW)), NOW);
+        assert!(!set.blocks(peer, NOW) && !set.has_blocks());
+        assert_eq!(set.seq(), 2);
     }
 
     #[test]

@@ -59,9 +59,17 @@ pub struct Config {
     pub dpop_nonce: bool,
     /// Days the audit log keeps an event; older ones are removed behind a checkpoint. 0: keep forever.
     pub audit_retention_days: i64,
+    /// Proxies (addresses or CIDRs) in front of the server whose `X-Forwarded-For` is believed; the client's
+    /// address is the nearest one in that header that is not a trusted proxy. `TESSERA_TRUSTED_PROXIES` is
+    /// comma-separated.
+    pub trusted_proxies: Vec<String>,
     /// The detection rules' thresholds (`[detection]` in the file; `TESSERA_DETECTION_<KEY>` in the
     /// environment).
     pub detection: tessera_core::detect::Thresholds,
+    /// What each rule does when it fires (`[responses]`; `TESSERA_RESPONSES_<RULE>`, comma-separated).
+    pub responses: crate::response::Responses,
+    /// Where alerts go (`[alerts]`; `TESSERA_ALERTS_<KEY>`).
+    pub alerts: crate::alerts::AlertConfig,
 }
 
 impl Default for Config {
@@ -87,7 +95,10 @@ impl Default for Config {
             dpop_proof_max_age: 60,
             dpop_nonce: false,
             audit_retention_days: 365,
+            trusted_proxies: Vec::new(),
             detection: tessera_core::detect::Thresholds::default(),
+            responses: crate::response::Responses::default(),
+            alerts: crate::alerts::AlertConfig::default(),
         }
     }
 }
@@ -118,6 +129,14 @@ fn env_value(var: &str, raw: &str, default: &toml::Value) -> Result<toml::Value,
         ),
         toml::Value::Boolean(_) => toml::Value::Boolean(
             raw.trim().parse().map_err(|_| ConfigError(format!("{var} must be true or false")))?,
+        ),
+        // A list: comma-separated.
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.to_owned()))
+                .collect(),
         ),
         _ => toml::Value::String(raw.to_owned()),
     })
@@ -277,6 +296,13 @@ impl Config {
         if !(0..=36_500).contains(&self.audit_retention_days) {
             return bad("audit_retention_days", "must be between 0 (keep forever) and 36500");
         }
+        self.responses.check().map_err(ConfigError)?;
+        self.alerts.check().map_err(ConfigError)?;
+        for proxy in &self.trusted_proxies {
+            if tessera_core::net::parse_source(proxy).is_none() {
+                return bad("trusted_proxies", "each must be an address or a CIDR, such as 10.0.0.0/8");
+            }
+        }
         if self.password_hash_concurrency == 0 {
             return bad("password_hash_concurrency", "must be at least 1");
         }
@@ -303,6 +329,19 @@ impl Config {
         }
     }
 
+    /// The trusted proxies as networks (checked at load).
+    pub fn trusted_proxy_nets(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| tessera_core::net::parse_source(p))
+            .filter_map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .ok()
+                    .or_else(|| p.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+            })
+            .collect()
+    }
+
     /// The signing algorithm (checked at load).
     pub fn signing_algorithm(&self) -> Algorithm {
         self.signing_alg.parse().unwrap_or(Algorithm::EdDSA)
@@ -320,6 +359,9 @@ impl Config {
             shown.master_key = "<redacted>".into();
         }
         shown.database_url = redact_url_password(&shown.database_url);
+        if !shown.alerts.webhook_secret.is_empty() {
+            shown.alerts.webhook_secret = "<redacted>".into();
+        }
         toml::to_string(&shown).unwrap_or_else(|_| "<unprintable configuration>".into())
     }
 }
@@ -419,6 +461,45 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.0, "TESSERA_DETECTION_FORGED_BURST_SECS must be an integer");
+    }
+
+    #[test]
+    fn responses_alerts_and_proxies_come_from_the_file_and_the_environment() {
+        use crate::response::Action;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.toml");
+        std::fs::write(
+            &path,
+            "trusted_proxies = [\"10.0.0.0/8\"]\n[responses]\nbrute_force = [\"block_source\", \"alert\"]\n\
+             [alerts]\nwebhook_url = \"https://hooks.example/t\"\nwebhook_secret = \"0123456789abcdef0123456789abcdef\"\n",
+        )
+        .unwrap();
+        let vars = env(&[
+            ("TESSERA_RESPONSES_REVOKED_TOKEN_USE", "revoke_session, alert"),
+            ("TESSERA_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
+        ]);
+        let c = Config::load(Some(&path), vars, &Overrides::default()).unwrap();
+        assert_eq!(c.responses.brute_force, [Action::BlockSource, Action::Alert]);
+        assert_eq!(c.responses.revoked_token_use, [Action::RevokeSession, Action::Alert]);
+        assert_eq!(c.responses.refresh_token_reuse, [Action::RevokeSession, Action::Alert], "default kept");
+        assert_eq!(c.trusted_proxy_nets().len(), 2);
+        assert_eq!(c.alerts.webhook_url, "https://hooks.example/t");
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+        let e = Config::load(None, env(&[("TESSERA_RESPONSES_BRUTE_FORCE", "nuke")]), &Overrides::default())
+            .unwrap_err();
+        assert!(e.0.contains("nuke"), "{e}");
+        let e = Config::load(None, env(&[("TESSERA_TRUSTED_PROXIES", "proxy.local")]), &Overrides::default())
+            .unwrap_err();
+        assert!(e.0.starts_with("trusted_proxies"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[("TESSERA_ALERTS_WEBHOOK_URL", "https://h.example/")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("alerts.webhook_secret"), "{e}");
     }
 
     #[test]

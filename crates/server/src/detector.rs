@@ -1,21 +1,24 @@
 //! The detector: follows the audit log, runs the detection rules (`tessera_core::detect`) over a sliding
-//! window of recent events, raises each finding once across every node, records it, alerts, and runs its
-//! response.
+//! window of recent events, raises each finding once across every node, records it, runs its responses
+//! (`[responses]`), and queues its alerts.
 //!
 //! Each round reads the events written since the last one, then runs the rules only over the window's
 //! events that share a session, token, user or source with the new ones, so a quiet log costs nothing and a
 //! busy one costs in proportion to what changed. A finding is raised by the node that first takes its key in
-//! the store's single-use table (shared on PostgreSQL), so two nodes never both respond.
+//! the store's `detections` table (shared on PostgreSQL), so two nodes never both respond; the
+//! claim queues the finding's alerts in the same transaction, so a node that dies right after it still
+//! alerts.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use serde_json::json;
 use tessera_core::detect::{self, Detection, Rule, Thresholds};
-use tessera_core::{Event, EventKind, RevocationKind, TokenHash};
-use tessera_store::{AuditQuery, NewRevocation, REVOCATION_HORIZON_SECS, StoreError};
+use tessera_core::{Event, EventKind, TokenHash};
+use tessera_store::{AuditQuery, StoreError};
 
-use crate::AppState;
+use crate::response::{self, Action};
+use crate::{AppState, alerts};
 
 /// How often the detector reads new events: a response runs within about this long of its event.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -35,33 +38,6 @@ const WATCHED: [EventKind; 8] = [
     EventKind::LoginFailure,
     EventKind::LoginSuccess,
 ];
-
-/// What a rule does when it fires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Tell someone (the log; webhook and SET sinks are to come).
-    Alert,
-    /// Revoke the session (refresh family and its access tokens) at the server and every guard.
-    RevokeSession,
-}
-
-impl Action {
-    /// The stable name, as `response_taken` records it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::Alert => "alert",
-            Action::RevokeSession => "revoke_session",
-        }
-    }
-}
-
-/// The default response of each rule.
-pub fn default_actions(rule: Rule) -> &'static [Action] {
-    match rule {
-        Rule::RefreshTokenReuse | Rule::LateralMovementProbe => &[Action::RevokeSession, Action::Alert],
-        _ => &[Action::Alert],
-    }
-}
 
 /// The detector's memory: where it is in the log, and the recent events the rules look at.
 #[derive(Debug)]
@@ -194,11 +170,9 @@ impl Detector {
             if self.known.insert(found.key(), until).is_some() {
                 continue;
             }
-            if !state.store.use_once("detection", &TokenHash::of(&found.key()), until, now).await? {
-                continue;
+            if raise(state, &found, until, now).await? {
+                raised.push(found);
             }
-            raise(state, &found, now).await;
-            raised.push(found);
         }
         Ok(raised)
     }
@@ -215,10 +189,18 @@ fn about(d: &Detection, kind: EventKind, now: i64) -> Event {
     }
 }
 
-/// Records a detection, alerts, and runs its response; each action is its own `response_taken` event.
-async fn raise(state: &AppState, d: &Detection, now: i64) {
+/// Claims a finding (once across nodes) with its alerts queued on hold, records it, runs its responses
+/// (each its own `response_taken` event), then releases the alerts with the outcomes. `false` if another
+/// node or an earlier round already raised it.
+async fn raise(state: &AppState, d: &Detection, until: i64, now: i64) -> Result<bool, StoreError> {
     let rule = Rule::from_name(d.rule).unwrap_or(Rule::RefreshTokenReuse);
-    let actions = default_actions(rule);
+    let actions = state.config.responses.for_rule(rule);
+    let (alerts, queued) =
+        alerts::plan(state, d, actions, now, || crate::crypto::sortable_id(now).map_err(|e| e.to_string()))
+            .map_err(StoreError::Unavailable)?;
+    if !state.store.raise_detection(&TokenHash::of(&d.key()), d.rule, until, &alerts, now).await? {
+        return Ok(false);
+    }
     let detail = json!({
         "key": d.key(),
         "severity": d.severity.name(),
@@ -226,6 +208,7 @@ async fn raise(state: &AppState, d: &Detection, now: i64) {
         "explanation": d.explanation,
         "evidence": d.evidence,
         "actions": actions.iter().map(|a| a.name()).collect::<Vec<_>>(),
+        "alerts": alerts.iter().map(|a| json!({ "id": a.id, "sink": a.sink })).collect::<Vec<_>>(),
     });
     state
         .event(Event {
@@ -236,70 +219,42 @@ async fn raise(state: &AppState, d: &Detection, now: i64) {
         })
         .await;
     state.metrics.detection(d.rule);
-    for action in actions {
-        let outcome = match action {
-            Action::Alert => {
-                tracing::warn!(
-                    rule = d.rule,
-                    severity = d.severity.name(),
-                    subject = %d.subject,
-                    evidence = ?d.evidence,
-                    "detection: {}",
-                    d.explanation
-                );
-                "sent:log"
-            }
-            Action::RevokeSession => match &d.sid {
-                None => "skipped:no_session",
-                Some(sid) => match revoke_session(state, sid, &format!("detection_{}", d.rule), now).await {
-                    Ok(outcome) => {
-                        state.revocations.wake();
-                        outcome
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, sid = %sid, "detection response failed: cannot revoke the session");
-                        "failed"
-                    }
-                },
-            },
-        };
-        state.metrics.response(action.name());
-        let detail = json!({ "detection": d.key(), "rule": d.rule, "result": outcome });
+    let mut taken = Vec::with_capacity(actions.len());
+    // Containment first, the alert last: it reports what the others did.
+    for action in actions.iter().filter(|a| **a != Action::Alert) {
+        let outcome = response::run(state, *action, d, now).await;
+        taken.push(alerts::Taken { action: action.name(), result: outcome });
+    }
+    if actions.contains(&Action::Alert) {
+        tracing::warn!(
+            rule = d.rule,
+            severity = d.severity.name(),
+            subject = %d.subject,
+            evidence = ?d.evidence,
+            responses = ?taken,
+            "detection: {}",
+            d.explanation
+        );
+        let result = if queued.is_empty() { "sent:log" } else { "queued" };
+        taken.push(alerts::Taken { action: Action::Alert.name(), result });
+    }
+    for t in &taken {
+        state.metrics.response(t.action);
+        let detail = json!({ "detection": d.key(), "rule": d.rule, "result": t.result });
         state
             .event(Event {
-                reason: Some(action.name().to_owned()),
-                outcome: Some(outcome.to_owned()),
+                reason: Some(t.action.to_owned()),
+                outcome: Some(t.result.to_owned()),
                 actor: Some("detector".into()),
                 detail: Some(detail.to_string()),
                 ..about(d, EventKind::ResponseTaken, now)
             })
             .await;
     }
-}
-
-/// Revokes a session: its refresh family if this server knows it (which adds the session's revocation
-/// entry), else the entry alone, so that every guard refuses the session's tokens either way.
-async fn revoke_session(
-    state: &AppState,
-    sid: &str,
-    reason: &str,
-    now: i64,
-) -> Result<&'static str, StoreError> {
-    if state.store.revoke_family(sid, reason, now).await? {
-        return Ok("revoked");
+    if !queued.is_empty() {
+        alerts::release(state, &queued, d, &taken, now).await;
     }
-    if state.store.family(sid).await?.is_some() {
-        return Ok("already_revoked");
-    }
-    let entry = NewRevocation {
-        kind: RevocationKind::Session,
-        subject: sid.to_owned(),
-        not_before: None,
-        expires_at: now + REVOCATION_HORIZON_SECS,
-        reason: reason.to_owned(),
-    };
-    state.store.revoke(&entry, now).await?;
-    Ok("revoked")
+    Ok(true)
 }
 
 /// Runs the detector until `stop`: a round every [`POLL`].

@@ -104,6 +104,14 @@ impl Directory {
     cached!(resource, resources, Resource, resource);
     cached!(user, users, User, user_by_id);
 
+    /// Empties the cache now: this node just changed a record (the other nodes see the counter move).
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.clients.clear();
+        self.resources.clear();
+        self.users.clear();
+    }
+
     /// Reads the change counter and empties the cache if it moved. Called every [`POLL`].
     ///
     /// # Errors
@@ -115,10 +123,7 @@ impl Directory {
             Err(_) => true,
         };
         if changed {
-            self.generation.fetch_add(1, Ordering::AcqRel);
-            self.clients.clear();
-            self.resources.clear();
-            self.users.clear();
+            self.invalidate();
         }
         seq.map(|_| ())
     }

@@ -4,6 +4,7 @@
 //! a first signing key) and [`serve`] answers HTTP until the shutdown future completes. The binary's
 //! `tessera serve` calls both; tests call them in-process on a free port.
 
+pub mod alerts;
 mod authorize;
 pub mod config;
 pub mod crypto;
@@ -18,6 +19,7 @@ pub mod keyring;
 pub mod metrics;
 pub mod oauth;
 pub mod passwords;
+pub mod response;
 mod routes;
 pub mod stream;
 mod token;
@@ -72,6 +74,10 @@ pub struct AppState {
     pub revocations: stream::RevocationFeed,
     /// Set when the server starts shutting down, so that endless responses (the guards' streams) end.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// Wakes the alert deliverer: a detection released alerts.
+    pub alerts_due: tokio::sync::Notify,
+    /// The proxies whose `X-Forwarded-For` is believed.
+    trusted_proxies: Vec<ipnet::IpNet>,
     discovery: String,
 }
 
@@ -85,6 +91,17 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
+    /// Whether `source` (an address or CIDR) covers a trusted proxy: blocking it would block everyone
+    /// behind that proxy, so a detection never does.
+    pub fn never_blocks(&self, source: &str) -> bool {
+        let net = source
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| source.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        net.is_ok_and(|net| {
+            self.trusted_proxies.iter().any(|p| net.contains(&p.network()) || p.contains(&net.network()))
+        })
+    }
+
     /// The keys in use now.
     pub fn keyring(&self) -> Arc<Keyring> {
         match self.keyring.read() {
@@ -153,7 +170,11 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        let ip = parts
+            .extensions
+            .get::<ClientAddr>()
+            .map(|c| c.0.to_string())
+            .or_else(|| parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()));
         let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|ua| {
             let mut end = ua.len().min(256);
             while !ua.is_char_boundary(end) {
@@ -230,7 +251,10 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
     let keyring = Keyring::load(&*store, &kek).await.map_err(start_error)?;
     let passwords = Passwords::new(config.password_hash_concurrency).map_err(StartError)?;
     let discovery = routes::discovery_document(&config.issuer, &keyring.signer().alg().to_string());
-    let revocations = stream::RevocationFeed::new(store.revocation_seq().await.map_err(start_error)?);
+    let head = store.revocation_seq().await.map_err(start_error)?;
+    let live = store.live_revocations(now).await.map_err(start_error)?;
+    let revocations = stream::RevocationFeed::new(head, &live);
+    let trusted_proxies = config.trusted_proxy_nets();
     let directory = directory::Directory::new(Arc::clone(&store));
     directory.sync().await.map_err(start_error)?;
     let state = AppState {
@@ -243,6 +267,8 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
         passwords,
         revocations,
         closing: tokio::sync::watch::channel(false).0,
+        alerts_due: tokio::sync::Notify::new(),
+        trusted_proxies,
         discovery,
     };
     Ok((Arc::new(state), startup))
@@ -323,14 +349,33 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Counts and times every request by matched route and status.
-async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+/// The client's address, behind the trusted proxies (a request extension `track` sets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
+/// The endpoints a blocked source may not use: those a user or client acts through. Guards' streams and
+/// reports, keys, discovery and health stay open, so a mistaken block cannot cut off revocations.
+const BLOCKABLE: [&str; 5] = ["/token", "/authorize", "/login", "/userinfo", "/introspect"];
+
+/// Resolves the client's address, refuses blocked sources, and counts and times every request by matched
+/// route and status.
+async fn track(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
     let endpoint = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     #[allow(clippy::disallowed_methods, reason = "request latency is measured at the edge")]
     let started = std::time::Instant::now();
+    if let Some(peer) = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()) {
+        let lines = request.headers().get_all("x-forwarded-for").iter().map(|v| v.to_str().ok());
+        let ip = tessera_core::net::client_ip(peer, lines, &state.trusted_proxies);
+        request.extensions_mut().insert(ClientAddr(ip));
+        if BLOCKABLE.contains(&endpoint.as_str()) && state.revocations.blocks(ip, now()) {
+            let response = axum::response::IntoResponse::into_response(OAuthError::blocked());
+            state.metrics.request(&endpoint, response.status().as_u16(), started.elapsed().as_secs_f64());
+            return response;
+        }
+    }
     let response = next.run(request).await;
     state.metrics.request(&endpoint, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
@@ -350,6 +395,7 @@ pub async fn serve(
     let housekeeping = tokio::spawn(housekeeping(Arc::clone(&state), stop_rx.clone()));
     let directory = tokio::spawn(watch_directory(Arc::clone(&state), stop_rx.clone()));
     let detector = tokio::spawn(detector::run(Arc::clone(&state), stop_rx.clone()));
+    let alerts = tokio::spawn(alerts::run(Arc::clone(&state), stop_rx.clone()));
     let feed = tokio::spawn(follow_revocations(Arc::clone(&state), stop_rx));
     let closing = Arc::clone(&state);
     let shutdown = async move {
@@ -364,6 +410,7 @@ pub async fn serve(
     let _ = directory.await;
     let _ = feed.await;
     let _ = detector.await;
+    let _ = alerts.await;
     result
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -37,6 +38,12 @@ struct ActionLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    sink: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
 }
@@ -61,6 +68,8 @@ pub struct Metrics {
     detections: Family<RuleLabel, Counter>,
     responses: Family<ActionLabel, Counter>,
     guard_rejections: Family<ReasonLabel, Counter>,
+    alert_attempts: Family<AttemptLabels, Counter>,
+    alert_outbox_depth: Gauge,
 }
 
 impl fmt::Debug for Metrics {
@@ -88,6 +97,18 @@ impl Metrics {
         let detections = Family::<RuleLabel, Counter>::default();
         let responses = Family::<ActionLabel, Counter>::default();
         let guard_rejections = Family::<ReasonLabel, Counter>::default();
+        let alert_attempts = Family::<AttemptLabels, Counter>::default();
+        let alert_outbox_depth = Gauge::default();
+        registry.register(
+            "alert_deliveries",
+            "Alert delivery attempts by sink and outcome (delivered, retry, failed)",
+            alert_attempts.clone(),
+        );
+        registry.register(
+            "alert_outbox_depth",
+            "Alerts queued and not yet delivered, across every node",
+            alert_outbox_depth.clone(),
+        );
         registry.register("detections", "Detections raised by this node, by rule", detections.clone());
         registry.register("responses", "Automatic responses run by this node, by action", responses.clone());
         registry.register(
@@ -124,7 +145,24 @@ impl Metrics {
             detections,
             responses,
             guard_rejections,
+            alert_attempts,
+            alert_outbox_depth,
         }
+    }
+
+    /// Counts one alert delivery attempt.
+    pub fn alert_attempt(&self, sink: &str, outcome: &tessera_store::AlertOutcome) {
+        let outcome = match outcome {
+            tessera_store::AlertOutcome::Delivered => "delivered",
+            tessera_store::AlertOutcome::Retry { .. } => "retry",
+            tessera_store::AlertOutcome::Failed { .. } => "failed",
+        };
+        self.alert_attempts.get_or_create(&AttemptLabels { sink: sink.to_owned(), outcome }).inc();
+    }
+
+    /// Sets the outbox depth gauge.
+    pub fn set_alert_depth(&self, depth: i64) {
+        self.alert_outbox_depth.set(depth);
     }
 
     /// Counts one request.

@@ -85,6 +85,10 @@ impl OAuthError {
             "the server could not complete the request",
         )
     }
+    /// `access_denied` (403): the request's source is blocked for now (`block_source`).
+    pub const fn blocked() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "access_denied", "requests from this address are blocked for now")
+    }
     /// `temporarily_unavailable`: the database is down or overloaded.
     pub const fn temporarily_unavailable() -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "try again later")

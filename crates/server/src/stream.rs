@@ -21,6 +21,8 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt as _};
 use serde_json::json;
+use tessera_core::RevocationKind;
+use tessera_core::net::SourceBlocks;
 use tessera_store::Revocation;
 use tokio::sync::broadcast;
 
@@ -44,17 +46,50 @@ pub struct RevocationFeed {
     /// When the follower last read the store successfully (Unix seconds).
     healthy_at: AtomicI64,
     wake: tokio::sync::Notify,
+    /// The sources blocked now (`source` entries), for the server's own endpoints; and whether any is, so
+    /// that requests skip the lock while none is.
+    blocks: std::sync::RwLock<SourceBlocks>,
+    blocking: std::sync::atomic::AtomicBool,
 }
 
 impl RevocationFeed {
-    /// A feed that starts after sequence number `from`.
-    pub fn new(from: i64) -> Self {
-        RevocationFeed {
+    /// A feed that starts after sequence number `from`, with the `live` entries committed up to it (the
+    /// source blocks among them apply at once).
+    pub fn new(from: i64, live: &[Revocation]) -> Self {
+        let feed = RevocationFeed {
             sender: broadcast::channel(BUFFER).0,
             last: AtomicI64::new(from),
             healthy_at: AtomicI64::new(now()),
             wake: tokio::sync::Notify::new(),
+            blocks: std::sync::RwLock::new(SourceBlocks::default()),
+            blocking: std::sync::atomic::AtomicBool::new(false),
+        };
+        let now = now();
+        for entry in live {
+            feed.note(entry, now);
         }
+        feed
+    }
+
+    /// Applies a source entry to the block list.
+    fn note(&self, entry: &Revocation, now: i64) {
+        if entry.kind != RevocationKind::Source {
+            return;
+        }
+        if let Ok(mut blocks) = self.blocks.write() {
+            blocks.prune(now);
+            blocks.apply(&entry.subject, entry.not_before.is_some(), entry.expires_at, now);
+            self.blocking.store(!blocks.is_empty(), Ordering::Release);
+        }
+    }
+
+    /// Whether requests from `ip` are blocked now (`block_source`).
+    pub fn blocks(&self, ip: std::net::IpAddr, now: i64) -> bool {
+        if !self.blocking.load(Ordering::Acquire) {
+            return false;
+        }
+        // A poisoned lock means a writer panicked mid-update: refuse rather than guess.
+        self.blocks.read().map_or(true, |b| b.blocks(ip, now))
     }
 
     /// Asks the follower to read now instead of at its next tick: this node just committed a revocation.
@@ -78,6 +113,7 @@ impl RevocationFeed {
             let full = entries.len() == 1000;
             for entry in entries {
                 self.last.store(entry.seq, Ordering::Release);
+                self.note(&entry, now());
                 let _ = self.sender.send(Arc::new(entry));
             }
             if !full {

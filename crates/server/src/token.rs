@@ -314,6 +314,20 @@ async fn refresh(
         });
     }
     let user = active_user(state, &family.user_id).await?;
+    if user.step_up_after.is_some_and(|at| family.auth_time <= at) {
+        // A detection asked for stronger proof (`require_step_up`): this session must sign in again.
+        state
+            .event(Event {
+                kind: "token_rejected".into(),
+                sub: Some(family.user_id.clone()),
+                sid: Some(family.id.clone()),
+                client_id: Some(client.id.clone()),
+                reason: Some("step_up_required".into()),
+                ..meta.event(now)
+            })
+            .await;
+        return Err(OAuthError::invalid_grant("the session must sign in again"));
+    }
     let scope = flow::narrow_scope(params.get("scope"), &record.scope)?;
     let successor = state.kek.successor_key().successor(&secret);
     // At most two rounds: a lost compare-and-swap re-reads the token once and decides again.

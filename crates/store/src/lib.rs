@@ -21,8 +21,9 @@ mod postgres;
 mod sqlite;
 
 pub use model::{
-    AuditQuery, AuditRecord, AuditState, AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession,
-    NewRevocation, OriginRef, RefreshRecord, Resource, Revocation, Rotation, Time, TokenRef, User,
+    Alert, AlertOutcome, AuditQuery, AuditRecord, AuditState, AuthCode, Client, CodeUse, Event, Family,
+    KeyRecord, LoginSession, NewAlert, NewRevocation, OriginRef, RefreshRecord, Resource, Revocation,
+    Rotation, Time, TokenRef, User,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -109,9 +110,15 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn set_user_disabled(&self, id: &str, disabled: bool) -> Result<bool>;
     /// Replaces a user's roles; `false` if there is no such user.
     async fn set_user_roles(&self, id: &str, roles: &[String]) -> Result<bool>;
-    /// Sets a new password hash and, in the same transaction, revokes every session of the user (as
-    /// [`Store::revoke_user`]). `None` if there is no such user, else the revocation's sequence number.
+    /// Sets a new password hash, clears a forced reset and, in the same transaction, revokes every session
+    /// of the user (as [`Store::revoke_user`]). `None` if there is no such user, else the revocation's
+    /// sequence number.
     async fn set_password(&self, id: &str, password_hash: &str, now: Time) -> Result<Option<i64>>;
+    /// Sets or clears "must reset the password at the next login"; `false` if there is no such user.
+    async fn set_must_reset_password(&self, id: &str, must: bool) -> Result<bool>;
+    /// Requires every session of the user authenticated at or before `now` to log in again before it may
+    /// refresh (`require_step_up`); `false` if there is no such user.
+    async fn require_step_up(&self, id: &str, now: Time) -> Result<bool>;
 
     /// Registers a client; [`StoreError::Conflict`] if the id is taken.
     async fn create_client(&self, client: &Client) -> Result<()>;
@@ -192,8 +199,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Commits one revocation entry and returns its sequence number.
     async fn revoke(&self, revocation: &NewRevocation, now: Time) -> Result<i64>;
     /// Revokes everything of a user: every family (with a session entry each) and login session, and a user
-    /// entry with not-before `now`. Returns the user entry's sequence number.
-    async fn revoke_user(&self, user_id: &str, reason: &str, now: Time) -> Result<i64>;
+    /// entry with not-before `now`; with `force_reset`, also sets "must reset the password", in the same
+    /// transaction. Returns the user entry's sequence number.
+    async fn revoke_user(&self, user_id: &str, reason: &str, force_reset: bool, now: Time) -> Result<i64>;
     /// Revokes everything of a client: every family, and a client entry with not-before `now`.
     async fn revoke_client(&self, client_id: &str, reason: &str, now: Time) -> Result<i64>;
     /// Revocations with a sequence number above `after`, in order, at most `limit`.
@@ -213,6 +221,30 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// until `expires_at`. `true` the first time; `false` if it was already used and has not yet expired.
     /// Shared by every node on the same database.
     async fn use_once(&self, scope: &str, id_hash: &TokenHash, expires_at: Time, now: Time) -> Result<bool>;
+
+    /// Claims a detection key (its hash) until `expires_at` and, in the same transaction, queues `alerts`.
+    /// `true` if this call claimed it; `false` (and nothing queued) while another claim holds it, so that
+    /// every node raises a finding once.
+    async fn raise_detection(
+        &self,
+        key: &TokenHash,
+        rule: &str,
+        expires_at: Time,
+        alerts: &[NewAlert],
+        now: Time,
+    ) -> Result<bool>;
+    /// Replaces a queued alert's payload and makes it due at `next_at`, if it is still pending and has not
+    /// been attempted; `false` otherwise (its hold ran out and it went as it was).
+    async fn update_alert(&self, id: &str, payload: &str, next_at: Time) -> Result<bool>;
+    /// Takes up to `limit` pending alerts due at `now`, oldest first, leasing each until `lease_until` (and
+    /// counting the attempt), so that no other node takes them meanwhile.
+    async fn take_alerts(&self, now: Time, lease_until: Time, limit: i64) -> Result<Vec<Alert>>;
+    /// Records how a delivery attempt ended.
+    async fn finish_alert(&self, id: &str, outcome: &AlertOutcome, now: Time) -> Result<()>;
+    /// Alerts, newest first: all, or those in one state.
+    async fn list_alerts(&self, state: Option<&str>, limit: i64) -> Result<Vec<Alert>>;
+    /// How many alerts are pending (the outbox depth).
+    async fn pending_alerts(&self) -> Result<i64>;
 
     /// Appends a security event to the audit chain; returns once it is committed.
     async fn append_event(&self, event: &Event) -> Result<()>;

@@ -25,6 +25,12 @@ pub struct User {
     pub created_at: Time,
     /// When the password was last set.
     pub password_changed_at: Time,
+    /// The next login must set a new password before any token is issued (a `revoke_user` response or an
+    /// administrator set this; a new password clears it).
+    pub must_reset_password: bool,
+    /// Sessions authenticated at or before this time may not refresh: they must log in again
+    /// (`require_step_up`).
+    pub step_up_after: Option<Time>,
 }
 
 impl fmt::Debug for User {
@@ -34,6 +40,8 @@ impl fmt::Debug for User {
             .field("username", &self.username)
             .field("roles", &self.roles)
             .field("disabled", &self.disabled)
+            .field("must_reset_password", &self.must_reset_password)
+            .field("step_up_after", &self.step_up_after)
             .finish_non_exhaustive()
     }
 }
@@ -377,4 +385,63 @@ pub struct AuditState {
     pub head_seq: i64,
     /// Its hash.
     pub head_hash: ChainHash,
+}
+
+/// An alert to queue for delivery to one sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAlert {
+    /// Unique and sortable: the receiver's deduplication key.
+    pub id: String,
+    /// `webhook` or `set`.
+    pub sink: String,
+    /// The detection's key (rule and subject), for listing.
+    pub detection: String,
+    /// What to send (the webhook's JSON body, or the SET's claims before signing).
+    pub payload: String,
+    /// Not sent before this time (a hold while the detection's responses run).
+    pub next_at: Time,
+}
+
+/// A queued or finished alert delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    /// Unique and sortable.
+    pub id: String,
+    /// `webhook` or `set`.
+    pub sink: String,
+    /// The detection's key.
+    pub detection: String,
+    /// What is sent.
+    pub payload: String,
+    /// `pending`, `delivered` or `failed` (given up).
+    pub state: String,
+    /// When it was queued.
+    pub created_at: Time,
+    /// When it is next due (or, while a node delivers it, when that node's lease ends).
+    pub next_at: Time,
+    /// Delivery attempts so far.
+    pub attempts: i64,
+    /// Why the last attempt failed (a status code or a transport error kind; never a response body).
+    pub last_error: Option<String>,
+    /// When it was delivered.
+    pub delivered_at: Option<Time>,
+}
+
+/// How one delivery attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlertOutcome {
+    /// The receiver accepted it.
+    Delivered,
+    /// Try again at `next_at`.
+    Retry {
+        /// Why this attempt failed.
+        error: String,
+        /// When to try again.
+        next_at: Time,
+    },
+    /// Give up: the receiver refused it for good, or it is too old.
+    Failed {
+        /// Why.
+        error: String,
+    },
 }

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use tessera_core::{ChainHash, ClientKind, EventKind, GrantType, KeyState, RevocationKind, TokenHash};
 
+use crate::model::{Alert, AlertOutcome, NewAlert};
 use crate::model::{
     AuditQuery, AuditRecord, AuditState, AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession,
     NewRevocation, OriginRef, RefreshRecord, Resource, Revocation, Rotation, Time, TokenRef, User,
@@ -19,7 +20,7 @@ type Tx = sqlx::Transaction<'static, Db>;
 
 macro_rules! user_cols {
     () => {
-        "id, username, password_hash, roles, disabled, created_at, password_changed_at"
+        "id, username, password_hash, roles, disabled, created_at, password_changed_at, must_reset_password, step_up_after"
     };
 }
 macro_rules! client_cols {
@@ -50,6 +51,11 @@ macro_rules! family_cols {
 macro_rules! revocation_cols {
     () => {
         "seq, kind, subject, not_before, created_at, expires_at, reason"
+    };
+}
+macro_rules! alert_cols {
+    () => {
+        "id, sink, detection, payload, state, created_at, next_at, attempts, last_error, delivered_at"
     };
 }
 macro_rules! event_cols {
@@ -98,8 +104,38 @@ fn user_from(row: &DbRow) -> Result<User> {
         disabled: row.try_get("disabled")?,
         created_at: row.try_get("created_at")?,
         password_changed_at: row.try_get("password_changed_at")?,
+        must_reset_password: row.try_get("must_reset_password")?,
+        step_up_after: row.try_get("step_up_after")?,
     })
 }
+
+fn alert_from(row: &DbRow) -> Result<Alert> {
+    let attempts: i32 = row.try_get("attempts")?;
+    Ok(Alert {
+        id: row.try_get("id")?,
+        sink: row.try_get("sink")?,
+        detection: row.try_get("detection")?,
+        payload: row.try_get("payload")?,
+        state: row.try_get("state")?,
+        created_at: row.try_get("created_at")?,
+        next_at: row.try_get("next_at")?,
+        attempts: i64::from(attempts),
+        last_error: row.try_get("last_error")?,
+        delivered_at: row.try_get("delivered_at")?,
+    })
+}
+
+/// Lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// How long a delivered or given-up alert is kept for `tessera alerts list`.
+const ALERT_RETENTION_SECS: Time = 30 * 86_400;
 
 fn client_from(row: &DbRow) -> Result<Client> {
     let kind: String = row.try_get("kind")?;
@@ -470,17 +506,23 @@ impl Store for StoreImpl {
 
     async fn create_user(&self, user: &User) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(concat!("INSERT INTO users (", user_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7)"))
-            .bind(&user.id)
-            .bind(&user.username)
-            .bind(&user.password_hash)
-            .bind(to_list(&user.roles))
-            .bind(user.disabled)
-            .bind(user.created_at)
-            .bind(user.password_changed_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| conflict(e, "user"))?;
+        sqlx::query(concat!(
+            "INSERT INTO users (",
+            user_cols!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ))
+        .bind(&user.id)
+        .bind(&user.username)
+        .bind(&user.password_hash)
+        .bind(to_list(&user.roles))
+        .bind(user.disabled)
+        .bind(user.created_at)
+        .bind(user.password_changed_at)
+        .bind(user.must_reset_password)
+        .bind(user.step_up_after)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| conflict(e, "user"))?;
         bump_changes(&mut tx).await?;
         tx.commit().await?;
         Ok(())
@@ -521,13 +563,16 @@ impl Store for StoreImpl {
 
     async fn set_password(&self, id: &str, password_hash: &str, now: Time) -> Result<Option<i64>> {
         let mut tx = self.begin_write().await?;
-        let n = sqlx::query("UPDATE users SET password_hash = $1, password_changed_at = $2 WHERE id = $3")
-            .bind(password_hash)
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let n = sqlx::query(
+            "UPDATE users SET password_hash = $1, password_changed_at = $2, must_reset_password = FALSE \
+             WHERE id = $3",
+        )
+        .bind(password_hash)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if n != 1 {
             return Ok(None);
         }
@@ -535,6 +580,17 @@ impl Store for StoreImpl {
         bump_changes(&mut tx).await?;
         tx.commit().await?;
         Ok(Some(seq))
+    }
+
+    async fn set_must_reset_password(&self, id: &str, must: bool) -> Result<bool> {
+        let query =
+            sqlx::query("UPDATE users SET must_reset_password = $1 WHERE id = $2").bind(must).bind(id);
+        update_counted(self.begin_write().await?, query).await
+    }
+
+    async fn require_step_up(&self, id: &str, now: Time) -> Result<bool> {
+        let query = sqlx::query("UPDATE users SET step_up_after = $1 WHERE id = $2").bind(now).bind(id);
+        update_counted(self.begin_write().await?, query).await
     }
 
     async fn create_client(&self, c: &Client) -> Result<()> {
@@ -925,9 +981,16 @@ impl Store for StoreImpl {
         Ok(seq)
     }
 
-    async fn revoke_user(&self, user_id: &str, reason: &str, now: Time) -> Result<i64> {
+    async fn revoke_user(&self, user_id: &str, reason: &str, force_reset: bool, now: Time) -> Result<i64> {
         let mut tx = self.begin_write().await?;
         let seq = revoke_user_in(&mut tx, user_id, reason, now).await?;
+        if force_reset {
+            sqlx::query("UPDATE users SET must_reset_password = TRUE WHERE id = $1")
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+            bump_changes(&mut tx).await?;
+        }
         tx.commit().await?;
         Ok(seq)
     }
@@ -1028,6 +1091,16 @@ impl Store for StoreImpl {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        n += sqlx::query("DELETE FROM detections WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        n += sqlx::query("DELETE FROM alert_outbox WHERE state <> 'pending' AND created_at <= $1")
+            .bind(now - ALERT_RETENTION_SECS)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         n += sqlx::query("DELETE FROM login_sessions WHERE expires_at <= $1")
             .bind(now)
             .execute(&mut *tx)
@@ -1052,6 +1125,131 @@ impl Store for StoreImpl {
 
     async fn use_once(&self, scope: &str, id_hash: &TokenHash, expires_at: Time, now: Time) -> Result<bool> {
         self.take_once(OnceJob { scope: scope.to_owned(), id_hash: *id_hash, expires_at, now }).await
+    }
+
+    async fn raise_detection(
+        &self,
+        key: &TokenHash,
+        rule: &str,
+        expires_at: Time,
+        alerts: &[NewAlert],
+        now: Time,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let claimed = sqlx::query(
+            "INSERT INTO detections (key_hash, rule, raised_at, expires_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (key_hash) DO UPDATE SET rule = excluded.rule, raised_at = excluded.raised_at, \
+             expires_at = excluded.expires_at WHERE detections.expires_at <= $3",
+        )
+        .bind(hex(key.as_bytes()))
+        .bind(rule)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !claimed {
+            return Ok(false);
+        }
+        for a in alerts {
+            sqlx::query(
+                "INSERT INTO alert_outbox (id, sink, detection, payload, state, created_at, next_at, attempts) \
+                 VALUES ($1, $2, $3, $4, 'pending', $5, $6, 0)",
+            )
+            .bind(&a.id)
+            .bind(&a.sink)
+            .bind(&a.detection)
+            .bind(&a.payload)
+            .bind(now)
+            .bind(a.next_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn update_alert(&self, id: &str, payload: &str, next_at: Time) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE alert_outbox SET payload = $1, next_at = $2 \
+             WHERE id = $3 AND state = 'pending' AND attempts = 0",
+        )
+        .bind(payload)
+        .bind(next_at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn take_alerts(&self, now: Time, lease_until: Time, limit: i64) -> Result<Vec<Alert>> {
+        let mut tx = self.begin_write().await?;
+        // Re-checked in the outer WHERE: on PostgreSQL a row another node leased meanwhile is skipped once
+        // its lock is released (READ COMMITTED re-evaluates the condition on the updated row).
+        let rows = sqlx::query(concat!(
+            "UPDATE alert_outbox SET next_at = $1, attempts = attempts + 1 \
+             WHERE state = 'pending' AND next_at <= $2 AND id IN (SELECT id FROM alert_outbox \
+             WHERE state = 'pending' AND next_at <= $2 ORDER BY next_at, id LIMIT $3) RETURNING ",
+            alert_cols!()
+        ))
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut alerts = rows.iter().map(alert_from).collect::<Result<Vec<_>>>()?;
+        alerts.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(alerts)
+    }
+
+    async fn finish_alert(&self, id: &str, outcome: &AlertOutcome, now: Time) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let query = match outcome {
+            AlertOutcome::Delivered => sqlx::query(
+                "UPDATE alert_outbox SET state = 'delivered', delivered_at = $1, last_error = NULL \
+                 WHERE id = $2 AND state = 'pending'",
+            )
+            .bind(now)
+            .bind(id),
+            AlertOutcome::Retry { error, next_at } => sqlx::query(
+                "UPDATE alert_outbox SET next_at = $1, last_error = $2 WHERE id = $3 AND state = 'pending'",
+            )
+            .bind(*next_at)
+            .bind(error)
+            .bind(id),
+            AlertOutcome::Failed { error } => sqlx::query(
+                "UPDATE alert_outbox SET state = 'failed', last_error = $1 WHERE id = $2 AND state = 'pending'",
+            )
+            .bind(error)
+            .bind(id),
+        };
+        query.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_alerts(&self, state: Option<&str>, limit: i64) -> Result<Vec<Alert>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            alert_cols!(),
+            " FROM alert_outbox WHERE ($1 IS NULL OR state = $1) ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(state)
+        .bind(limit)
+        .fetch_all(self.read())
+        .await?;
+        rows.iter().map(alert_from).collect()
+    }
+
+    async fn pending_alerts(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM alert_outbox WHERE state = 'pending'")
+            .fetch_one(self.read())
+            .await?)
     }
 
     async fn append_event(&self, e: &Event) -> Result<()> {

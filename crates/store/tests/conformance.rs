@@ -173,6 +173,8 @@ fn user(name: &str) -> User {
         disabled: false,
         created_at: NOW,
         password_changed_at: NOW,
+        must_reset_password: false,
+        step_up_after: None,
     }
 }
 

@@ -43,6 +43,8 @@ async fn add_service(w: &World) -> String {
         disabled: false,
         created_at: tessera_server::now(),
         password_changed_at: tessera_server::now(),
+        must_reset_password: false,
+        step_up_after: None,
     };
     w.server.state.store.create_user(&alice).await.unwrap();
     secret.expose().to_owned()

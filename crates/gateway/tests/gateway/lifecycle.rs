@@ -49,7 +49,7 @@ async fn propagation_for_every_subject(backend: Backend) {
 
     let (by_sub, _) = w.token(Grant { sub: "u_3", sid: Some("s_3"), client_id: "c_3", ..Grant::default() });
     assert_eq!(w.raw(&get("/orders/1", Some(&by_sub))).await, 200);
-    store.revoke_user("u_3", "test", tessera_server::now()).await.unwrap();
+    store.revoke_user("u_3", "test", false, tessera_server::now()).await.unwrap();
     refused_within(&w, &by_sub, limit).await;
 
     let (by_client, _) = w.token(Grant { sub: "c_4", sid: None, client_id: "c_4", ..Grant::default() });

@@ -185,6 +185,8 @@ impl Server {
             disabled: false,
             created_at: tessera_server::now(),
             password_changed_at: tessera_server::now(),
+            must_reset_password: false,
+            step_up_after: None,
         };
         self.state.store.create_user(&user).await.unwrap();
         user
