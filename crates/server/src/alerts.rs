@@ -48,7 +48,7 @@ pub const CAEP_CREDENTIAL_CHANGE: &str =
 /// How long a detection's alerts wait for its responses before they go out regardless.
 pub const HOLD_SECS: i64 = 5;
 /// How long a node may hold a taken alert before another may take it (longer than one attempt can last).
-const LEASE_SECS: i64 = 30;
+const LEASE_SECS: i64 = 15;
 /// Time allowed for one delivery attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Alerts taken per round.
@@ -277,7 +277,8 @@ fn payload(state: &AppState, q: &Queued, d: &Detection, taken: &[Taken], complet
             }),
         ),
         SetEvent::SessionRevoked => {
-            let session_revoked = result_of(Action::RevokeSession).is_some_and(|r| r == "revoked");
+            let session_revoked =
+                result_of(Action::RevokeSession).is_some_and(|r| matches!(r, "revoked" | "already_revoked"));
             let sub_id = match (&d.sid, &user) {
                 // The session when that is what was revoked; the user (all sessions) otherwise.
                 (Some(sid), Some(user)) if session_revoked || result_of(Action::RevokeUser).is_none() => {

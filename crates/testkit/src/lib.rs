@@ -3,6 +3,11 @@
 //! [`DpopClient`] plays a DPoP client (RFC 9449) with the `jsonwebtoken` crate rather than ours, so that a
 //! proof our code accepts was made by somebody else's JOSE implementation. It is never linked into a
 //! shipped binary: only `[dev-dependencies]` name this crate.
+//!
+//! [`Receiver`] plays an alert receiver (a webhook or a SET endpoint) that tests can make fail or hang.
+
+pub mod receiver;
+pub use receiver::{Received, Receiver};
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

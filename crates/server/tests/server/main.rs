@@ -6,6 +6,7 @@
 
 mod common;
 
+mod alerts;
 mod basics;
 mod browser_flow;
 mod client_auth;
