@@ -549,6 +549,53 @@ async fn kill_9_during_a_refresh_load_loses_no_successor_and_revives_no_revoked_
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_in_flight_when_the_server_is_killed_is_delivered_after_restart() {
+    use aws_lc_rs::hmac;
+    const SECRET: &str = "whsec-0123456789abcdef0123456789abcdef";
+    // The receiver takes the first delivery and never answers it.
+    let receiver = tessera_testkit::Receiver::start(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("TESSERA_MASTER_KEY", MASTER_KEY),
+        ("TESSERA_REFRESH_RETRY_WINDOW", "0"),
+        ("TESSERA_ALERTS_WEBHOOK_URL", receiver.url.as_str()),
+        ("TESSERA_ALERTS_WEBHOOK_SECRET", SECRET),
+    ];
+    let server = ServerProcess::start(dir.path(), &env, &[]);
+    let db = dir.path().join("tessera-data/tessera.db");
+    let store = tessera_store::open(&format!("sqlite://{}", db.display())).await.unwrap();
+    let token = seed(dir.path(), &env, &*store, 1).await.remove(0);
+    assert_eq!(refresh(&server.url("/token"), &token).await.unwrap().0, 200);
+    assert_eq!(refresh(&server.url("/token"), &token).await.unwrap().0, 400, "reuse");
+    let hanging = receiver.wait_for(Duration::from_secs(10), |g| !g.is_empty()).await;
+    assert_eq!(hanging.len(), 1, "the alert is on its way");
+    server.signal("-KILL");
+    let _ = server.wait();
+
+    receiver.answer(200);
+    let _server = ServerProcess::start(dir.path(), &env, &[]);
+    // The dead node's lease on the alert runs out (15 s), then the new process sends it again.
+    let got = receiver.wait_for(Duration::from_secs(40), |g| g.iter().any(|r| r.answered == 200)).await;
+    let delivered: Vec<_> = got.iter().filter(|r| r.answered == 200).collect();
+    assert_eq!(delivered.len(), 1, "delivered after the restart");
+    assert_eq!(
+        delivered[0].header("tessera-alert-id"),
+        hanging[0].header("tessera-alert-id"),
+        "the same alert"
+    );
+    let header = delivered[0].header("tessera-signature");
+    let (t, v1) = header.split_once(',').unwrap();
+    let t = t.strip_prefix("t=").unwrap();
+    let tag: Vec<u8> = (0..64)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&v1.strip_prefix("v1=").unwrap()[i..i + 2], 16).unwrap())
+        .collect();
+    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
+    hmac::verify(&key, &[t.as_bytes(), b".", &delivered[0].body].concat(), &tag).unwrap();
+    assert_eq!(delivered[0].json()["detection"]["rule"], "refresh_token_reuse");
+}
+
 #[test]
 fn json_logs_are_one_object_per_line_and_never_show_a_secret() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use tessera_core::audit::ChainBreak;
 use tessera_core::{ClientKind, EventKind, GrantType, KeyState, RevocationKind, TokenHash};
 use tessera_store::{
-    AuditQuery, AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewRevocation, OriginRef,
-    PostgresStore, RefreshRecord, Resource, Rotation, SqliteStore, Store, StoreError, TokenRef, User,
-    verify_audit_chain,
+    AlertOutcome, AuditQuery, AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewAlert,
+    NewRevocation, OriginRef, PostgresStore, RefreshRecord, Resource, Rotation, SqliteStore, Store,
+    StoreError, TokenRef, User, verify_audit_chain,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -162,6 +162,10 @@ conformance!(
     every_change_to_users_clients_and_resources_moves_the_change_counter,
     single_use_ids_are_taken_once_under_concurrency,
     dpop_binding_round_trips,
+    detection_is_raised_once_under_concurrency_with_its_alerts_queued,
+    alert_outbox_leases_retries_and_finishes,
+    revoke_user_can_force_a_password_reset_that_a_new_password_clears,
+    source_blocks_and_lifts_are_streamed_in_order,
 );
 
 fn user(name: &str) -> User {
@@ -900,6 +904,115 @@ async fn single_use_ids_are_taken_once_under_concurrency(s: &Arc<dyn Store>) {
         taken[n] += u32::from(fresh);
     }
     assert_eq!(taken, [1; 50], "every id once, however the batches fell");
+}
+
+fn new_alert(id: &str, next_at: i64) -> NewAlert {
+    NewAlert {
+        id: id.into(),
+        sink: "webhook".into(),
+        detection: "brute_force|sub:u-alice".into(),
+        payload: format!("{{\"id\":\"{id}\"}}"),
+        next_at,
+    }
+}
+
+async fn detection_is_raised_once_under_concurrency_with_its_alerts_queued(s: &Arc<dyn Store>) {
+    let key = TokenHash::of("brute_force|sub:u-alice");
+    let mut tasks = Vec::new();
+    for n in 0..10 {
+        let s = Arc::clone(s);
+        let alerts = vec![new_alert(&format!("a{n}"), NOW)];
+        tasks.push(tokio::spawn(async move {
+            s.raise_detection(&key, "brute_force", NOW + 900, &alerts, NOW).await.unwrap()
+        }));
+    }
+    let mut raised = 0;
+    for t in tasks {
+        raised += usize::from(t.await.unwrap());
+    }
+    assert_eq!(raised, 1, "one node, one round raises it");
+    assert_eq!(s.list_alerts(None, 100).await.unwrap().len(), 1, "only the winner's alerts are queued");
+    assert_eq!(s.pending_alerts().await.unwrap(), 1);
+    assert!(!s.raise_detection(&key, "brute_force", NOW + 1800, &[], NOW + 899).await.unwrap());
+    assert!(
+        s.raise_detection(&key, "brute_force", NOW + 1800, &[], NOW + 900).await.unwrap(),
+        "raised again once its evidence left the window"
+    );
+}
+
+async fn alert_outbox_leases_retries_and_finishes(s: &Arc<dyn Store>) {
+    let key = TokenHash::of("k");
+    let alerts = [new_alert("a1", NOW + 5), new_alert("a2", NOW + 5)];
+    assert!(s.raise_detection(&key, "brute_force", NOW + 900, &alerts, NOW).await.unwrap());
+    assert!(s.take_alerts(NOW, NOW + 15, 10).await.unwrap().is_empty(), "held until their responses ran");
+    assert!(s.update_alert("a1", "{\"final\":true}", NOW + 1).await.unwrap());
+    let taken = s.take_alerts(NOW + 1, NOW + 16, 10).await.unwrap();
+    assert_eq!(taken.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["a1"]);
+    assert_eq!((taken[0].payload.as_str(), taken[0].attempts), ("{\"final\":true}", 1));
+    assert!(!s.update_alert("a1", "{}", NOW + 1).await.unwrap(), "an alert on its way is not rewritten");
+    assert!(s.take_alerts(NOW + 2, NOW + 17, 10).await.unwrap().is_empty(), "leased: no other node takes it");
+    // The hold of a2 ran out: it goes as it was.
+    let taken = s.take_alerts(NOW + 5, NOW + 20, 10).await.unwrap();
+    assert_eq!(taken.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["a2"]);
+    let retry = AlertOutcome::Retry { error: "status 503".into(), next_at: NOW + 6 };
+    s.finish_alert("a2", &retry, NOW + 5).await.unwrap();
+    // a1's taker died: its lease ends and it is taken again, with the attempt counted.
+    let again = s.take_alerts(NOW + 16, NOW + 31, 10).await.unwrap();
+    assert_eq!(again.iter().map(|a| (a.id.as_str(), a.attempts)).collect::<Vec<_>>(), [("a1", 2), ("a2", 2)]);
+    assert_eq!(again[1].last_error.as_deref(), Some("status 503"));
+    s.finish_alert("a1", &AlertOutcome::Delivered, NOW + 16).await.unwrap();
+    s.finish_alert("a2", &AlertOutcome::Failed { error: "gave up".into() }, NOW + 16).await.unwrap();
+    assert_eq!(s.pending_alerts().await.unwrap(), 0);
+    let a1 = &s.list_alerts(Some("delivered"), 10).await.unwrap()[0];
+    assert_eq!((a1.id.as_str(), a1.delivered_at), ("a1", Some(NOW + 16)));
+    assert_eq!(s.list_alerts(Some("failed"), 10).await.unwrap()[0].id, "a2");
+    assert!(s.take_alerts(NOW + 1000, NOW + 1015, 10).await.unwrap().is_empty(), "finished alerts stay put");
+    s.finish_alert("a1", &retry, NOW + 17).await.unwrap();
+    assert_eq!(
+        s.list_alerts(Some("delivered"), 10).await.unwrap().len(),
+        1,
+        "a late outcome changes nothing"
+    );
+}
+
+async fn revoke_user_can_force_a_password_reset_that_a_new_password_clears(s: &Arc<dyn Store>) {
+    s.create_user(&user("alice")).await.unwrap();
+    s.create_family(&family("fa1", "u-alice"), Some(&refresh("tsr_fa1", "fa1", 0))).await.unwrap();
+    let before = s.change_seq().await.unwrap();
+    s.revoke_user("u-alice", "detection_brute_force", true, NOW).await.unwrap();
+    let alice = s.user_by_id("u-alice").await.unwrap().unwrap();
+    assert!(alice.must_reset_password);
+    assert!(s.change_seq().await.unwrap() > before, "cached copies of the user are dropped");
+    assert!(s.family("fa1").await.unwrap().unwrap().revoked_at.is_some());
+    s.set_password("u-alice", "$argon2id$new", NOW + 10).await.unwrap();
+    assert!(!s.user_by_id("u-alice").await.unwrap().unwrap().must_reset_password);
+    assert!(s.set_must_reset_password("u-alice", true).await.unwrap());
+    assert!(s.user_by_id("u-alice").await.unwrap().unwrap().must_reset_password);
+    assert!(!s.set_must_reset_password("u-nobody", true).await.unwrap());
+    assert!(s.require_step_up("u-alice", NOW + 20).await.unwrap());
+    assert_eq!(s.user_by_id("u-alice").await.unwrap().unwrap().step_up_after, Some(NOW + 20));
+    assert!(!s.require_step_up("u-nobody", NOW).await.unwrap());
+}
+
+async fn source_blocks_and_lifts_are_streamed_in_order(s: &Arc<dyn Store>) {
+    let block = NewRevocation {
+        kind: RevocationKind::Source,
+        subject: "203.0.113.7".into(),
+        not_before: None,
+        expires_at: NOW + 3600,
+        reason: "detection_forged_token_burst".into(),
+    };
+    let b = s.revoke(&block, NOW).await.unwrap();
+    let lift = NewRevocation { not_before: Some(NOW + 60), reason: "operator".into(), ..block.clone() };
+    let l = s.revoke(&lift, NOW + 60).await.unwrap();
+    let live = s.live_revocations(NOW + 61).await.unwrap();
+    let seen: Vec<(i64, Option<i64>)> =
+        live.iter().filter(|r| r.kind == RevocationKind::Source).map(|r| (r.seq, r.not_before)).collect();
+    assert_eq!(seen, [(b, None), (l, Some(NOW + 60))], "the lift follows the block, so it wins");
+    assert!(
+        !s.is_revoked(token_ref("j", Some("s"), "u", NOW), NOW).await.unwrap(),
+        "a block revokes no token"
+    );
 }
 
 async fn dpop_binding_round_trips(s: &Arc<dyn Store>) {
