@@ -81,6 +81,11 @@ async fn admin_sql(url: &str, sql: &str) {
 
 impl Server {
     pub async fn start(backend: Backend) -> Option<Server> {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts a server whose configuration `adjust` changes first.
+    pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Option<Server> {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let (database_url, schema) = match backend {
             Backend::Sqlite => (String::new(), None),
@@ -105,13 +110,14 @@ impl Server {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = Config {
+        let mut config = Config {
             listen: addr.to_string(),
             issuer: format!("http://{addr}"),
             data_dir: dir.path().join("data"),
             database_url,
             ..Config::default()
         };
+        adjust(&mut config);
         let (state, _) = tessera_server::prepare(config.clone()).await.unwrap();
         let mut server = Server { addr, state, config, stop: None, task: None, _dir: dir, schema };
         server.run(listener);
@@ -283,7 +289,14 @@ pub struct Options {
     pub staleness: Duration,
     pub upstream_timeout: Duration,
     pub policy: &'static str,
+    /// The gateway and the server believe `X-Forwarded-For` from loopback (tests play many sources).
+    pub trusted_proxies: bool,
+    /// Where the server sends alerts (its webhook secret is [`WEBHOOK_SECRET`]).
+    pub webhook_url: Option<String>,
 }
+
+/// The test webhook's HMAC key.
+pub const WEBHOOK_SECRET: &str = "whsec-0123456789abcdef0123456789abcdef";
 
 impl Default for Options {
     fn default() -> Self {
@@ -291,6 +304,8 @@ impl Default for Options {
             staleness: Duration::from_secs(900),
             upstream_timeout: Duration::from_secs(30),
             policy: POLICY,
+            trusted_proxies: false,
+            webhook_url: None,
         }
     }
 }
@@ -336,6 +351,7 @@ impl Front {
             listen: Some(addr.to_string()),
             policy: Some(policy_path.clone()),
             client_id: Some(client_id.into()),
+            trusted_proxies: options.trusted_proxies.then(|| vec!["127.0.0.1".to_owned()]),
             ..Default::default()
         };
         let mut config: GatewayConfig = config.build(Some(secret.to_owned())).unwrap();
@@ -377,7 +393,18 @@ impl World {
     }
 
     pub async fn start_with(backend: Backend, options: Options) -> Option<World> {
-        let server = Server::start(backend).await?;
+        let trusted = options.trusted_proxies;
+        let webhook = options.webhook_url.clone();
+        let server = Server::start_with(backend, move |c| {
+            if trusted {
+                c.trusted_proxies = vec!["127.0.0.1".into()];
+            }
+            if let Some(url) = webhook {
+                c.alerts.webhook_url = url;
+                c.alerts.webhook_secret = WEBHOOK_SECRET.into();
+            }
+        })
+        .await?;
         server.add_resource(API, &["orders:read", "orders:write"]).await;
         server.add_resource(OTHER_API, &["billing:read"]).await;
         let secret = server.add_client(GATEWAY_CLIENT, &[API]).await;
@@ -466,6 +493,29 @@ pub fn get(path: &str, token: Option<&str>) -> String {
         ),
         None => format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"),
     }
+}
+
+/// A GET from `source` (as the trusted proxy in front of the gateway reports it).
+pub fn get_from(path: &str, token: Option<&str>, source: &str) -> String {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    format!("GET {path} HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: {source}\r\n{auth}Connection: close\r\n\r\n")
+}
+
+/// Whether a webhook request carries a valid `Tessera-Signature` under [`WEBHOOK_SECRET`].
+pub fn signed(r: &tessera_testkit::Received) -> bool {
+    use aws_lc_rs::hmac;
+    let header = r.header("tessera-signature");
+    let Some((t, v1)) = header.split_once(',') else { return false };
+    let (Some(t), Some(v1)) = (t.strip_prefix("t="), v1.strip_prefix("v1=")) else { return false };
+    let Ok(tag) = (0..v1.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&v1[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+    else {
+        return false;
+    };
+    let key = hmac::Key::new(hmac::HMAC_SHA256, WEBHOOK_SECRET.as_bytes());
+    hmac::verify(&key, &[t.as_bytes(), b".", &r.body].concat(), &tag).is_ok()
 }
 
 pub fn b64(bytes: &[u8]) -> String {

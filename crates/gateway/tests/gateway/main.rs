@@ -9,6 +9,7 @@
 )]
 
 mod attacks;
+mod detection;
 mod dpop;
 mod exchange;
 mod harness;
