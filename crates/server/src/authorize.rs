@@ -389,12 +389,13 @@ pub async fn login(
     };
     let verified = state.passwords.verify(user.as_ref().map(|u| u.password_hash.as_str()), password).await;
     let user = match user {
-        Some(user) if verified && !user.disabled => user,
+        Some(user) if verified && !user.disabled && !user.must_reset_password => user,
         other => {
             state.metrics.login_failure();
             let reason = match &other {
                 None => "unknown_user",
                 Some(u) if u.disabled => "user_disabled",
+                Some(u) if verified && u.must_reset_password => "password_reset_required",
                 Some(_) => "wrong_password",
             };
             state
@@ -412,8 +413,13 @@ pub async fn login(
                     ..meta.event(now)
                 })
                 .await;
-            let response =
-                web::login_form(&csrf, &return_to, Some("Invalid username or password."), StatusCode::OK);
+            // Only someone who knows the password learns that it must be reset.
+            let message = if reason == "password_reset_required" {
+                "This password must be changed before you can sign in. Ask your administrator to reset it."
+            } else {
+                "Invalid username or password."
+            };
+            let response = web::login_form(&csrf, &return_to, Some(message), StatusCode::OK);
             return web::with_cookie(response, set);
         }
     };

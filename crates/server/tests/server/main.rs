@@ -13,6 +13,7 @@ mod client_auth;
 mod dpop;
 mod exchange;
 mod refresh;
+mod responses;
 mod stream;
 mod token_admin;
 
