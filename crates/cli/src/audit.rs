@@ -189,7 +189,7 @@ impl Filters {
 }
 
 /// RFC 3339 in UTC, to the second.
-fn rfc3339(at: i64) -> String {
+pub(crate) fn rfc3339(at: i64) -> String {
     let time = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(at).unwrap_or(0));
     humantime::format_rfc3339_seconds(time).to_string()
 }

@@ -6,6 +6,7 @@
 
 mod admin;
 mod audit;
+mod block;
 mod gateway;
 mod keys;
 mod token;
@@ -68,6 +69,12 @@ enum Command {
     /// Read, search, export and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Block a source address or network everywhere for a time, lift a block, or list them.
+    #[command(subcommand)]
+    Block(block::BlockCommand),
+    /// See the alert outbox: queued, delivered and given-up alerts.
+    #[command(subcommand)]
+    Alerts(block::AlertsCommand),
 }
 
 /// A failure to report: one line, and the exit code.
@@ -136,6 +143,8 @@ fn main() -> ExitCode {
         Command::Resource(cmd) => admin::resource(cmd),
         Command::User(cmd) => users::user(cmd),
         Command::Revoke(args) => users::revoke(args),
+        Command::Block(command) => block::block(command),
+        Command::Alerts(command) => block::alerts(command),
         Command::Audit(cmd) => audit::run(cmd),
     };
     match result {

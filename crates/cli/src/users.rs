@@ -149,6 +149,7 @@ fn describe(u: &User) -> String {
         format!("username: {}", u.username),
         format!("id (sub): {}", u.id),
         format!("state: {}", if u.disabled { "disabled" } else { "enabled" }),
+        format!("must reset password: {}", if u.must_reset_password { "yes" } else { "no" }),
         format!("roles: {}", u.roles.join(" ")),
         format!("created_at: {}", u.created_at),
         format!("password_changed_at: {}", u.password_changed_at),

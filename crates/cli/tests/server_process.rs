@@ -596,6 +596,61 @@ async fn alert_in_flight_when_the_server_is_killed_is_delivered_after_restart() 
     assert_eq!(delivered[0].json()["detection"]["rule"], "refresh_token_reuse");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_commands_block_list_and_lift_a_source_that_the_server_then_refuses_and_admits() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let env = [("TESSERA_TRUSTED_PROXIES", "127.0.0.1")];
+    let server = ServerProcess::start(d, &env, &[]);
+    let from = |source: &'static str| {
+        client()
+            .post(server.url("/token"))
+            .header("x-forwarded-for", source)
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+    };
+    assert_eq!(from("203.0.113.9").await.unwrap().status(), 401, "not blocked yet");
+    let (code, out, err) =
+        run(d, &env, &["block", "add", "203.0.113.0/24", "--for", "2h", "--reason", "incident_42"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("203.0.113.0/24 blocked until "), "{out}");
+    let (_, out, _) = run(d, &env, &["block", "list"], "");
+    assert!(out.contains("203.0.113.0/24") && out.contains("incident_42"), "{out}");
+    // The server follows the revocation feed: the block applies within its poll.
+    let mut status = 0;
+    for _ in 0..50 {
+        status = from("203.0.113.9").await.unwrap().status().as_u16();
+        if status == 403 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 403, "the blocked network is refused");
+    assert_eq!(from("198.51.100.1").await.unwrap().status(), 401, "others are not");
+    let (code, out, err) = run(d, &env, &["block", "lift", "203.0.113.0/24"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("203.0.113.0/24 unblocked"), "{out}");
+    assert_eq!(run(d, &env, &["block", "list"], "").1.trim(), "no source is blocked");
+    let mut status = 0;
+    for _ in 0..50 {
+        status = from("203.0.113.9").await.unwrap().status().as_u16();
+        if status == 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 401, "admitted again once lifted");
+    let (code, _, err) = run(d, &env, &["block", "lift", "203.0.113.0/24"], "");
+    assert_eq!((code, err.trim()), (2, "error: 203.0.113.0/24 is not blocked"));
+    let (code, _, err) = run(d, &env, &["block", "add", "example.com"], "");
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.lines().count(), 1);
+    let (code, out, _) = run(d, &env, &["alerts", "list"], "");
+    assert_eq!((code, out.trim()), (0, "no alerts"));
+    let (_, out, _) = run(d, &env, &["audit", "search", "--kind", "admin_action"], "");
+    assert!(out.contains("block_source") && out.contains("lift_block"), "{out}");
+}
+
 #[test]
 fn json_logs_are_one_object_per_line_and_never_show_a_secret() {
     let dir = tempfile::tempdir().unwrap();

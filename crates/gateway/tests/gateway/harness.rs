@@ -80,10 +80,6 @@ async fn admin_sql(url: &str, sql: &str) {
 }
 
 impl Server {
-    pub async fn start(backend: Backend) -> Option<Server> {
-        Self::start_with(backend, |_| {}).await
-    }
-
     /// Starts a server whose configuration `adjust` changes first.
     pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Option<Server> {
         let dir = Arc::new(tempfile::tempdir().unwrap());
