@@ -25,6 +25,27 @@ impl Received {
         self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
     }
 
+    /// Whether `Tessera-Signature` (`t=<unix>,v1=<hex>`) is HMAC-SHA256 under `secret` over `"{t}.{body}"`,
+    /// checked the way a receiver would (constant-time comparison).
+    pub fn signed_with(&self, secret: &str) -> bool {
+        use aws_lc_rs::hmac;
+        let header = self.header("tessera-signature");
+        let Some((t, v1)) = header.split_once(',') else { return false };
+        let (Some(t), Some(v1)) = (t.strip_prefix("t="), v1.strip_prefix("v1=")) else { return false };
+        if v1.len() % 2 != 0 || !v1.is_ascii() {
+            return false;
+        }
+        let Ok(tag) = (0..v1.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&v1[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+        else {
+            return false;
+        };
+        let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
+        hmac::verify(&key, &[t.as_bytes(), b".", &self.body].concat(), &tag).is_ok()
+    }
+
     /// The body as JSON (`Null` if it is not).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)

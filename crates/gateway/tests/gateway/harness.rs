@@ -499,19 +499,7 @@ pub fn get_from(path: &str, token: Option<&str>, source: &str) -> String {
 
 /// Whether a webhook request carries a valid `Tessera-Signature` under [`WEBHOOK_SECRET`].
 pub fn signed(r: &tessera_testkit::Received) -> bool {
-    use aws_lc_rs::hmac;
-    let header = r.header("tessera-signature");
-    let Some((t, v1)) = header.split_once(',') else { return false };
-    let (Some(t), Some(v1)) = (t.strip_prefix("t="), v1.strip_prefix("v1=")) else { return false };
-    let Ok(tag) = (0..v1.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&v1[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-    else {
-        return false;
-    };
-    let key = hmac::Key::new(hmac::HMAC_SHA256, WEBHOOK_SECRET.as_bytes());
-    hmac::verify(&key, &[t.as_bytes(), b".", &r.body].concat(), &tag).is_ok()
+    r.signed_with(WEBHOOK_SECRET)
 }
 
 pub fn b64(bytes: &[u8]) -> String {
