@@ -87,3 +87,81 @@ async fn forged_token_burst_blocks_the_source_at_the_gateway_and_the_server_and_
     assert!(reported.is_some(), "the gateway reports what it refused");
     w.finish().await;
 }
+
+/// A client_credentials token for the gateway's audience, issued to a client at `source`.
+async fn issued_at(w: &World, client_id: &str, secret: &str, source: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{}/token", w.server.issuer()))
+        .basic_auth(client_id, Some(secret))
+        .header("x-forwarded-for", source)
+        .form(&[("grant_type", "client_credentials"), ("resource", crate::harness::API)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn copied_and_revoked_bearer_tokens_are_detected_from_their_use_at_the_gateway_and_alerted() {
+    let webhook = Receiver::start(200).await;
+    let w = world(&webhook).await;
+    let secret = w.server.add_client("batch-job", &[crate::harness::API]).await;
+    // Copied: one token used from two networks back and forth.
+    let copied = issued_at(&w, "batch-job", &secret, "192.0.2.10").await;
+    for source in ["192.0.2.10", "198.51.100.20", "192.0.2.10"] {
+        assert_eq!(w.raw(&get_from("/orders/1", Some(&copied), source)).await, 200);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Moved: a token used only from a network it was never issued to.
+    let moved = issued_at(&w, "batch-job", &secret, "192.0.2.10").await;
+    assert_eq!(w.raw(&get_from("/orders/1", Some(&moved), "203.0.113.40")).await, 200);
+    // Revoked: still presented after its revocation reached the gateway.
+    let revoked = issued_at(&w, "batch-job", &secret, "192.0.2.10").await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/revoke", w.server.issuer()))
+        .basic_auth("batch-job", Some(&secret))
+        .form(&[("token", revoked.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let refused = eventually(Duration::from_secs(5), || async {
+        w.raw(&get_from("/orders/1", Some(&revoked), "192.0.2.10")).await == 401
+    })
+    .await;
+    assert!(refused.is_some(), "the revocation reached the gateway");
+
+    for (rule, severity, ip) in [
+        ("token_used_from_two_networks", "high", None),
+        ("token_used_from_new_network", "low", Some("203.0.113.40")),
+        ("revoked_token_use", "medium", Some("192.0.2.10")),
+    ] {
+        let alert = alert_for(&webhook, rule).await;
+        assert!(signed(&alert), "{rule}: signed");
+        let body = alert.json();
+        assert_eq!(body["detection"]["severity"], severity, "{rule}");
+        if let Some(ip) = ip {
+            assert_eq!(body["detection"]["ip"], ip, "{rule}");
+        }
+        assert_eq!(
+            body["responses"],
+            serde_json::json!([{ "action": "alert", "result": "queued" }]),
+            "{rule}"
+        );
+        assert!(!body["detection"]["evidence"].as_array().unwrap().is_empty(), "{rule}");
+    }
+    let store = &w.server.state.store;
+    let raised = store.recent_events(Some("detection_raised"), 20).await.unwrap();
+    let rules: Vec<&str> = raised.iter().filter_map(|e| e.reason.as_deref()).collect();
+    for rule in ["token_used_from_two_networks", "token_used_from_new_network", "revoked_token_use"] {
+        assert_eq!(rules.iter().filter(|r| **r == rule).count(), 1, "{rule} raised once: {rules:?}");
+    }
+    let issued = store.recent_events(Some("token_issued"), 10).await.unwrap();
+    assert!(
+        issued.iter().all(|e| e.ip.as_deref() == Some("192.0.2.10")),
+        "issuance records the client's address"
+    );
+    w.finish().await;
+}
