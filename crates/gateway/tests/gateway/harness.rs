@@ -289,6 +289,8 @@ pub struct Options {
     pub trusted_proxies: bool,
     /// Where the server sends alerts (its webhook secret is [`WEBHOOK_SECRET`]).
     pub webhook_url: Option<String>,
+    /// The server's `[responses]`, if not the defaults.
+    pub responses: Option<tessera_server::response::Responses>,
 }
 
 /// The test webhook's HMAC key.
@@ -302,6 +304,7 @@ impl Default for Options {
             policy: POLICY,
             trusted_proxies: false,
             webhook_url: None,
+            responses: None,
         }
     }
 }
@@ -391,7 +394,11 @@ impl World {
     pub async fn start_with(backend: Backend, options: Options) -> Option<World> {
         let trusted = options.trusted_proxies;
         let webhook = options.webhook_url.clone();
+        let responses = options.responses.clone();
         let server = Server::start_with(backend, move |c| {
+            if let Some(responses) = responses {
+                c.responses = responses;
+            }
             if trusted {
                 c.trusted_proxies = vec!["127.0.0.1".into()];
             }
