@@ -370,7 +370,7 @@ async fn track(State(state): State<Arc<AppState>>, mut request: Request, next: N
         let lines = request.headers().get_all("x-forwarded-for").iter().map(|v| v.to_str().ok());
         let ip = tessera_core::net::client_ip(peer, lines, &state.trusted_proxies);
         request.extensions_mut().insert(ClientAddr(ip));
-        if BLOCKABLE.contains(&endpoint.as_str()) && state.revocations.blocks(ip, now()) {
+        if BLOCKABLE.contains(&endpoint.as_str()) && state.revocations.blocks(ip) {
             let response = axum::response::IntoResponse::into_response(OAuthError::blocked());
             state.metrics.request(&endpoint, response.status().as_u16(), started.elapsed().as_secs_f64());
             return response;

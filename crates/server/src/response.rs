@@ -175,8 +175,15 @@ pub async fn run(state: &AppState, action: Action, d: &Detection, now: i64) -> &
     };
     match result {
         Ok(outcome) => {
-            state.revocations.wake();
-            state.directory.invalidate();
+            // Only what the action changed: revocation entries go to the guards now; a user's flags
+            // leave this node's cache now (other nodes see the change counter move).
+            match action {
+                Action::RevokeUser | Action::RequireStepUp => state.directory.invalidate(),
+                _ => {}
+            }
+            if action != Action::RequireStepUp {
+                state.revocations.wake();
+            }
             outcome
         }
         Err(e) => {

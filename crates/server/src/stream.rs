@@ -84,12 +84,13 @@ impl RevocationFeed {
     }
 
     /// Whether requests from `ip` are blocked now (`block_source`).
-    pub fn blocks(&self, ip: std::net::IpAddr, now: i64) -> bool {
+    /// Costs one atomic load while nothing is blocked.
+    pub fn blocks(&self, ip: std::net::IpAddr) -> bool {
         if !self.blocking.load(Ordering::Acquire) {
             return false;
         }
         // A poisoned lock means a writer panicked mid-update: refuse rather than guess.
-        self.blocks.read().map_or(true, |b| b.blocks(ip, now))
+        self.blocks.read().map_or(true, |b| b.blocks(ip, now()))
     }
 
     /// Asks the follower to read now instead of at its next tick: this node just committed a revocation.

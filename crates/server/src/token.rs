@@ -297,17 +297,8 @@ async fn refresh(
     {
         // The refresh token is bound to a key this request did not prove: a copy without the key.
         tracing::warn!(token = %hash.short(), family = %family.id, client = %client.id, "refresh token presented without its DPoP key");
-        state
-            .event(Event {
-                kind: "token_rejected".into(),
-                sub: Some(family.user_id.clone()),
-                sid: Some(family.id.clone()),
-                client_id: Some(client.id.clone()),
-                jti: Some(format!("sha256:{}", hash.short())),
-                reason: Some(ProofRejection::KeyMismatch.name().into()),
-                ..meta.event(now)
-            })
-            .await;
+        let event = family_rejected(meta.event(now), &family, &client.id, ProofRejection::KeyMismatch.name());
+        state.event(Event { jti: Some(format!("sha256:{}", hash.short())), ..event }).await;
         return Err(match jkt {
             None => OAuthError::invalid_dpop_proof("this refresh token needs a DPoP proof by its key"),
             Some(_) => invalid,
@@ -316,16 +307,7 @@ async fn refresh(
     let user = active_user(state, &family.user_id).await?;
     if user.step_up_after.is_some_and(|at| family.auth_time <= at) {
         // A detection asked for stronger proof (`require_step_up`): this session must sign in again.
-        state
-            .event(Event {
-                kind: "token_rejected".into(),
-                sub: Some(family.user_id.clone()),
-                sid: Some(family.id.clone()),
-                client_id: Some(client.id.clone()),
-                reason: Some("step_up_required".into()),
-                ..meta.event(now)
-            })
-            .await;
+        state.event(family_rejected(meta.event(now), &family, &client.id, "step_up_required")).await;
         return Err(OAuthError::invalid_grant("the session must sign in again"));
     }
     let scope = flow::narrow_scope(params.get("scope"), &record.scope)?;
@@ -436,6 +418,18 @@ fn user_grant(
         jkt,
         act: None,
         origin: Vec::new(),
+    }
+}
+
+/// A `token_rejected` event about a refresh family: its user, session and client, and why.
+fn family_rejected(base: Event, family: &tessera_store::Family, client_id: &str, reason: &str) -> Event {
+    Event {
+        kind: "token_rejected".into(),
+        sub: Some(family.user_id.clone()),
+        sid: Some(family.id.clone()),
+        client_id: Some(client_id.to_owned()),
+        reason: Some(reason.to_owned()),
+        ..base
     }
 }
 

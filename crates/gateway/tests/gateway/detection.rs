@@ -223,19 +223,7 @@ async fn brute_force_and_credential_stuffing_run_their_configured_responses() {
         ..Options::default()
     };
     let w = World::start_with(Backend::Sqlite, options).await.unwrap();
-    let hash = tessera_server::passwords::hash_blocking("the real password").unwrap();
-    let alice = tessera_store::User {
-        id: "u_alice".into(),
-        username: "alice".into(),
-        password_hash: hash,
-        roles: vec![],
-        disabled: false,
-        created_at: tessera_server::now(),
-        password_changed_at: tessera_server::now(),
-        must_reset_password: false,
-        step_up_after: None,
-    };
-    w.server.state.store.create_user(&alice).await.unwrap();
+    w.server.add_user("u_alice", "alice", "the real password").await;
     // Ten wrong passwords for alice from one source; one each for ten names from another.
     for _ in 0..10 {
         failed_login(&w, "alice", "192.0.2.77").await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tessera_core::{GrantType, RevocationKind, SecretKind};
-use tessera_store::{Client, NewRevocation, User};
+use tessera_store::{Client, NewRevocation};
 
 use crate::harness::{
     API, Backend, Front, Grant, OTHER_API, Options, World, eventually, get, service_client,
@@ -35,18 +35,7 @@ async fn add_service(w: &World) -> String {
         ..service_client(SERVICE, &[API])
     };
     w.server.state.store.create_client(&client).await.unwrap();
-    let alice = User {
-        id: "u_alice".into(),
-        username: "alice".into(),
-        password_hash: tessera_server::passwords::hash_blocking("correct horse battery").unwrap(),
-        roles: vec![],
-        disabled: false,
-        created_at: tessera_server::now(),
-        password_changed_at: tessera_server::now(),
-        must_reset_password: false,
-        step_up_after: None,
-    };
-    w.server.state.store.create_user(&alice).await.unwrap();
+    w.server.add_user("u_alice", "alice", "correct horse battery").await;
     secret.expose().to_owned()
 }
 

@@ -14,7 +14,7 @@ use tessera_gateway::{Gateway, GatewayConfig};
 use tessera_guard::{Guard, GuardConfig, Policy};
 use tessera_server::issue::AccessGrant;
 use tessera_server::{AppState, Config};
-use tessera_store::{Client, Resource};
+use tessera_store::{Client, Resource, User};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const API: &str = "https://orders.example";
@@ -174,6 +174,22 @@ impl Server {
     }
 
     /// A confidential client with `audiences`; returns its secret.
+    /// Registers a user `id` named `username` with `password`.
+    pub async fn add_user(&self, id: &str, username: &str, password: &str) {
+        let user = User {
+            id: id.into(),
+            username: username.into(),
+            password_hash: tessera_server::passwords::hash_blocking(password).unwrap(),
+            roles: vec![],
+            disabled: false,
+            created_at: tessera_server::now(),
+            password_changed_at: tessera_server::now(),
+            must_reset_password: false,
+            step_up_after: None,
+        };
+        self.state.store.create_user(&user).await.unwrap();
+    }
+
     pub async fn add_client(&self, id: &str, audiences: &[&str]) -> String {
         let secret = tessera_server::crypto::new_secret(SecretKind::ClientSecret).unwrap();
         let client = Client { secret_hash: Some(secret.hash()), ..service_client(id, audiences) };
