@@ -3,8 +3,9 @@
 //!
 //! The caller (the server's detector) feeds the events of the last [`Thresholds::window_secs`], raises each
 //! detection once (by [`Detection::key`]) and runs the configured response. Nothing here reads a clock or the
-//! store. `impossible_travel` and `new_device` need a GeoIP database and the login history, and are not here
-//! yet.
+//! store. The login rules (`impossible_travel`, `new_device`) run on one sign-in and the user's earlier ones
+//! ([`login_anomalies`]), since a user's history is longer than the window; the server records each
+//! sign-in's place (from the operator's GeoIP databases) and device in its event, so they need no lookup.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -13,6 +14,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Event, EventKind};
+use crate::geo::{Locator, Place, distance_km};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -59,11 +61,15 @@ pub enum Rule {
     BruteForce,
     /// Failed logins across many accounts from one source.
     CredentialStuffing,
+    /// Two sign-ins of one user farther apart than anyone can travel in the time between them.
+    ImpossibleTravel,
+    /// A sign-in from a device the user has not signed in from before.
+    NewDevice,
 }
 
 impl Rule {
     /// Every rule.
-    pub const ALL: [Rule; 8] = [
+    pub const ALL: [Rule; 10] = [
         Rule::RefreshTokenReuse,
         Rule::TokenUsedFromTwoNetworks,
         Rule::TokenUsedFromNewNetwork,
@@ -72,6 +78,8 @@ impl Rule {
         Rule::RevokedTokenUse,
         Rule::BruteForce,
         Rule::CredentialStuffing,
+        Rule::ImpossibleTravel,
+        Rule::NewDevice,
     ];
 
     /// The stable name.
@@ -85,6 +93,8 @@ impl Rule {
             Rule::RevokedTokenUse => "revoked_token_use",
             Rule::BruteForce => "brute_force",
             Rule::CredentialStuffing => "credential_stuffing",
+            Rule::ImpossibleTravel => "impossible_travel",
+            Rule::NewDevice => "new_device",
         }
     }
 
@@ -96,9 +106,10 @@ impl Rule {
             | Rule::LateralMovementProbe
             | Rule::ForgedTokenBurst
             | Rule::BruteForce
-            | Rule::CredentialStuffing => Severity::High,
+            | Rule::CredentialStuffing
+            | Rule::ImpossibleTravel => Severity::High,
             Rule::RevokedTokenUse => Severity::Medium,
-            Rule::TokenUsedFromNewNetwork => Severity::Low,
+            Rule::TokenUsedFromNewNetwork | Rule::NewDevice => Severity::Low,
         }
     }
 
@@ -136,6 +147,13 @@ pub struct Thresholds {
     pub stuffing_accounts: usize,
     /// …within this many seconds.
     pub login_failure_secs: i64,
+    /// Sign-ins farther apart than this speed allows are impossible travel, km/h (an airliner does about 900).
+    pub travel_kmh: u64,
+    /// …when they are at least this far apart, beyond both places' accuracy radii, km (GeoIP places a mobile
+    /// network's users hundreds of kilometres off).
+    pub travel_min_km: u64,
+    /// How far back a user's sign-ins count as their history (travel, known devices), days.
+    pub login_history_days: i64,
 }
 
 impl Default for Thresholds {
@@ -150,6 +168,9 @@ impl Default for Thresholds {
             brute_force_failures: 10,
             stuffing_accounts: 10,
             login_failure_secs: 300,
+            travel_kmh: 1000,
+            travel_min_km: 500,
+            login_history_days: 90,
         }
     }
 }
@@ -237,6 +258,17 @@ pub fn network(ip: &str) -> Option<String> {
     })
 }
 
+/// The network of an address as the rules see it: its autonomous system (`AS64500`) when an ASN database
+/// knows it, else its /24 or /48 ([`network`]).
+pub fn network_in(ip: &str, geo: Option<&dyn Locator>) -> Option<String> {
+    if let (Some(geo), Ok(addr)) = (geo, ip.parse::<IpAddr>())
+        && let Some(asn) = geo.locate(crate::net::canonical(addr)).and_then(|p| p.asn)
+    {
+        return Some(format!("AS{asn}"));
+    }
+    network(ip)
+}
+
 /// Rejection reasons that mean the token was not made by us (or was damaged on purpose).
 const FORGED_REASONS: [&str; 14] = [
     "malformed_token",
@@ -275,13 +307,19 @@ fn is(e: &Event, kind: EventKind) -> bool {
     e.kind == kind.name()
 }
 
-/// Runs every rule over `events` (the audit chain's `(seq, event)` pairs, oldest first) as of `now`.
-/// Events older than the window are ignored. Detections come in rule order, then by subject.
-pub fn detect(events: &[(i64, Event)], now: i64, t: &Thresholds) -> Vec<Detection> {
+/// Runs the window's rules over `events` (the audit chain's `(seq, event)` pairs, oldest first) as of `now`.
+/// Events older than the window are ignored. Detections come in rule order, then by subject. With `geo`
+/// (an ASN database), a network is an autonomous system rather than a prefix.
+pub fn detect(
+    events: &[(i64, Event)],
+    now: i64,
+    t: &Thresholds,
+    geo: Option<&dyn Locator>,
+) -> Vec<Detection> {
     let recent: Vec<&(i64, Event)> = events.iter().filter(|(_, e)| e.at > now - t.window_secs).collect();
     let mut out = Vec::new();
     refresh_token_reuse(&recent, &mut out);
-    networks(&recent, t, &mut out);
+    networks(&recent, t, geo, &mut out);
     lateral_movement_probe(&recent, t, &mut out);
     forged_token_burst(&recent, now, t, &mut out);
     revoked_token_use(&recent, t, &mut out);
@@ -318,7 +356,17 @@ fn refresh_token_reuse(events: &[&(i64, Event)], out: &mut Vec<Detection>) {
 }
 
 /// `token_used_from_two_networks` and `token_used_from_new_network`.
-fn networks(events: &[&(i64, Event)], t: &Thresholds, out: &mut Vec<Detection>) {
+fn networks(events: &[&(i64, Event)], t: &Thresholds, geo: Option<&dyn Locator>, out: &mut Vec<Detection>) {
+    // Each address is looked up once per run.
+    let mut seen: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut network = |ip: &str| -> Option<String> {
+        if let Some(found) = seen.get(ip) {
+            return found.clone();
+        }
+        let found = network_in(ip, geo);
+        seen.insert(ip.to_owned(), found.clone());
+        found
+    };
     // What each token was issued as: its network, its session and user, and whether it is DPoP-bound.
     let mut issued: BTreeMap<&str, &(i64, Event)> = BTreeMap::new();
     for pair in events.iter().copied() {
@@ -336,7 +384,9 @@ fn networks(events: &[&(i64, Event)], t: &Thresholds, out: &mut Vec<Detection>) 
         if !is(e, EventKind::TokenUsed) {
             continue;
         }
-        let (Some(jti), Some(net)) = (e.jti.as_deref(), e.ip.as_deref().and_then(network)) else { continue };
+        let (Some(jti), Some(net)) = (e.jti.as_deref(), e.ip.as_deref().and_then(&mut network)) else {
+            continue;
+        };
         if bound(jti) {
             // A DPoP-bound token works only with its key: a change of network is its holder moving.
             continue;
@@ -355,7 +405,7 @@ fn networks(events: &[&(i64, Event)], t: &Thresholds, out: &mut Vec<Detection>) 
             (None, Some(jti)) => Subject::Token(jti.clone()),
             (None, None) => continue,
         };
-        if let Some(net) = e.ip.as_deref().and_then(network) {
+        if let Some(net) = e.ip.as_deref().and_then(&mut network) {
             issued_to.entry(subject).or_default().insert(net);
         }
     }
@@ -632,6 +682,111 @@ fn login_failures(events: &[&(i64, Event)], now: i64, t: &Thresholds, out: &mut 
     }
 }
 
+/// Where a sign-in event says it came from (`detail.geo`, written by the server when GeoIP is configured).
+pub fn place(e: &Event) -> Option<Place> {
+    serde_json::from_value(detail(e, "geo")?).ok()
+}
+
+/// The device a sign-in event names (`detail.device`: a hash of the browser's device cookie).
+fn device(e: &Event) -> Option<String> {
+    detail(e, "device")?.as_str().map(str::to_owned)
+}
+
+/// A place and address for an explanation: `Berlin, DE (192.0.2.7)`.
+fn whence(place: &Place, e: &Event) -> String {
+    format!("{} ({})", place.label(), e.ip.as_deref().unwrap_or("unknown address"))
+}
+
+/// The login rules, `impossible_travel` and `new_device`, for one successful sign-in (`login`) against the
+/// same user's earlier ones (`history`: `login_success` events of the last
+/// [`Thresholds::login_history_days`], any order; the sign-in itself and later ones are skipped).
+///
+/// - `impossible_travel`: the previous sign-in with coordinates is farther away, beyond both places'
+///   accuracy radii, than [`Thresholds::travel_min_km`] and than [`Thresholds::travel_kmh`] allows in the
+///   time between.
+/// - `new_device`: the sign-in's device is none of those the user signed in from before. A user with no
+///   recorded device yet (a first sign-in, or history from before devices were recorded) has nothing to
+///   compare with, and raises nothing.
+pub fn login_anomalies(login: &(i64, Event), history: &[(i64, Event)], t: &Thresholds) -> Vec<Detection> {
+    let (seq, e) = login;
+    let mut out = Vec::new();
+    let Some(sub) = e.sub.clone().filter(|_| is(e, EventKind::LoginSuccess)) else { return out };
+    let cutoff = e.at - t.login_history_days.max(0).saturating_mul(86_400);
+    let mut earlier: Vec<&(i64, Event)> = history
+        .iter()
+        .filter(|(s, h)| {
+            *s < *seq && h.at >= cutoff && h.sub.as_deref() == Some(&sub) && is(h, EventKind::LoginSuccess)
+        })
+        .collect();
+    earlier.sort_by_key(|(s, _)| *s);
+    let here = place(e).unwrap_or_default();
+    let detection = |rule: Rule, explanation: String, evidence: Vec<i64>| Detection {
+        rule: rule.name(),
+        severity: rule.severity(),
+        subject: Subject::User(sub.clone()),
+        sid: None,
+        sub: Some(sub.clone()),
+        jti: None,
+        ip: e.ip.clone(),
+        explanation,
+        evidence,
+        last_at: e.at,
+    };
+    let before = earlier.iter().rev().find_map(|pair| Some((*pair, place(&pair.1)?.coordinates()?)));
+    if let (Some(((prev_seq, prev), there)), Some(now_at)) = (before, here.coordinates()) {
+        let radii = f64::from(place(prev).and_then(|p| p.accuracy_km).unwrap_or(0))
+            + f64::from(here.accuracy_km.unwrap_or(0));
+        let km = (distance_km(there, now_at) - radii).max(0.0);
+        let hours = ((e.at - prev.at).max(1) as f64) / 3600.0;
+        let kmh = km / hours;
+        if km >= t.travel_min_km as f64 && kmh > t.travel_kmh as f64 {
+            let prev_place = place(prev).unwrap_or_default();
+            out.push(detection(
+                Rule::ImpossibleTravel,
+                format!(
+                    "User {sub} signed in from {} {} after signing in from {}: {:.0} km apart, {:.0} km/h, \
+                     faster than anyone travels. One of the two sign-ins is someone else with the password.",
+                    whence(&here, e),
+                    minutes(e.at - prev.at),
+                    whence(&prev_place, prev),
+                    km,
+                    kmh,
+                ),
+                vec![*prev_seq, *seq],
+            ));
+        }
+    }
+    let known: BTreeSet<String> = earlier.iter().filter_map(|(_, h)| device(h)).collect();
+    if let Some(current) = device(e)
+        && !known.is_empty()
+        && !known.contains(&current)
+    {
+        let network = here.asn.map(|asn| match &here.as_org {
+            Some(org) => format!(", network AS{asn} ({org})"),
+            None => format!(", network AS{asn}"),
+        });
+        out.push(detection(
+            Rule::NewDevice,
+            format!(
+                "User {sub} signed in from a device not seen in the last {} days, in {}{}. The user's other \
+                 sign-ins used {} known device(s). A new browser or phone, or someone else with the password.",
+                t.login_history_days,
+                whence(&here, e),
+                network.unwrap_or_default(),
+                known.len(),
+            ),
+            vec![*seq],
+        ));
+    }
+    out
+}
+
+/// `25 min`, `3 h 5 min`.
+fn minutes(secs: i64) -> String {
+    let m = secs.max(0) / 60;
+    if m < 60 { format!("{m} min") } else { format!("{} h {} min", m / 60, m % 60) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,7 +825,7 @@ mod tests {
     fn run(events: Vec<Event>) -> Vec<Detection> {
         let numbered: Vec<(i64, Event)> =
             events.into_iter().enumerate().map(|(i, e)| (i as i64 + 1, e)).collect();
-        detect(&numbered, NOW, &Thresholds::default())
+        detect(&numbered, NOW, &Thresholds::default(), None)
     }
 
     fn rules(found: &[Detection]) -> Vec<&'static str> {
@@ -872,5 +1027,188 @@ mod tests {
         let old: Vec<Event> =
             (0..20).map(|i| failure(Some("u-bob"), "b0b", "192.0.2.1", NOW - 400 + i)).collect();
         assert!(run(old).is_empty());
+    }
+
+    /// An ASN database: the documentation ranges the fixture databases use.
+    struct Asns;
+
+    impl Locator for Asns {
+        fn locate(&self, ip: IpAddr) -> Option<Place> {
+            let asn = match ip.to_string().rsplit_once('.')?.0 {
+                "192.0.2" | "203.0.113" => 64500,
+                "198.51.100" => 64501,
+                _ => return None,
+            };
+            Some(Place { asn: Some(asn), ..Place::default() })
+        }
+    }
+
+    #[test]
+    fn with_an_asn_database_a_network_is_an_autonomous_system() {
+        assert_eq!(network_in("203.0.113.4", Some(&Asns)).as_deref(), Some("AS64500"));
+        assert_eq!(network_in("::ffff:198.51.100.4", Some(&Asns)).as_deref(), Some("AS64501"));
+        assert_eq!(
+            network_in("10.1.2.3", Some(&Asns)).as_deref(),
+            Some("10.1.2.0/24"),
+            "unknown: its prefix"
+        );
+        let events: Vec<(i64, Event)> = vec![
+            issued("j1", Some("s1"), "192.0.2.10", false, NOW - 100),
+            used("j1", Some("s1"), "192.0.2.10", NOW - 90, NOW - 30),
+            used("j1", Some("s1"), "203.0.113.7", NOW - 60, NOW - 50),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| (i as i64 + 1, e))
+        .collect();
+        let t = Thresholds::default();
+        assert_eq!(
+            rules(&detect(&events, NOW, &t, None)),
+            ["token_used_from_two_networks"],
+            "two /24s without the database"
+        );
+        assert!(
+            detect(&events, NOW, &t, Some(&Asns)).is_empty(),
+            "one carrier's two prefixes are one network"
+        );
+    }
+
+    fn berlin() -> Place {
+        Place {
+            country: Some("DE".into()),
+            city: Some("Berlin".into()),
+            latitude: Some(52.52),
+            longitude: Some(13.405),
+            accuracy_km: Some(20),
+            asn: Some(64500),
+            as_org: Some("Example Carrier DE".into()),
+        }
+    }
+
+    fn sydney() -> Place {
+        Place {
+            country: Some("AU".into()),
+            city: Some("Sydney".into()),
+            latitude: Some(-33.8688),
+            longitude: Some(151.2093),
+            accuracy_km: Some(20),
+            asn: Some(64501),
+            as_org: None,
+        }
+    }
+
+    fn signed_in(ip: &str, place: &Place, device: &str, at: i64) -> Event {
+        let detail = serde_json::json!({ "geo": place, "device": device });
+        Event {
+            sub: Some("u-alice".into()),
+            ip: Some(ip.into()),
+            detail: Some(detail.to_string()),
+            ..ev(EventKind::LoginSuccess, at)
+        }
+    }
+
+    #[test]
+    fn impossible_travel_is_raised_for_berlin_then_sydney_within_an_hour() {
+        let t = Thresholds::default();
+        let history = vec![(10, signed_in("192.0.2.7", &berlin(), "d1", NOW - 3600))];
+        let login = (11, signed_in("198.51.100.9", &sydney(), "d1", NOW - 1800));
+        let found = login_anomalies(&login, &history, &t);
+        assert_eq!(rules(&found), ["impossible_travel"]);
+        let d = &found[0];
+        assert_eq!(
+            (d.severity, d.subject.clone(), d.evidence.clone(), d.ip.as_deref()),
+            (Severity::High, Subject::User("u-alice".into()), vec![10, 11], Some("198.51.100.9"))
+        );
+        assert!(
+            d.explanation.contains("Sydney, AU (198.51.100.9)")
+                && d.explanation.contains("Berlin, DE (192.0.2.7)")
+                && d.explanation.contains("30 min"),
+            "{}",
+            d.explanation
+        );
+    }
+
+    #[test]
+    fn a_long_flight_and_a_short_hop_are_not_impossible_travel() {
+        let t = Thresholds::default();
+        // Berlin to Sydney in 20 hours: about 800 km/h, a flight.
+        let history = vec![(10, signed_in("192.0.2.7", &berlin(), "d1", NOW - 20 * 3600))];
+        let login = (11, signed_in("198.51.100.9", &sydney(), "d1", NOW));
+        assert!(login_anomalies(&login, &history, &t).is_empty());
+        // Berlin to Potsdam a minute later: fast, but within the databases' error.
+        let potsdam =
+            Place { city: Some("Potsdam".into()), latitude: Some(52.39), longitude: Some(13.06), ..berlin() };
+        let history = vec![(10, signed_in("192.0.2.7", &berlin(), "d1", NOW - 60))];
+        let login = (11, signed_in("203.0.113.9", &potsdam, "d1", NOW));
+        assert!(login_anomalies(&login, &history, &t).is_empty());
+        // A place without coordinates (an ASN database only) has nothing to measure.
+        let history =
+            vec![(10, signed_in("192.0.2.7", &Place { asn: Some(1), ..Place::default() }, "d1", NOW - 60))];
+        let login = (11, signed_in("198.51.100.9", &sydney(), "d1", NOW));
+        assert!(login_anomalies(&login, &history, &t).is_empty());
+    }
+
+    #[test]
+    fn impossible_travel_compares_with_the_latest_earlier_sign_in_only() {
+        let t = Thresholds::default();
+        // Sydney a day ago, Berlin an hour ago, Berlin now: the travel happened, at a possible speed.
+        let history = vec![
+            (5, signed_in("198.51.100.9", &sydney(), "d1", NOW - 86_400)),
+            (6, signed_in("192.0.2.7", &berlin(), "d1", NOW - 3600)),
+            // A later sign-in (from the history query's race with this one) is not "before".
+            (9, signed_in("198.51.100.9", &sydney(), "d1", NOW + 10)),
+        ];
+        let login = (7, signed_in("192.0.2.8", &berlin(), "d1", NOW));
+        assert!(login_anomalies(&login, &history, &t).is_empty());
+    }
+
+    #[test]
+    fn new_device_is_raised_only_against_known_devices() {
+        let t = Thresholds::default();
+        let history = vec![
+            (1, signed_in("192.0.2.7", &berlin(), "d1", NOW - 7 * 86_400)),
+            (2, signed_in("192.0.2.7", &berlin(), "d2", NOW - 86_400)),
+        ];
+        let found = login_anomalies(&(3, signed_in("192.0.2.9", &berlin(), "d3", NOW)), &history, &t);
+        assert_eq!(rules(&found), ["new_device"]);
+        assert_eq!((found[0].severity, found[0].evidence.clone()), (Severity::Low, vec![3]));
+        assert!(
+            found[0].explanation.contains("Berlin, DE (192.0.2.9), network AS64500 (Example Carrier DE)")
+                && found[0].explanation.contains("2 known device(s)"),
+            "{}",
+            found[0].explanation
+        );
+        assert!(login_anomalies(&(3, signed_in("192.0.2.9", &berlin(), "d2", NOW)), &history, &t).is_empty());
+        // The first sign-in ever, and a history from before devices were recorded, have nothing to compare.
+        assert!(login_anomalies(&(3, signed_in("192.0.2.9", &berlin(), "d3", NOW)), &[], &t).is_empty());
+        let old = vec![(1, Event { sub: Some("u-alice".into()), ..ev(EventKind::LoginSuccess, NOW - 60) })];
+        assert!(login_anomalies(&(3, signed_in("192.0.2.9", &berlin(), "d3", NOW)), &old, &t).is_empty());
+        // A device seen only before the history's horizon is new again.
+        let stale = vec![(1, signed_in("192.0.2.7", &berlin(), "d1", NOW - 91 * 86_400)), history[1].clone()];
+        let found = login_anomalies(&(3, signed_in("192.0.2.9", &berlin(), "d1", NOW)), &stale, &t);
+        assert_eq!(rules(&found), ["new_device"]);
+    }
+
+    #[test]
+    fn another_users_history_and_failed_sign_ins_do_not_count() {
+        let t = Thresholds::default();
+        let bob = Event { sub: Some("u-bob".into()), ..signed_in("192.0.2.7", &berlin(), "d9", NOW - 600) };
+        let failed = Event {
+            kind: EventKind::LoginFailure.name().into(),
+            ..signed_in("192.0.2.7", &berlin(), "d8", NOW - 500)
+        };
+        let history = vec![(1, bob), (2, failed)];
+        assert!(
+            login_anomalies(&(3, signed_in("198.51.100.9", &sydney(), "d3", NOW)), &history, &t).is_empty()
+        );
+        let failure = (
+            4,
+            Event {
+                kind: EventKind::LoginFailure.name().into(),
+                ..signed_in("198.51.100.9", &sydney(), "d3", NOW)
+            },
+        );
+        let history = vec![(1, signed_in("192.0.2.7", &berlin(), "d1", NOW - 60))];
+        assert!(login_anomalies(&failure, &history, &t).is_empty(), "only a successful sign-in is judged");
     }
 }

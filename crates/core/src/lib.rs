@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod detect;
 pub mod flow;
+pub mod geo;
 pub mod model;
 pub mod net;
 pub mod replay;

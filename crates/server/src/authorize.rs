@@ -407,8 +407,12 @@ pub async fn login(
                     // The name typed, as a keyed pseudonym: enough to count the accounts one source tries
                     // (credential stuffing), never a password typed into the wrong field.
                     detail: Some(
-                        serde_json::json!({ "username_pseudonym": state.kek.pseudonym(&username) })
-                            .to_string(),
+                        with_place(
+                            &state,
+                            &meta,
+                            serde_json::json!({ "username_pseudonym": state.kek.pseudonym(&username) }),
+                        )
+                        .to_string(),
                     ),
                     ..meta.event(now)
                 })
@@ -439,7 +443,17 @@ pub async fn login(
         tracing::warn!(error = %e, "cannot store login session");
         return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
     }
-    state.event(Event { kind: "login_success".into(), sub: Some(user.id.clone()), ..meta.event(now) }).await;
+    // The browser's device and the sign-in's place: what `new_device` and `impossible_travel` compare.
+    let (device, device_cookie) = web::device(&state, &headers);
+    let detail = with_place(&state, &meta, serde_json::json!({ "device": device }));
+    state
+        .event(Event {
+            kind: "login_success".into(),
+            sub: Some(user.id.clone()),
+            detail: Some(detail.to_string()),
+            ..meta.event(now)
+        })
+        .await;
     // Only ever back to our own authorization endpoint: `return` is a query string, never a URL.
     let location = if return_to.is_empty() { "/login".to_owned() } else { format!("/authorize?{return_to}") };
     let mut response =
@@ -450,7 +464,22 @@ pub async fn login(
     }
     let cookie =
         web::set_cookie(&state, web::session_cookie(&state), secret.expose(), state.config.login_session_ttl);
-    web::with_cookie(web::with_cookie(response, Some(cookie)), set)
+    let response = web::with_cookie(web::with_cookie(response, Some(cookie)), Some(device_cookie));
+    web::with_cookie(response, set)
+}
+
+/// `detail` with the request's place (`geo`), when a GeoIP database knows the source.
+fn with_place(state: &AppState, meta: &RequestMeta, mut detail: serde_json::Value) -> serde_json::Value {
+    use tessera_core::geo::Locator as _;
+    let place = state
+        .geo
+        .as_ref()
+        .zip(meta.ip.as_deref().and_then(|ip| ip.parse().ok()))
+        .and_then(|(geo, ip)| geo.locate(ip));
+    if let (Some(place), Some(map)) = (place, detail.as_object_mut()) {
+        map.insert("geo".into(), serde_json::to_value(place).unwrap_or_default());
+    }
+    detail
 }
 
 /// What an `id_token_hint` tells about the session to end: its subject, session and client.

@@ -70,6 +70,8 @@ pub struct Config {
     pub responses: crate::response::Responses,
     /// Where alerts go (`[alerts]`; `TESSERA_ALERTS_<KEY>`).
     pub alerts: crate::alerts::AlertConfig,
+    /// The GeoIP databases (`[geoip]`; `TESSERA_GEOIP_CITY_DB`, `TESSERA_GEOIP_ASN_DB`).
+    pub geoip: crate::geoip::GeoConfig,
 }
 
 impl Default for Config {
@@ -99,6 +101,7 @@ impl Default for Config {
             detection: tessera_core::detect::Thresholds::default(),
             responses: crate::response::Responses::default(),
             alerts: crate::alerts::AlertConfig::default(),
+            geoip: crate::geoip::GeoConfig::default(),
         }
     }
 }
@@ -261,6 +264,12 @@ impl Config {
             || d.lateral_probe_audiences == 0
         {
             return bad("detection", "counts must be at least 1");
+        }
+        if d.travel_kmh == 0 {
+            return bad("detection.travel_kmh", "must be at least 1");
+        }
+        if !(1..=3650).contains(&d.login_history_days) {
+            return bad("detection.login_history_days", "must be between 1 and 3650");
         }
         if self.listen.parse::<SocketAddr>().is_err() {
             return bad("listen", "must be an address and port, such as 127.0.0.1:8080");
@@ -461,6 +470,40 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.0, "TESSERA_DETECTION_FORGED_BURST_SECS must be an integer");
+    }
+
+    #[test]
+    fn geoip_paths_and_travel_thresholds_come_from_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.toml");
+        std::fs::write(
+            &path,
+            "[geoip]\ncity_db = \"/var/lib/geoip/City.mmdb\"\n[detection]\ntravel_kmh = 800\n",
+        )
+        .unwrap();
+        let vars = env(&[
+            ("TESSERA_GEOIP_ASN_DB", "/var/lib/geoip/ASN.mmdb"),
+            ("TESSERA_DETECTION_LOGIN_HISTORY_DAYS", "30"),
+            ("TESSERA_DETECTION_TRAVEL_MIN_KM", "300"),
+        ]);
+        let c = Config::load(Some(&path), vars, &Overrides::default()).unwrap();
+        assert_eq!(c.geoip.city_db, "/var/lib/geoip/City.mmdb");
+        assert_eq!(c.geoip.asn_db, "/var/lib/geoip/ASN.mmdb");
+        assert_eq!(
+            (c.detection.travel_kmh, c.detection.travel_min_km, c.detection.login_history_days),
+            (800, 300, 30)
+        );
+        assert_eq!(Config::default().geoip, crate::geoip::GeoConfig::default(), "no database by default");
+        std::fs::write(&path, "[geoip]\ncity = \"x\"\n").unwrap();
+        let e = Config::load(Some(&path), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(e.0.contains("city"), "{e}");
+        let e =
+            Config::load(None, env(&[("TESSERA_DETECTION_LOGIN_HISTORY_DAYS", "0")]), &Overrides::default())
+                .unwrap_err();
+        assert!(e.0.starts_with("detection.login_history_days"), "{e}");
+        let e = Config::load(None, env(&[("TESSERA_DETECTION_TRAVEL_KMH", "0")]), &Overrides::default())
+            .unwrap_err();
+        assert!(e.0.starts_with("detection.travel_kmh"), "{e}");
     }
 
     #[test]

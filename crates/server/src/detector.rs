@@ -4,7 +4,9 @@
 //!
 //! Each round reads the events written since the last one, then runs the rules only over the window's
 //! events that share a session, token, user or source with the new ones, so a quiet log costs nothing and a
-//! busy one costs in proportion to what changed. A finding is raised by the node that first takes its key in
+//! busy one costs in proportion to what changed. With a GeoIP database configured, each new sign-in is also
+//! judged against the user's sign-ins of the last `login_history_days` (`impossible_travel`, `new_device`),
+//! read from the audit log by user. A finding is raised by the node that first takes its key in
 //! the store's `detections` table (shared on PostgreSQL), so two nodes never both respond; the
 //! claim queues the finding's alerts in the same transaction, so a node that dies right after it still
 //! alerts.
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tessera_core::detect::{self, Detection, Rule, Thresholds};
+use tessera_core::geo::Locator;
 use tessera_core::{Event, EventKind, TokenHash};
 use tessera_store::{AuditQuery, StoreError};
 
@@ -26,6 +29,8 @@ pub const POLL: Duration = Duration::from_millis(250);
 const MAX_WINDOW: usize = 500_000;
 /// The most events read in one round.
 const MAX_ROUND: i64 = 50_000;
+/// The most earlier sign-ins a new one is compared with.
+const MAX_HISTORY: i64 = 1_000;
 
 /// The kinds the rules read; everything else is skipped.
 const WATCHED: [EventKind; 8] = [
@@ -139,8 +144,13 @@ impl Detector {
         let new = state.store.audit_events(&query).await?;
         let Some(last) = new.last() else { return Ok(Vec::new()) };
         self.after = last.seq;
+        let geo: Option<&dyn Locator> = state.geo.as_ref().map(|g| g as &dyn Locator);
         let mut touched: HashSet<String> = HashSet::new();
+        let mut logins = Vec::new();
         for r in new {
+            if geo.is_some() && r.event.kind == EventKind::LoginSuccess.name() {
+                logins.push((r.seq, r.event.clone()));
+            }
             if WATCHED.iter().any(|k| k.name() == r.event.kind) {
                 touched.extend(keys(&r.event));
                 self.push(r.seq, r.event);
@@ -158,23 +168,60 @@ impl Detector {
             }
             self.pop_front();
         }
-        if touched.is_empty() {
-            return Ok(Vec::new());
-        }
-        let related = self.related(&touched);
         let mut raised = Vec::new();
         self.known.retain(|_, until| *until > now);
-        for found in detect::detect(&related, now, &self.thresholds) {
-            // Once per key, across nodes and restarts, for as long as its evidence is in the window.
-            let until = now + self.thresholds.window_secs;
-            if self.known.insert(found.key(), until).is_some() {
-                continue;
+        if !touched.is_empty() {
+            let related = self.related(&touched);
+            for found in detect::detect(&related, now, &self.thresholds, geo) {
+                self.raise_once(state, found, now, &mut raised).await?;
             }
-            if raise(state, &found, until, now).await? {
-                raised.push(found);
+        }
+        for login in &logins {
+            for found in self.login_rules(state, login).await? {
+                self.raise_once(state, found, now, &mut raised).await?;
             }
         }
         Ok(raised)
+    }
+
+    /// Raises `found` unless this node or another already did: once per key, across nodes and restarts,
+    /// for as long as its evidence is in the window.
+    async fn raise_once(
+        &mut self,
+        state: &AppState,
+        found: Detection,
+        now: i64,
+        raised: &mut Vec<Detection>,
+    ) -> Result<(), StoreError> {
+        let until = now + self.thresholds.window_secs;
+        if self.known.insert(found.key(), until).is_some() {
+            return Ok(());
+        }
+        if raise(state, &found, until, now).await? {
+            raised.push(found);
+        }
+        Ok(())
+    }
+
+    /// `impossible_travel` and `new_device` for one sign-in, against the user's earlier sign-ins.
+    async fn login_rules(
+        &self,
+        state: &AppState,
+        login: &(i64, Event),
+    ) -> Result<Vec<Detection>, StoreError> {
+        let Some(sub) = login.1.sub.clone() else { return Ok(Vec::new()) };
+        let query = AuditQuery {
+            sub: Some(sub),
+            kinds: vec![EventKind::LoginSuccess.name().to_owned()],
+            since: Some(login.1.at - self.thresholds.login_history_days.max(0).saturating_mul(86_400)),
+            until: Some(login.1.at + 1),
+            newest: true,
+            limit: MAX_HISTORY,
+            ..AuditQuery::default()
+        };
+        let history: Vec<(i64, Event)> =
+            state.store.audit_events(&query).await?.into_iter().map(|r| (r.seq, r.event)).collect();
+        Ok(detect::login_anomalies(login, &history, &self.thresholds))
     }
 }
 

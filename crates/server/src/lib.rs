@@ -13,6 +13,7 @@ pub mod directory;
 pub mod dpop;
 pub mod endpoints;
 pub mod exchange;
+pub mod geoip;
 pub mod ingest;
 pub mod issue;
 pub mod keyring;
@@ -76,6 +77,8 @@ pub struct AppState {
     pub closing: tokio::sync::watch::Sender<bool>,
     /// Wakes the alert deliverer: a detection released alerts.
     pub alerts_due: tokio::sync::Notify,
+    /// The operator's GeoIP databases, when configured.
+    pub geo: Option<geoip::GeoIp>,
     /// The proxies whose `X-Forwarded-For` is believed.
     trusted_proxies: Vec<ipnet::IpNet>,
     discovery: String,
@@ -255,6 +258,7 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
     let live = store.live_revocations(now).await.map_err(start_error)?;
     let revocations = stream::RevocationFeed::new(head, &live);
     let trusted_proxies = config.trusted_proxy_nets();
+    let geo = geoip::GeoIp::open(&config.geoip).map_err(StartError)?;
     let directory = directory::Directory::new(Arc::clone(&store));
     directory.sync().await.map_err(start_error)?;
     let state = AppState {
@@ -268,6 +272,7 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
         revocations,
         closing: tokio::sync::watch::channel(false).0,
         alerts_due: tokio::sync::Notify::new(),
+        geo,
         trusted_proxies,
         discovery,
     };

@@ -74,6 +74,10 @@ pub struct Responses {
     pub brute_force: Vec<Action>,
     /// `credential_stuffing`.
     pub credential_stuffing: Vec<Action>,
+    /// `impossible_travel`.
+    pub impossible_travel: Vec<Action>,
+    /// `new_device`.
+    pub new_device: Vec<Action>,
 }
 
 impl Default for Responses {
@@ -89,6 +93,8 @@ impl Default for Responses {
             revoked_token_use: vec![Action::Alert],
             brute_force: vec![Action::Alert],
             credential_stuffing: vec![Action::Alert],
+            impossible_travel: vec![Action::Alert],
+            new_device: vec![Action::Alert],
         }
     }
 }
@@ -105,6 +111,8 @@ impl Responses {
             Rule::RevokedTokenUse => &self.revoked_token_use,
             Rule::BruteForce => &self.brute_force,
             Rule::CredentialStuffing => &self.credential_stuffing,
+            Rule::ImpossibleTravel => &self.impossible_travel,
+            Rule::NewDevice => &self.new_device,
         }
     }
 

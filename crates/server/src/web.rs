@@ -72,6 +72,29 @@ pub fn session_cookie(state: &AppState) -> &'static str {
     if state.config.is_https() { "__Host-tessera_session" } else { "tessera_session" }
 }
 
+/// The device cookie: a random id a browser keeps for [`DEVICE_MAX_AGE`], renewed at each sign-in, so that
+/// a later sign-in can tell a browser the user signed in from before from a new one (`new_device`). It
+/// proves nothing by itself (it is not a credential) and only its hash is recorded.
+pub fn device_cookie(state: &AppState) -> &'static str {
+    if state.config.is_https() { "__Host-tessera_device" } else { "tessera_device" }
+}
+
+/// How long a browser keeps the device cookie: 400 days, the most browsers allow.
+pub const DEVICE_MAX_AGE: i64 = 400 * 86_400;
+
+/// The browser's device id (from its cookie, or a new one), its hash prefix for the audit record, and the
+/// `Set-Cookie` that keeps it another [`DEVICE_MAX_AGE`].
+pub fn device(state: &AppState, headers: &HeaderMap) -> (String, HeaderValue) {
+    let known = cookie(headers, device_cookie(state))
+        .filter(|v| v.len() == 22 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    let id = match known {
+        Some(id) => id.to_owned(),
+        None => random_id().unwrap_or_default(),
+    };
+    let set = set_cookie(state, device_cookie(state), &id, DEVICE_MAX_AGE);
+    (TokenHash::of(&id).short(), set)
+}
+
 fn csrf_cookie(state: &AppState) -> &'static str {
     if state.config.is_https() { "__Host-tessera_csrf" } else { "tessera_csrf" }
 }

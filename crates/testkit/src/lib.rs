@@ -21,6 +21,13 @@ use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
+/// The GeoIP fixture databases (`test-city.mmdb`, `test-asn.mmdb`, written by `geoip/generate.py`): the
+/// documentation ranges placed in Berlin (192.0.2.0/24, AS64500), Potsdam (203.0.113.0/24, AS64500),
+/// Sydney (198.51.100.0/24, AS64501) and New York (2001:db8:1::/48, AS64502).
+pub fn geoip_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("geoip")
+}
+
 /// Why a helper could not do its job. Tests unwrap it.
 #[derive(Debug)]
 pub struct KitError(pub String);

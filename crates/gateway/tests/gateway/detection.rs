@@ -265,3 +265,132 @@ async fn brute_force_and_credential_stuffing_run_their_configured_responses() {
     }
     w.finish().await;
 }
+
+/// A browser: its own cookies, no redirects followed (the sign-in's cookies come with its 303).
+struct Browser {
+    http: reqwest::Client,
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+impl Browser {
+    fn new() -> Browser {
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Browser { http, cookies: std::collections::BTreeMap::new() }
+    }
+
+    fn keep(&mut self, r: &reqwest::Response) {
+        for v in r.headers().get_all("set-cookie") {
+            let pair = v.to_str().unwrap().split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            self.cookies.insert(name.to_owned(), value.to_owned());
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
+    /// Signs in through the login form from `source`; the device cookie is kept.
+    async fn sign_in(&mut self, w: &World, username: &str, password: &str, source: &str) {
+        let login = format!("{}/login", w.server.issuer());
+        let page = self
+            .http
+            .get(&login)
+            .header("x-forwarded-for", source)
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        self.keep(&page);
+        let html = page.text().await.unwrap();
+        let marker = "name=\"csrf\" value=\"";
+        let start = html.find(marker).unwrap() + marker.len();
+        let csrf = html[start..start + html[start..].find('"').unwrap()].to_owned();
+        let r = self
+            .http
+            .post(&login)
+            .header("x-forwarded-for", source)
+            .header("cookie", self.cookie_header())
+            .form(&[("csrf", csrf.as_str()), ("return", ""), ("username", username), ("password", password)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "signed in");
+        self.keep(&r);
+        assert!(self.cookies.contains_key("tessera_device"), "the browser keeps a device cookie");
+    }
+}
+
+const BERLIN: &str = "192.0.2.7";
+const POTSDAM: &str = "203.0.113.9";
+const SYDNEY: &str = "198.51.100.9";
+
+#[tokio::test]
+async fn sign_ins_from_a_new_device_and_from_the_other_side_of_the_world_raise_new_device_and_impossible_travel()
+ {
+    let webhook = Receiver::start(200).await;
+    let options = Options {
+        trusted_proxies: true,
+        webhook_url: Some(webhook.url.clone()),
+        geoip: true,
+        ..Options::default()
+    };
+    let w = World::start_with(Backend::Sqlite, options).await.unwrap();
+    w.server.add_user("u_alice", "alice", "correct horse battery").await;
+    // Alice's laptop, twice from Berlin: her first sign-in and a known device raise nothing.
+    let mut laptop = Browser::new();
+    laptop.sign_in(&w, "alice", "correct horse battery", BERLIN).await;
+    laptop.sign_in(&w, "alice", "correct horse battery", BERLIN).await;
+    // A new browser, in Potsdam (next door, the same carrier): a new device, not travel.
+    let mut other = Browser::new();
+    other.sign_in(&w, "alice", "correct horse battery", POTSDAM).await;
+    let new_device = alert_for(&webhook, "new_device").await;
+    assert!(signed(&new_device));
+    let d = &new_device.json()["detection"];
+    assert_eq!(
+        (d["sub"].as_str(), d["ip"].as_str(), d["severity"].as_str()),
+        (Some("u_alice"), Some(POTSDAM), Some("low"))
+    );
+    let explanation = d["explanation"].as_str().unwrap();
+    assert!(
+        explanation.contains("Potsdam, DE (203.0.113.9), network AS64500 (Example Carrier DE)"),
+        "{explanation}"
+    );
+    // Seconds later the same browser signs in from Sydney.
+    other.sign_in(&w, "alice", "correct horse battery", SYDNEY).await;
+    let travel = alert_for(&webhook, "impossible_travel").await;
+    assert!(signed(&travel));
+    let d = &travel.json()["detection"];
+    assert_eq!((d["ip"].as_str(), d["severity"].as_str()), (Some(SYDNEY), Some("high")));
+    let explanation = d["explanation"].as_str().unwrap();
+    assert!(
+        explanation.contains("Sydney, AU (198.51.100.9)")
+            && explanation.contains("Potsdam, DE (203.0.113.9)"),
+        "{explanation}"
+    );
+    assert_eq!(d["evidence"].as_array().map(Vec::len), Some(2), "the two sign-ins");
+    // Each raised once; the Berlin sign-ins raised nothing.
+    let alerts = webhook.got();
+    let count = |rule: &str| alerts.iter().filter(|r| r.json()["detection"]["rule"] == rule).count();
+    assert_eq!((count("new_device"), count("impossible_travel"), alerts.len()), (1, 1, 2));
+    // The audit trail: each sign-in's place and device, and the detections with their responses.
+    let store = &w.server.state.store;
+    let logins = store.recent_events(Some("login_success"), 10).await.unwrap();
+    let places: Vec<String> = logins
+        .iter()
+        .map(|e| {
+            let detail: Value = serde_json::from_str(e.detail.as_deref().unwrap()).unwrap();
+            assert!(detail["device"].as_str().is_some_and(|d| d.len() >= 8), "a device hash: {detail}");
+            detail["geo"]["city"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let mut sorted = places.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["Berlin", "Berlin", "Potsdam", "Sydney"]);
+    let raised = store.recent_events(Some("detection_raised"), 10).await.unwrap();
+    let rules: Vec<&str> = raised.iter().filter_map(|e| e.reason.as_deref()).collect();
+    assert!(rules.contains(&"new_device") && rules.contains(&"impossible_travel"), "{rules:?}");
+    let taken = store.recent_events(Some("response_taken"), 10).await.unwrap();
+    assert_eq!(taken.iter().filter(|e| e.reason.as_deref() == Some("alert")).count(), 2);
+    w.finish().await;
+}

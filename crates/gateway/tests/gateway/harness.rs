@@ -307,6 +307,8 @@ pub struct Options {
     pub webhook_url: Option<String>,
     /// The server's `[responses]`, if not the defaults.
     pub responses: Option<tessera_server::response::Responses>,
+    /// The server reads the GeoIP fixture databases (`tessera_testkit::geoip_dir`).
+    pub geoip: bool,
 }
 
 /// The test webhook's HMAC key.
@@ -321,6 +323,7 @@ impl Default for Options {
             trusted_proxies: false,
             webhook_url: None,
             responses: None,
+            geoip: false,
         }
     }
 }
@@ -411,7 +414,13 @@ impl World {
         let trusted = options.trusted_proxies;
         let webhook = options.webhook_url.clone();
         let responses = options.responses.clone();
+        let geoip = options.geoip;
         let server = Server::start_with(backend, move |c| {
+            if geoip {
+                let dir = tessera_testkit::geoip_dir();
+                c.geoip.city_db = dir.join("test-city.mmdb").display().to_string();
+                c.geoip.asn_db = dir.join("test-asn.mmdb").display().to_string();
+            }
             if let Some(responses) = responses {
                 c.responses = responses;
             }
