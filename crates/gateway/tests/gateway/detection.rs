@@ -266,7 +266,8 @@ async fn brute_force_and_credential_stuffing_run_their_configured_responses() {
     w.finish().await;
 }
 
-/// A browser: its own cookies, no redirects followed (the sign-in's cookies come with its 303).
+/// A browser: its own cookies, no redirects followed (the sign-in's cookies come with its 303), every
+/// request from `source` (through the trusted proxy).
 struct Browser {
     http: reqwest::Client,
     cookies: std::collections::BTreeMap<String, String>,
@@ -290,34 +291,61 @@ impl Browser {
         self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
     }
 
-    /// Signs in through the login form from `source`; the device cookie is kept.
-    async fn sign_in(&mut self, w: &World, username: &str, password: &str, source: &str) {
-        let login = format!("{}/login", w.server.issuer());
-        let page = self
+    async fn get(&mut self, url: &str, source: &str) -> reqwest::Response {
+        let r = self
             .http
-            .get(&login)
+            .get(url)
             .header("x-forwarded-for", source)
             .header("cookie", self.cookie_header())
             .send()
             .await
             .unwrap();
-        self.keep(&page);
+        self.keep(&r);
+        r
+    }
+
+    /// Signs in on the login form `page` shows (its `return` kept) from `source`; the answer is the 303.
+    async fn submit_login(
+        &mut self,
+        w: &World,
+        page: reqwest::Response,
+        username: &str,
+        password: &str,
+        source: &str,
+    ) -> reqwest::Response {
         let html = page.text().await.unwrap();
-        let marker = "name=\"csrf\" value=\"";
-        let start = html.find(marker).unwrap() + marker.len();
-        let csrf = html[start..start + html[start..].find('"').unwrap()].to_owned();
+        // A hidden field's value; the plain sign-in page has no `return`.
+        let field = |name: &str| {
+            let marker = format!("name=\"{name}\" value=\"");
+            let Some(at) = html.find(&marker) else { return String::new() };
+            let start = at + marker.len();
+            html[start..start + html[start..].find('"').unwrap()].replace("&amp;", "&")
+        };
+        let (csrf, ret) = (field("csrf"), field("return"));
         let r = self
             .http
-            .post(&login)
+            .post(format!("{}/login", w.server.issuer()))
             .header("x-forwarded-for", source)
             .header("cookie", self.cookie_header())
-            .form(&[("csrf", csrf.as_str()), ("return", ""), ("username", username), ("password", password)])
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("return", ret.as_str()),
+                ("username", username),
+                ("password", password),
+            ])
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 303, "signed in");
         self.keep(&r);
         assert!(self.cookies.contains_key("tessera_device"), "the browser keeps a device cookie");
+        r
+    }
+
+    /// Signs in through the login form from `source`; the device cookie is kept.
+    async fn sign_in(&mut self, w: &World, username: &str, password: &str, source: &str) {
+        let page = self.get(&format!("{}/login", w.server.issuer()), source).await;
+        self.submit_login(w, page, username, password, source).await;
     }
 }
 
@@ -392,5 +420,185 @@ async fn sign_ins_from_a_new_device_and_from_the_other_side_of_the_world_raise_n
     assert!(rules.contains(&"new_device") && rules.contains(&"impossible_travel"), "{rules:?}");
     let taken = store.recent_events(Some("response_taken"), 10).await.unwrap();
     assert_eq!(taken.iter().filter(|e| e.reason.as_deref() == Some("alert")).count(), 2);
+    w.finish().await;
+}
+
+const HOME: &str = "192.0.2.10";
+const CAFE: &str = "198.51.100.20";
+const REDIRECT: &str = "https://app.example/callback";
+
+/// A web application's confidential client: authorization code with PKCE, refresh tokens.
+async fn add_web_app(w: &World) -> String {
+    use tessera_core::GrantType;
+    let secret = tessera_server::crypto::new_secret(tessera_core::SecretKind::ClientSecret).unwrap();
+    let client = tessera_store::Client {
+        secret_hash: Some(secret.hash()),
+        redirect_uris: vec![REDIRECT.into()],
+        grant_types: vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
+        serves: Vec::new(),
+        ..crate::harness::service_client("webapp", &[crate::harness::API])
+    };
+    w.server.state.store.create_client(&client).await.unwrap();
+    secret.expose().to_owned()
+}
+
+/// POSTs a token request as the web app from `source`; the answer's JSON.
+async fn token_request(w: &World, secret: &str, form: &[(&str, &str)], source: &str) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{}/token", w.server.issuer()))
+        .basic_auth("webapp", Some(secret))
+        .header("x-forwarded-for", source)
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+}
+
+/// Alice signs in to the web app from `source` (authorization code with PKCE): its access and refresh token.
+async fn web_sign_in(w: &World, secret: &str, source: &str) -> (String, String) {
+    let verifier = "a-code-verifier-long-enough-for-rfc-7636-4-1-0123456789";
+    let challenge = tessera_testkit::ath(verifier);
+    let authorize = reqwest::Url::parse_with_params(
+        &format!("{}/authorize", w.server.issuer()),
+        [
+            ("response_type", "code"),
+            ("client_id", "webapp"),
+            ("redirect_uri", REDIRECT),
+            ("scope", "orders:read"),
+            ("resource", crate::harness::API),
+            ("state", "st"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ],
+    )
+    .unwrap();
+    let mut browser = Browser::new();
+    let page = browser.get(authorize.as_str(), source).await;
+    assert_eq!(page.status(), 200, "the login form");
+    let back = browser.submit_login(w, page, "alice", "correct horse battery", source).await;
+    let to = back.headers()["location"].to_str().unwrap().to_owned();
+    let r = browser.get(&format!("{}{to}", w.server.issuer()), source).await;
+    assert_eq!(r.status(), 302, "back to the app with a code");
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let code = reqwest::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let body = token_request(
+        w,
+        secret,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", verifier),
+        ],
+        source,
+    )
+    .await;
+    (body["access_token"].as_str().unwrap().to_owned(), body["refresh_token"].as_str().unwrap().to_owned())
+}
+
+/// A GET through the gateway with `Authorization: DPoP` and a fresh proof, from `source`.
+async fn dpop_get(w: &World, key: &tessera_testkit::DpopClient, token: &str, source: &str) -> u16 {
+    let url = w.url("/orders/1");
+    let iat = u64::try_from(tessera_server::now()).unwrap();
+    let proof = key.proof("GET", &url, iat, Some(token), None).unwrap();
+    let r = reqwest::Client::new()
+        .get(&url)
+        .header("authorization", format!("DPoP {token}"))
+        .header("dpop", proof)
+        .header("x-forwarded-for", source)
+        .send()
+        .await
+        .unwrap();
+    r.status().as_u16()
+}
+
+#[tokio::test]
+async fn benign_traffic_raises_nothing_two_tabs_a_move_and_a_dpop_client_changing_networks() {
+    let webhook = Receiver::start(200).await;
+    let w = world(&webhook).await;
+    w.server.add_user("u_alice", "alice", "correct horse battery").await;
+    let secret = add_web_app(&w).await;
+
+    // Two tabs: one session, both tabs refresh with the same refresh token at once, inside the retry
+    // window, and both use what they got.
+    let (access, refresh) = web_sign_in(&w, &secret, HOME).await;
+    assert_eq!(w.raw(&get_from("/orders/1", Some(&access), HOME)).await, 200);
+    let form = [("grant_type", "refresh_token"), ("refresh_token", refresh.as_str())];
+    let (tab1, tab2) =
+        tokio::join!(token_request(&w, &secret, &form, HOME), token_request(&w, &secret, &form, HOME));
+    assert_eq!(tab1["refresh_token"], tab2["refresh_token"], "one successor for both tabs");
+    for tab in [&tab1, &tab2] {
+        let token = tab["access_token"].as_str().unwrap();
+        assert_eq!(w.raw(&get_from("/orders/1", Some(token), HOME)).await, 200);
+    }
+
+    // A move: the laptop goes from home to a café (which takes longer than the second events are
+    // timed to), refreshes there, and goes on.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let refresh = tab1["refresh_token"].as_str().unwrap();
+    let moved =
+        token_request(&w, &secret, &[("grant_type", "refresh_token"), ("refresh_token", refresh)], CAFE)
+            .await;
+    let token = moved["access_token"].as_str().unwrap();
+    for _ in 0..3 {
+        assert_eq!(w.raw(&get_from("/orders/1", Some(token), CAFE)).await, 200);
+    }
+
+    // A DPoP client changing networks back and forth: its token works only with its key.
+    let job_secret = w.server.add_client("dpop-job", &[crate::harness::API]).await;
+    let key = tessera_testkit::DpopClient::new("ES256").unwrap();
+    let token_url = format!("{}/token", w.server.issuer());
+    let iat = u64::try_from(tessera_server::now()).unwrap();
+    let r = reqwest::Client::new()
+        .post(&token_url)
+        .basic_auth("dpop-job", Some(&job_secret))
+        .header("dpop", key.proof("POST", &token_url, iat, None, None).unwrap())
+        .header("x-forwarded-for", "192.0.2.30")
+        .form(&[("grant_type", "client_credentials"), ("resource", crate::harness::API)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["token_type"], "DPoP");
+    let bound = body["access_token"].as_str().unwrap();
+    for source in ["192.0.2.30", "198.51.100.30", "192.0.2.30", "198.51.100.30"] {
+        assert_eq!(dpop_get(&w, &key, bound, source).await, 200, "{source}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A sentinel: a forged-token burst from elsewhere. Events are read in order, so once its alert is
+    // in, every use above has been judged.
+    let (head, _) = access.rsplit_once('.').unwrap();
+    for i in 0..20 {
+        let forged = format!("{head}.{}", crate::harness::b64(format!("not a signature {i}").as_bytes()));
+        assert_eq!(w.raw(&get_from("/orders/1", Some(&forged), ATTACKER)).await, 401);
+    }
+    alert_for(&webhook, "forged_token_burst").await;
+    let rules: Vec<String> = webhook
+        .got()
+        .iter()
+        .map(|r| r.json()["detection"]["rule"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(rules, ["forged_token_burst"], "only the sentinel");
+    let store = &w.server.state.store;
+    let raised = store.recent_events(Some("detection_raised"), 20).await.unwrap();
+    let raised: Vec<&str> = raised.iter().filter_map(|e| e.reason.as_deref()).collect();
+    assert_eq!(raised, ["forged_token_burst"]);
+    let reuse = store.recent_events(Some("refresh_token_reuse"), 5).await.unwrap();
+    assert!(reuse.is_empty(), "the two tabs' refreshes are a retry, not a reuse");
+    let used = store.recent_events(Some("token_used"), 50).await.unwrap();
+    let sources: std::collections::BTreeSet<&str> = used.iter().filter_map(|e| e.ip.as_deref()).collect();
+    for source in [HOME, CAFE, "192.0.2.30", "198.51.100.30"] {
+        assert!(sources.contains(source), "the gateway reported the uses from {source}: {sources:?}");
+    }
     w.finish().await;
 }
