@@ -14,7 +14,12 @@
 //! the revoke call's answer to the guard's first refusal is recorded) and `gateway` (a `tessera gateway`
 //! child process in front of a minimal upstream in this process: maximum throughput direct and through the
 //! gateway, then latency at a fixed rate of half the gateway's maximum, direct and through the gateway).
+//!
+//! `detection_delay`, not in the default set, times theft to response: `--detections` refresh-token
+//! reuses, one every `--detection-gap-ms`, each timed from the reuse to its alert at a webhook in this
+//! process (the server is started with that webhook configured).
 
+mod detection_bench;
 mod guard_bench;
 
 use std::path::PathBuf;
@@ -52,6 +57,12 @@ struct Args {
     /// Revocations measured by `revocation_delay`.
     #[arg(long, default_value_t = 1000)]
     revocations: usize,
+    /// Thefts measured by `detection_delay`.
+    #[arg(long, default_value_t = 200)]
+    detections: usize,
+    /// Milliseconds between two thefts in `detection_delay`.
+    #[arg(long, default_value_t = 100)]
+    detection_gap_ms: u64,
 }
 
 const AUDIENCE: &str = "https://bench.example";
@@ -86,7 +97,18 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .port();
     let issuer = format!("http://127.0.0.1:{port}");
-    let mut child = tokio::process::Command::new(&server)
+    // Alerts come to this process only when a scenario times them.
+    let mut webhook = match args.scenarios.iter().any(|s| s == "detection_delay") {
+        true => Some(detection_bench::Webhook::start().await?),
+        false => None,
+    };
+    let mut command = tokio::process::Command::new(&server);
+    if let Some(hook) = &webhook {
+        command
+            .env("TESSERA_ALERTS_WEBHOOK_URL", &hook.url)
+            .env("TESSERA_ALERTS_WEBHOOK_SECRET", detection_bench::WEBHOOK_SECRET);
+    }
+    let mut child = command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--issuer", &issuer])
         .current_dir(dir.path())
         .env("TESSERA_MASTER_KEY", &master)
@@ -145,7 +167,7 @@ async fn run(args: Args) -> Result<(), String> {
             "refresh" => families(&*store, args.connections)
                 .await?
                 .into_iter()
-                .map(|t| Plan::Refresh { token: t })
+                .map(|(_, t)| Plan::Refresh { token: t })
                 .collect(),
             "introspect" => {
                 let token = fetch_token(&addr, &basic).await?;
@@ -197,6 +219,13 @@ async fn run(args: Args) -> Result<(), String> {
                     plans.push(Plan::Dpop { auth: basic.clone(), proofs });
                 }
                 plans
+            }
+            "detection_delay" => {
+                let hook = webhook.as_mut().ok_or("no webhook")?;
+                let thefts = families(&*store, args.detections).await?;
+                let gap = Duration::from_millis(args.detection_gap_ms);
+                out.push(detection_bench::detection_delay(&addr, hook, thefts, gap).await?);
+                continue;
             }
             "revocation_delay" => {
                 out.push(
@@ -309,8 +338,8 @@ async fn setup(store: &dyn Store) -> Result<OpaqueSecret, String> {
     Ok(secret)
 }
 
-/// One refresh family per connection; returns each family's first token.
-async fn families(store: &dyn Store, n: usize) -> Result<Vec<String>, String> {
+/// `n` refresh families; returns each family's id and first token.
+async fn families(store: &dyn Store, n: usize) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let secret = tessera_server::crypto::new_secret(SecretKind::RefreshToken).map_err(|e| e.0)?;
@@ -341,7 +370,7 @@ async fn families(store: &dyn Store, n: usize) -> Result<Vec<String>, String> {
             successor: None,
         };
         store.create_family(&family, Some(&first)).await.map_err(|e| e.to_string())?;
-        out.push(secret.expose().to_owned());
+        out.push((family.id.clone(), secret.expose().to_owned()));
     }
     Ok(out)
 }
