@@ -115,11 +115,12 @@ async fn upstream() -> Result<String, String> {
     Ok(addr)
 }
 
-/// Load at a fixed total `rate` for `duration`, spread over `connections` connections; latency is timed
-/// from each request's send.
+/// Load at a fixed total `rate` for `duration`, spread over `connections` connections, each cycling
+/// through `auths` (the `Authorization` values) from its own offset; latency is timed from each request's
+/// send.
 async fn load_at_rate(
     addr: &str,
-    auth: &str,
+    auths: &std::sync::Arc<Vec<String>>,
     connections: usize,
     rate: f64,
     duration: Duration,
@@ -128,18 +129,21 @@ async fn load_at_rate(
     let started = tokio::time::Instant::now();
     let mut tasks = Vec::new();
     for i in 0..connections {
-        let (addr, auth) = (addr.to_owned(), auth.to_owned());
+        let (addr, auths) = (addr.to_owned(), std::sync::Arc::clone(auths));
         let offset = interval.mul_f64(i as f64 / connections as f64);
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::open(&addr).await?;
             let mut latencies = Vec::new();
             let mut errors = 0u64;
             let mut next = started + offset;
+            let mut which = i;
             while next.duration_since(started) < duration {
                 tokio::time::sleep_until(next).await;
                 next += interval;
+                which = (which + 1) % auths.len().max(1);
+                let auth = auths.get(which).map(String::as_str);
                 let t0 = instant();
-                match conn.get("/orders/1", Some(&auth)).await {
+                match conn.get("/orders/1", auth).await {
                     Ok((200, _)) => {
                         latencies.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX))
                     }
@@ -152,15 +156,40 @@ async fn load_at_rate(
     Outcome::gather(tasks, || started.elapsed()).await
 }
 
+/// A `tessera gateway` child process, ready.
+struct GatewayChild {
+    child: tokio::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayChild {
+    /// The CPU time the process has used so far (user and system, every thread), from `/proc`.
+    fn cpu(&self) -> Result<Duration, String> {
+        let pid = self.child.id().ok_or("the gateway exited")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+        // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or("unreadable /proc stat")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks =
+            |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).ok_or("unreadable /proc stat");
+        // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+        Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+    }
+}
+
 impl GatewayRun<'_> {
-    /// Starts the gateway and measures; returns the report's lines.
-    pub(crate) async fn run(&self, connections: usize, duration: Duration) -> Result<Vec<String>, String> {
-        let up = upstream().await?;
+    /// Starts a gateway in front of `up`, with or without usage reporting, and waits until it is ready.
+    async fn spawn(&self, up: &str, report_usage: bool) -> Result<GatewayChild, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let policy = dir.path().join("policy.toml");
         std::fs::write(&policy, "default = \"authenticated\"\n").map_err(|e| e.to_string())?;
-        let mut child = tokio::process::Command::new(self.server)
-            .args(["gateway", "--issuer", self.issuer, "--audience", AUDIENCE, "--client-id", "bench"])
+        let mut command = tokio::process::Command::new(self.server);
+        command.args(["gateway", "--issuer", self.issuer, "--audience", AUDIENCE, "--client-id", "bench"]);
+        if !report_usage {
+            command.arg("--no-usage-report");
+        }
+        let mut child = command
             .args(["--upstream", &format!("http://{up}"), "--listen", "127.0.0.1:0"])
             .arg("--policy")
             .arg(&policy)
@@ -187,6 +216,67 @@ impl GatewayRun<'_> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok(GatewayChild { child, addr: gw, _dir: dir })
+    }
+
+    /// Gateway CPU per request with usage reporting on and off, at a fixed `rate`, over `tokens` distinct
+    /// tokens (each a separate aggregate in the reporter), alternating twice.
+    pub(crate) async fn reporting(
+        &self,
+        tokens: Vec<String>,
+        connections: usize,
+        rate: f64,
+        duration: Duration,
+    ) -> Result<Vec<String>, String> {
+        let up = upstream().await?;
+        let auths = std::sync::Arc::new(tokens.iter().map(|t| format!("Bearer {t}")).collect::<Vec<_>>());
+        let mut lines = vec![
+            String::new(),
+            format!(
+                "gateway CPU per request, usage reporting on and off ({} distinct tokens, {rate:.0} requests/s, \
+                 {connections} connections, {} s per run)",
+                tokens.len(),
+                duration.as_secs()
+            ),
+            "| run | reporting | requests | gateway CPU s | CPU µs/request | p50 ms | p99 ms | errors |"
+                .to_owned(),
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |".to_owned(),
+        ];
+        let mut per_request = [Vec::new(), Vec::new()];
+        for (round, report) in [(1, true), (1, false), (2, true), (2, false)] {
+            let gw = self.spawn(&up, report).await?;
+            // Warm the token cache and connections first: the steady state is what is compared.
+            let _ = load_at_rate(&gw.addr, &auths, connections, rate, Duration::from_secs(1)).await?;
+            let before = gw.cpu()?;
+            let mut o = load_at_rate(&gw.addr, &auths, connections, rate, duration).await?;
+            let cpu = gw.cpu()?.saturating_sub(before);
+            let requests = o.latencies_us.len().max(1);
+            let us = cpu.as_secs_f64() * 1e6 / requests as f64;
+            per_request[usize::from(!report)].push(us);
+            lines.push(format!(
+                "| {round} | {} | {requests} | {:.2} | {us:.1} | {:.3} | {:.3} | {} |",
+                if report { "on" } else { "off" },
+                cpu.as_secs_f64(),
+                o.percentile_ms(0.50),
+                o.percentile_ms(0.99),
+                o.errors
+            ));
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let (on, off) = (mean(&per_request[0]), mean(&per_request[1]));
+        lines.push(format!(
+            "reporting adds {:.1} µs of gateway CPU per request ({on:.1} against {off:.1}): {:+.1}%",
+            on - off,
+            (on / off - 1.0) * 100.0
+        ));
+        Ok(lines)
+    }
+
+    /// Starts the gateway and measures; returns the report's lines.
+    pub(crate) async fn run(&self, connections: usize, duration: Duration) -> Result<Vec<String>, String> {
+        let up = upstream().await?;
+        let GatewayChild { child, addr: gw, _dir } = self.spawn(&up, true).await?;
+        let mut child = child;
         let auth = format!("Bearer {}", self.token);
         let plans = |n: usize| -> Vec<Plan> {
             (0..n).map(|_| Plan::Get { path: "/orders/1", auth: Some(auth.clone()) }).collect()
@@ -194,8 +284,9 @@ impl GatewayRun<'_> {
         let mut direct_max = load(&up, plans(connections), duration).await?;
         let mut gateway_max = load(&gw, plans(connections), duration).await?;
         let rate = (gateway_max.rate() / 2.0).max(1.0);
-        let mut direct = load_at_rate(&up, &auth, connections, rate, duration).await?;
-        let mut through = load_at_rate(&gw, &auth, connections, rate, duration).await?;
+        let auths = std::sync::Arc::new(vec![auth.clone()]);
+        let mut direct = load_at_rate(&up, &auths, connections, rate, duration).await?;
+        let mut through = load_at_rate(&gw, &auths, connections, rate, duration).await?;
         let _ = child.start_kill();
         let row = |name: &str, o: &mut Outcome| {
             format!(

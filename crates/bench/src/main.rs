@@ -15,6 +15,9 @@
 //! child process in front of a minimal upstream in this process: maximum throughput direct and through the
 //! gateway, then latency at a fixed rate of half the gateway's maximum, direct and through the gateway).
 //!
+//! `gateway_reporting`, not in the default set, compares the gateway's CPU per request (from `/proc`) with
+//! usage reporting on and off, at `--gateway-rate` over 1,000 distinct tokens, two rounds each.
+//!
 //! `detection_delay`, not in the default set, times theft to response: `--detections` refresh-token
 //! reuses, one every `--detection-gap-ms`, each timed from the reuse to its alert at a webhook in this
 //! process (the server is started with that webhook configured).
@@ -63,6 +66,9 @@ struct Args {
     /// Milliseconds between two thefts in `detection_delay`.
     #[arg(long, default_value_t = 100)]
     detection_gap_ms: u64,
+    /// Requests per second in `gateway_reporting`.
+    #[arg(long, default_value_t = 2000.0)]
+    gateway_rate: f64,
 }
 
 const AUDIENCE: &str = "https://bench.example";
@@ -234,6 +240,23 @@ async fn run(args: Args) -> Result<(), String> {
                 );
                 continue;
             }
+            "gateway_reporting" => {
+                let mut tokens = Vec::with_capacity(GATEWAY_TOKENS);
+                for _ in 0..GATEWAY_TOKENS {
+                    tokens.push(fetch_token(&addr, &basic).await?);
+                }
+                let gw = guard_bench::GatewayRun {
+                    server: &server,
+                    issuer: &issuer,
+                    secret: secret.expose(),
+                    token: &tokens[0],
+                };
+                let duration = Duration::from_secs(args.duration);
+                out.extend(
+                    gw.reporting(tokens.clone(), args.connections, args.gateway_rate, duration).await?,
+                );
+                continue;
+            }
             "gateway" => {
                 let token = fetch_token(&addr, &basic).await?;
                 let gw = guard_bench::GatewayRun {
@@ -257,6 +280,9 @@ async fn run(args: Args) -> Result<(), String> {
     let _ = child.start_kill();
     Ok(())
 }
+
+/// Distinct tokens `gateway_reporting` cycles through.
+const GATEWAY_TOKENS: usize = 1000;
 
 /// Connections (guards) of the `ingest` scenario.
 const INGEST_GUARDS: usize = 8;

@@ -58,6 +58,10 @@ pub(crate) struct GatewayArgs {
     /// The URL clients reach the gateway at, which DPoP proofs name [default: the audience, if a URL].
     #[arg(long, value_name = "URL")]
     public_url: Option<String>,
+    /// Do not report admitted requests to the server (refusals still are); the network rules then cannot
+    /// see this service.
+    #[arg(long)]
+    no_usage_report: bool,
 }
 
 pub(crate) fn run(args: GatewayArgs) -> Result<(), Failure> {
@@ -81,6 +85,7 @@ pub(crate) fn run(args: GatewayArgs) -> Result<(), Failure> {
         forward_authorization: args.forward_authorization.then_some(true),
         staleness_secs: args.staleness_secs,
         public_url: args.public_url,
+        report_usage: args.no_usage_report.then_some(false),
     };
     let env = FileConfig::from_env(|name| std::env::var(name).ok()).map_err(Failure::usage)?;
     let secret = std::env::var("TESSERA_GATEWAY_CLIENT_SECRET").ok();

@@ -42,6 +42,8 @@ pub struct GatewayConfig {
     pub staleness: Duration,
     /// The URL clients reach the gateway at, which DPoP proofs name. Default: the audience, if it is a URL.
     pub public_url: Option<String>,
+    /// Report each admitted request's use to the server. Default: on (see `GuardConfig::report_usage`).
+    pub report_usage: bool,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -92,6 +94,8 @@ pub struct FileConfig {
     pub staleness_secs: Option<u64>,
     /// `public_url`.
     pub public_url: Option<String>,
+    /// `report_usage`.
+    pub report_usage: Option<bool>,
 }
 
 impl FileConfig {
@@ -154,6 +158,7 @@ impl FileConfig {
             forward_authorization: flag("forward_authorization")?,
             staleness_secs: number("staleness_secs")?,
             public_url: get("public_url"),
+            report_usage: flag("report_usage")?,
         })
     }
 
@@ -176,6 +181,7 @@ impl FileConfig {
             forward_authorization: self.forward_authorization.or(other.forward_authorization),
             staleness_secs: self.staleness_secs.or(other.staleness_secs),
             public_url: self.public_url.or(other.public_url),
+            report_usage: self.report_usage.or(other.report_usage),
         }
     }
 
@@ -246,6 +252,7 @@ impl FileConfig {
             forward_authorization: self.forward_authorization.unwrap_or(false),
             staleness: secs(self.staleness_secs, 900),
             public_url: self.public_url.filter(|u| !u.trim().is_empty()),
+            report_usage: self.report_usage.unwrap_or(true),
         })
     }
 }
@@ -261,6 +268,7 @@ mod tests {
             "TESSERA_GATEWAY_LISTEN" => Some("127.0.0.1:9001".to_owned()),
             "TESSERA_GATEWAY_TRUSTED_PROXIES" => Some("10.0.0.0/8, 192.168.1.1".to_owned()),
             "TESSERA_GATEWAY_UPSTREAM_HTTP2" => Some("true".to_owned()),
+            "TESSERA_GATEWAY_REPORT_USAGE" => Some("false".to_owned()),
             _ => None,
         };
         let file: FileConfig = toml::from_str(
@@ -276,6 +284,13 @@ mod tests {
         assert_eq!(config.issuer, "https://id.example", "the file fills the rest");
         assert_eq!(config.trusted_proxies.len(), 2);
         assert!(config.upstream_http2);
+        assert!(!config.report_usage, "usage reporting turned off by the environment");
+        let plain = FileConfig { report_usage: None, ..FileConfig::from_env(env).unwrap() };
+        let file_again: FileConfig = toml::from_str(
+            "issuer = \"https://id.example\"\naudience = \"a\"\npolicy = \"p\"\nclient_id = \"gw\"\n",
+        )
+        .unwrap();
+        assert!(plain.or(file_again).build(Some("secret".into())).unwrap().report_usage, "on by default");
         let bad = |name: &str| (name == "TESSERA_GATEWAY_STALENESS_SECS").then(|| "soon".to_owned());
         assert_eq!(FileConfig::from_env(bad).unwrap_err(), "TESSERA_GATEWAY_STALENESS_SECS must be a number");
     }

@@ -112,6 +112,7 @@ impl Gateway {
         );
         guard_config.staleness = config.staleness;
         guard_config.public_url.clone_from(&config.public_url);
+        guard_config.report_usage = config.report_usage;
         let guard = Guard::start(guard_config, policy).map_err(|e| e.to_string())?;
         Ok(Self::with_guard(config, guard))
     }

@@ -164,9 +164,10 @@ fn benches(c: &mut Criterion) {
         tessera_server::issue::access_token(&state, grant, now).unwrap().token
     };
     let mint = |i: usize| mint_bound(i, None);
-    let start = |capacity: usize| {
+    let start_with = |capacity: usize, report_usage: bool| {
         let mut config = GuardConfig::new(issuer.clone(), API, "orders-guard", secret.clone());
         config.cache_capacity = capacity;
+        config.report_usage = report_usage;
         config.report_interval = Duration::from_millis(500);
         rt.block_on(async {
             let guard = Guard::start(config, Policy::parse(POLICY).unwrap()).unwrap();
@@ -174,6 +175,7 @@ fn benches(c: &mut Criterion) {
             guard
         })
     };
+    let start = |capacity: usize| start_with(capacity, true);
     let cached = start(10_000);
     let uncached = start(1);
     assert!(cached.revocation_seq() >= 10_000, "the guard holds the 10,000 revocations");
@@ -187,6 +189,26 @@ fn benches(c: &mut Criterion) {
         |g: &Guard, h: &HeaderMap| g.check(&Method::GET, black_box(&uri), black_box(h), peer).now_or_never();
     check(&cached, &h).expect("completes at once").unwrap();
     c.bench_function("guard/hit", |b| b.iter(|| check(&cached, &h).unwrap().unwrap()));
+
+    // Usage reporting's share of a hit: the same hits over 1,000 distinct tokens (1,000 aggregates in the
+    // reporter, flushed every 500 ms), with reporting on and off.
+    let silent = start_with(10_000, false);
+    let many: Vec<HeaderMap> = (0..1000).map(|i| headers(&mint(i + 1000))).collect();
+    for h in &many {
+        check(&cached, h).unwrap().unwrap();
+        check(&silent, h).unwrap().unwrap();
+    }
+    for (name, guard) in
+        [("guard/hit_1000_tokens_reporting", &cached), ("guard/hit_1000_tokens_no_report", &silent)]
+    {
+        let mut next = 0usize;
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                next = (next + 1) % many.len();
+                check(guard, &many[next]).unwrap().unwrap()
+            });
+        });
+    }
 
     let pool: Vec<HeaderMap> = (0..64).map(|i| headers(&mint(i + 1))).collect();
     let mut next = 0usize;

@@ -63,6 +63,10 @@ pub struct GuardConfig {
     pub jwks_min_refetch: Duration,
     /// How often usage events are sent. Default 2 s.
     pub report_interval: Duration,
+    /// Report each admitted request's use (aggregated per token, route and source). Default: on. Off, the
+    /// server's network rules (`token_used_from_two_networks`, `token_used_from_new_network`) cannot see
+    /// this service; refusals and lateral-movement attempts are reported either way.
+    pub report_usage: bool,
     /// The most revocation entries held; beyond it the guard refuses service (fail closed). Default 1,000,000.
     pub max_revocations: usize,
     /// Timeout of each control-plane HTTP call (discovery, JWKS, events). Default 5 s.
@@ -115,6 +119,7 @@ impl GuardConfig {
             jwks_refresh: Duration::from_secs(60),
             jwks_min_refetch: Duration::from_secs(5),
             report_interval: Duration::from_secs(2),
+            report_usage: true,
             max_revocations: 1_000_000,
             http_timeout: Duration::from_secs(5),
             public_url: None,
@@ -581,7 +586,9 @@ impl Guard {
             return Err(inner.deny(denial, route_index, Some(&identity), peer));
         }
         inner.metrics.granted.inc();
-        inner.reporter.granted(&identity, route_index, peer, now);
+        if inner.config.report_usage {
+            inner.reporter.granted(&identity, route_index, peer, now);
+        }
         Ok(Admitted { identity: Some(identity), path })
     }
 
