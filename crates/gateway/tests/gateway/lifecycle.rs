@@ -174,7 +174,9 @@ async fn jwks_rotation_new_kid_is_picked_up_and_retired_key_keeps_working() {
 
 #[tokio::test]
 async fn lateral_movement_is_refused_and_recorded_with_sid_sub_and_client_id() {
-    let w = World::start(Backend::Sqlite).await.unwrap();
+    let webhook = tessera_testkit::Receiver::start(200).await;
+    let options = Options { webhook_url: Some(webhook.url.clone()), ..Options::default() };
+    let w = World::start_with(Backend::Sqlite, options).await.unwrap();
     // The same session's token for this service works, until the probe below is detected.
     let (own, _) = w.token(Grant { sub: "u_mallory", sid: Some("s_m"), ..Grant::default() });
     assert_eq!(w.raw(&get("/orders/1", Some(&own))).await, 200);
@@ -228,6 +230,17 @@ async fn lateral_movement_is_refused_and_recorded_with_sid_sub_and_client_id() {
     })
     .await;
     assert!(recorded.is_some(), "the revocation is recorded as a response_taken event");
+    // The signed alert names the session, the services it was tried at, and what was done.
+    let got = webhook.wait_for(Duration::from_secs(10), |g| !g.is_empty()).await;
+    let alert = got.first().expect("the alert arrived");
+    assert!(crate::harness::signed(alert), "signed with the webhook secret");
+    let body = alert.json();
+    assert_eq!(body["detection"]["rule"], "lateral_movement_probe");
+    assert_eq!(body["detection"]["sid"], "s_m");
+    assert_eq!(body["detection"]["severity"], "high");
+    assert!(body["detection"]["explanation"].as_str().unwrap().contains(API), "{body}");
+    assert_eq!(body["responses"][0]["action"], "revoke_session");
+    assert_eq!(body["responses"][1], serde_json::json!({ "action": "alert", "result": "queued" }));
     w.finish().await;
 }
 
