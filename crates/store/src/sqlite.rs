@@ -384,3 +384,41 @@ async fn rotate_batch(
 }
 
 include!("sql_body.rs");
+
+/// Rows per INSERT statement of events: 18 bound values each, under SQLite's limit of 32,766.
+const EVENT_ROWS_PER_INSERT: usize = 1000;
+
+/// Appends one INSERT of `rows` (at most [`EVENT_ROWS_PER_INSERT`]) to `sql`.
+fn push_event_insert<'a>(sql: &mut sqlx::QueryBuilder<'a, Db>, rows: &[ChainRow<'a>]) {
+    sql.push(concat!("INSERT INTO events (id, ", event_cols!(), ", prev_hash, hash) "));
+    sql.push_values(rows, |mut row, (seq, e, prev, hash)| {
+        row.push_bind(*seq)
+            .push_bind(e.at)
+            .push_bind(e.kind.as_str())
+            .push_bind(e.ip.as_deref())
+            .push_bind(e.user_agent.as_deref())
+            .push_bind(e.sub.as_deref())
+            .push_bind(e.sid.as_deref())
+            .push_bind(e.jti.as_deref())
+            .push_bind(e.client_id.as_deref())
+            .push_bind(e.audience.as_deref())
+            .push_bind(e.service.as_deref())
+            .push_bind(e.route.as_deref())
+            .push_bind(e.outcome.as_deref())
+            .push_bind(e.reason.as_deref())
+            .push_bind(e.actor.as_deref())
+            .push_bind(e.detail.as_deref())
+            .push_bind(prev.0.to_vec())
+            .push_bind(hash.0.to_vec());
+    });
+}
+
+/// Inserts numbered, hashed events: multi-row INSERTs of [`EVENT_ROWS_PER_INSERT`] rows.
+async fn insert_event_rows(tx: &mut sqlx::Transaction<'_, Db>, rows: &[ChainRow<'_>]) -> Result<()> {
+    for chunk in rows.chunks(EVENT_ROWS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::<Db>::new("");
+        push_event_insert(&mut insert, chunk);
+        insert.build().execute(&mut **tx).await.map_err(|e| conflict(e, "audit chain head"))?;
+    }
+    Ok(())
+}
