@@ -444,7 +444,7 @@ pub async fn login(
         return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
     }
     // The browser's device and the sign-in's place: what `new_device` and `impossible_travel` compare.
-    let (device, device_cookie) = web::device(&state, &headers);
+    let (device, device_cookie) = web::device(&state, &headers).unzip();
     let detail = with_place(&state, &meta, serde_json::json!({ "device": device }));
     state
         .event(Event {
@@ -464,7 +464,7 @@ pub async fn login(
     }
     let cookie =
         web::set_cookie(&state, web::session_cookie(&state), secret.expose(), state.config.login_session_ttl);
-    let response = web::with_cookie(web::with_cookie(response, Some(cookie)), Some(device_cookie));
+    let response = web::with_cookie(web::with_cookie(response, Some(cookie)), device_cookie);
     web::with_cookie(response, set)
 }
 

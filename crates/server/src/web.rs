@@ -83,16 +83,17 @@ pub fn device_cookie(state: &AppState) -> &'static str {
 pub const DEVICE_MAX_AGE: i64 = 400 * 86_400;
 
 /// The browser's device id (from its cookie, or a new one), its hash prefix for the audit record, and the
-/// `Set-Cookie` that keeps it another [`DEVICE_MAX_AGE`].
-pub fn device(state: &AppState, headers: &HeaderMap) -> (String, HeaderValue) {
+/// `Set-Cookie` that keeps it another [`DEVICE_MAX_AGE`]. `None` when no random id can be made: the sign-in
+/// then records no device (so `new_device` has nothing to judge), rather than one shared by everyone.
+pub fn device(state: &AppState, headers: &HeaderMap) -> Option<(String, HeaderValue)> {
     let known = cookie(headers, device_cookie(state))
         .filter(|v| v.len() == 22 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
     let id = match known {
         Some(id) => id.to_owned(),
-        None => random_id().unwrap_or_default(),
+        None => random_id().ok()?,
     };
     let set = set_cookie(state, device_cookie(state), &id, DEVICE_MAX_AGE);
-    (TokenHash::of(&id).short(), set)
+    Some((TokenHash::of(&id).short(), set))
 }
 
 fn csrf_cookie(state: &AppState) -> &'static str {

@@ -32,18 +32,22 @@ async fn alert_where(webhook: &Receiver, rule: &str, ip: Option<&str>) -> tesser
     got.into_iter().find(wanted).unwrap_or_else(|| panic!("no {rule} alert"))
 }
 
+/// Twenty copies of `token` with broken signatures from [`ATTACKER`] within the minute: a forged-token burst.
+async fn forged_burst(w: &World, token: &str) {
+    let (head, _) = token.rsplit_once('.').unwrap();
+    for i in 0..20 {
+        let forged = format!("{head}.{}", crate::harness::b64(format!("not a signature {i}").as_bytes()));
+        assert_eq!(w.raw(&get_from("/orders/1", Some(&forged), ATTACKER)).await, 401);
+    }
+}
+
 #[tokio::test]
 async fn forged_token_burst_blocks_the_source_at_the_gateway_and_the_server_and_alerts() {
     let webhook = Receiver::start(200).await;
     let w = world(&webhook).await;
     let (token, _) = w.token(Grant::default());
     assert_eq!(w.raw(&get_from("/orders/1", Some(&token), ATTACKER)).await, 200, "before the burst");
-    // Twenty tokens with broken signatures from one source within the minute.
-    let (head, _) = token.rsplit_once('.').unwrap();
-    for i in 0..20 {
-        let forged = format!("{head}.{}", crate::harness::b64(format!("not a signature {i}").as_bytes()));
-        assert_eq!(w.raw(&get_from("/orders/1", Some(&forged), ATTACKER)).await, 401);
-    }
+    forged_burst(&w, &token).await;
     // The block reaches the gateway: even a valid token is refused from that source, and only from it.
     let blocked = eventually(Duration::from_secs(5), || async {
         w.raw(&get_from("/orders/1", Some(&token), ATTACKER)).await == 403
@@ -577,11 +581,7 @@ async fn benign_traffic_raises_nothing_two_tabs_a_move_and_a_dpop_client_changin
 
     // A sentinel: a forged-token burst from elsewhere. Events are read in order, so once its alert is
     // in, every use above has been judged.
-    let (head, _) = access.rsplit_once('.').unwrap();
-    for i in 0..20 {
-        let forged = format!("{head}.{}", crate::harness::b64(format!("not a signature {i}").as_bytes()));
-        assert_eq!(w.raw(&get_from("/orders/1", Some(&forged), ATTACKER)).await, 401);
-    }
+    forged_burst(&w, &access).await;
     alert_for(&webhook, "forged_token_burst").await;
     let rules: Vec<String> = webhook
         .got()
