@@ -223,7 +223,7 @@ impl GatewayRun<'_> {
     /// tokens (each a separate aggregate in the reporter), alternating twice.
     pub(crate) async fn reporting(
         &self,
-        tokens: Vec<String>,
+        tokens: &[String],
         connections: usize,
         rate: f64,
         duration: Duration,
@@ -275,8 +275,7 @@ impl GatewayRun<'_> {
     /// Starts the gateway and measures; returns the report's lines.
     pub(crate) async fn run(&self, connections: usize, duration: Duration) -> Result<Vec<String>, String> {
         let up = upstream().await?;
-        let GatewayChild { child, addr: gw, _dir } = self.spawn(&up, true).await?;
-        let mut child = child;
+        let GatewayChild { mut child, addr: gw, _dir } = self.spawn(&up, true).await?;
         let auth = format!("Bearer {}", self.token);
         let plans = |n: usize| -> Vec<Plan> {
             (0..n).map(|_| Plan::Get { path: "/orders/1", auth: Some(auth.clone()) }).collect()

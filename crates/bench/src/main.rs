@@ -252,9 +252,7 @@ async fn run(args: Args) -> Result<(), String> {
                     token: &tokens[0],
                 };
                 let duration = Duration::from_secs(args.duration);
-                out.extend(
-                    gw.reporting(tokens.clone(), args.connections, args.gateway_rate, duration).await?,
-                );
+                out.extend(gw.reporting(&tokens, args.connections, args.gateway_rate, duration).await?);
                 continue;
             }
             "gateway" => {

@@ -732,15 +732,18 @@ pub fn login_anomalies(login: &(i64, Event), history: &[(i64, Event)], t: &Thres
         evidence,
         last_at: e.at,
     };
-    let before = earlier.iter().rev().find_map(|pair| Some((*pair, place(&pair.1)?.coordinates()?)));
-    if let (Some(((prev_seq, prev), there)), Some(now_at)) = (before, here.coordinates()) {
-        let radii = f64::from(place(prev).and_then(|p| p.accuracy_km).unwrap_or(0))
-            + f64::from(here.accuracy_km.unwrap_or(0));
+    // The latest earlier sign-in with coordinates, and where it was.
+    let before = earlier.iter().rev().find_map(|pair| {
+        let there = place(&pair.1)?;
+        let coordinates = there.coordinates()?;
+        Some((*pair, there, coordinates))
+    });
+    if let (Some(((prev_seq, prev), prev_place, there)), Some(now_at)) = (before, here.coordinates()) {
+        let radii = f64::from(prev_place.accuracy_km.unwrap_or(0)) + f64::from(here.accuracy_km.unwrap_or(0));
         let km = (distance_km(there, now_at) - radii).max(0.0);
         let hours = ((e.at - prev.at).max(1) as f64) / 3600.0;
         let kmh = km / hours;
         if km >= t.travel_min_km as f64 && kmh > t.travel_kmh as f64 {
-            let prev_place = place(prev).unwrap_or_default();
             out.push(detection(
                 Rule::ImpossibleTravel,
                 format!(

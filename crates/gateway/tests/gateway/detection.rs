@@ -97,18 +97,34 @@ async fn forged_token_burst_blocks_the_source_at_the_gateway_and_the_server_and_
     w.finish().await;
 }
 
-/// A client_credentials token for the gateway's audience, issued to a client at `source`.
-async fn issued_at(w: &World, client_id: &str, secret: &str, source: &str) -> String {
-    let r = reqwest::Client::new()
+/// A token request by `client_id` from `source`, with a DPoP proof if given; the answer's JSON (it must be
+/// 200).
+async fn token_at(
+    w: &World,
+    (client_id, secret): (&str, &str),
+    form: &[(&str, &str)],
+    source: &str,
+    proof: Option<String>,
+) -> Value {
+    let mut request = reqwest::Client::new()
         .post(format!("{}/token", w.server.issuer()))
         .basic_auth(client_id, Some(secret))
-        .header("x-forwarded-for", source)
-        .form(&[("grant_type", "client_credentials"), ("resource", crate::harness::API)])
-        .send()
-        .await
-        .unwrap();
+        .header("x-forwarded-for", source);
+    if let Some(proof) = proof {
+        request = request.header("dpop", proof);
+    }
+    let r = request.form(form).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+}
+
+/// The gateway's audience for client_credentials.
+const CLIENT_CREDENTIALS: [(&str, &str); 2] =
+    [("grant_type", "client_credentials"), ("resource", crate::harness::API)];
+
+/// A client_credentials token for the gateway's audience, issued to a client at `source`.
+async fn issued_at(w: &World, client_id: &str, secret: &str, source: &str) -> String {
+    let body = token_at(w, (client_id, secret), &CLIENT_CREDENTIALS, source, None).await;
     body["access_token"].as_str().unwrap().to_owned()
 }
 
@@ -448,16 +464,7 @@ async fn add_web_app(w: &World) -> String {
 
 /// POSTs a token request as the web app from `source`; the answer's JSON.
 async fn token_request(w: &World, secret: &str, form: &[(&str, &str)], source: &str) -> Value {
-    let r = reqwest::Client::new()
-        .post(format!("{}/token", w.server.issuer()))
-        .basic_auth("webapp", Some(secret))
-        .header("x-forwarded-for", source)
-        .form(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+    token_at(w, ("webapp", secret), form, source, None).await
 }
 
 /// Alice signs in to the web app from `source` (authorization code with PKCE): its access and refresh token.
@@ -561,17 +568,8 @@ async fn benign_traffic_raises_nothing_two_tabs_a_move_and_a_dpop_client_changin
     let key = tessera_testkit::DpopClient::new("ES256").unwrap();
     let token_url = format!("{}/token", w.server.issuer());
     let iat = u64::try_from(tessera_server::now()).unwrap();
-    let r = reqwest::Client::new()
-        .post(&token_url)
-        .basic_auth("dpop-job", Some(&job_secret))
-        .header("dpop", key.proof("POST", &token_url, iat, None, None).unwrap())
-        .header("x-forwarded-for", "192.0.2.30")
-        .form(&[("grant_type", "client_credentials"), ("resource", crate::harness::API)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let proof = key.proof("POST", &token_url, iat, None, None).unwrap();
+    let body = token_at(&w, ("dpop-job", &job_secret), &CLIENT_CREDENTIALS, "192.0.2.30", Some(proof)).await;
     assert_eq!(body["token_type"], "DPoP");
     let bound = body["access_token"].as_str().unwrap();
     for source in ["192.0.2.30", "198.51.100.30", "192.0.2.30", "198.51.100.30"] {
