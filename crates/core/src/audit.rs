@@ -18,6 +18,8 @@ pub enum EventKind {
     LoginSuccess,
     /// A password login failed (wrong password, unknown or disabled user).
     LoginFailure,
+    /// Sign-in for an account or from a source was locked after too many failures.
+    LoginLocked,
     /// A second factor was accepted.
     MfaSuccess,
     /// A second factor was refused.
@@ -58,9 +60,10 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in a stable order.
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 21] = [
         EventKind::LoginSuccess,
         EventKind::LoginFailure,
+        EventKind::LoginLocked,
         EventKind::MfaSuccess,
         EventKind::MfaFailure,
         EventKind::Logout,
@@ -86,6 +89,7 @@ impl EventKind {
         match self {
             EventKind::LoginSuccess => "login_success",
             EventKind::LoginFailure => "login_failure",
+            EventKind::LoginLocked => "login_locked",
             EventKind::MfaSuccess => "mfa_success",
             EventKind::MfaFailure => "mfa_failure",
             EventKind::Logout => "logout",

@@ -65,11 +65,13 @@ pub enum Rule {
     ImpossibleTravel,
     /// A sign-in from a device the user has not signed in from before.
     NewDevice,
+    /// Sign-in for an account, or from a source, was locked after too many failures.
+    LoginLocked,
 }
 
 impl Rule {
     /// Every rule.
-    pub const ALL: [Rule; 10] = [
+    pub const ALL: [Rule; 11] = [
         Rule::RefreshTokenReuse,
         Rule::TokenUsedFromTwoNetworks,
         Rule::TokenUsedFromNewNetwork,
@@ -80,6 +82,7 @@ impl Rule {
         Rule::CredentialStuffing,
         Rule::ImpossibleTravel,
         Rule::NewDevice,
+        Rule::LoginLocked,
     ];
 
     /// The stable name.
@@ -95,6 +98,7 @@ impl Rule {
             Rule::CredentialStuffing => "credential_stuffing",
             Rule::ImpossibleTravel => "impossible_travel",
             Rule::NewDevice => "new_device",
+            Rule::LoginLocked => "login_locked",
         }
     }
 
@@ -108,7 +112,7 @@ impl Rule {
             | Rule::BruteForce
             | Rule::CredentialStuffing
             | Rule::ImpossibleTravel => Severity::High,
-            Rule::RevokedTokenUse => Severity::Medium,
+            Rule::RevokedTokenUse | Rule::LoginLocked => Severity::Medium,
             Rule::TokenUsedFromNewNetwork | Rule::NewDevice => Severity::Low,
         }
     }
@@ -324,6 +328,7 @@ pub fn detect(
     forged_token_burst(&recent, now, t, &mut out);
     revoked_token_use(&recent, t, &mut out);
     login_failures(&recent, now, t, &mut out);
+    login_locked(&recent, &mut out);
     out
 }
 
@@ -615,6 +620,39 @@ fn revoked_token_use(events: &[&(i64, Event)], t: &Thresholds, out: &mut Vec<Det
 /// The account a failed login was for: the user id, or the hash of the name typed for an unknown user.
 fn account(e: &Event) -> Option<String> {
     e.sub.clone().or_else(|| Some(format!("name:{}", detail(e, "username_pseudonym")?.as_str()?)))
+}
+
+/// `login_locked`: one finding per lock, for the account (or the source) that the throttle locked.
+fn login_locked(events: &[&(i64, Event)], out: &mut Vec<Detection>) {
+    for (seq, e) in events.iter().copied().filter(|(_, e)| is(e, EventKind::LoginLocked)) {
+        let until = detail(e, "until").and_then(|v| v.as_i64()).unwrap_or(e.at);
+        let failures = detail(e, "failures").and_then(|v| v.as_i64()).unwrap_or(0);
+        let source = e.ip.as_deref().unwrap_or("an unknown source");
+        let (subject, what) = match (e.reason.as_deref(), &e.sub, account(e)) {
+            (Some("source"), _, _) => (Subject::Source(source.to_owned()), format!("Sign-in from {source}")),
+            (_, Some(sub), _) => (Subject::User(sub.clone()), format!("Sign-in to user {sub}")),
+            (_, None, Some(name)) => {
+                (Subject::User(name), "Sign-in to an account name that does not exist".to_owned())
+            }
+            (_, None, None) => continue,
+        };
+        out.push(Detection {
+            rule: Rule::LoginLocked.name(),
+            severity: Rule::LoginLocked.severity(),
+            subject,
+            sid: None,
+            sub: e.sub.clone(),
+            jti: None,
+            ip: e.ip.clone(),
+            explanation: format!(
+                "{what} is locked for {} after {failures} failed attempts (the last from {source}): someone \
+                 is guessing passwords. The lock lifts by itself; the real owner may be locked out meanwhile.",
+                minutes(until - e.at),
+            ),
+            evidence: vec![*seq],
+            last_at: e.at,
+        });
+    }
 }
 
 /// `brute_force` (one account) and `credential_stuffing` (one source, many accounts).

@@ -12,6 +12,7 @@ pub mod model;
 pub mod net;
 pub mod replay;
 pub mod secret;
+pub mod throttle;
 
 pub use audit::{ChainHash, Event, EventKind};
 pub use model::{ClientKind, GrantType, KeyState, RevocationKind};

@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use crate::crypto::new_secret;
 use crate::oauth::Params;
 use crate::web::{self, escape, page};
-use crate::{AppState, RequestMeta, now};
+use crate::{AppState, RequestMeta, now, throttle};
 
 /// A checked authorization request.
 struct AuthzRequest {
@@ -374,21 +374,55 @@ pub async fn login(
     let username = form.get("username").unwrap_or("").to_owned();
     let password = Zeroizing::new(form.get("password").unwrap_or("").to_owned());
     let now = now();
+    let unavailable = || {
+        let response = web::login_form(
+            &csrf,
+            &return_to,
+            Some("Sign-in is unavailable. Try again later."),
+            StatusCode::SERVICE_UNAVAILABLE,
+        );
+        web::with_cookie(response, set.clone())
+    };
     let user = match state.store.user_by_name(&username).await {
         Ok(user) => user,
         Err(e) => {
             tracing::warn!(error = %e, "login: store failure");
-            let response = web::login_form(
-                &csrf,
-                &return_to,
-                Some("Sign-in is unavailable. Try again later."),
-                StatusCode::SERVICE_UNAVAILABLE,
-            );
-            return web::with_cookie(response, set);
+            return unavailable();
         }
     };
+    // The name typed, as a keyed pseudonym: enough to count the accounts one source tries (credential
+    // stuffing), never a password typed into the wrong field.
+    let pseudonym = serde_json::json!({ "username_pseudonym": state.kek.pseudonym(&username) });
+    let failure = |reason: &str, detail: serde_json::Value| Event {
+        kind: "login_failure".into(),
+        sub: user.as_ref().map(|u| u.id.clone()),
+        reason: Some(reason.into()),
+        outcome: Some("failure".into()),
+        detail: Some(with_place(&state, &meta, detail).to_string()),
+        ..meta.event(now)
+    };
+    // The throttle decides before the password costs a hash, and in the same way whether the account
+    // exists or not.
+    let keys = throttle::Keys::new(&state, &username, meta.ip.as_deref());
+    let (account_locks, source_locks) = match throttle::admit(&state, &keys, now).await {
+        Ok(throttle::Gate::Check { account_locks, source_locks }) => (account_locks, source_locks),
+        Ok(throttle::Gate::Refused { retry_at }) => {
+            state.metrics.login_failure();
+            state.metrics.login_throttled();
+            state.event(failure("throttled", pseudonym.clone())).await;
+            return throttled(&csrf, &return_to, retry_at - now, set);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "login: throttle unavailable");
+            return unavailable();
+        }
+    };
+    state.metrics.password_check();
     let verified = state.passwords.verify(user.as_ref().map(|u| u.password_hash.as_str()), password).await;
-    let user = match user {
+    if verified {
+        throttle::passed(&state, &keys).await;
+    }
+    let user = match user.clone() {
         Some(user) if verified && !user.disabled && !user.must_reset_password => user,
         other => {
             state.metrics.login_failure();
@@ -398,25 +432,28 @@ pub async fn login(
                 Some(u) if verified && u.must_reset_password => "password_reset_required",
                 Some(_) => "wrong_password",
             };
-            state
-                .event(Event {
-                    kind: "login_failure".into(),
-                    sub: other.map(|u| u.id),
-                    reason: Some(reason.into()),
-                    outcome: Some("failure".into()),
-                    // The name typed, as a keyed pseudonym: enough to count the accounts one source tries
-                    // (credential stuffing), never a password typed into the wrong field.
-                    detail: Some(
-                        with_place(
-                            &state,
-                            &meta,
-                            serde_json::json!({ "username_pseudonym": state.kek.pseudonym(&username) }),
-                        )
-                        .to_string(),
-                    ),
-                    ..meta.event(now)
-                })
-                .await;
+            state.event(failure(reason, pseudonym.clone())).await;
+            if !verified {
+                let policy = &state.config.login;
+                for (locks, scope, failures) in [
+                    (account_locks, "account", policy.account_lock_failures),
+                    (source_locks, "source", policy.source_lock_failures),
+                ] {
+                    if locks {
+                        let mut detail = pseudonym.clone();
+                        detail["failures"] = failures.into();
+                        detail["until"] = (now + policy.lock_secs).into();
+                        state
+                            .event(Event {
+                                kind: "login_locked".into(),
+                                reason: Some(scope.into()),
+                                outcome: Some("locked".into()),
+                                ..failure(scope, detail)
+                            })
+                            .await;
+                    }
+                }
+            }
             // Only someone who knows the password learns that it must be reset.
             let message = if reason == "password_reset_required" {
                 "This password must be changed before you can sign in. Ask your administrator to reset it."
@@ -465,6 +502,17 @@ pub async fn login(
     let cookie =
         web::set_cookie(&state, web::session_cookie(&state), secret.expose(), state.config.login_session_ttl);
     let response = web::with_cookie(web::with_cookie(response, Some(cookie)), device_cookie);
+    web::with_cookie(response, set)
+}
+
+/// The login form refusing an attempt the throttle stopped: 429 with `Retry-After`. The same words whether
+/// the account exists, is merely slowed down or is locked.
+fn throttled(csrf: &str, return_to: &str, wait: i64, set: Option<HeaderValue>) -> Response {
+    let wait = wait.max(1);
+    let when = if wait < 120 { format!("{wait} seconds") } else { format!("{} minutes", (wait + 59) / 60) };
+    let message = format!("Too many failed sign-ins. Try again in {when}.");
+    let mut response = web::login_form(csrf, return_to, Some(&message), StatusCode::TOO_MANY_REQUESTS);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
     web::with_cookie(response, set)
 }
 

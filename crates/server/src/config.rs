@@ -72,6 +72,8 @@ pub struct Config {
     pub alerts: crate::alerts::AlertConfig,
     /// The GeoIP databases (`[geoip]`; `TESSERA_GEOIP_CITY_DB`, `TESSERA_GEOIP_ASN_DB`).
     pub geoip: crate::geoip::GeoConfig,
+    /// Sign-in throttling and lockout (`[login]`; `TESSERA_LOGIN_<KEY>`).
+    pub login: tessera_core::throttle::Policy,
 }
 
 impl Default for Config {
@@ -102,6 +104,7 @@ impl Default for Config {
             responses: crate::response::Responses::default(),
             alerts: crate::alerts::AlertConfig::default(),
             geoip: crate::geoip::GeoConfig::default(),
+            login: tessera_core::throttle::Policy::default(),
         }
     }
 }
@@ -306,6 +309,7 @@ impl Config {
             return bad("audit_retention_days", "must be between 0 (keep forever) and 36500");
         }
         self.responses.check().map_err(ConfigError)?;
+        self.login.check().map_err(ConfigError)?;
         self.alerts.check().map_err(ConfigError)?;
         for proxy in &self.trusted_proxies {
             if tessera_core::net::parse_source(proxy).is_none() {

@@ -33,8 +33,9 @@ const MAX_ROUND: i64 = 50_000;
 const MAX_HISTORY: i64 = 1_000;
 
 /// The kinds the rules read; everything else is skipped.
-const WATCHED: [EventKind; 8] = [
+const WATCHED: [EventKind; 9] = [
     EventKind::RefreshTokenReuse,
+    EventKind::LoginLocked,
     EventKind::TokenIssued,
     EventKind::TokenRefreshed,
     EventKind::TokenUsed,

@@ -23,6 +23,7 @@ pub mod passwords;
 pub mod response;
 mod routes;
 pub mod stream;
+mod throttle;
 mod token;
 pub mod web;
 
@@ -79,6 +80,8 @@ pub struct AppState {
     pub alerts_due: tokio::sync::Notify,
     /// The operator's GeoIP databases, when configured.
     pub geo: Option<geoip::GeoIp>,
+    /// Takes this node's login-throttle updates one at a time (see [`throttle`]).
+    throttle_turn: tokio::sync::Mutex<()>,
     /// The proxies whose `X-Forwarded-For` is believed.
     trusted_proxies: Vec<ipnet::IpNet>,
     discovery: String,
@@ -273,6 +276,7 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
         closing: tokio::sync::watch::channel(false).0,
         alerts_due: tokio::sync::Notify::new(),
         geo,
+        throttle_turn: tokio::sync::Mutex::new(()),
         trusted_proxies,
         discovery,
     };

@@ -64,6 +64,8 @@ pub struct Metrics {
     tokens: Family<GrantLabel, Counter>,
     refresh_reuse: Counter,
     login_failures: Counter,
+    password_checks: Counter,
+    logins_throttled: Counter,
     audit_write_failures: Counter,
     detections: Family<RuleLabel, Counter>,
     responses: Family<ActionLabel, Counter>,
@@ -93,6 +95,8 @@ impl Metrics {
         let tokens = Family::<GrantLabel, Counter>::default();
         let refresh_reuse = Counter::default();
         let login_failures = Counter::default();
+        let password_checks = Counter::default();
+        let logins_throttled = Counter::default();
         let audit_write_failures = Counter::default();
         let detections = Family::<RuleLabel, Counter>::default();
         let responses = Family::<ActionLabel, Counter>::default();
@@ -130,6 +134,16 @@ impl Metrics {
         );
         registry.register("login_failures", "Failed logins", login_failures.clone());
         registry.register(
+            "password_checks",
+            "Passwords checked against their hash at a sign-in",
+            password_checks.clone(),
+        );
+        registry.register(
+            "logins_throttled",
+            "Sign-in attempts refused by the throttle before any password check",
+            logins_throttled.clone(),
+        );
+        registry.register(
             "audit_write_failures",
             "Requests refused because their audit event could not be written",
             audit_write_failures.clone(),
@@ -141,6 +155,8 @@ impl Metrics {
             tokens,
             refresh_reuse,
             login_failures,
+            password_checks,
+            logins_throttled,
             audit_write_failures,
             detections,
             responses,
@@ -204,6 +220,16 @@ impl Metrics {
     /// Counts one failed login.
     pub fn login_failure(&self) {
         self.login_failures.inc();
+    }
+
+    /// Counts one password checked against its hash.
+    pub fn password_check(&self) {
+        self.password_checks.inc();
+    }
+
+    /// Counts one sign-in attempt refused by the throttle.
+    pub fn login_throttled(&self) {
+        self.logins_throttled.inc();
     }
 
     /// The Prometheus text exposition.

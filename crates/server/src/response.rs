@@ -78,6 +78,8 @@ pub struct Responses {
     pub impossible_travel: Vec<Action>,
     /// `new_device`.
     pub new_device: Vec<Action>,
+    /// `login_locked`.
+    pub login_locked: Vec<Action>,
 }
 
 impl Default for Responses {
@@ -95,6 +97,7 @@ impl Default for Responses {
             credential_stuffing: vec![Action::Alert],
             impossible_travel: vec![Action::Alert],
             new_device: vec![Action::Alert],
+            login_locked: vec![Action::Alert],
         }
     }
 }
@@ -113,6 +116,7 @@ impl Responses {
             Rule::CredentialStuffing => &self.credential_stuffing,
             Rule::ImpossibleTravel => &self.impossible_travel,
             Rule::NewDevice => &self.new_device,
+            Rule::LoginLocked => &self.login_locked,
         }
     }
 

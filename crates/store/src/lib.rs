@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tessera_core::audit::{ChainBreak, ChainSummary, ChainVerifier};
+use tessera_core::throttle::Counter;
 use tessera_core::{KeyState, TokenHash};
 
 mod model;
@@ -214,13 +215,26 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn revocation_seq(&self) -> Result<i64>;
     /// Whether any live revocation matches the token.
     async fn is_revoked(&self, token: TokenRef<'_>, now: Time) -> Result<bool>;
-    /// Deletes what can no longer matter: expired revocations, codes, login sessions and single-use ids, and
+    /// Deletes what can no longer matter: expired revocations, codes, login sessions, single-use ids and
+    /// login throttle counters, and
     /// families past their absolute lifetime. Returns the number of rows deleted.
     async fn prune(&self, now: Time) -> Result<u64>;
     /// Marks the single-use id `id_hash` in `scope` (a DPoP proof's or a client assertion's `jti`) as used
     /// until `expires_at`. `true` the first time; `false` if it was already used and has not yet expired.
     /// Shared by every node on the same database.
     async fn use_once(&self, scope: &str, id_hash: &TokenHash, expires_at: Time, now: Time) -> Result<bool>;
+
+    /// The login throttle counter kept under `key`, with its version for [`Store::swap_throttle`].
+    async fn throttle(&self, key: &str) -> Result<Option<(Counter, i64)>>;
+    /// Replaces the counter under `key` if its version is still `version` (`None`: there is no counter yet)
+    /// with `new` (kept until its `expires_at`) or, with `None`, removes it. `false` if another attempt
+    /// changed it first: read it again and decide again.
+    async fn swap_throttle(
+        &self,
+        key: &str,
+        version: Option<i64>,
+        new: Option<(&Counter, Time)>,
+    ) -> Result<bool>;
 
     /// Claims a detection key (its hash) until `expires_at` and, in the same transaction, queues `alerts`.
     /// `true` if this call claimed it; `false` (and nothing queued) while another claim holds it, so that

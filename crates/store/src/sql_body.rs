@@ -14,6 +14,7 @@ use crate::model::{
     NewRevocation, OriginRef, RefreshRecord, Resource, Revocation, Rotation, Time, TokenRef, User,
 };
 use crate::{REVOCATION_HORIZON_SECS, SPENT_CODE_RETENTION_SECS, Store};
+use tessera_core::throttle::Counter;
 
 type DbRow = <Db as sqlx::Database>::Row;
 type Tx = sqlx::Transaction<'static, Db>;
@@ -1059,6 +1060,11 @@ impl Store for StoreImpl {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        n += sqlx::query("DELETE FROM login_throttle WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         n += sqlx::query("DELETE FROM detections WHERE expires_at <= $1")
             .bind(now)
             .execute(&mut *tx)
@@ -1093,6 +1099,66 @@ impl Store for StoreImpl {
 
     async fn use_once(&self, scope: &str, id_hash: &TokenHash, expires_at: Time, now: Time) -> Result<bool> {
         self.take_once(OnceJob { scope: scope.to_owned(), id_hash: *id_hash, expires_at, now }).await
+    }
+
+    async fn throttle(&self, key: &str) -> Result<Option<(Counter, i64)>> {
+        let row = sqlx::query(
+            "SELECT failures, next_at, locked_until, last_at, version FROM login_throttle WHERE key = $1",
+        )
+        .bind(key)
+        .fetch_optional(self.read())
+        .await?;
+        row.map(|r| -> Result<(Counter, i64)> {
+            let failures: i64 = r.try_get("failures")?;
+            let counter = Counter {
+                failures: u32::try_from(failures)
+                    .map_err(|_| StoreError::Corrupt("throttle failures".into()))?,
+                next_at: r.try_get("next_at")?,
+                locked_until: r.try_get("locked_until")?,
+                last_at: r.try_get("last_at")?,
+            };
+            Ok((counter, r.try_get("version")?))
+        })
+        .transpose()
+    }
+
+    async fn swap_throttle(
+        &self,
+        key: &str,
+        version: Option<i64>,
+        new: Option<(&Counter, Time)>,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let query = match (version, new) {
+            (None, None) => return Ok(true),
+            (None, Some((c, expires_at))) => sqlx::query(
+                "INSERT INTO login_throttle (key, failures, next_at, locked_until, last_at, expires_at, version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 1) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(key)
+            .bind(i64::from(c.failures))
+            .bind(c.next_at)
+            .bind(c.locked_until)
+            .bind(c.last_at)
+            .bind(expires_at),
+            (Some(v), Some((c, expires_at))) => sqlx::query(
+                "UPDATE login_throttle SET failures = $2, next_at = $3, locked_until = $4, last_at = $5, \
+                 expires_at = $6, version = version + 1 WHERE key = $1 AND version = $7",
+            )
+            .bind(key)
+            .bind(i64::from(c.failures))
+            .bind(c.next_at)
+            .bind(c.locked_until)
+            .bind(c.last_at)
+            .bind(expires_at)
+            .bind(v),
+            (Some(v), None) => {
+                sqlx::query("DELETE FROM login_throttle WHERE key = $1 AND version = $2").bind(key).bind(v)
+            }
+        };
+        let n = query.execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
     }
 
     async fn raise_detection(

@@ -8,6 +8,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use tessera_core::audit::ChainBreak;
+use tessera_core::throttle::Counter;
 use tessera_core::{ClientKind, EventKind, GrantType, KeyState, RevocationKind, TokenHash};
 use tessera_store::{
     AlertOutcome, AuditQuery, AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewAlert,
@@ -166,7 +167,52 @@ conformance!(
     alert_outbox_leases_retries_and_finishes,
     revoke_user_can_force_a_password_reset_that_a_new_password_clears,
     source_blocks_and_lifts_are_streamed_in_order,
+    throttle_counters_change_only_by_compare_and_swap,
 );
+
+async fn throttle_counters_change_only_by_compare_and_swap(s: &Arc<dyn Store>) {
+    let counter = |failures| Counter { failures, next_at: NOW, locked_until: 0, last_at: NOW };
+    assert_eq!(s.throttle("acct:x").await.unwrap(), None);
+    // Twenty attempts race to create the counter: one wins, the others must read it and decide again.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let s = Arc::clone(s);
+        tasks.push(tokio::spawn(async move {
+            s.swap_throttle("acct:x", None, Some((&counter(1), NOW + 900))).await.unwrap()
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1, "exactly one attempt creates the counter");
+    let (read, v1) = s.throttle("acct:x").await.unwrap().unwrap();
+    assert_eq!(read, counter(1));
+    // Twenty race to update the same version: one wins.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let s = Arc::clone(s);
+        tasks.push(tokio::spawn(async move {
+            s.swap_throttle("acct:x", Some(v1), Some((&counter(2), NOW + 900))).await.unwrap()
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1, "exactly one attempt moves a version on");
+    let (read, v2) = s.throttle("acct:x").await.unwrap().unwrap();
+    assert_eq!((read.failures, v2 > v1), (2, true));
+    assert!(!s.swap_throttle("acct:x", Some(v1), None).await.unwrap(), "a stale version cannot clear it");
+    assert!(s.swap_throttle("acct:x", Some(v2), None).await.unwrap());
+    assert_eq!(s.throttle("acct:x").await.unwrap(), None);
+    // Kept until its expiry, then pruned.
+    assert!(s.swap_throttle("ip:192.0.2.1", None, Some((&counter(1), NOW + 60))).await.unwrap());
+    s.prune(NOW + 59).await.unwrap();
+    assert!(s.throttle("ip:192.0.2.1").await.unwrap().is_some());
+    s.prune(NOW + 60).await.unwrap();
+    assert_eq!(s.throttle("ip:192.0.2.1").await.unwrap(), None);
+}
 
 fn user(name: &str) -> User {
     User {

@@ -224,7 +224,9 @@ async fn failed_login(w: &World, username: &str, source: &str) {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "the form again, with an error");
+    // The form again with an error; after three failures of one account, the throttle's 429 (recorded as
+    // a failure all the same).
+    assert!([200, 429].contains(&r.status().as_u16()), "the form again, with an error: {}", r.status());
 }
 
 #[tokio::test]

@@ -491,9 +491,15 @@ async fn https_issuer_gets_host_prefixed_secure_cookies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_logins_does_not_stall_refreshes() {
-    let s = Server::start_with(crate::common::Backend::Sqlite, |c| c.password_hash_concurrency = 1)
-        .await
-        .unwrap();
+    let s = Server::start_with(crate::common::Backend::Sqlite, |c| {
+        c.password_hash_concurrency = 1;
+        // The flood must reach the hasher: the login throttle is out of its way.
+        c.login.delay_base_secs = 0;
+        c.login.account_lock_failures = 1000;
+        c.login.source_lock_failures = 1000;
+    })
+    .await
+    .unwrap();
     let client = setup(&s).await;
     let t = tokens(&s, &client).await;
     // 24 logins queue behind one Argon2id hash at a time (tens of milliseconds each).

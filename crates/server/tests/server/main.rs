@@ -12,6 +12,7 @@ mod browser_flow;
 mod client_auth;
 mod dpop;
 mod exchange;
+mod login_security;
 mod refresh;
 mod responses;
 mod stream;
