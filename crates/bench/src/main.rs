@@ -337,6 +337,7 @@ async fn setup(store: &dyn Store) -> Result<OpaqueSecret, String> {
         jwks: None,
         exchange_audiences: Vec::new(),
         serves: Vec::new(),
+        mfa: tessera_core::mfa::MfaPolicy::default(),
     };
     // The bench client is also the resource server of its audience, so it may post usage (`ingest`).
     let bench = Client {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand, ValueEnum};
 use tessera_core::flow::is_registrable_redirect_uri;
+use tessera_core::mfa::MfaPolicy;
 use tessera_core::{ClientKind, GrantType, SecretKind};
 use tessera_core::{Event, EventKind};
 use tessera_server::{Config, Overrides, crypto};
@@ -129,6 +130,16 @@ pub(crate) enum ClientCommand {
         #[command(flatten)]
         cfg: ConfigArgs,
     },
+    /// Set when the client's users must show a second factor.
+    SetMfa {
+        /// The client id.
+        id: String,
+        /// required, risky or off.
+        #[arg(value_enum, value_name = "POLICY")]
+        policy: MfaArg,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
     /// Switch client_secret_basic and client_secret_post off for a client with registered keys: its secret
     /// is deleted, so only private_key_jwt authenticates it.
     RemoveSecret {
@@ -179,6 +190,27 @@ pub(crate) enum DpopArg {
     Optional,
 }
 
+/// When a client's users must show a second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum MfaArg {
+    /// At every sign-in; a user without a factor enrols one first.
+    Required,
+    /// When the sign-in looks risky (and always for users who enrolled a factor).
+    Risky,
+    /// Never asked for by this client (users who enrolled a factor are still asked).
+    Off,
+}
+
+impl From<MfaArg> for MfaPolicy {
+    fn from(arg: MfaArg) -> Self {
+        match arg {
+            MfaArg::Required => MfaPolicy::Required,
+            MfaArg::Risky => MfaPolicy::Risky,
+            MfaArg::Off => MfaPolicy::Off,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct ClientAdd {
     /// The client id.
@@ -217,6 +249,9 @@ pub(crate) struct ClientAdd {
     /// Whether tokens must be DPoP-bound [default: required for public clients, optional otherwise].
     #[arg(long, value_enum, value_name = "POLICY")]
     dpop: Option<DpopArg>,
+    /// When the client's users must show a second factor.
+    #[arg(long, value_enum, value_name = "POLICY", default_value = "risky")]
+    mfa: MfaArg,
     /// A JWKS file of the client's public keys: it authenticates with private_key_jwt, and no secret is
     /// generated (confidential clients only).
     #[arg(long, value_name = "FILE")]
@@ -418,6 +453,18 @@ pub(crate) fn client(cmd: ClientCommand) -> Result<(), Failure> {
             record(&*store, event).await?;
             emit(&format!("client {id}: serves updated\n{}", describe_client(&c)))
         }),
+        ClientCommand::SetMfa { id, policy, cfg } => with_store(&cfg, |store, _| async move {
+            let policy = MfaPolicy::from(policy);
+            if !store.set_client_mfa(&id, policy).await.map_err(store_failure)? {
+                return Err(no_such("client", &id));
+            }
+            let c = store.client(&id).await.map_err(store_failure)?.ok_or_else(|| no_such("client", &id))?;
+            let detail = serde_json::json!({ "mfa": policy.as_str() }).to_string();
+            let event =
+                Event { client_id: Some(id.clone()), detail: Some(detail), ..admin_event("client_set_mfa") };
+            record(&*store, event).await?;
+            emit(&format!("client {id}: mfa {}\n{}", policy.as_str(), describe_client(&c)))
+        }),
         ClientCommand::RemoveSecret { id, cfg } => with_store(&cfg, |store, _| async move {
             let c = store.client(&id).await.map_err(store_failure)?.ok_or_else(|| no_such("client", &id))?;
             if c.kind != ClientKind::Confidential {
@@ -524,6 +571,7 @@ fn client_add(add: ClientAdd) -> Result<(), Failure> {
             jwks: jwks.clone(),
             exchange_audiences: add.exchange_audiences.clone(),
             serves: add.serves.clone(),
+            mfa: add.mfa.into(),
         };
         store.create_client(&client).await.map_err(|e| match e {
             StoreError::Conflict(_) => Failure::usage(format!("client {} already exists", client.id)),
@@ -598,6 +646,7 @@ fn describe_client(c: &Client) -> String {
         format!("state: {}", if c.disabled { "disabled" } else { "enabled" }),
         format!("first_party: {}", c.first_party),
         format!("dpop: {}", if c.require_dpop { "required" } else { "optional" }),
+        format!("mfa: {}", c.mfa.as_str()),
         format!("auth: {}", auth_methods(c)),
         format!("keys: {keys}"),
         format!("grants: {}", grants.join(" ")),

@@ -60,12 +60,31 @@ pub(crate) enum UserCommand {
         #[command(flatten)]
         cfg: ConfigArgs,
     },
+    /// Manage a user's second factors.
+    Mfa {
+        #[command(subcommand)]
+        cmd: MfaCommand,
+    },
     /// Show a user's roles, or replace them with the roles given.
     Roles {
         /// The login name.
         username: String,
         /// The new roles; none given: print the current roles.
         roles: Vec<String>,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+}
+
+/// `tessera user mfa …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum MfaCommand {
+    /// Remove every second factor of a user (authenticator app and recovery codes), for a user who lost
+    /// them; the user signs in with the password alone until enrolling again (or must enrol at once where a
+    /// client requires MFA).
+    Reset {
+        /// The login name.
+        username: String,
         #[command(flatten)]
         cfg: ConfigArgs,
     },
@@ -204,8 +223,30 @@ pub(crate) fn user(cmd: UserCommand) -> Result<(), Failure> {
         }),
         UserCommand::Show { username, cfg } => with_store(&cfg, |store, _| async move {
             let u = find(&*store, &username).await?;
-            emit(&describe(&u))
+            let totp = store.totp_factor(&u.id).await.map_err(store_failure)?;
+            let mfa = if totp.is_some_and(|t| t.secret_sealed.is_some()) {
+                let left = store.recovery_codes_left(&u.id).await.map_err(store_failure)?;
+                format!("totp, {left} recovery codes left")
+            } else {
+                "none".to_owned()
+            };
+            emit(&format!("{}\nmfa: {mfa}", describe(&u)))
         }),
+        UserCommand::Mfa { cmd: MfaCommand::Reset { username, cfg } } => {
+            with_store(&cfg, |store, _| async move {
+                let u = find(&*store, &username).await?;
+                let removed = store.reset_mfa(&u.id).await.map_err(store_failure)?;
+                let detail = serde_json::json!({ "removed": removed }).to_string();
+                let event =
+                    Event { sub: Some(u.id.clone()), detail: Some(detail), ..admin_event("user_mfa_reset") };
+                record(&*store, event).await?;
+                if removed {
+                    emit(&format!("second factors of {username} removed"))
+                } else {
+                    emit(&format!("{username} had no second factor"))
+                }
+            })
+        }
         UserCommand::Disable { username, cfg } => with_store(&cfg, |store, _| async move {
             let u = find(&*store, &username).await?;
             store.set_user_disabled(&u.id, true).await.map_err(store_failure)?;

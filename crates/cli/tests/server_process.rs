@@ -213,6 +213,20 @@ fn management_commands_do_what_an_operator_types() {
     assert_eq!(roles, "admin\nops\n");
     let (_, shown, _) = run(d, &[], &["user", "show", "alice"], "");
     assert!(shown.contains("roles: admin ops") && !shown.contains("argon2"), "{shown}");
+    assert!(shown.contains("mfa: none"), "{shown}");
+    // A user who lost their second factor: the reset is audited with who did it.
+    let (code, out, _) = run(d, &[], &["user", "mfa", "reset", "alice"], "");
+    assert_eq!((code, out.trim()), (0, "alice had no second factor"));
+    let (code, _, err) = run(d, &[], &["user", "mfa", "reset", "nobody"], "");
+    assert_eq!((code, err.trim()), (2, "error: no user nobody"));
+    let (_, audit, _) = run(d, &[], &["audit", "search", "--kind", "admin_action", "--format", "json"], "");
+    assert!(audit.contains("user_mfa_reset"), "{audit}");
+    // A client's MFA policy.
+    let (code, out, _) = run(d, &[], &["client", "set-mfa", "web", "required"], "");
+    assert_eq!(code, 0);
+    assert!(out.contains("mfa: required"), "{out}");
+    let (code, _, err) = run(d, &[], &["client", "set-mfa", "web", "sometimes"], "");
+    assert_eq!(code, 2, "{err}");
     let (code, out, _) = run(d, &[], &["user", "set-password", "alice"], "a different password\n");
     assert_eq!(code, 0);
     assert!(out.contains("every session revoked"));

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod detect;
 pub mod flow;
 pub mod geo;
+pub mod mfa;
 pub mod model;
 pub mod net;
 pub mod replay;

@@ -140,6 +140,7 @@ fn benches(c: &mut Criterion) {
             jwks: None,
             exchange_audiences: Vec::new(),
             serves: vec![API.into()],
+            mfa: tessera_core::mfa::MfaPolicy::default(),
         };
         state.store.create_client(&client).await.unwrap();
         secret.expose().to_owned()

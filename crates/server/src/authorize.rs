@@ -8,6 +8,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tessera_core::flow::{self, FlowError};
+use tessera_core::mfa::MfaPolicy;
 use tessera_core::{GrantType, SecretKind};
 use tessera_store::{AuthCode, Client, Event, LoginSession, User};
 use tessera_token::{KeySet, UnverifiedJwt};
@@ -16,7 +17,7 @@ use zeroize::Zeroizing;
 use crate::crypto::new_secret;
 use crate::oauth::Params;
 use crate::web::{self, escape, page};
-use crate::{AppState, RequestMeta, now, throttle};
+use crate::{AppState, RequestMeta, mfa, now, throttle};
 
 /// A checked authorization request.
 struct AuthzRequest {
@@ -31,6 +32,8 @@ struct AuthzRequest {
     dpop_jkt: Option<String>,
     prompt: Vec<String>,
     max_age: Option<i64>,
+    /// OIDC `acr_values`: space-separated, in order of preference.
+    acr_values: Option<String>,
 }
 
 /// Why an authorization request fails: before the redirect URI is trusted, an error page; after, an error
@@ -164,6 +167,7 @@ async fn check_request(state: &AppState, params: &Params) -> Result<AuthzRequest
         challenge: challenge.to_owned(),
         dpop_jkt: dpop_jkt.map(str::to_owned),
         prompt,
+        acr_values: params.get("acr_values").map(str::to_owned),
         client,
     })
 }
@@ -203,6 +207,35 @@ pub async fn authorize(
     let too_old = |s: &LoginSession| request.max_age.is_some_and(|max| now - s.auth_time > max);
     match session {
         Some((session, user)) if !force_login && !too_old(&session) => {
+            // A session without a second factor, for a request that needs one: step up first.
+            let has_mfa = session.amr.iter().any(|m| m == "mfa");
+            if !has_mfa {
+                let has_factor = match mfa::has_factor(&state, &user.id).await {
+                    Ok(has) => has,
+                    Err(_) => {
+                        return AuthzError::Page("The service is temporarily unavailable. Try again later.")
+                            .into_response(&state);
+                    }
+                };
+                let policy = request.client.mfa;
+                if tessera_core::mfa::needs_second_factor(
+                    policy,
+                    request.acr_values.as_deref(),
+                    has_factor,
+                    false,
+                ) {
+                    if request.prompt.iter().any(|p| p == "none") {
+                        return AuthzError::Redirect {
+                            redirect_uri: request.redirect_uri,
+                            state: request.state,
+                            error: "interaction_required",
+                            description: "a second factor is required",
+                        }
+                        .into_response(&state);
+                    }
+                    return mfa::step_up(&state, &headers, &session, &without_prompt(&query), now).await;
+                }
+            }
             proceed(&state, &headers, &request, &session, &user, &query, now).await
         }
         _ if request.prompt.iter().any(|p| p == "none") => AuthzError::Redirect {
@@ -434,25 +467,8 @@ pub async fn login(
             };
             state.event(failure(reason, pseudonym.clone())).await;
             if !verified {
-                let policy = &state.config.login;
-                for (locks, scope, failures) in [
-                    (account_locks, "account", policy.account_lock_failures),
-                    (source_locks, "source", policy.source_lock_failures),
-                ] {
-                    if locks {
-                        let mut detail = pseudonym.clone();
-                        detail["failures"] = failures.into();
-                        detail["until"] = (now + policy.lock_secs).into();
-                        state
-                            .event(Event {
-                                kind: "login_locked".into(),
-                                reason: Some(scope.into()),
-                                outcome: Some("locked".into()),
-                                ..failure(scope, detail)
-                            })
-                            .await;
-                    }
-                }
+                record_locks(&state, failure("", pseudonym.clone()), (account_locks, source_locks), now)
+                    .await;
             }
             // Only someone who knows the password learns that it must be reset.
             let message = if reason == "password_reset_required" {
@@ -464,25 +480,57 @@ pub async fn login(
             return web::with_cookie(response, set);
         }
     };
-    let Ok(secret) = new_secret(SecretKind::LoginSession) else {
-        return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+    // The password is right: a second factor next, when the user has one or the client asks for one.
+    let has_factor = match mfa::has_factor(&state, &user.id).await {
+        Ok(has) => has,
+        Err(e) => {
+            tracing::warn!(error = %e, "login: store failure");
+            return unavailable();
+        }
     };
-    let session = LoginSession {
-        hash: secret.hash(),
-        user_id: user.id.clone(),
-        auth_time: now,
-        amr: vec!["pwd".into()],
-        created_at: now,
-        expires_at: now + state.config.login_session_ttl,
-        revoked_at: None,
-    };
-    if let Err(e) = state.store.create_login_session(&session).await {
-        tracing::warn!(error = %e, "cannot store login session");
-        return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+    let (policy, acr_values) = requested_mfa(&state, &return_to).await;
+    if tessera_core::mfa::needs_second_factor(policy, acr_values.as_deref(), has_factor, false) && has_factor
+    {
+        return web::with_cookie(mfa::ask(&state, &csrf, &user.id, &return_to, now), set);
     }
+    // Without a factor where one is required, the user signs in with the password and enrols one before
+    // the authorization request goes on (`authorize` sends them to the account page).
+    let response = signed_in(&state, &meta, &headers, &user, vec!["pwd".into()], &return_to, now).await;
+    web::with_cookie(response, set)
+}
+
+/// What the authorization request a sign-in returns to asks of the second factor: its client's MFA policy
+/// and its `acr_values`. A sign-in with nothing to return to, or for an unknown client, asks nothing more.
+pub(crate) async fn requested_mfa(state: &AppState, return_to: &str) -> (MfaPolicy, Option<String>) {
+    let params = Params::parse(return_to.as_bytes()).unwrap_or_default();
+    let policy = match params.get("client_id") {
+        Some(id) => match state.directory.client(id).await {
+            Ok(Some(client)) => client.mfa,
+            _ => MfaPolicy::Off,
+        },
+        None => MfaPolicy::Off,
+    };
+    (policy, params.get("acr_values").map(str::to_owned))
+}
+
+/// Opens a login session for `user`, authenticated by `amr`, records the sign-in (`login_success`, with the
+/// browser's device and the place), and sends the browser back to the authorization request (or the
+/// signed-in page) with the session and device cookies.
+pub(crate) async fn signed_in(
+    state: &AppState,
+    meta: &RequestMeta,
+    headers: &HeaderMap,
+    user: &User,
+    amr: Vec<String>,
+    return_to: &str,
+    now: i64,
+) -> Response {
+    let Some(cookie) = open_session(state, user, amr, now).await else {
+        return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+    };
     // The browser's device and the sign-in's place: what `new_device` and `impossible_travel` compare.
-    let (device, device_cookie) = web::device(&state, &headers).unzip();
-    let detail = with_place(&state, &meta, serde_json::json!({ "device": device }));
+    let (device, device_cookie) = web::device(state, headers).unzip();
+    let detail = with_place(state, meta, serde_json::json!({ "device": device }));
     state
         .event(Event {
             kind: "login_success".into(),
@@ -491,7 +539,36 @@ pub async fn login(
             ..meta.event(now)
         })
         .await;
-    // Only ever back to our own authorization endpoint: `return` is a query string, never a URL.
+    web::with_cookie(web::with_cookie(back_to(return_to), Some(cookie)), device_cookie)
+}
+
+/// Stores a new login session for `user`; the `Set-Cookie` that carries it.
+pub(crate) async fn open_session(
+    state: &AppState,
+    user: &User,
+    amr: Vec<String>,
+    now: i64,
+) -> Option<HeaderValue> {
+    let secret = new_secret(SecretKind::LoginSession).ok()?;
+    let session = LoginSession {
+        hash: secret.hash(),
+        user_id: user.id.clone(),
+        auth_time: now,
+        amr,
+        created_at: now,
+        expires_at: now + state.config.login_session_ttl,
+        revoked_at: None,
+    };
+    if let Err(e) = state.store.create_login_session(&session).await {
+        tracing::warn!(error = %e, "cannot store login session");
+        return None;
+    }
+    Some(web::set_cookie(state, web::session_cookie(state), secret.expose(), state.config.login_session_ttl))
+}
+
+/// `303` back to the authorization request `return_to` (a query string, never a URL: only ever our own
+/// authorization endpoint), or to the signed-in page.
+pub(crate) fn back_to(return_to: &str) -> Response {
     let location = if return_to.is_empty() { "/login".to_owned() } else { format!("/authorize?{return_to}") };
     let mut response =
         (StatusCode::SEE_OTHER, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))])
@@ -499,21 +576,55 @@ pub async fn login(
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
-    let cookie =
-        web::set_cookie(&state, web::session_cookie(&state), secret.expose(), state.config.login_session_ttl);
-    let response = web::with_cookie(web::with_cookie(response, Some(cookie)), device_cookie);
-    web::with_cookie(response, set)
+    response
+}
+
+/// Records a `login_locked` event for each counter (`(account, source)`) that the failed attempt `failed`
+/// (its `login_failure` event) locked.
+pub(crate) async fn record_locks(state: &AppState, failed: Event, locked: (bool, bool), now: i64) {
+    let policy = &state.config.login;
+    for (locks, scope, failures) in [
+        (locked.0, "account", policy.account_lock_failures),
+        (locked.1, "source", policy.source_lock_failures),
+    ] {
+        if !locks {
+            continue;
+        }
+        let mut detail: serde_json::Value =
+            failed.detail.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default();
+        detail["failures"] = failures.into();
+        detail["until"] = (now + policy.lock_secs).into();
+        state
+            .event(Event {
+                kind: "login_locked".into(),
+                reason: Some(scope.into()),
+                outcome: Some("locked".into()),
+                detail: Some(detail.to_string()),
+                ..failed.clone()
+            })
+            .await;
+    }
 }
 
 /// The login form refusing an attempt the throttle stopped: 429 with `Retry-After`. The same words whether
 /// the account exists, is merely slowed down or is locked.
 fn throttled(csrf: &str, return_to: &str, wait: i64, set: Option<HeaderValue>) -> Response {
+    let message = throttled_message(wait);
+    let response = web::login_form(csrf, return_to, Some(&message), StatusCode::TOO_MANY_REQUESTS);
+    web::with_cookie(with_retry_after(response, wait), set)
+}
+
+/// "Too many failed sign-ins. Try again in …".
+pub(crate) fn throttled_message(wait: i64) -> String {
     let wait = wait.max(1);
     let when = if wait < 120 { format!("{wait} seconds") } else { format!("{} minutes", (wait + 59) / 60) };
-    let message = format!("Too many failed sign-ins. Try again in {when}.");
-    let mut response = web::login_form(csrf, return_to, Some(&message), StatusCode::TOO_MANY_REQUESTS);
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
-    web::with_cookie(response, set)
+    format!("Too many failed sign-ins. Try again in {when}.")
+}
+
+/// Adds `Retry-After: wait` (at least 1 s).
+pub(crate) fn with_retry_after(mut response: Response, wait: i64) -> Response {
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.max(1)));
+    response
 }
 
 /// `detail` with the request's place (`geo`), when a GeoIP database knows the source.

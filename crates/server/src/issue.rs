@@ -112,8 +112,8 @@ pub fn access_token(state: &AppState, grant: AccessGrant, now: i64) -> Result<Mi
         sid: grant.sid,
         roles: grant.roles,
         auth_time: grant.auth_time.map(unsigned),
+        acr: tessera_core::mfa::acr_for(&grant.amr).map(str::to_owned),
         amr: grant.amr,
-        acr: None,
         cnf: grant.jkt.map(|jkt| Confirmation { jkt: Some(jkt), other: Default::default() }),
         act: grant.act,
         origin: grant.origin,
@@ -145,6 +145,9 @@ pub struct IdClaims {
     /// Authentication methods.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub amr: Vec<String>,
+    /// The authentication context the methods reach (`urn:tessera:acr:pwd` or `urn:tessera:acr:mfa`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
     /// Session id (the refresh family).
     pub sid: String,
     /// With the `profile` scope: the username.

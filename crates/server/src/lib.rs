@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod issue;
 pub mod keyring;
 pub mod metrics;
+pub mod mfa;
 pub mod oauth;
 pub mod passwords;
 pub mod response;
@@ -330,6 +331,7 @@ async fn create_quickstart(
         jwks: None,
         exchange_audiences: Vec::new(),
         serves: Vec::new(),
+        mfa: tessera_core::mfa::MfaPolicy::default(),
     };
     store.create_client(&client).await.map_err(start_error)?;
     Ok((client.id, secret.expose().to_owned(), QUICKSTART_AUDIENCE.into()))
@@ -344,6 +346,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/token", post(token::token))
         .route("/authorize", get(authorize::authorize).post(authorize::consent))
         .route("/login", get(authorize::login_page).post(authorize::login))
+        .route("/login/mfa", post(mfa::submit))
+        .route("/account", get(mfa::account))
+        .route("/account/totp", post(mfa::begin_totp))
+        .route("/account/totp/confirm", post(mfa::confirm_totp))
+        .route("/account/recovery-codes", post(mfa::regenerate_recovery_codes))
         .route("/logout", get(authorize::logout_page).post(authorize::logout))
         .route("/userinfo", get(endpoints::userinfo).post(endpoints::userinfo))
         .route("/revoke", post(endpoints::revoke))

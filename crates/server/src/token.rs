@@ -248,6 +248,7 @@ async fn authorization_code(
             iat: now,
             auth_time: record.auth_time,
             nonce: record.nonce.clone(),
+            acr: tessera_core::mfa::acr_for(&record.amr).map(str::to_owned),
             amr: record.amr.clone(),
             sid: family.id.clone(),
             preferred_username: flow::has_scope(&record.scope, "profile").then(|| user.username.clone()),

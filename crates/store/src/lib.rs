@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tessera_core::audit::{ChainBreak, ChainSummary, ChainVerifier};
+use tessera_core::mfa::MfaPolicy;
 use tessera_core::throttle::Counter;
 use tessera_core::{KeyState, TokenHash};
 
@@ -24,7 +25,7 @@ mod sqlite;
 pub use model::{
     Alert, AlertOutcome, AuditQuery, AuditRecord, AuditState, AuthCode, Client, CodeUse, Event, Family,
     KeyRecord, LoginSession, NewAlert, NewRevocation, OriginRef, RefreshRecord, Resource, Revocation,
-    Rotation, Time, TokenRef, User,
+    Rotation, Time, TokenRef, TotpFactor, User,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -120,6 +121,29 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Requires every session of the user authenticated at or before `now` to log in again before it may
     /// refresh (`require_step_up`); `false` if there is no such user.
     async fn require_step_up(&self, id: &str, now: Time) -> Result<bool>;
+
+    /// The user's TOTP factor, confirmed or being enrolled.
+    async fn totp_factor(&self, user_id: &str) -> Result<Option<TotpFactor>>;
+    /// Starts (or restarts) enrolling a TOTP secret; a confirmed one stays in use until this one is confirmed.
+    async fn begin_totp(&self, user_id: &str, pending_sealed: &[u8], now: Time) -> Result<()>;
+    /// Puts the secret being enrolled in use, with `step` (the confirming code's) as the last one used, and
+    /// replaces the recovery codes with `recovery` (their hashes), in one transaction; `false` if nothing
+    /// was being enrolled.
+    async fn confirm_totp(&self, user_id: &str, step: i64, recovery: &[TokenHash], now: Time)
+    -> Result<bool>;
+    /// Records `step` as used if it is later than the last one used; `false` if it is not (a code used
+    /// twice, or a race that another request won).
+    async fn use_totp_step(&self, user_id: &str, step: i64) -> Result<bool>;
+    /// Replaces every recovery code of the user with `recovery` (their hashes).
+    async fn replace_recovery_codes(&self, user_id: &str, recovery: &[TokenHash], now: Time) -> Result<()>;
+    /// Spends the recovery code with this hash; `false` if there is no such unused code.
+    async fn use_recovery_code(&self, user_id: &str, hash: &TokenHash, now: Time) -> Result<bool>;
+    /// How many unused recovery codes the user has.
+    async fn recovery_codes_left(&self, user_id: &str) -> Result<i64>;
+    /// Removes every second factor of the user (TOTP and recovery codes); `false` if there was none.
+    async fn reset_mfa(&self, user_id: &str) -> Result<bool>;
+    /// Sets a client's MFA policy; `false` if there is no such client.
+    async fn set_client_mfa(&self, id: &str, mfa: MfaPolicy) -> Result<bool>;
 
     /// Registers a client; [`StoreError::Conflict`] if the id is taken.
     async fn create_client(&self, client: &Client) -> Result<()>;

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use tessera_core::mfa::MfaPolicy;
 use tessera_core::{ChainHash, ClientKind, GrantType, KeyState, RevocationKind, TokenHash};
 
 /// Unix seconds, as the store keeps every time.
@@ -89,6 +90,32 @@ pub struct Client {
     /// exchange them, introspect them and report their use from its guard. Distinct from `audiences`, which
     /// are the services it may get tokens for. Confidential clients only.
     pub serves: Vec<String>,
+    /// When this client's users must show a second factor.
+    pub mfa: MfaPolicy,
+}
+
+/// A user's TOTP factor: the sealed secret in use and one being enrolled. `Debug` shows neither.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TotpFactor {
+    /// The confirmed secret, sealed under the key-encryption key.
+    pub secret_sealed: Option<Vec<u8>>,
+    /// A secret being enrolled, until a first code confirms it.
+    pub pending_sealed: Option<Vec<u8>>,
+    /// The last TOTP step accepted (0: none).
+    pub last_step: i64,
+    /// When the factor was confirmed.
+    pub confirmed_at: Option<Time>,
+}
+
+impl fmt::Debug for TotpFactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TotpFactor")
+            .field("confirmed", &self.secret_sealed.is_some())
+            .field("enrolling", &self.pending_sealed.is_some())
+            .field("last_step", &self.last_step)
+            .field("confirmed_at", &self.confirmed_at)
+            .finish()
+    }
 }
 
 /// A resource server: an audience tokens can be issued for, with the scopes it understands.

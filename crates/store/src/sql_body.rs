@@ -8,12 +8,13 @@ use async_trait::async_trait;
 use sqlx::Row;
 use tessera_core::{ChainHash, ClientKind, EventKind, GrantType, KeyState, RevocationKind, TokenHash};
 
-use crate::model::{Alert, AlertOutcome, NewAlert};
+use crate::model::{Alert, AlertOutcome, NewAlert, TotpFactor};
 use crate::model::{
     AuditQuery, AuditRecord, AuditState, AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession,
     NewRevocation, OriginRef, RefreshRecord, Resource, Revocation, Rotation, Time, TokenRef, User,
 };
 use crate::{REVOCATION_HORIZON_SECS, SPENT_CODE_RETENTION_SECS, Store};
+use tessera_core::mfa::MfaPolicy;
 use tessera_core::throttle::Counter;
 
 type DbRow = <Db as sqlx::Database>::Row;
@@ -27,7 +28,7 @@ macro_rules! user_cols {
 macro_rules! client_cols {
     () => {
         "id, name, kind, secret_hash, redirect_uris, grant_types, audiences, scopes, access_ttl, \
-         refresh_idle_ttl, refresh_absolute_ttl, first_party, disabled, created_at, require_dpop, jwks, exchange_audiences, serves"
+         refresh_idle_ttl, refresh_absolute_ttl, first_party, disabled, created_at, require_dpop, jwks, exchange_audiences, serves, mfa"
     };
 }
 macro_rules! key_cols {
@@ -163,6 +164,10 @@ fn client_from(row: &DbRow) -> Result<Client> {
         jwks: row.try_get("jwks")?,
         exchange_audiences: from_list(row, "exchange_audiences")?,
         serves: from_list(row, "serves")?,
+        mfa: {
+            let mfa: String = row.try_get("mfa")?;
+            MfaPolicy::parse(&mfa).ok_or_else(|| StoreError::Corrupt(format!("clients.mfa: {mfa}")))?
+        },
     })
 }
 
@@ -562,13 +567,135 @@ impl Store for StoreImpl {
         update_counted(self.begin_write().await?, query).await
     }
 
+    async fn totp_factor(&self, user_id: &str) -> Result<Option<TotpFactor>> {
+        let row = sqlx::query(
+            "SELECT secret_sealed, pending_sealed, last_step, confirmed_at FROM totp_factors WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(self.read())
+        .await?;
+        row.map(|r| -> Result<TotpFactor> {
+            Ok(TotpFactor {
+                secret_sealed: r.try_get("secret_sealed")?,
+                pending_sealed: r.try_get("pending_sealed")?,
+                last_step: r.try_get("last_step")?,
+                confirmed_at: r.try_get("confirmed_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn begin_totp(&self, user_id: &str, pending_sealed: &[u8], now: Time) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO totp_factors (user_id, pending_sealed, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id) DO UPDATE SET pending_sealed = excluded.pending_sealed",
+        )
+        .bind(user_id)
+        .bind(pending_sealed)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn confirm_totp(
+        &self,
+        user_id: &str,
+        step: i64,
+        recovery: &[TokenHash],
+        now: Time,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE totp_factors SET secret_sealed = pending_sealed, pending_sealed = NULL, last_step = $2, \
+             confirmed_at = $3 WHERE user_id = $1 AND pending_sealed IS NOT NULL",
+        )
+        .bind(user_id)
+        .bind(step)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Ok(false);
+        }
+        put_recovery_codes(&mut tx, user_id, recovery, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn use_totp_step(&self, user_id: &str, step: i64) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE totp_factors SET last_step = $2 WHERE user_id = $1 AND last_step < $2 \
+             AND secret_sealed IS NOT NULL",
+        )
+        .bind(user_id)
+        .bind(step)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn replace_recovery_codes(&self, user_id: &str, recovery: &[TokenHash], now: Time) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        put_recovery_codes(&mut tx, user_id, recovery, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn use_recovery_code(&self, user_id: &str, hash: &TokenHash, now: Time) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let n = sqlx::query(
+            "UPDATE recovery_codes SET used_at = $3 WHERE user_id = $1 AND hash = $2 AND used_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(hex(hash.as_bytes()))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn recovery_codes_left(&self, user_id: &str) -> Result<i64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL")
+                .bind(user_id)
+                .fetch_one(self.read())
+                .await?;
+        Ok(n)
+    }
+
+    async fn reset_mfa(&self, user_id: &str) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let mut n = 0;
+        for sql in
+            ["DELETE FROM totp_factors WHERE user_id = $1", "DELETE FROM recovery_codes WHERE user_id = $1"]
+        {
+            n += sqlx::query(sql).bind(user_id).execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn set_client_mfa(&self, id: &str, mfa: MfaPolicy) -> Result<bool> {
+        let query = sqlx::query("UPDATE clients SET mfa = $1 WHERE id = $2").bind(mfa.as_str()).bind(id);
+        update_counted(self.begin_write().await?, query).await
+    }
+
     async fn create_client(&self, c: &Client) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let grants: Vec<String> = c.grant_types.iter().map(|g| g.as_str().to_owned()).collect();
         sqlx::query(concat!(
             "INSERT INTO clients (",
             client_cols!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
         ))
         .bind(&c.id)
         .bind(&c.name)
@@ -588,6 +715,7 @@ impl Store for StoreImpl {
         .bind(&c.jwks)
         .bind(to_list(&c.exchange_audiences))
         .bind(to_list(&c.serves))
+        .bind(c.mfa.as_str())
         .execute(&mut *tx)
         .await
         .map_err(|e| conflict(e, "client"))?;
@@ -1534,6 +1662,20 @@ async fn update_counted<'q>(
     bump_changes(&mut tx).await?;
     tx.commit().await?;
     Ok(n == 1)
+}
+
+/// Replaces the user's recovery codes with `recovery`, inside the caller's transaction.
+async fn put_recovery_codes(tx: &mut Tx, user_id: &str, recovery: &[TokenHash], now: Time) -> Result<()> {
+    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1").bind(user_id).execute(&mut **tx).await?;
+    for hash in recovery {
+        sqlx::query("INSERT INTO recovery_codes (user_id, hash, created_at) VALUES ($1, $2, $3)")
+            .bind(user_id)
+            .bind(hex(hash.as_bytes()))
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Counts a change to users, clients or resources, inside the caller's transaction.

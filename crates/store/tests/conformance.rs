@@ -168,7 +168,57 @@ conformance!(
     revoke_user_can_force_a_password_reset_that_a_new_password_clears,
     source_blocks_and_lifts_are_streamed_in_order,
     throttle_counters_change_only_by_compare_and_swap,
+    second_factors_confirm_once_steps_only_move_forward_and_recovery_codes_spend_once,
 );
+
+async fn second_factors_confirm_once_steps_only_move_forward_and_recovery_codes_spend_once(
+    s: &Arc<dyn Store>,
+) {
+    let alice = user("alice");
+    s.create_user(&alice).await.unwrap();
+    let id = alice.id.as_str();
+    assert_eq!(s.totp_factor(id).await.unwrap(), None);
+    assert!(!s.confirm_totp(id, 10, &[], NOW).await.unwrap(), "nothing to confirm");
+    s.begin_totp(id, b"sealed-1", NOW).await.unwrap();
+    let f = s.totp_factor(id).await.unwrap().unwrap();
+    assert_eq!((f.secret_sealed, f.pending_sealed.as_deref()), (None, Some(&b"sealed-1"[..])));
+    assert!(!s.use_totp_step(id, 5).await.unwrap(), "an unconfirmed secret accepts no code");
+    let codes: Vec<TokenHash> = (0..10).map(|n| TokenHash::of(&format!("code-{n}"))).collect();
+    assert!(s.confirm_totp(id, 100, &codes, NOW).await.unwrap());
+    let f = s.totp_factor(id).await.unwrap().unwrap();
+    assert_eq!(
+        (f.secret_sealed.as_deref(), f.pending_sealed, f.last_step),
+        (Some(&b"sealed-1"[..]), None, 100)
+    );
+    // Twenty requests race with the same code: one is accepted.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (s, id) = (Arc::clone(s), id.to_owned());
+        tasks.push(tokio::spawn(async move { s.use_totp_step(&id, 101).await.unwrap() }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        accepted += usize::from(t.await.unwrap());
+    }
+    assert_eq!(accepted, 1, "a code is used once");
+    assert!(!s.use_totp_step(id, 100).await.unwrap(), "never an earlier step");
+    // Re-enrolling keeps the confirmed secret until the new one is confirmed.
+    s.begin_totp(id, b"sealed-2", NOW).await.unwrap();
+    assert_eq!(s.totp_factor(id).await.unwrap().unwrap().secret_sealed.as_deref(), Some(&b"sealed-1"[..]));
+    // Recovery codes: each once, replaced as a set.
+    assert_eq!(s.recovery_codes_left(id).await.unwrap(), 10);
+    assert!(s.use_recovery_code(id, &codes[0], NOW).await.unwrap());
+    assert!(!s.use_recovery_code(id, &codes[0], NOW).await.unwrap(), "spent");
+    assert!(!s.use_recovery_code("someone-else", &codes[1], NOW).await.unwrap(), "bound to the user");
+    assert_eq!(s.recovery_codes_left(id).await.unwrap(), 9);
+    let fresh = [TokenHash::of("fresh")];
+    s.replace_recovery_codes(id, &fresh, NOW).await.unwrap();
+    assert!(!s.use_recovery_code(id, &codes[1], NOW).await.unwrap(), "old codes are gone");
+    assert_eq!(s.recovery_codes_left(id).await.unwrap(), 1);
+    assert!(s.reset_mfa(id).await.unwrap());
+    assert_eq!((s.totp_factor(id).await.unwrap(), s.recovery_codes_left(id).await.unwrap()), (None, 0));
+    assert!(!s.reset_mfa(id).await.unwrap(), "nothing left to reset");
+}
 
 async fn throttle_counters_change_only_by_compare_and_swap(s: &Arc<dyn Store>) {
     let counter = |failures| Counter { failures, next_at: NOW, locked_until: 0, last_at: NOW };
@@ -248,6 +298,7 @@ fn client(id: &str) -> Client {
         jwks: None,
         exchange_audiences: Vec::new(),
         serves: Vec::new(),
+        mfa: tessera_core::mfa::MfaPolicy::default(),
     }
 }
 

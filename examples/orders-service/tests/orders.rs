@@ -40,6 +40,7 @@ async fn add_client(state: &tessera_server::AppState, id: &str, scopes: &[&str],
         jwks: None,
         exchange_audiences: Vec::new(),
         serves: if serves { vec![API.into()] } else { Vec::new() },
+        mfa: tessera_core::mfa::MfaPolicy::default(),
     };
     state.store.create_client(&client).await.unwrap();
     secret.expose().to_owned()

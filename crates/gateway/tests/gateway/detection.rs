@@ -458,6 +458,7 @@ async fn add_web_app(w: &World) -> String {
         redirect_uris: vec![REDIRECT.into()],
         grant_types: vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
         serves: Vec::new(),
+        mfa: tessera_core::mfa::MfaPolicy::default(),
         ..crate::harness::service_client("webapp", &[crate::harness::API])
     };
     w.server.state.store.create_client(&client).await.unwrap();

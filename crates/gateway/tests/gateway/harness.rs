@@ -221,6 +221,7 @@ pub fn service_client(id: &str, audiences: &[&str]) -> Client {
         jwks: None,
         exchange_audiences: Vec::new(),
         serves: audiences.iter().map(|s| (*s).to_owned()).collect(),
+        mfa: tessera_core::mfa::MfaPolicy::default(),
     }
 }
 

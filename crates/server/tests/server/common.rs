@@ -241,6 +241,7 @@ pub fn service_client(id: &str) -> Client {
         jwks: None,
         exchange_audiences: Vec::new(),
         serves: Vec::new(),
+        mfa: tessera_core::mfa::MfaPolicy::default(),
     }
 }
 

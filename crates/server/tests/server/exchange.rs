@@ -45,6 +45,7 @@ async fn add_exchanger(s: &Server, id: &str, grants: &[GrantType], exchange_audi
         scopes: vec!["orders:read".into(), "invoices:read".into(), "invoices:write".into()],
         exchange_audiences: exchange_audiences.iter().map(|a| (*a).to_owned()).collect(),
         serves: vec![API.into()],
+        mfa: tessera_core::mfa::MfaPolicy::default(),
         ..service_client(id)
     };
     s.state.store.create_client(&client).await.unwrap();
@@ -337,6 +338,7 @@ async fn exchanged_tokens_die_with_the_token_and_client_they_came_from(s: &Serve
         grant_types: vec![GrantType::TokenExchange],
         audiences: Vec::new(),
         serves: vec![BILLING.into()],
+        mfa: tessera_core::mfa::MfaPolicy::default(),
         scopes: vec!["invoices:read".into()],
         exchange_audiences: vec![LEDGER.into(), BILLING.into()],
         ..service_client("billing-svc")

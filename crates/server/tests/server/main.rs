@@ -13,6 +13,7 @@ mod client_auth;
 mod dpop;
 mod exchange;
 mod login_security;
+mod mfa;
 mod refresh;
 mod responses;
 mod stream;

@@ -1,0 +1,569 @@
+//! Second factors in the browser: the code step of a sign-in (and of a step-up for a client that asks for
+//! more than the session has), TOTP enrolment with a server-rendered QR code, recovery codes, and the
+//! account page that manages them.
+//!
+//! Between the password and the code, the browser holds a *challenge*: the user, the authorization request
+//! to return to and the time, sealed (AES-256-GCM under the key-encryption key) into a short-lived cookie.
+//! No session exists until the second factor is shown. Wrong codes are charged to the same throttle counters
+//! as wrong passwords, so six digits cannot be guessed by brute force.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tessera_core::TokenHash;
+use tessera_core::mfa::{self as factor, RECOVERY_CODES, TOTP_SECRET_BYTES};
+use tessera_store::{Event, LoginSession, StoreError, User};
+
+use crate::authorize::{back_to, open_session, record_locks, signed_in, throttled_message, with_retry_after};
+use crate::crypto::random_bytes;
+use crate::oauth::Params;
+use crate::web::{self, escape, page};
+use crate::{AppState, RequestMeta, now, throttle};
+
+/// How long the code step may take after the password, seconds.
+const CHALLENGE_TTL: i64 = 300;
+/// What the sealed challenge is bound to (associated data).
+const CHALLENGE_LABEL: &str = "mfa-challenge";
+/// Longest authorization request a challenge carries back (a cookie must stay under 4 KiB).
+const MAX_RETURN: usize = 2048;
+
+/// What a session proven with a second factor records (RFC 8176): a password, a one-time code, and so
+/// more than one factor.
+pub fn mfa_amr() -> Vec<String> {
+    vec!["pwd".into(), "otp".into(), "mfa".into()]
+}
+
+fn challenge_cookie(state: &AppState) -> &'static str {
+    if state.config.is_https() { "__Host-tessera_mfa" } else { "tessera_mfa" }
+}
+
+/// The sealed state between the password and the code.
+#[derive(Serialize, Deserialize)]
+struct Challenge {
+    /// The user.
+    u: String,
+    /// The authorization request to return to.
+    r: String,
+    /// When the password was checked.
+    t: i64,
+}
+
+/// Whether the user has a confirmed second factor.
+///
+/// # Errors
+/// If the store cannot be read.
+pub async fn has_factor(state: &AppState, user_id: &str) -> Result<bool, StoreError> {
+    Ok(state.store.totp_factor(user_id).await?.is_some_and(|f| f.secret_sealed.is_some()))
+}
+
+/// The code form, with the challenge cookie for `user_id` (who has just shown the password, or holds a
+/// session that needs more) returning to `return_to`.
+pub fn ask(state: &AppState, csrf: &str, user_id: &str, return_to: &str, now: i64) -> Response {
+    let return_to = if return_to.len() > MAX_RETURN { "" } else { return_to };
+    let challenge = Challenge { u: user_id.to_owned(), r: return_to.to_owned(), t: now };
+    let sealed = serde_json::to_vec(&challenge)
+        .map_err(|e| e.to_string())
+        .and_then(|json| state.kek.seal(CHALLENGE_LABEL, &json).map_err(|e| e.0));
+    let Ok(sealed) = sealed else {
+        return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+    };
+    let value = tessera_token::b64::encode(&sealed);
+    let cookie = web::set_cookie(state, challenge_cookie(state), &value, CHALLENGE_TTL);
+    web::with_cookie(code_form(csrf, None, StatusCode::OK), Some(cookie))
+}
+
+/// The second step of a sign-in: one field, `code`, for the authenticator app's code or a recovery code.
+fn code_form(csrf: &str, error: Option<&str>, status: StatusCode) -> Response {
+    let error =
+        error.map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e))).unwrap_or_default();
+    let body = format!(
+        "{error}<form method=\"post\" action=\"/login/mfa\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <label>Code from your authenticator app <input name=\"code\" autocomplete=\"one-time-code\" \
+         required autofocus></label>\
+         <p>Lost your device? Type one of your recovery codes instead.</p>\
+         <button type=\"submit\">Verify</button></form>",
+        csrf = escape(csrf),
+    );
+    page(status, "Two-step verification", &body)
+}
+
+/// The challenge the browser holds, if it is ours and fresh.
+fn read_challenge(state: &AppState, headers: &HeaderMap, now: i64) -> Option<Challenge> {
+    let value = web::cookie(headers, challenge_cookie(state))?;
+    let sealed = tessera_token::b64::decode(value).ok()?;
+    let json = state.kek.open(CHALLENGE_LABEL, &sealed).ok()?;
+    let challenge: Challenge = serde_json::from_slice(&json).ok()?;
+    (challenge.t <= now && now - challenge.t < CHALLENGE_TTL).then_some(challenge)
+}
+
+/// Which second factor `code` is for the user, spent so it cannot be used again: `"totp"` or
+/// `"recovery_code"`; `None` for a wrong or already used code.
+async fn spend_code(
+    state: &AppState,
+    user_id: &str,
+    code: &str,
+    now: i64,
+) -> Result<Option<&'static str>, StoreError> {
+    if let Some(recovery) = factor::normalize_recovery_code(code) {
+        let spent = state.store.use_recovery_code(user_id, &TokenHash::of(&recovery), now).await?;
+        return Ok(spent.then_some("recovery_code"));
+    }
+    let Some(stored) = state.store.totp_factor(user_id).await? else { return Ok(None) };
+    let Some(sealed) = stored.secret_sealed else { return Ok(None) };
+    let Ok(secret) = state.kek.open(&totp_label(user_id), &sealed) else {
+        tracing::warn!("a TOTP secret cannot be opened: sealed under another master key");
+        return Ok(None);
+    };
+    match factor::totp_check(&secret, code, now, stored.last_step) {
+        Some(step) => Ok(state.store.use_totp_step(user_id, step).await?.then_some("totp")),
+        None => Ok(None),
+    }
+}
+
+/// The associated data a user's TOTP secret is sealed with: a secret copied to another user's row does not
+/// open.
+fn totp_label(user_id: &str) -> String {
+    format!("totp:{user_id}")
+}
+
+/// A code checked against the throttle and the user's factors, with its events: `Ok` with the method, or
+/// the response to send instead.
+async fn check_code(
+    state: &AppState,
+    meta: &RequestMeta,
+    user: &User,
+    code: &str,
+    now: i64,
+    refuse: impl Fn(&str, StatusCode) -> Response,
+) -> Result<&'static str, Response> {
+    let unavailable = || page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+    let keys = throttle::Keys::new(state, &user.username, meta.ip.as_deref());
+    let failed = |reason: &str| Event {
+        kind: "mfa_failure".into(),
+        sub: Some(user.id.clone()),
+        reason: Some(reason.into()),
+        outcome: Some("failure".into()),
+        detail: Some(
+            serde_json::json!({ "username_pseudonym": state.kek.pseudonym(&user.username) }).to_string(),
+        ),
+        ..meta.event(now)
+    };
+    let locks = match throttle::admit(state, &keys, now).await {
+        Ok(throttle::Gate::Check { account_locks, source_locks }) => (account_locks, source_locks),
+        Ok(throttle::Gate::Refused { retry_at }) => {
+            state.metrics.login_throttled();
+            state.event(failed("throttled")).await;
+            let response = refuse(&throttled_message(retry_at - now), StatusCode::TOO_MANY_REQUESTS);
+            return Err(with_retry_after(response, retry_at - now));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "mfa: throttle unavailable");
+            return Err(unavailable());
+        }
+    };
+    match spend_code(state, &user.id, code, now).await {
+        Ok(Some(method)) => {
+            throttle::passed(state, &keys).await;
+            state
+                .event(Event {
+                    kind: "mfa_success".into(),
+                    sub: Some(user.id.clone()),
+                    reason: Some(method.into()),
+                    outcome: Some("success".into()),
+                    ..meta.event(now)
+                })
+                .await;
+            Ok(method)
+        }
+        Ok(None) => {
+            let event = failed("wrong_code");
+            state.event(event.clone()).await;
+            record_locks(state, event, locks, now).await;
+            Err(refuse("That code is not right. Try the current one.", StatusCode::OK))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "mfa: store failure");
+            Err(unavailable())
+        }
+    }
+}
+
+/// `POST /login/mfa`: the code step. On success the session is opened (a step-up ends the weaker one it
+/// replaces) and the browser returns to the authorization request.
+pub async fn submit(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = Params::parse(&body).unwrap_or_default();
+    let (csrf, set) = web::csrf_token(&state, &headers);
+    let now = now();
+    let expired = |message: &str| {
+        let clear = web::set_cookie(&state, challenge_cookie(&state), "", 0);
+        let response = web::login_form(&csrf, "", Some(message), StatusCode::BAD_REQUEST);
+        web::with_cookie(web::with_cookie(response, Some(clear)), set.clone())
+    };
+    if !web::csrf_ok(&state, &headers, form.get("csrf")) {
+        return expired("The form expired. Please sign in again.");
+    }
+    let Some(challenge) = read_challenge(&state, &headers, now) else {
+        return expired("Your sign-in took too long. Please sign in again.");
+    };
+    let user = match state.directory.user(&challenge.u).await {
+        Ok(Some(user)) if !user.disabled && !user.must_reset_password => user,
+        Ok(_) => return expired("Please sign in again."),
+        Err(e) => {
+            tracing::warn!(error = %e, "mfa: store failure");
+            return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+        }
+    };
+    let code = form.get("code").unwrap_or("");
+    let refuse =
+        |message: &str, status| web::with_cookie(code_form(&csrf, Some(message), status), set.clone());
+    if let Err(response) = check_code(&state, &meta, &user, code, now, refuse).await {
+        return response;
+    }
+    // A step-up replaces the password-only session this browser held.
+    if let Some((old, _)) = web::current_session(&state, &headers, now).await
+        && old.user_id == user.id
+        && let Err(e) = state.store.end_login_session(&old.hash, "step_up", now).await
+    {
+        tracing::warn!(error = %e, "cannot end the replaced login session");
+    }
+    let clear = web::set_cookie(&state, challenge_cookie(&state), "", 0);
+    let response = signed_in(&state, &meta, &headers, &user, mfa_amr(), &challenge.r, now).await;
+    web::with_cookie(web::with_cookie(response, Some(clear)), set)
+}
+
+/// For a signed-in user whose session has less than the authorization request asks for: the code form
+/// (a step-up) when the user has a factor, else the account page to enrol one first.
+pub async fn step_up(
+    state: &AppState,
+    headers: &HeaderMap,
+    session: &LoginSession,
+    return_to: &str,
+    now: i64,
+) -> Response {
+    let (csrf, set) = web::csrf_token(state, headers);
+    match has_factor(state, &session.user_id).await {
+        Ok(true) => web::with_cookie(ask(state, &csrf, &session.user_id, return_to, now), set),
+        Ok(false) => {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("return", return_to);
+            let location = format!("/account?{}", query.finish());
+            let mut response = StatusCode::SEE_OTHER.into_response();
+            if let Ok(location) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "step-up: store failure");
+            page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>")
+        }
+    }
+}
+
+/// `GET /account`: who is signed in, their second factors, and the forms that manage them.
+pub async fn account(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let params = Params::parse(query.unwrap_or_default().as_bytes()).unwrap_or_default();
+    let return_to = params.get("return").unwrap_or("");
+    let Some((_, user)) = web::current_session(&state, &headers, now()).await else {
+        return back_to("");
+    };
+    let (csrf, set) = web::csrf_token(&state, &headers);
+    let response = match account_page(&state, &user, &csrf, return_to, None).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::warn!(error = %e, "account: store failure");
+            page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>")
+        }
+    };
+    web::with_cookie(response, set)
+}
+
+async fn account_page(
+    state: &AppState,
+    user: &User,
+    csrf: &str,
+    return_to: &str,
+    notice: Option<&str>,
+) -> Result<Response, StoreError> {
+    let hidden = format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"return\" value=\"{}\">",
+        escape(csrf),
+        escape(return_to)
+    );
+    let notice = notice.map(|n| format!("<p role=\"status\">{}</p>", escape(n))).unwrap_or_default();
+    let required = if return_to.is_empty() {
+        String::new()
+    } else {
+        "<p class=\"error\" role=\"alert\">The application you are signing in to requires two-step \
+         verification. Set it up to continue.</p>"
+            .to_owned()
+    };
+    let factor = if has_factor(state, &user.id).await? {
+        let left = state.store.recovery_codes_left(&user.id).await?;
+        format!(
+            "<p>Two-step verification is <b>on</b> (authenticator app). Recovery codes left: {left}.</p>\
+             <form method=\"post\" action=\"/account/recovery-codes\">{hidden}\
+             <label>Code from your authenticator app <input name=\"code\" autocomplete=\"one-time-code\" \
+             required></label><button type=\"submit\">Make new recovery codes</button></form>"
+        )
+    } else {
+        format!(
+            "{required}<p>Two-step verification is <b>off</b>.</p>\
+             <form method=\"post\" action=\"/account/totp\">{hidden}\
+             <button type=\"submit\">Set up an authenticator app</button></form>"
+        )
+    };
+    let body = format!(
+        "{notice}<p>Signed in as <b>{}</b>.</p><h2>Two-step verification</h2>{factor}",
+        escape(&user.username)
+    );
+    Ok(page(StatusCode::OK, "Your account", &body))
+}
+
+/// The signed-in user of a form posted to an account page, with the form; or the response to send.
+async fn account_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(LoginSession, User, Params), Response> {
+    let form = Params::parse(body).unwrap_or_default();
+    if !web::csrf_ok(state, headers, form.get("csrf")) {
+        return Err(page(
+            StatusCode::BAD_REQUEST,
+            "Request refused",
+            "<p>The form expired. Go back and try again.</p>",
+        ));
+    }
+    match web::current_session(state, headers, now()).await {
+        Some((session, user)) => Ok((session, user, form)),
+        None => Err(back_to("")),
+    }
+}
+
+/// `POST /account/totp`: a new secret to enrol, shown as a QR code, the `otpauth://` URI and the secret
+/// itself, with the form that confirms it by a first code.
+pub async fn begin_totp(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (_, user, form) = match account_form(&state, &headers, &body).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let now = now();
+    let Ok(random) = random_bytes() else {
+        return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+    };
+    let secret = &random[..TOTP_SECRET_BYTES];
+    let stored = match state.kek.seal(&totp_label(&user.id), secret) {
+        Ok(sealed) => state.store.begin_totp(&user.id, &sealed, now).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.0),
+    };
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, "cannot store a TOTP secret being enrolled");
+        return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+    }
+    let uri = factor::otpauth_uri(&issuer_label(&state), &user.username, secret);
+    let (csrf, set) = web::csrf_token(&state, &headers);
+    let body = format!(
+        "<p>Scan this code with your authenticator app, then type the 6-digit code it shows.</p>\
+         <div>{qr}</div>\
+         <p>Cannot scan? Enter this key: <code>{key}</code></p>\
+         <p><small>Or open <a href=\"{uri}\">{uri_text}</a></small></p>\
+         <form method=\"post\" action=\"/account/totp/confirm\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"return\" value=\"{ret}\">\
+         <label>Code <input name=\"code\" autocomplete=\"one-time-code\" inputmode=\"numeric\" required autofocus></label>\
+         <button type=\"submit\">Turn on two-step verification</button></form>",
+        qr = qr_svg(&uri),
+        key = escape(&factor::base32(secret)),
+        uri = escape(&uri),
+        uri_text = escape(&uri),
+        csrf = escape(&csrf),
+        ret = escape(form.get("return").unwrap_or("")),
+    );
+    web::with_cookie(page(StatusCode::OK, "Set up an authenticator app", &body), set)
+}
+
+/// What authenticator apps show as the account's issuer: the issuer's host.
+fn issuer_label(state: &AppState) -> String {
+    let host = state.config.issuer.split("://").nth(1).unwrap_or(&state.config.issuer);
+    format!("Tessera {}", host.split('/').next().unwrap_or(host))
+}
+
+/// The QR code of `text` as inline SVG (no script, no external asset: the page's CSP allows it).
+fn qr_svg(text: &str) -> String {
+    match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(code) => {
+            let svg = code
+                .render::<qrcode::render::svg::Color<'_>>()
+                .min_dimensions(200, 200)
+                .quiet_zone(true)
+                .build();
+            // Inline in HTML: without the XML declaration.
+            match svg.find("<svg") {
+                Some(start) => svg[start..].to_owned(),
+                None => svg,
+            }
+        }
+        Err(_) => "<p>(The QR code cannot be drawn; enter the key below.)</p>".to_owned(),
+    }
+}
+
+/// `POST /account/totp/confirm`: the first code puts the secret in use; the recovery codes are shown once,
+/// and the session is upgraded to a two-factor one.
+pub async fn confirm_totp(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (session, user, form) = match account_form(&state, &headers, &body).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let now = now();
+    let return_to = form.get("return").unwrap_or("").to_owned();
+    let (csrf, set) = web::csrf_token(&state, &headers);
+    let unavailable = || page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+    let pending = match state.store.totp_factor(&user.id).await {
+        Ok(found) => found.and_then(|f| f.pending_sealed),
+        Err(_) => return unavailable(),
+    };
+    let secret = pending.and_then(|sealed| state.kek.open(&totp_label(&user.id), &sealed).ok());
+    let step = secret.as_ref().and_then(|s| factor::totp_check(s, form.get("code").unwrap_or(""), now, 0));
+    let Some(step) = step else {
+        state
+            .event(Event {
+                kind: "mfa_failure".into(),
+                sub: Some(user.id.clone()),
+                reason: Some("enrolment_code".into()),
+                outcome: Some("failure".into()),
+                ..meta.event(now)
+            })
+            .await;
+        let message = "That code did not match. Set up the app again and type the code it shows.";
+        return match account_page(&state, &user, &csrf, &return_to, Some(message)).await {
+            Ok(response) => web::with_cookie(response, set),
+            Err(_) => unavailable(),
+        };
+    };
+    let Some((codes, hashes)) = new_recovery_codes() else { return unavailable() };
+    match state.store.confirm_totp(&user.id, step, &hashes, now).await {
+        Ok(true) => {}
+        Ok(false) | Err(_) => return unavailable(),
+    }
+    state
+        .event(Event {
+            kind: "mfa_success".into(),
+            sub: Some(user.id.clone()),
+            reason: Some("totp_enrolled".into()),
+            outcome: Some("success".into()),
+            ..meta.event(now)
+        })
+        .await;
+    // The code just typed proves the factor: the session becomes a two-factor one.
+    let cookie = open_session(&state, &user, mfa_amr(), now).await;
+    if cookie.is_some()
+        && let Err(e) = state.store.end_login_session(&session.hash, "step_up", now).await
+    {
+        tracing::warn!(error = %e, "cannot end the replaced login session");
+    }
+    let response = recovery_page(&codes, &return_to, "Two-step verification is on.");
+    web::with_cookie(web::with_cookie(response, cookie), set)
+}
+
+/// `POST /account/recovery-codes`: with a current code, replaces every recovery code with 10 new ones,
+/// shown once.
+pub async fn regenerate_recovery_codes(
+    State(state): State<Arc<AppState>>,
+    meta: RequestMeta,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (_, user, form) = match account_form(&state, &headers, &body).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let now = now();
+    let return_to = form.get("return").unwrap_or("").to_owned();
+    let (_, set) = web::csrf_token(&state, &headers);
+    let code = form.get("code").unwrap_or("");
+    // Only a current authenticator code: a recovery code cannot mint more recovery codes.
+    if factor::normalize_recovery_code(code).is_some() {
+        return web::with_cookie(
+            page(
+                StatusCode::OK,
+                "Your account",
+                "<p class=\"error\">Type the code from your authenticator app.</p>",
+            ),
+            set,
+        );
+    }
+    let refuse = |message: &str, status: StatusCode| {
+        let body = format!(
+            "<p class=\"error\" role=\"alert\">{}</p><p><a href=\"/account\">Back</a></p>",
+            escape(message)
+        );
+        web::with_cookie(page(status, "Your account", &body), set.clone())
+    };
+    if let Err(response) = check_code(&state, &meta, &user, code, now, refuse).await {
+        return response;
+    }
+    let Some((codes, hashes)) = new_recovery_codes() else {
+        return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+    };
+    if state.store.replace_recovery_codes(&user.id, &hashes, now).await.is_err() {
+        return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+    }
+    state
+        .event(Event {
+            kind: "mfa_success".into(),
+            sub: Some(user.id.clone()),
+            reason: Some("recovery_codes_replaced".into()),
+            outcome: Some("success".into()),
+            ..meta.event(now)
+        })
+        .await;
+    web::with_cookie(
+        recovery_page(&codes, &return_to, "New recovery codes are ready; the old ones no longer work."),
+        set,
+    )
+}
+
+/// Ten new recovery codes and their hashes.
+fn new_recovery_codes() -> Option<(Vec<String>, Vec<TokenHash>)> {
+    let mut codes = Vec::with_capacity(RECOVERY_CODES);
+    for _ in 0..RECOVERY_CODES {
+        let random = random_bytes().ok()?;
+        let mut ten = [0u8; 10];
+        ten.copy_from_slice(&random[..10]);
+        codes.push(factor::recovery_code(&ten));
+    }
+    let hashes = codes.iter().map(|c| TokenHash::of(c)).collect();
+    Some((codes, hashes))
+}
+
+/// The recovery codes, shown this once, and the way on.
+fn recovery_page(codes: &[String], return_to: &str, headline: &str) -> Response {
+    let list: String = codes.iter().map(|c| format!("<li><code>{}</code></li>", escape(c))).collect();
+    let next = if return_to.is_empty() { "/account".to_owned() } else { format!("/authorize?{return_to}") };
+    let body = format!(
+        "<p role=\"status\">{}</p><p>Keep these recovery codes somewhere safe. Each signs you in once if \
+         you lose your device. They are shown only now.</p><ol class=\"recovery-codes\">{list}</ol>\
+         <p><a href=\"{}\">Continue</a></p>",
+        escape(headline),
+        escape(&next)
+    );
+    page(StatusCode::OK, "Recovery codes", &body)
+}
