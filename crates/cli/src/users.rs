@@ -142,16 +142,18 @@ fn read_password(prompt: &str) -> Result<Zeroizing<String>, Failure> {
             .map_err(|e| Failure::usage(format!("cannot read the password from stdin: {}", e.kind())))?;
         Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_owned())
     };
-    if password.chars().count() < 8 {
-        return Err(Failure::usage("the password must be at least 8 characters"));
-    }
-    if password.len() > 1024 {
-        return Err(Failure::usage("the password must be at most 1024 bytes"));
-    }
     Ok(password)
 }
 
-fn hash(password: &str) -> Result<String, Failure> {
+/// Checks a new password against the configured rules (length, the user's name, the breached list), then
+/// hashes it.
+async fn checked_hash(
+    config: &tessera_server::Config,
+    username: &str,
+    password: &str,
+) -> Result<String, Failure> {
+    let rules = tessera_server::passwords::Rules::new(&config.passwords).map_err(Failure::usage)?;
+    rules.check(username, password).await.map_err(Failure::usage)?;
     tessera_server::passwords::hash_blocking(password).map_err(Failure::usage)
 }
 
@@ -187,8 +189,8 @@ pub(crate) fn user(cmd: UserCommand) -> Result<(), Failure> {
         UserCommand::Add { username, roles, cfg } => {
             valid_username(&username)?;
             let password = read_password(&format!("Password for {username}: "))?;
-            let password_hash = hash(&password)?;
-            with_store(&cfg, |store, _| async move {
+            with_store(&cfg, |store, config| async move {
+                let password_hash = checked_hash(&config, &username, &password).await?;
                 let now = tessera_server::now();
                 let id = tessera_server::crypto::random_id().map_err(|e| Failure::usage(e.0))?;
                 let mut roles = roles;
@@ -265,8 +267,8 @@ pub(crate) fn user(cmd: UserCommand) -> Result<(), Failure> {
         }),
         UserCommand::SetPassword { username, cfg } => {
             let password = read_password(&format!("New password for {username}: "))?;
-            let password_hash = hash(&password)?;
-            with_store(&cfg, |store, _| async move {
+            with_store(&cfg, |store, config| async move {
+                let password_hash = checked_hash(&config, &username, &password).await?;
                 let u = find(&*store, &username).await?;
                 let seq = store
                     .set_password(&u.id, &password_hash, tessera_server::now())

@@ -201,7 +201,17 @@ fn management_commands_do_what_an_operator_types() {
     assert!(out.contains("username: alice") && out.contains("roles: admin"));
     let (code, _, err) = run(d, &[], &["user", "add", "bob"], "short\n");
     assert_eq!(code, 2);
-    assert_eq!(err.trim(), "error: the password must be at least 8 characters");
+    assert_eq!(err.trim(), "error: the password must be at least 15 characters");
+    // The shipped sample of breached passwords refuses a long but well-known one.
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/breached-passwords-sample.txt");
+    let with_list = [("TESSERA_PASSWORDS_BREACHED_LIST", sample)];
+    let (code, _, err) = run(d, &with_list, &["user", "add", "carol"], "correct horse battery staple\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("appears in a list of breached passwords"), "{err}");
+    let missing = [("TESSERA_PASSWORDS_BREACHED_LIST", "/nonexistent")];
+    let (code, _, err) = run(d, &missing, &["user", "add", "dave"], "a long enough password\n");
+    assert_eq!(code, 2, "a configured list that is missing is an error");
+    assert!(err.contains("passwords.breached_list"), "{err}");
     let (code, _, err) = run(d, &[], &["user", "add", "alice"], "another long password\n");
     assert_eq!((code, err.trim()), (2, "error: user alice already exists"));
     let (_, list, _) = run(d, &[], &["user", "list"], "");

@@ -74,6 +74,8 @@ pub struct Config {
     pub geoip: crate::geoip::GeoConfig,
     /// Sign-in throttling and lockout (`[login]`; `TESSERA_LOGIN_<KEY>`).
     pub login: tessera_core::throttle::Policy,
+    /// What a new password must be (`[passwords]`; `TESSERA_PASSWORDS_<KEY>`).
+    pub passwords: crate::passwords::PasswordConfig,
 }
 
 impl Default for Config {
@@ -105,6 +107,7 @@ impl Default for Config {
             alerts: crate::alerts::AlertConfig::default(),
             geoip: crate::geoip::GeoConfig::default(),
             login: tessera_core::throttle::Policy::default(),
+            passwords: crate::passwords::PasswordConfig::default(),
         }
     }
 }
@@ -310,6 +313,9 @@ impl Config {
         }
         self.responses.check().map_err(ConfigError)?;
         self.login.check().map_err(ConfigError)?;
+        if !(8..=256).contains(&self.passwords.min_length) {
+            return bad("passwords.min_length", "must be between 8 and 256");
+        }
         self.alerts.check().map_err(ConfigError)?;
         for proxy in &self.trusted_proxies {
             if tessera_core::net::parse_source(proxy).is_none() {

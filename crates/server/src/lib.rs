@@ -81,6 +81,8 @@ pub struct AppState {
     pub alerts_due: tokio::sync::Notify,
     /// The operator's GeoIP databases, when configured.
     pub geo: Option<geoip::GeoIp>,
+    /// What a new password must be.
+    pub password_rules: passwords::Rules,
     /// Takes this node's login-throttle updates one at a time (see [`throttle`]).
     throttle_turn: tokio::sync::Mutex<()>,
     /// The proxies whose `X-Forwarded-For` is believed.
@@ -257,6 +259,7 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
     }
     let keyring = Keyring::load(&*store, &kek).await.map_err(start_error)?;
     let passwords = Passwords::new(config.password_hash_concurrency).map_err(StartError)?;
+    let password_rules = passwords::Rules::new(&config.passwords).map_err(StartError)?;
     let discovery = routes::discovery_document(&config.issuer, &keyring.signer().alg().to_string());
     let head = store.revocation_seq().await.map_err(start_error)?;
     let live = store.live_revocations(now).await.map_err(start_error)?;
@@ -277,6 +280,7 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
         closing: tokio::sync::watch::channel(false).0,
         alerts_due: tokio::sync::Notify::new(),
         geo,
+        password_rules,
         throttle_turn: tokio::sync::Mutex::new(()),
         trusted_proxies,
         discovery,
