@@ -456,13 +456,12 @@ pub async fn login(
         throttle::passed(&state, &keys).await;
     }
     let user = match user.clone() {
-        Some(user) if verified && !user.disabled && !user.must_reset_password => user,
+        Some(user) if verified && !user.disabled => user,
         other => {
             state.metrics.login_failure();
             let reason = match &other {
                 None => "unknown_user",
                 Some(u) if u.disabled => "user_disabled",
-                Some(u) if verified && u.must_reset_password => "password_reset_required",
                 Some(_) => "wrong_password",
             };
             state.event(failure(reason, pseudonym.clone())).await;
@@ -470,13 +469,8 @@ pub async fn login(
                 record_locks(&state, failure("", pseudonym.clone()), (account_locks, source_locks), now)
                     .await;
             }
-            // Only someone who knows the password learns that it must be reset.
-            let message = if reason == "password_reset_required" {
-                "This password must be changed before you can sign in. Ask your administrator to reset it."
-            } else {
-                "Invalid username or password."
-            };
-            let response = web::login_form(&csrf, &return_to, Some(message), StatusCode::OK);
+            let response =
+                web::login_form(&csrf, &return_to, Some("Invalid username or password."), StatusCode::OK);
             return web::with_cookie(response, set);
         }
     };
@@ -488,10 +482,20 @@ pub async fn login(
             return unavailable();
         }
     };
+    if user.must_reset_password {
+        // A forced reset: every factor the user has, then a new password, then the session. Only someone
+        // who knows the password learns that it must change.
+        if has_factor {
+            return web::with_cookie(mfa::ask(&state, &csrf, &user.id, &return_to, true, now), set);
+        }
+        let next =
+            mfa::Challenge { u: user.id.clone(), r: return_to, t: now, p: true, a: vec!["pwd".into()] };
+        return web::with_cookie(crate::password::new_password_form(&state, &csrf, &next, None), set);
+    }
     let (policy, acr_values) = requested_mfa(&state, &return_to).await;
     if tessera_core::mfa::needs_second_factor(policy, acr_values.as_deref(), has_factor, false) && has_factor
     {
-        return web::with_cookie(mfa::ask(&state, &csrf, &user.id, &return_to, now), set);
+        return web::with_cookie(mfa::ask(&state, &csrf, &user.id, &return_to, false, now), set);
     }
     // Without a factor where one is required, the user signs in with the password and enrols one before
     // the authorization request goes on (`authorize` sends them to the account page).

@@ -20,6 +20,7 @@ pub mod keyring;
 pub mod metrics;
 pub mod mfa;
 pub mod oauth;
+mod password;
 pub mod passwords;
 pub mod response;
 mod routes;
@@ -351,6 +352,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/authorize", get(authorize::authorize).post(authorize::consent))
         .route("/login", get(authorize::login_page).post(authorize::login))
         .route("/login/mfa", post(mfa::submit))
+        .route("/login/password", post(password::forced_reset))
+        .route("/account/password", post(password::change))
         .route("/account", get(mfa::account))
         .route("/account/totp", post(mfa::begin_totp))
         .route("/account/totp/confirm", post(mfa::confirm_totp))

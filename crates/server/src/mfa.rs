@@ -41,15 +41,36 @@ fn challenge_cookie(state: &AppState) -> &'static str {
     if state.config.is_https() { "__Host-tessera_mfa" } else { "tessera_mfa" }
 }
 
-/// The sealed state between the password and the code.
+/// The sealed state between the password and what must follow it before a session: the code, a new
+/// password (a forced reset), or both.
 #[derive(Serialize, Deserialize)]
-struct Challenge {
+pub(crate) struct Challenge {
     /// The user.
-    u: String,
+    pub u: String,
     /// The authorization request to return to.
-    r: String,
+    pub r: String,
     /// When the password was checked.
-    t: i64,
+    pub t: i64,
+    /// A new password must be set before the session (`must_reset_password`).
+    #[serde(default)]
+    pub p: bool,
+    /// The methods shown so far, once every factor the user has was shown (the session's `amr`); empty
+    /// while the code is still due.
+    #[serde(default)]
+    pub a: Vec<String>,
+}
+
+/// The `Set-Cookie` carrying `challenge`, sealed.
+pub(crate) fn seal_challenge(state: &AppState, challenge: &Challenge) -> Option<HeaderValue> {
+    let json = serde_json::to_vec(challenge).ok()?;
+    let sealed = state.kek.seal(CHALLENGE_LABEL, &json).ok()?;
+    let value = tessera_token::b64::encode(&sealed);
+    Some(web::set_cookie(state, challenge_cookie(state), &value, CHALLENGE_TTL))
+}
+
+/// The `Set-Cookie` that removes the challenge.
+pub(crate) fn clear_challenge(state: &AppState) -> HeaderValue {
+    web::set_cookie(state, challenge_cookie(state), "", 0)
 }
 
 /// Whether the user has a confirmed second factor.
@@ -62,17 +83,14 @@ pub async fn has_factor(state: &AppState, user_id: &str) -> Result<bool, StoreEr
 
 /// The code form, with the challenge cookie for `user_id` (who has just shown the password, or holds a
 /// session that needs more) returning to `return_to`.
-pub fn ask(state: &AppState, csrf: &str, user_id: &str, return_to: &str, now: i64) -> Response {
+/// With `reset`, a new password is due after the code.
+pub fn ask(state: &AppState, csrf: &str, user_id: &str, return_to: &str, reset: bool, now: i64) -> Response {
     let return_to = if return_to.len() > MAX_RETURN { "" } else { return_to };
-    let challenge = Challenge { u: user_id.to_owned(), r: return_to.to_owned(), t: now };
-    let sealed = serde_json::to_vec(&challenge)
-        .map_err(|e| e.to_string())
-        .and_then(|json| state.kek.seal(CHALLENGE_LABEL, &json).map_err(|e| e.0));
-    let Ok(sealed) = sealed else {
+    let challenge =
+        Challenge { u: user_id.to_owned(), r: return_to.to_owned(), t: now, p: reset, a: Vec::new() };
+    let Some(cookie) = seal_challenge(state, &challenge) else {
         return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
     };
-    let value = tessera_token::b64::encode(&sealed);
-    let cookie = web::set_cookie(state, challenge_cookie(state), &value, CHALLENGE_TTL);
     web::with_cookie(code_form(csrf, None, StatusCode::OK), Some(cookie))
 }
 
@@ -93,7 +111,7 @@ fn code_form(csrf: &str, error: Option<&str>, status: StatusCode) -> Response {
 }
 
 /// The challenge the browser holds, if it is ours and fresh.
-fn read_challenge(state: &AppState, headers: &HeaderMap, now: i64) -> Option<Challenge> {
+pub(crate) fn read_challenge(state: &AppState, headers: &HeaderMap, now: i64) -> Option<Challenge> {
     let value = web::cookie(headers, challenge_cookie(state))?;
     let sealed = tessera_token::b64::decode(value).ok()?;
     let json = state.kek.open(CHALLENGE_LABEL, &sealed).ok()?;
@@ -212,11 +230,11 @@ pub async fn submit(
     if !web::csrf_ok(&state, &headers, form.get("csrf")) {
         return expired("The form expired. Please sign in again.");
     }
-    let Some(challenge) = read_challenge(&state, &headers, now) else {
+    let Some(challenge) = read_challenge(&state, &headers, now).filter(|c| c.a.is_empty()) else {
         return expired("Your sign-in took too long. Please sign in again.");
     };
     let user = match state.directory.user(&challenge.u).await {
-        Ok(Some(user)) if !user.disabled && !user.must_reset_password => user,
+        Ok(Some(user)) if !user.disabled && user.must_reset_password == challenge.p => user,
         Ok(_) => return expired("Please sign in again."),
         Err(e) => {
             tracing::warn!(error = %e, "mfa: store failure");
@@ -236,9 +254,13 @@ pub async fn submit(
     {
         tracing::warn!(error = %e, "cannot end the replaced login session");
     }
-    let clear = web::set_cookie(&state, challenge_cookie(&state), "", 0);
+    if challenge.p {
+        // A forced reset: the new password next, now that every factor was shown.
+        let next = Challenge { a: mfa_amr(), t: now, ..challenge };
+        return web::with_cookie(crate::password::new_password_form(&state, &csrf, &next, None), set);
+    }
     let response = signed_in(&state, &meta, &headers, &user, mfa_amr(), &challenge.r, now).await;
-    web::with_cookie(web::with_cookie(response, Some(clear)), set)
+    web::with_cookie(web::with_cookie(response, Some(clear_challenge(&state))), set)
 }
 
 /// For a signed-in user whose session has less than the authorization request asks for: the code form
@@ -252,7 +274,7 @@ pub async fn step_up(
 ) -> Response {
     let (csrf, set) = web::csrf_token(state, headers);
     match has_factor(state, &session.user_id).await {
-        Ok(true) => web::with_cookie(ask(state, &csrf, &session.user_id, return_to, now), set),
+        Ok(true) => web::with_cookie(ask(state, &csrf, &session.user_id, return_to, false, now), set),
         Ok(false) => {
             let mut query = form_urlencoded::Serializer::new(String::new());
             query.append_pair("return", return_to);
@@ -292,7 +314,7 @@ pub async fn account(
     web::with_cookie(response, set)
 }
 
-async fn account_page(
+pub(crate) async fn account_page(
     state: &AppState,
     user: &User,
     csrf: &str,
@@ -328,14 +350,15 @@ async fn account_page(
         )
     };
     let body = format!(
-        "{notice}<p>Signed in as <b>{}</b>.</p><h2>Two-step verification</h2>{factor}",
-        escape(&user.username)
+        "{notice}<p>Signed in as <b>{}</b>.</p><h2>Two-step verification</h2>{factor}{}",
+        escape(&user.username),
+        crate::password::change_form(&hidden)
     );
     Ok(page(StatusCode::OK, "Your account", &body))
 }
 
 /// The signed-in user of a form posted to an account page, with the form; or the response to send.
-async fn account_form(
+pub(crate) async fn account_form(
     state: &AppState,
     headers: &HeaderMap,
     body: &Bytes,

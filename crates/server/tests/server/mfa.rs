@@ -14,6 +14,8 @@ crate::on_both_backends!(
     recovery_codes_sign_in_once_each_and_can_be_replaced,
     mfa_required_client_sends_a_user_without_a_factor_to_enrol_first,
     acr_values_and_a_new_factor_step_up_an_existing_password_session,
+    forced_reset_asks_the_second_factor_before_the_new_password,
+    changing_the_password_signs_out_every_other_session_and_revokes_their_tokens,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,4 +305,65 @@ async fn wrong_codes_are_throttled_like_wrong_passwords(backend: crate::common::
     let failures = s.state.store.recent_events(Some("mfa_failure"), 10).await.unwrap();
     assert_eq!(failures[0].reason.as_deref(), Some("throttled"));
     server.finish().await;
+}
+
+async fn forced_reset_asks_the_second_factor_before_the_new_password(s: &Server) {
+    let client = setup(s).await;
+    let first = password_session(s, &client).await;
+    let (secret, _, _) = enrol(s, &first, "/account").await;
+    let alice = s.state.store.user_by_name("alice").await.unwrap().unwrap();
+    s.state.store.revoke_user(&alice.id, "detection_brute_force", true, tessera_server::now()).await.unwrap();
+    s.state.directory.invalidate();
+    let browser = Browser::default();
+    let (url, verifier) = request(&client, &[]);
+    // Knowing the old password is not enough to choose the new one: the code comes first.
+    let form = password_then_code_form(s, &browser, &url).await;
+    let page = submit_code(s, &browser, &form, &code(&secret, 1)).await;
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("action=\"/login/password\""), "{page}");
+    let fields =
+        [("new_password", "a brand new passphrase"), ("new_password_again", "a brand new passphrase")];
+    let done = post_form(s, &browser, &page, "/login/password", &fields).await;
+    let tokens = finish(s, &browser, done, &client, verifier).await;
+    assert_eq!(claims(tokens.access_token().secret())["acr"], "urn:tessera:acr:mfa");
+}
+
+async fn changing_the_password_signs_out_every_other_session_and_revokes_their_tokens(s: &Server) {
+    let client = setup(s).await;
+    let other = password_session(s, &client).await;
+    let old_tokens = crate::browser_flow::tokens(s, &client).await;
+    let browser = password_session(s, &client).await;
+    let account = browser.get(&s.url("/account")).await.text().await.unwrap();
+    assert!(
+        account.contains("autocomplete=\"current-password\"")
+            && account.contains("autocomplete=\"new-password\"")
+    );
+    let change = |current: &'static str, new: &'static str| {
+        let account = account.clone();
+        let browser = &browser;
+        async move {
+            let fields = [("current_password", current), ("new_password", new), ("new_password_again", new)];
+            post_form(s, browser, &account, "/account/password", &fields).await.text().await.unwrap()
+        }
+    };
+    assert!(
+        change("not my password", "a brand new passphrase").await.contains("current password is not right")
+    );
+    assert!(change(PASSWORD, "alice").await.contains("at least 15 characters"));
+    let done = change(PASSWORD, "a brand new passphrase").await;
+    assert!(done.contains("Your password is changed"), "{done}");
+    // This browser goes on; the other is signed out and its refresh token is dead.
+    assert_eq!(browser.get(&s.url("/account")).await.status(), 200);
+    assert_eq!(other.get(&s.url("/account")).await.status(), 303, "the other session is signed out");
+    let refreshed = client
+        .exchange_refresh_token(old_tokens.refresh_token().unwrap())
+        .request_async(&crate::common::http())
+        .await;
+    assert!(refreshed.is_err(), "the other session's refresh token is revoked");
+    let changed = s.state.store.recent_events(Some("password_changed"), 5).await.unwrap();
+    assert_eq!(changed[0].reason.as_deref(), Some("self_service"));
+    assert!(changed[0].detail.as_deref().unwrap().contains("revocation_seq"));
+    let failures = s.state.store.recent_events(Some("login_failure"), 5).await.unwrap();
+    assert_eq!(failures[0].reason.as_deref(), Some("wrong_current_password"));
 }

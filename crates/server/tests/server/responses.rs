@@ -31,19 +31,39 @@ async fn forced_password_reset_refuses_sign_in_until_a_new_password_is_set(s: &S
     assert_eq!(log_in(s, PASSWORD).await.0, 303, "signs in before");
     s.state.store.revoke_user(&alice.id, "detection_brute_force", true, tessera_server::now()).await.unwrap();
     s.state.directory.invalidate();
-    let (status, page) = log_in(s, PASSWORD).await;
-    assert_eq!(status, 200, "no session");
-    assert!(page.contains("must be changed"), "{page}");
     let (_, wrong) = log_in(s, "not the password").await;
     assert!(
         wrong.contains("Invalid username or password") && !wrong.contains("must be changed"),
         "only the password's holder learns it must change"
     );
-    let failures = s.state.store.recent_events(Some("login_failure"), 5).await.unwrap();
-    assert!(failures.iter().any(|e| e.reason.as_deref() == Some("password_reset_required")));
-    let hash =
-        s.state.passwords.hash(zeroize::Zeroizing::new("a brand new passphrase".to_owned())).await.unwrap();
-    s.state.store.set_password(&alice.id, &hash, tessera_server::now()).await.unwrap();
+    // The right password leads to the set-new-password form, and no session yet.
+    let browser = Browser::default();
+    let html = browser.get(&s.url("/login")).await.text().await.unwrap();
+    let csrf = hidden(&html, "csrf");
+    let form = [("csrf", csrf.as_str()), ("return", ""), ("username", "alice"), ("password", PASSWORD)];
+    let r = browser.post(&s.url("/login"), &form).await;
+    assert_eq!(r.status(), 200);
+    assert!(browser.last_set_cookies.lock().unwrap().iter().all(|c| !c.starts_with("tessera_session=")));
+    let page = r.text().await.unwrap();
+    assert!(page.contains("must be changed") && page.contains("autocomplete=\"new-password\""), "{page}");
+    let set = |new: &'static str, again: &'static str| {
+        let csrf = csrf.clone();
+        let browser = &browser;
+        async move {
+            let form = [("csrf", csrf.as_str()), ("new_password", new), ("new_password_again", again)];
+            browser.post(&s.url("/login/password"), &form).await
+        }
+    };
+    let short = set("too short", "too short").await.text().await.unwrap();
+    assert!(short.contains("at least 15 characters"), "{short}");
+    let differ = set("a brand new passphrase", "a brand new passphrasf").await.text().await.unwrap();
+    assert!(differ.contains("differ"), "{differ}");
+    let done = set("a brand new passphrase", "a brand new passphrase").await;
+    assert_eq!(done.status(), 303, "the new password, then the session");
+    let changed = s.state.store.recent_events(Some("password_changed"), 5).await.unwrap();
+    assert_eq!(changed[0].reason.as_deref(), Some("forced_reset"));
+    assert!(!s.state.store.user_by_id(&alice.id).await.unwrap().unwrap().must_reset_password);
+    assert_eq!(log_in(s, PASSWORD).await.0, 200, "the old password is gone");
     assert_eq!(log_in(s, "a brand new passphrase").await.0, 303, "a new password clears the reset");
 }
 
