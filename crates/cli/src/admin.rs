@@ -195,9 +195,9 @@ pub(crate) enum DpopArg {
 pub(crate) enum MfaArg {
     /// At every sign-in; a user without a factor enrols one first.
     Required,
-    /// When the sign-in looks risky (and always for users who enrolled a factor).
+    /// When the sign-in looks risky: a new device, among other signals (the default).
     Risky,
-    /// Never asked for by this client (users who enrolled a factor are still asked).
+    /// Never asked for by this client's sign-ins (a request's acr_values still can).
     Off,
 }
 

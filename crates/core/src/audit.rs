@@ -20,6 +20,8 @@ pub enum EventKind {
     LoginFailure,
     /// Sign-in for an account or from a source was locked after too many failures.
     LoginLocked,
+    /// A sign-in whose password was right was scored: the decision and its reasons.
+    LoginRisk,
     /// A second factor was accepted.
     MfaSuccess,
     /// A second factor was refused.
@@ -60,10 +62,11 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in a stable order.
-    pub const ALL: [EventKind; 21] = [
+    pub const ALL: [EventKind; 22] = [
         EventKind::LoginSuccess,
         EventKind::LoginFailure,
         EventKind::LoginLocked,
+        EventKind::LoginRisk,
         EventKind::MfaSuccess,
         EventKind::MfaFailure,
         EventKind::Logout,
@@ -90,6 +93,7 @@ impl EventKind {
             EventKind::LoginSuccess => "login_success",
             EventKind::LoginFailure => "login_failure",
             EventKind::LoginLocked => "login_locked",
+            EventKind::LoginRisk => "login_risk",
             EventKind::MfaSuccess => "mfa_success",
             EventKind::MfaFailure => "mfa_failure",
             EventKind::Logout => "logout",

@@ -12,6 +12,7 @@ pub mod mfa;
 pub mod model;
 pub mod net;
 pub mod replay;
+pub mod risk;
 pub mod secret;
 pub mod throttle;
 

@@ -139,10 +139,11 @@ pub fn acr_for(amr: &[String]) -> Option<&'static str> {
 pub enum MfaPolicy {
     /// At every sign-in; a user without a factor must enrol one first.
     Required,
-    /// When the sign-in's risk asks for it, and always for a user who has enrolled a factor.
+    /// When the sign-in's risk asks for it (a device not seen before, among other signals): a user with a
+    /// factor on a known device and network signs in with the password.
     #[default]
     Risky,
-    /// Never asked for by this client (a user's enrolled factor is still asked for at sign-in).
+    /// Never asked for by this client's sign-ins (a request's `acr_values` still can).
     Off,
 }
 
@@ -162,17 +163,15 @@ impl MfaPolicy {
     }
 }
 
-/// Whether a sign-in for a client under `policy` needs a second factor: always when the user has one
-/// (an attacker with the password must not pick the weakest client), when the policy requires it, when the
-/// request's `acr_values` ask for [`ACR_MFA`], or when the risk asks for it and the policy is not off.
-pub fn needs_second_factor(
-    policy: MfaPolicy,
-    acr_values: Option<&str>,
-    has_factor: bool,
-    risky: bool,
-) -> bool {
-    let asked = acr_values.is_some_and(|v| v.split(' ').any(|a| a == ACR_MFA));
-    has_factor || asked || policy == MfaPolicy::Required || (risky && policy != MfaPolicy::Off)
+/// Whether a sign-in for a client under `policy` needs a second factor: when the policy requires it, when
+/// the request's `acr_values` ask for [`ACR_MFA`], or when the risk asks for it and the policy is `risky`.
+pub fn needs_second_factor(policy: MfaPolicy, acr_values: Option<&str>, risky: bool) -> bool {
+    policy == MfaPolicy::Required || asks_for_mfa(acr_values) || (risky && policy == MfaPolicy::Risky)
+}
+
+/// Whether `acr_values` ask for [`ACR_MFA`].
+pub fn asks_for_mfa(acr_values: Option<&str>) -> bool {
+    acr_values.is_some_and(|v| v.split(' ').any(|a| a == ACR_MFA))
 }
 
 #[cfg(test)]
@@ -248,12 +247,12 @@ mod tests {
         assert_eq!(acr_for(&amr(&["pwd", "otp", "mfa"])), Some(ACR_MFA));
         assert_eq!(acr_for(&amr(&["pwd"])), Some(ACR_PASSWORD));
         assert_eq!(acr_for(&[]), None);
-        assert!(needs_second_factor(MfaPolicy::Off, None, true, false), "an enrolled factor is always asked");
-        assert!(needs_second_factor(MfaPolicy::Required, None, false, false));
-        assert!(needs_second_factor(MfaPolicy::Risky, None, false, true));
-        assert!(!needs_second_factor(MfaPolicy::Off, None, false, true));
-        assert!(needs_second_factor(MfaPolicy::Off, Some("x urn:tessera:acr:mfa"), false, false));
-        assert!(!needs_second_factor(MfaPolicy::Risky, Some(ACR_PASSWORD), false, false));
+        assert!(needs_second_factor(MfaPolicy::Required, None, false));
+        assert!(needs_second_factor(MfaPolicy::Risky, None, true));
+        assert!(!needs_second_factor(MfaPolicy::Risky, None, false), "a familiar sign-in is not asked");
+        assert!(!needs_second_factor(MfaPolicy::Off, None, true));
+        assert!(needs_second_factor(MfaPolicy::Off, Some("x urn:tessera:acr:mfa"), false));
+        assert!(!needs_second_factor(MfaPolicy::Risky, Some(ACR_PASSWORD), false));
         assert_eq!(MfaPolicy::parse("required"), Some(MfaPolicy::Required));
         assert_eq!(MfaPolicy::parse("sometimes"), None);
     }

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tessera_core::flow::{self, FlowError};
 use tessera_core::mfa::MfaPolicy;
+use tessera_core::risk::Decision;
 use tessera_core::{GrantType, SecretKind};
 use tessera_store::{AuthCode, Client, Event, LoginSession, User};
 use tessera_token::{KeySet, UnverifiedJwt};
@@ -210,20 +211,8 @@ pub async fn authorize(
             // A session without a second factor, for a request that needs one: step up first.
             let has_mfa = session.amr.iter().any(|m| m == "mfa");
             if !has_mfa {
-                let has_factor = match mfa::has_factor(&state, &user.id).await {
-                    Ok(has) => has,
-                    Err(_) => {
-                        return AuthzError::Page("The service is temporarily unavailable. Try again later.")
-                            .into_response(&state);
-                    }
-                };
                 let policy = request.client.mfa;
-                if tessera_core::mfa::needs_second_factor(
-                    policy,
-                    request.acr_values.as_deref(),
-                    has_factor,
-                    false,
-                ) {
+                if tessera_core::mfa::needs_second_factor(policy, request.acr_values.as_deref(), false) {
                     if request.prompt.iter().any(|p| p == "none") {
                         return AuthzError::Redirect {
                             redirect_uri: request.redirect_uri,
@@ -452,7 +441,9 @@ pub async fn login(
     };
     state.metrics.password_check();
     let verified = state.passwords.verify(user.as_ref().map(|u| u.password_hash.as_str()), password).await;
+    let mut failures = (0, 0);
     if verified {
+        failures = throttle::failures(&state, &keys, now).await;
         throttle::passed(&state, &keys).await;
     }
     let user = match user.clone() {
@@ -492,9 +483,50 @@ pub async fn login(
             mfa::Challenge { u: user.id.clone(), r: return_to, t: now, p: true, a: vec!["pwd".into()] };
         return web::with_cookie(crate::password::new_password_form(&state, &csrf, &next, None), set);
     }
+    // The sign-in's risk, from its device, network, place and the user's history: the decision and its
+    // reasons go to the audit log; the user sees only what they must do.
+    let device = web::device(&state, &headers).map(|(hash, _)| hash);
+    let login = Event {
+        kind: "login_success".into(),
+        sub: Some(user.id.clone()),
+        detail: Some(with_place(&state, &meta, serde_json::json!({ "device": device })).to_string()),
+        ..meta.event(now)
+    };
+    let assessment = match crate::risk::assess(&state, &meta, &user, &login, failures).await {
+        Ok(assessment) => assessment,
+        Err(e) => {
+            tracing::warn!(error = %e, "login: store failure");
+            return unavailable();
+        }
+    };
+    let risky = assessment.decision == Decision::RequireMfa;
     let (policy, acr_values) = requested_mfa(&state, &return_to).await;
-    if tessera_core::mfa::needs_second_factor(policy, acr_values.as_deref(), has_factor, false) && has_factor
-    {
+    let needs = tessera_core::mfa::needs_second_factor(policy, acr_values.as_deref(), risky);
+    let risk_detail = serde_json::json!({
+        "score": assessment.score,
+        "reasons": assessment.reasons,
+        // Risk asked for a second factor the user has not enrolled: the sign-in goes on with the password.
+        "mfa_unavailable": risky && !has_factor,
+    });
+    state
+        .event(Event {
+            kind: "login_risk".into(),
+            sub: Some(user.id.clone()),
+            reason: Some(assessment.decision.name().into()),
+            detail: Some(risk_detail.to_string()),
+            ..meta.event(now)
+        })
+        .await;
+    if assessment.decision == Decision::Deny {
+        state.metrics.login_failure();
+        state.event(failure("risk_denied", pseudonym.clone())).await;
+        let message = "This sign-in was refused. If it was you, contact your administrator.";
+        return web::with_cookie(
+            web::login_form(&csrf, &return_to, Some(message), StatusCode::FORBIDDEN),
+            set,
+        );
+    }
+    if needs && has_factor {
         return web::with_cookie(mfa::ask(&state, &csrf, &user.id, &return_to, false, now), set);
     }
     // Without a factor where one is required, the user signs in with the password and enrols one before
@@ -529,12 +561,13 @@ pub(crate) async fn signed_in(
     return_to: &str,
     now: i64,
 ) -> Response {
-    let Some(cookie) = open_session(state, user, amr, now).await else {
+    let Some(cookie) = open_session(state, user, amr.clone(), now).await else {
         return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
     };
-    // The browser's device and the sign-in's place: what `new_device` and `impossible_travel` compare.
+    // The browser's device, the methods and the sign-in's place: what `new_device`, `impossible_travel`
+    // and risk scoring (a step-up shown since a detection asked for one) compare.
     let (device, device_cookie) = web::device(state, headers).unzip();
-    let detail = with_place(state, meta, serde_json::json!({ "device": device }));
+    let detail = with_place(state, meta, serde_json::json!({ "device": device, "amr": amr }));
     state
         .event(Event {
             kind: "login_success".into(),

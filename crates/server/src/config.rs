@@ -76,6 +76,8 @@ pub struct Config {
     pub login: tessera_core::throttle::Policy,
     /// What a new password must be (`[passwords]`; `TESSERA_PASSWORDS_<KEY>`).
     pub passwords: crate::passwords::PasswordConfig,
+    /// Risk-based authentication's weights and thresholds (`[risk]`; `TESSERA_RISK_<KEY>`).
+    pub risk: tessera_core::risk::RiskConfig,
 }
 
 impl Default for Config {
@@ -108,6 +110,7 @@ impl Default for Config {
             geoip: crate::geoip::GeoConfig::default(),
             login: tessera_core::throttle::Policy::default(),
             passwords: crate::passwords::PasswordConfig::default(),
+            risk: tessera_core::risk::RiskConfig::default(),
         }
     }
 }
@@ -313,6 +316,7 @@ impl Config {
         }
         self.responses.check().map_err(ConfigError)?;
         self.login.check().map_err(ConfigError)?;
+        self.risk.check().map_err(ConfigError)?;
         if !(8..=256).contains(&self.passwords.min_length) {
             return bad("passwords.min_length", "must be between 8 and 256");
         }

@@ -23,6 +23,7 @@ pub mod oauth;
 mod password;
 pub mod passwords;
 pub mod response;
+mod risk;
 mod routes;
 pub mod stream;
 mod throttle;

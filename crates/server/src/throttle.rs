@@ -92,6 +92,24 @@ fn expiry(c: &Counter, window: i64) -> i64 {
     c.locked_until.max(c.next_at).max(c.last_at + window)
 }
 
+/// The failures still counted on the account and the source before the attempt being made (whose own
+/// reservation is not counted): what risk scoring calls recent failures.
+pub async fn failures(state: &AppState, keys: &Keys, now: i64) -> (u32, u32) {
+    let window = state.config.login.window_secs;
+    let count = |found: Option<(Counter, i64)>| {
+        found
+            .map(|(c, _)| c)
+            .filter(|c| c.locked_until > now || c.last_at > now - window)
+            .map_or(0, |c| c.failures.saturating_sub(1))
+    };
+    let account = count(state.store.throttle(&keys.account).await.ok().flatten());
+    let source = match &keys.source {
+        Some(source) => count(state.store.throttle(source).await.ok().flatten()),
+        None => 0,
+    };
+    (account, source)
+}
+
 /// A correct password: the account's counter is cleared and the source gets its reserved attempt back.
 /// Best effort: a store failure here leaves the counters as they were (stricter, never looser).
 pub async fn passed(state: &AppState, keys: &Keys) {

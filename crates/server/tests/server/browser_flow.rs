@@ -515,7 +515,8 @@ async fn a_flood_of_logins_does_not_stall_refreshes() {
             let r = browser
                 .post(&url, &[("csrf", &csrf), ("username", "alice"), ("password", "wrong password")])
                 .await;
-            assert_eq!(r.status(), 200);
+            let status = r.status();
+            assert_eq!(status, 200, "{}", r.text().await.unwrap());
             done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }));
     }

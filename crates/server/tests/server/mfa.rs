@@ -16,7 +16,18 @@ crate::on_both_backends!(
     acr_values_and_a_new_factor_step_up_an_existing_password_session,
     forced_reset_asks_the_second_factor_before_the_new_password,
     changing_the_password_signs_out_every_other_session_and_revokes_their_tokens,
+    a_known_device_signs_in_with_the_password_a_new_one_or_a_step_up_request_needs_the_code,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn risk_over_the_deny_threshold_refuses_the_sign_in_and_records_why_sqlite() {
+    risk_over_the_deny_threshold_refuses_the_sign_in_and_records_why(crate::common::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn risk_over_the_deny_threshold_refuses_the_sign_in_and_records_why_postgres() {
+    risk_over_the_deny_threshold_refuses_the_sign_in_and_records_why(crate::common::Backend::Postgres).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_codes_are_throttled_like_wrong_passwords_sqlite() {
@@ -266,10 +277,10 @@ async fn acr_values_and_a_new_factor_step_up_an_existing_password_session(s: &Se
     let (url, _) = request(&client, &[("acr_values", "urn:tessera:acr:mfa")]);
     let r = browser.get(&url).await;
     assert!(location(&r).starts_with("/account?return="), "{}", location(&r));
-    // A factor enrolled (from another browser) makes the password session step up.
+    // With a factor enrolled (from another browser), the same request steps the password session up.
     let other = password_session(s, &client).await;
     let (secret, _, _) = enrol(s, &other, "/account").await;
-    let (url, verifier) = request(&client, &[]);
+    let (url, verifier) = request(&client, &[("acr_values", "urn:tessera:acr:mfa")]);
     let page = browser.get(&url).await;
     assert_eq!(page.status(), 200, "the code form, not a code");
     let form = page.text().await.unwrap();
@@ -366,4 +377,83 @@ async fn changing_the_password_signs_out_every_other_session_and_revokes_their_t
     assert!(changed[0].detail.as_deref().unwrap().contains("revocation_seq"));
     let failures = s.state.store.recent_events(Some("login_failure"), 5).await.unwrap();
     assert_eq!(failures[0].reason.as_deref(), Some("wrong_current_password"));
+}
+
+async fn a_known_device_signs_in_with_the_password_a_new_one_or_a_step_up_request_needs_the_code(s: &Server) {
+    let client = setup(s).await;
+    let known = password_session(s, &client).await;
+    let (secret, _, _) = enrol(s, &known, "/account").await;
+    // The enrolling browser signs in again (prompt=login): a known device and network, so the password is
+    // enough under the default `risky` policy.
+    let (url, verifier) = request(&client, &[("prompt", "login")]);
+    let form = known.get(&url).await.text().await.unwrap();
+    let r = post_form(s, &known, &form, "/login", &[("username", "alice"), ("password", PASSWORD)]).await;
+    let tokens = finish(s, &known, r, &client, verifier).await;
+    assert_eq!(claims(tokens.access_token().secret())["acr"], "urn:tessera:acr:pwd");
+    let risk = s.state.store.recent_events(Some("login_risk"), 1).await.unwrap();
+    assert_eq!(risk[0].reason.as_deref(), Some("allow"));
+    // A new browser is a new device: the code is asked, and the decision says why.
+    let (url, _) = request(&client, &[]);
+    password_then_code_form(s, &Browser::default(), &url).await;
+    let risk = s.state.store.recent_events(Some("login_risk"), 1).await.unwrap();
+    assert_eq!(risk[0].reason.as_deref(), Some("require_mfa"));
+    assert!(risk[0].detail.as_deref().unwrap().contains("\"new_device\""), "{:?}", risk[0].detail);
+    // A detection asking this user to step up: even the known device must show the code.
+    let alice = s.state.store.user_by_name("alice").await.unwrap().unwrap();
+    s.state.store.require_step_up(&alice.id, tessera_server::now()).await.unwrap();
+    s.state.directory.invalidate();
+    let (url, verifier) = request(&client, &[("prompt", "login")]);
+    let form = password_then_code_form(s, &known, &url).await;
+    let done = submit_code(s, &known, &form, &code(&secret, 1)).await;
+    assert_eq!(
+        claims(finish(s, &known, done, &client, verifier).await.access_token().secret())["acr"],
+        "urn:tessera:acr:mfa"
+    );
+    let risk = s.state.store.recent_events(Some("login_risk"), 1).await.unwrap();
+    assert!(risk[0].detail.as_deref().unwrap().contains("step_up_required"));
+}
+
+async fn risk_over_the_deny_threshold_refuses_the_sign_in_and_records_why(backend: crate::common::Backend) {
+    // Recent failures (30 here) from a new device (40) reach 70: denied at this threshold, while a first
+    // sign-in (a new device and network, 60) is not.
+    let Some(server) = Server::start_with(backend, |c| {
+        c.risk.deny_at = 65;
+        c.risk.failures = 30;
+        c.login.delay_base_secs = 0;
+    })
+    .await
+    else {
+        return;
+    };
+    let s = &server;
+    let client = setup(s).await;
+    password_session(s, &client).await;
+    let browser = Browser::default();
+    let (url, _) = request(&client, &[]);
+    let form = browser.get(&url).await.text().await.unwrap();
+    for _ in 0..3 {
+        let r =
+            post_form(s, &browser, &form, "/login", &[("username", "alice"), ("password", "a wrong guess")])
+                .await;
+        assert_eq!(r.status(), 200);
+    }
+    let r = post_form(s, &browser, &form, "/login", &[("username", "alice"), ("password", PASSWORD)]).await;
+    assert_eq!(r.status(), 403);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("This sign-in was refused") && !page.contains("new_device"),
+        "the user sees only what they need"
+    );
+    let risk = s.state.store.recent_events(Some("login_risk"), 1).await.unwrap();
+    assert_eq!(risk[0].reason.as_deref(), Some("deny"));
+    let detail = risk[0].detail.as_deref().unwrap();
+    assert!(
+        detail.contains("\"score\":70")
+            && detail.contains("recent_failures")
+            && detail.contains("new_device"),
+        "{detail}"
+    );
+    let failures = s.state.store.recent_events(Some("login_failure"), 1).await.unwrap();
+    assert_eq!(failures[0].reason.as_deref(), Some("risk_denied"));
+    server.finish().await;
 }
