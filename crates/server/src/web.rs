@@ -1,9 +1,12 @@
 //! The browser side: HTML pages with their security headers, cookies, and CSRF protection.
 //!
 //! Pages are plain HTML forms that work without JavaScript. Every page is sent with a strict CSP,
-//! `X-Frame-Options: DENY`, `Referrer-Policy: no-referrer` and `Cache-Control: no-store`. CSRF protection is a
-//! double submit: a random token in a cookie (`__Host-` prefixed under https) that every form must echo.
-//! The session and CSRF cookies are HttpOnly, SameSite=Lax, and Secure when the issuer is https.
+//! `X-Frame-Options: DENY`, `Referrer-Policy: same-origin` and `Cache-Control: no-store`. (`same-origin`,
+//! not `no-referrer`: under `no-referrer` browsers send `Origin: null` with the pages' own form posts,
+//! which the CSRF check rightly refuses; `same-origin` still tells no other site where the user came
+//! from.) CSRF protection is a double submit: a random token in a cookie (`__Host-` prefixed under https)
+//! that every form must echo. The session and CSRF cookies are HttpOnly, SameSite=Lax, and Secure when the
+//! issuer is https.
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -49,7 +52,7 @@ pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response

@@ -103,7 +103,7 @@ async fn authorization_code_flow_with_pkce_issues_bound_tokens(s: &Server) {
         .url();
     let page = browser.get(url.as_str()).await;
     for (header, expected) in
-        [("x-frame-options", "DENY"), ("referrer-policy", "no-referrer"), ("cache-control", "no-store")]
+        [("x-frame-options", "DENY"), ("referrer-policy", "same-origin"), ("cache-control", "no-store")]
     {
         assert_eq!(page.headers()[header], expected);
     }

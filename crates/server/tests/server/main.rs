@@ -9,6 +9,7 @@ mod common;
 mod alerts;
 mod basics;
 mod browser_flow;
+mod chromium;
 mod client_auth;
 mod dpop;
 mod exchange;

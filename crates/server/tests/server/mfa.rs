@@ -88,13 +88,13 @@ fn base32_decode(text: &str) -> Vec<u8> {
 }
 
 /// The code an authenticator app shows `steps` steps from now.
-fn code(secret: &[u8], steps: i64) -> String {
+pub(crate) fn code(secret: &[u8], steps: i64) -> String {
     format!("{:06}", totp_at(secret, totp_step(tessera_server::now()) + steps))
 }
 
 /// Enrols an authenticator app for the browser's signed-in user from the account page; the secret and the
 /// recovery codes.
-async fn enrol(s: &Server, browser: &Browser, account: &str) -> (Vec<u8>, Vec<String>, String) {
+pub(crate) async fn enrol(s: &Server, browser: &Browser, account: &str) -> (Vec<u8>, Vec<String>, String) {
     let account = browser.get(&s.url(account)).await;
     assert_eq!(account.status(), 200);
     let html = account.text().await.unwrap();
@@ -123,7 +123,7 @@ async fn enrol(s: &Server, browser: &Browser, account: &str) -> (Vec<u8>, Vec<St
 }
 
 /// A browser signed in with the password only (client `spa`, no factor yet).
-async fn password_session(s: &Server, client: &OAuthClient) -> Browser {
+pub(crate) async fn password_session(s: &Server, client: &OAuthClient) -> Browser {
     let browser = Browser::default();
     let (url, _) = request(client, &[]);
     let form = browser.get(&url).await.text().await.unwrap();
@@ -169,7 +169,7 @@ async fn finish(
 }
 
 /// The claims of a JWT, unverified (the tokens' signatures are checked by other tests).
-fn claims(jwt: &str) -> Value {
+pub(crate) fn claims(jwt: &str) -> Value {
     use base64::Engine as _;
     let payload = jwt.split('.').nth(1).unwrap();
     serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap())

@@ -1,0 +1,175 @@
+//! A real browser: Debian's headless Chromium, driven through chromedriver (WebDriver), signs in with a
+//! password and an authenticator code on the HTML forms, and the relying party gets tokens that say so.
+//! Skipped, with a printed reason, when Chromium or chromedriver is absent (`.ci/run` installs them).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{ClientBuilder, Locator};
+use oauth2::{AuthorizationCode, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope, TokenResponse as _};
+use tessera_core::{ClientKind, GrantType};
+
+use crate::browser_flow::setup;
+use crate::common::{API, Backend, PASSWORD, Server, http, query};
+use crate::mfa::{claims, code, enrol, password_session};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// chromedriver, started by this test and killed (by its PID) when dropped.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A relying party's callback: answers every request with a small page, so the browser lands somewhere.
+async fn callback() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/callback", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let body = "<!doctype html><title>callback</title><p>signed in</p>";
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_chromium_signs_in_with_a_password_and_an_authenticator_code() {
+    if !std::path::Path::new(CHROMIUM).exists() || !std::path::Path::new(CHROMEDRIVER).exists() {
+        #[allow(clippy::print_stderr, reason = "a skipped test says so")]
+        {
+            eprintln!(
+                "skipped: {CHROMIUM} or {CHROMEDRIVER} is absent (apt-get install chromium chromium-driver)"
+            );
+        }
+        return;
+    }
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let _driver = Driver(
+        Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let s = Server::start(Backend::Sqlite).await.unwrap();
+    // alice, with an authenticator app enrolled through the account page.
+    let spa = setup(&s).await;
+    let (secret, _, _) = enrol(&s, &password_session(&s, &spa).await, "/account").await;
+    let redirect = callback().await;
+    let grants = [GrantType::AuthorizationCode, GrantType::RefreshToken];
+    s.add_client("chromium", ClientKind::Public, &grants, &[API], &["openid", "orders:read"], true).await;
+    let mut app = s.state.store.client("chromium").await.unwrap().unwrap();
+    app.id = "chromium-app".into();
+    app.redirect_uris = vec![redirect.clone()];
+    s.state.store.create_client(&app).await.unwrap();
+    s.state.directory.invalidate();
+    let client = s.oauth("chromium-app", None).set_redirect_uri(RedirectUrl::new(redirect.clone()).unwrap());
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, _) = client
+        .authorize_url(CsrfToken::new_random)
+        .add_scopes(["openid", "orders:read"].map(|x| Scope::new(x.into())))
+        .set_pkce_challenge(challenge)
+        .add_extra_param("resource", API)
+        .url();
+
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": CHROMIUM,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        }),
+    );
+    let driver_url = format!("http://127.0.0.1:{port}");
+    let mut browser = None;
+    for _ in 0..100 {
+        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps.clone())
+            .connect(&driver_url)
+            .await
+        {
+            Ok(c) => {
+                browser = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let b = browser.expect("chromedriver did not start");
+    // Every step reports instead of panicking, so that the browser is closed whatever happens.
+    let steps = async {
+        let fail = |what: &str, e: fantoccini::error::CmdError| format!("{what}: {e}");
+        b.goto(url.as_str()).await.map_err(|e| fail("open the authorization URL", e))?;
+        let username = b.find(Locator::Css("input[name=username]")).await.map_err(|e| fail("username", e))?;
+        username.send_keys("alice").await.map_err(|e| fail("type the username", e))?;
+        let password = b.find(Locator::Css("input[name=password]")).await.map_err(|e| fail("password", e))?;
+        password.send_keys(PASSWORD).await.map_err(|e| fail("type the password", e))?;
+        b.find(Locator::Css("button[type=submit]"))
+            .await
+            .map_err(|e| fail("sign-in button", e))?
+            .click()
+            .await
+            .map_err(|e| fail("submit", e))?;
+        // The second step: one field, with the one-time-code hint a browser or password manager fills in.
+        let wait = b.wait().at_most(Duration::from_secs(10));
+        let Ok(field) = wait.for_element(Locator::Css("input[name=code]")).await else {
+            return Err(format!("no code field on: {}", b.source().await.unwrap_or_default()));
+        };
+        let hint = field.attr("autocomplete").await.map_err(|e| fail("autocomplete", e))?;
+        if hint.as_deref() != Some("one-time-code") {
+            return Err(format!("the code field's autocomplete is {hint:?}"));
+        }
+        field.send_keys(&code(&secret, 1)).await.map_err(|e| fail("type the code", e))?;
+        b.find(Locator::Css("button[type=submit]"))
+            .await
+            .map_err(|e| fail("verify button", e))?
+            .click()
+            .await
+            .map_err(|e| fail("submit the code", e))?;
+        let mut landed = String::new();
+        for _ in 0..100 {
+            landed = b.current_url().await.map_err(|e| fail("current URL", e))?.to_string();
+            if landed.starts_with(&redirect) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok::<String, String>(landed)
+    }
+    .await;
+    let _ = b.close().await;
+    let landed = steps.unwrap_or_else(|why| panic!("{why}"));
+    assert!(landed.starts_with(&redirect), "the browser ended at {landed}");
+    let q = query(&landed);
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(q["code"].clone()))
+        .set_pkce_verifier(verifier)
+        .request_async(&http())
+        .await
+        .unwrap();
+    let access = claims(tokens.access_token().secret());
+    assert_eq!(access["acr"], "urn:tessera:acr:mfa");
+    assert_eq!(access["amr"], serde_json::json!(["pwd", "otp", "mfa"]));
+    s.finish().await;
+}
