@@ -358,6 +358,7 @@ async fn setup(store: &dyn Store) -> Result<OpaqueSecret, String> {
         password_changed_at: now(),
         must_reset_password: false,
         step_up_after: None,
+        email: None,
     };
     store.create_user(&user).await.map_err(|e| e.to_string())?;
     Ok(secret)

@@ -24,6 +24,18 @@ pub(crate) enum UserCommand {
         /// A role for the user's tokens (repeatable).
         #[arg(long = "role", value_name = "ROLE")]
         roles: Vec<String>,
+        /// The address reset links and notices go to.
+        #[arg(long, value_name = "ADDRESS")]
+        email: Option<String>,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// Set the address a user's reset links and notices go to; none given: remove it.
+    SetEmail {
+        /// The login name.
+        username: String,
+        /// The address.
+        email: Option<String>,
         #[command(flatten)]
         cfg: ConfigArgs,
     },
@@ -172,10 +184,20 @@ fn describe(u: &User) -> String {
         format!("state: {}", if u.disabled { "disabled" } else { "enabled" }),
         format!("must reset password: {}", if u.must_reset_password { "yes" } else { "no" }),
         format!("roles: {}", u.roles.join(" ")),
+        format!("email: {}", u.email.as_deref().unwrap_or("")),
         format!("created_at: {}", u.created_at),
         format!("password_changed_at: {}", u.password_changed_at),
     ]
     .join("\n")
+}
+
+fn valid_email(email: Option<&str>) -> Result<(), Failure> {
+    let ok = email.is_none_or(|e| {
+        e.len() <= 254
+            && e.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+            && !e.chars().any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
+    });
+    if ok { Ok(()) } else { Err(Failure::usage("--email must be an address such as alice@example.com")) }
 }
 
 fn valid_username(name: &str) -> Result<(), Failure> {
@@ -186,7 +208,8 @@ fn valid_username(name: &str) -> Result<(), Failure> {
 
 pub(crate) fn user(cmd: UserCommand) -> Result<(), Failure> {
     match cmd {
-        UserCommand::Add { username, roles, cfg } => {
+        UserCommand::Add { username, roles, email, cfg } => {
+            valid_email(email.as_deref())?;
             valid_username(&username)?;
             let password = read_password(&format!("Password for {username}: "))?;
             with_store(&cfg, |store, config| async move {
@@ -206,6 +229,7 @@ pub(crate) fn user(cmd: UserCommand) -> Result<(), Failure> {
                     password_changed_at: now,
                     must_reset_password: false,
                     step_up_after: None,
+                    email,
                 };
                 store.create_user(&user).await.map_err(|e| match e {
                     StoreError::Conflict(_) => Failure::usage(format!("user {username} already exists")),
@@ -234,6 +258,16 @@ pub(crate) fn user(cmd: UserCommand) -> Result<(), Failure> {
             };
             emit(&format!("{}\nmfa: {mfa}", describe(&u)))
         }),
+        UserCommand::SetEmail { username, email, cfg } => {
+            valid_email(email.as_deref())?;
+            with_store(&cfg, |store, _| async move {
+                let u = find(&*store, &username).await?;
+                store.set_user_email(&u.id, email.as_deref()).await.map_err(store_failure)?;
+                let event = Event { sub: Some(u.id.clone()), ..admin_event("user_set_email") };
+                record(&*store, event).await?;
+                emit(&format!("email of {username}: {}", email.as_deref().unwrap_or("(none)")))
+            })
+        }
         UserCommand::Mfa { cmd: MfaCommand::Reset { username, cfg } } => {
             with_store(&cfg, |store, _| async move {
                 let u = find(&*store, &username).await?;

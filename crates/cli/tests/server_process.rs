@@ -224,6 +224,12 @@ fn management_commands_do_what_an_operator_types() {
     let (_, shown, _) = run(d, &[], &["user", "show", "alice"], "");
     assert!(shown.contains("roles: admin ops") && !shown.contains("argon2"), "{shown}");
     assert!(shown.contains("mfa: none"), "{shown}");
+    let (code, out, _) = run(d, &[], &["user", "set-email", "alice", "alice@example.com"], "");
+    assert_eq!((code, out.trim()), (0, "email of alice: alice@example.com"));
+    let (code, _, err) = run(d, &[], &["user", "set-email", "alice", "not an address"], "");
+    assert_eq!(code, 2, "{err}");
+    let (_, shown, _) = run(d, &[], &["user", "show", "alice"], "");
+    assert!(shown.contains("email: alice@example.com"), "{shown}");
     // A user who lost their second factor: the reset is audited with who did it.
     let (code, out, _) = run(d, &[], &["user", "mfa", "reset", "alice"], "");
     assert_eq!((code, out.trim()), (0, "alice had no second factor"));

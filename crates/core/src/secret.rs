@@ -27,6 +27,8 @@ pub enum SecretKind {
     ClientSecret,
     /// `tsl_`: a browser login session (the cookie).
     LoginSession,
+    /// `tsp_`: a password-reset link.
+    PasswordReset,
 }
 
 impl SecretKind {
@@ -37,6 +39,7 @@ impl SecretKind {
             SecretKind::AuthorizationCode => "tsc_",
             SecretKind::ClientSecret => "tss_",
             SecretKind::LoginSession => "tsl_",
+            SecretKind::PasswordReset => "tsp_",
         }
     }
 }

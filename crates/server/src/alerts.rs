@@ -373,7 +373,7 @@ impl Sender {
     }
 
     /// Posts `body` and returns the status and (at most 4 KiB of) the response body.
-    async fn post(
+    pub(crate) async fn post(
         &self,
         url: &str,
         headers: &[(&str, String)],

@@ -78,6 +78,8 @@ pub struct Config {
     pub passwords: crate::passwords::PasswordConfig,
     /// Risk-based authentication's weights and thresholds (`[risk]`; `TESSERA_RISK_<KEY>`).
     pub risk: tessera_core::risk::RiskConfig,
+    /// Where reset links and notices to users go (`[notify]`; `TESSERA_NOTIFY_<KEY>`).
+    pub notify: crate::notify::NotifyConfig,
 }
 
 impl Default for Config {
@@ -111,6 +113,7 @@ impl Default for Config {
             login: tessera_core::throttle::Policy::default(),
             passwords: crate::passwords::PasswordConfig::default(),
             risk: tessera_core::risk::RiskConfig::default(),
+            notify: crate::notify::NotifyConfig::default(),
         }
     }
 }
@@ -317,6 +320,7 @@ impl Config {
         self.responses.check().map_err(ConfigError)?;
         self.login.check().map_err(ConfigError)?;
         self.risk.check().map_err(ConfigError)?;
+        self.notify.check().map_err(ConfigError)?;
         if !(8..=256).contains(&self.passwords.min_length) {
             return bad("passwords.min_length", "must be between 8 and 256");
         }
@@ -382,6 +386,10 @@ impl Config {
             shown.master_key = "<redacted>".into();
         }
         shown.database_url = redact_url_password(&shown.database_url);
+        shown.notify.smtp_url = redact_url_password(&shown.notify.smtp_url);
+        if !shown.notify.webhook_secret.is_empty() {
+            shown.notify.webhook_secret = "<redacted>".into();
+        }
         if !shown.alerts.webhook_secret.is_empty() {
             shown.alerts.webhook_secret = "<redacted>".into();
         }

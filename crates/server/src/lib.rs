@@ -19,6 +19,7 @@ pub mod issue;
 pub mod keyring;
 pub mod metrics;
 pub mod mfa;
+pub mod notify;
 pub mod oauth;
 mod password;
 pub mod passwords;
@@ -85,6 +86,8 @@ pub struct AppState {
     pub geo: Option<geoip::GeoIp>,
     /// What a new password must be.
     pub password_rules: passwords::Rules,
+    /// Sends reset links and notices to users.
+    pub notifier: notify::Notifier,
     /// Takes this node's login-throttle updates one at a time (see [`throttle`]).
     throttle_turn: tokio::sync::Mutex<()>,
     /// The proxies whose `X-Forwarded-For` is believed.
@@ -262,6 +265,7 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
     let keyring = Keyring::load(&*store, &kek).await.map_err(start_error)?;
     let passwords = Passwords::new(config.password_hash_concurrency).map_err(StartError)?;
     let password_rules = passwords::Rules::new(&config.passwords).map_err(StartError)?;
+    let notifier = notify::Notifier::new(&config.notify).map_err(StartError)?;
     let discovery = routes::discovery_document(&config.issuer, &keyring.signer().alg().to_string());
     let head = store.revocation_seq().await.map_err(start_error)?;
     let live = store.live_revocations(now).await.map_err(start_error)?;
@@ -283,6 +287,7 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
         alerts_due: tokio::sync::Notify::new(),
         geo,
         password_rules,
+        notifier,
         throttle_turn: tokio::sync::Mutex::new(()),
         trusted_proxies,
         discovery,
@@ -355,6 +360,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/login/mfa", post(mfa::submit))
         .route("/login/password", post(password::forced_reset))
         .route("/account/password", post(password::change))
+        .route("/password/forgot", get(password::forgot_page).post(password::forgot))
+        .route("/password/reset", get(password::reset_page).post(password::reset))
         .route("/account", get(mfa::account))
         .route("/account/totp", post(mfa::begin_totp))
         .route("/account/totp/confirm", post(mfa::confirm_totp))

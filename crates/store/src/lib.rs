@@ -122,6 +122,21 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// refresh (`require_step_up`); `false` if there is no such user.
     async fn require_step_up(&self, id: &str, now: Time) -> Result<bool>;
 
+    /// Sets or clears the address a user's notices and reset links go to; `false` if there is no such user.
+    async fn set_user_email(&self, id: &str, email: Option<&str>) -> Result<bool>;
+    /// Stores a password-reset link's hash for the user until `expires_at`.
+    async fn create_password_reset(
+        &self,
+        hash: &TokenHash,
+        user_id: &str,
+        expires_at: Time,
+        now: Time,
+    ) -> Result<()>;
+    /// The user a live (unused, unexpired) reset link belongs to.
+    async fn password_reset(&self, hash: &TokenHash, now: Time) -> Result<Option<String>>;
+    /// Spends a live reset link (and retires the user's other links); its user, or `None` if it was not
+    /// live. Concurrent uses of one link: exactly one gets the user.
+    async fn use_password_reset(&self, hash: &TokenHash, now: Time) -> Result<Option<String>>;
     /// The user's TOTP factor, confirmed or being enrolled.
     async fn totp_factor(&self, user_id: &str) -> Result<Option<TotpFactor>>;
     /// Starts (or restarts) enrolling a TOTP secret; a confirmed one stays in use until this one is confirmed.

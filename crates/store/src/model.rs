@@ -32,6 +32,8 @@ pub struct User {
     /// Sessions authenticated at or before this time may not refresh: they must log in again
     /// (`require_step_up`).
     pub step_up_after: Option<Time>,
+    /// Where notices (a changed password) and reset links go.
+    pub email: Option<String>,
 }
 
 impl fmt::Debug for User {

@@ -22,7 +22,7 @@ type Tx = sqlx::Transaction<'static, Db>;
 
 macro_rules! user_cols {
     () => {
-        "id, username, password_hash, roles, disabled, created_at, password_changed_at, must_reset_password, step_up_after"
+        "id, username, password_hash, roles, disabled, created_at, password_changed_at, must_reset_password, step_up_after, email"
     };
 }
 macro_rules! client_cols {
@@ -108,6 +108,7 @@ fn user_from(row: &DbRow) -> Result<User> {
         password_changed_at: row.try_get("password_changed_at")?,
         must_reset_password: row.try_get("must_reset_password")?,
         step_up_after: row.try_get("step_up_after")?,
+        email: row.try_get("email")?,
     })
 }
 
@@ -483,7 +484,7 @@ impl Store for StoreImpl {
         sqlx::query(concat!(
             "INSERT INTO users (",
             user_cols!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         ))
         .bind(&user.id)
         .bind(&user.username)
@@ -494,6 +495,7 @@ impl Store for StoreImpl {
         .bind(user.password_changed_at)
         .bind(user.must_reset_password)
         .bind(user.step_up_after)
+        .bind(&user.email)
         .execute(&mut *tx)
         .await
         .map_err(|e| conflict(e, "user"))?;
@@ -565,6 +567,65 @@ impl Store for StoreImpl {
     async fn require_step_up(&self, id: &str, now: Time) -> Result<bool> {
         let query = sqlx::query("UPDATE users SET step_up_after = $1 WHERE id = $2").bind(now).bind(id);
         update_counted(self.begin_write().await?, query).await
+    }
+
+    async fn set_user_email(&self, id: &str, email: Option<&str>) -> Result<bool> {
+        let query = sqlx::query("UPDATE users SET email = $1 WHERE id = $2").bind(email).bind(id);
+        update_counted(self.begin_write().await?, query).await
+    }
+
+    async fn create_password_reset(
+        &self,
+        hash: &TokenHash,
+        user_id: &str,
+        expires_at: Time,
+        now: Time,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO password_resets (hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(hex(hash.as_bytes()))
+        .bind(user_id)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn password_reset(&self, hash: &TokenHash, now: Time) -> Result<Option<String>> {
+        let user: Option<String> = sqlx::query_scalar(
+            "SELECT user_id FROM password_resets WHERE hash = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(hex(hash.as_bytes()))
+        .bind(now)
+        .fetch_optional(self.read())
+        .await?;
+        Ok(user)
+    }
+
+    async fn use_password_reset(&self, hash: &TokenHash, now: Time) -> Result<Option<String>> {
+        let mut tx = self.begin_write().await?;
+        let user: Option<String> = sqlx::query_scalar(
+            "UPDATE password_resets SET used_at = $2 WHERE hash = $1 AND used_at IS NULL AND expires_at > $2 \
+             RETURNING user_id",
+        )
+        .bind(hex(hash.as_bytes()))
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(user) = &user {
+            // One link at a time: a used link retires every other one the user was sent.
+            sqlx::query("UPDATE password_resets SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
+                .bind(user)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(user)
     }
 
     async fn totp_factor(&self, user_id: &str) -> Result<Option<TotpFactor>> {
@@ -1185,6 +1246,11 @@ impl Store for StoreImpl {
             .rows_affected();
         n += sqlx::query("DELETE FROM used_ids WHERE expires_at <= $1")
             .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        n += sqlx::query("DELETE FROM password_resets WHERE expires_at <= $1")
+            .bind(now - SPENT_CODE_RETENTION_SECS)
             .execute(&mut *tx)
             .await?
             .rows_affected();

@@ -275,6 +275,7 @@ fn user(name: &str) -> User {
         password_changed_at: NOW,
         must_reset_password: false,
         step_up_after: None,
+        email: None,
     }
 }
 

@@ -5,9 +5,12 @@
 //! shipped binary: only `[dev-dependencies]` name this crate.
 //!
 //! [`Receiver`] plays an alert receiver (a webhook or a SET endpoint) that tests can make fail or hang.
+//! [`SmtpSink`] plays a mail relay that keeps every message.
 
 pub mod receiver;
+pub mod smtp;
 pub use receiver::{Received, Receiver};
+pub use smtp::{Mail, SmtpSink};
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

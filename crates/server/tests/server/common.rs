@@ -187,6 +187,7 @@ impl Server {
             password_changed_at: tessera_server::now(),
             must_reset_password: false,
             step_up_after: None,
+            email: None,
         };
         self.state.store.create_user(&user).await.unwrap();
         user

@@ -16,6 +16,7 @@ mod exchange;
 mod login_security;
 mod mfa;
 mod refresh;
+mod reset;
 mod responses;
 mod stream;
 mod token_admin;
