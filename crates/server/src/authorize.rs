@@ -562,7 +562,7 @@ pub(crate) async fn signed_in(
     now: i64,
 ) -> Response {
     let Some(cookie) = open_session(state, user, amr.clone(), now).await else {
-        return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+        return web::unavailable();
     };
     // The browser's device, the methods and the sign-in's place: what `new_device`, `impossible_travel`
     // and risk scoring (a step-up shown since a detection asked for one) compare.

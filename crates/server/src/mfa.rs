@@ -18,7 +18,7 @@ use tessera_core::TokenHash;
 use tessera_core::mfa::{self as factor, RECOVERY_CODES, TOTP_SECRET_BYTES};
 use tessera_store::{Event, LoginSession, StoreError, User};
 
-use crate::authorize::{back_to, open_session, record_locks, signed_in, throttled_message, with_retry_after};
+use crate::authorize::{back_to, open_session, signed_in, throttled_message, with_retry_after};
 use crate::crypto::random_bytes;
 use crate::oauth::Params;
 use crate::web::{self, escape, page};
@@ -89,7 +89,7 @@ pub fn ask(state: &AppState, csrf: &str, user_id: &str, return_to: &str, reset: 
     let challenge =
         Challenge { u: user_id.to_owned(), r: return_to.to_owned(), t: now, p: reset, a: Vec::new() };
     let Some(cookie) = seal_challenge(state, &challenge) else {
-        return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+        return web::unavailable();
     };
     web::with_cookie(code_form(csrf, None, StatusCode::OK), Some(cookie))
 }
@@ -159,34 +159,9 @@ async fn check_code(
     now: i64,
     refuse: impl Fn(&str, StatusCode) -> Response,
 ) -> Result<&'static str, Response> {
-    let unavailable = || page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
-    let keys = throttle::Keys::new(state, &user.username, meta.ip.as_deref());
-    let failed = |reason: &str| Event {
-        kind: "mfa_failure".into(),
-        sub: Some(user.id.clone()),
-        reason: Some(reason.into()),
-        outcome: Some("failure".into()),
-        detail: Some(
-            serde_json::json!({ "username_pseudonym": state.kek.pseudonym(&user.username) }).to_string(),
-        ),
-        ..meta.event(now)
-    };
-    let locks = match throttle::admit(state, &keys, now).await {
-        Ok(throttle::Gate::Check { account_locks, source_locks }) => (account_locks, source_locks),
-        Ok(throttle::Gate::Refused { retry_at }) => {
-            state.metrics.login_throttled();
-            state.event(failed("throttled")).await;
-            let response = refuse(&throttled_message(retry_at - now), StatusCode::TOO_MANY_REQUESTS);
-            return Err(with_retry_after(response, retry_at - now));
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "mfa: throttle unavailable");
-            return Err(unavailable());
-        }
-    };
-    match spend_code(state, &user.id, code, now).await {
-        Ok(Some(method)) => {
-            throttle::passed(state, &keys).await;
+    let reasons = ("mfa_failure", "wrong_code");
+    match throttle::checked(state, meta, user, reasons, now, spend_code(state, &user.id, code, now)).await {
+        throttle::Checked::Passed(method) => {
             state
                 .event(Event {
                     kind: "mfa_success".into(),
@@ -198,16 +173,13 @@ async fn check_code(
                 .await;
             Ok(method)
         }
-        Ok(None) => {
-            let event = failed("wrong_code");
-            state.event(event.clone()).await;
-            record_locks(state, event, locks, now).await;
+        throttle::Checked::Wrong => {
             Err(refuse("That code is not right. Try the current one.", StatusCode::OK))
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "mfa: store failure");
-            Err(unavailable())
+        throttle::Checked::Refused { wait } => {
+            Err(with_retry_after(refuse(&throttled_message(wait), StatusCode::TOO_MANY_REQUESTS), wait))
         }
+        throttle::Checked::Unavailable => Err(web::unavailable()),
     }
 }
 
@@ -238,7 +210,7 @@ pub async fn submit(
         Ok(_) => return expired("Please sign in again."),
         Err(e) => {
             tracing::warn!(error = %e, "mfa: store failure");
-            return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+            return web::unavailable();
         }
     };
     let code = form.get("code").unwrap_or("");
@@ -287,7 +259,7 @@ pub async fn step_up(
         }
         Err(e) => {
             tracing::warn!(error = %e, "step-up: store failure");
-            page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>")
+            web::unavailable()
         }
     }
 }
@@ -308,7 +280,7 @@ pub async fn account(
         Ok(response) => response,
         Err(e) => {
             tracing::warn!(error = %e, "account: store failure");
-            page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>")
+            web::unavailable()
         }
     };
     web::with_cookie(response, set)
@@ -386,7 +358,7 @@ pub async fn begin_totp(State(state): State<Arc<AppState>>, headers: HeaderMap, 
     };
     let now = now();
     let Ok(random) = random_bytes() else {
-        return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+        return web::unavailable();
     };
     let secret = &random[..TOTP_SECRET_BYTES];
     let stored = match state.kek.seal(&totp_label(&user.id), secret) {
@@ -395,7 +367,7 @@ pub async fn begin_totp(State(state): State<Arc<AppState>>, headers: HeaderMap, 
     };
     if let Err(e) = stored {
         tracing::warn!(error = %e, "cannot store a TOTP secret being enrolled");
-        return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+        return web::unavailable();
     }
     let uri = factor::otpauth_uri(&issuer_label(&state), &user.username, secret);
     let (csrf, set) = web::csrf_token(&state, &headers);
@@ -458,10 +430,9 @@ pub async fn confirm_totp(
     let now = now();
     let return_to = form.get("return").unwrap_or("").to_owned();
     let (csrf, set) = web::csrf_token(&state, &headers);
-    let unavailable = || page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
     let pending = match state.store.totp_factor(&user.id).await {
         Ok(found) => found.and_then(|f| f.pending_sealed),
-        Err(_) => return unavailable(),
+        Err(_) => return web::unavailable(),
     };
     let secret = pending.and_then(|sealed| state.kek.open(&totp_label(&user.id), &sealed).ok());
     let step = secret.as_ref().and_then(|s| factor::totp_check(s, form.get("code").unwrap_or(""), now, 0));
@@ -478,13 +449,13 @@ pub async fn confirm_totp(
         let message = "That code did not match. Set up the app again and type the code it shows.";
         return match account_page(&state, &user, &csrf, &return_to, Some(message)).await {
             Ok(response) => web::with_cookie(response, set),
-            Err(_) => unavailable(),
+            Err(_) => web::unavailable(),
         };
     };
-    let Some((codes, hashes)) = new_recovery_codes() else { return unavailable() };
+    let Some((codes, hashes)) = new_recovery_codes() else { return web::unavailable() };
     match state.store.confirm_totp(&user.id, step, &hashes, now).await {
         Ok(true) => {}
-        Ok(false) | Err(_) => return unavailable(),
+        Ok(false) | Err(_) => return web::unavailable(),
     }
     state
         .event(Event {
@@ -544,10 +515,10 @@ pub async fn regenerate_recovery_codes(
         return response;
     }
     let Some((codes, hashes)) = new_recovery_codes() else {
-        return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+        return web::unavailable();
     };
     if state.store.replace_recovery_codes(&user.id, &hashes, now).await.is_err() {
-        return page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>");
+        return web::unavailable();
     }
     state
         .event(Event {

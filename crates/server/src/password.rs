@@ -18,12 +18,8 @@ use crate::authorize::{open_session, signed_in, throttled_message, with_retry_af
 use crate::mfa::{Challenge, clear_challenge, read_challenge, seal_challenge};
 use crate::notify::Kind;
 use crate::oauth::Params;
-use crate::web::{self, escape, page};
+use crate::web::{self, escape, page, unavailable};
 use crate::{AppState, RequestMeta, now, throttle};
-
-fn unavailable() -> Response {
-    page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>")
-}
 
 /// The fields of a new password, with the browser's autocomplete hints.
 fn new_password_fields() -> &'static str {
@@ -193,37 +189,24 @@ pub async fn change(
         }
     };
     // The current password is checked like a sign-in: throttled first.
-    let keys = throttle::Keys::new(&state, &user.username, meta.ip.as_deref());
-    let failed = |reason: &str| Event {
-        kind: "login_failure".into(),
-        sub: Some(user.id.clone()),
-        reason: Some(reason.into()),
-        outcome: Some("failure".into()),
-        detail: Some(
-            serde_json::json!({ "username_pseudonym": state.kek.pseudonym(&user.username) }).to_string(),
-        ),
-        ..meta.event(now)
-    };
-    let locks = match throttle::admit(&state, &keys, now).await {
-        Ok(throttle::Gate::Check { account_locks, source_locks }) => (account_locks, source_locks),
-        Ok(throttle::Gate::Refused { retry_at }) => {
-            state.metrics.login_throttled();
-            state.event(failed("throttled")).await;
-            let response = show(&throttled_message(retry_at - now), StatusCode::TOO_MANY_REQUESTS).await;
-            return web::with_cookie(with_retry_after(response, retry_at - now), set);
-        }
-        Err(_) => return unavailable(),
-    };
-    state.metrics.password_check();
     let current = Zeroizing::new(form.get("current_password").unwrap_or("").to_owned());
-    if !state.passwords.verify(Some(&user.password_hash), current).await {
-        state.metrics.login_failure();
-        let event = failed("wrong_current_password");
-        state.event(event.clone()).await;
-        crate::authorize::record_locks(&state, event, locks, now).await;
-        return web::with_cookie(show("The current password is not right.", StatusCode::OK).await, set);
+    let verify = async {
+        state.metrics.password_check();
+        Ok(state.passwords.verify(Some(&user.password_hash), current).await.then_some(()))
+    };
+    let reasons = ("login_failure", "wrong_current_password");
+    match throttle::checked(&state, &meta, &user, reasons, now, verify).await {
+        throttle::Checked::Passed(()) => {}
+        throttle::Checked::Wrong => {
+            state.metrics.login_failure();
+            return web::with_cookie(show("The current password is not right.", StatusCode::OK).await, set);
+        }
+        throttle::Checked::Refused { wait } => {
+            let response = show(&throttled_message(wait), StatusCode::TOO_MANY_REQUESTS).await;
+            return web::with_cookie(with_retry_after(response, wait), set);
+        }
+        throttle::Checked::Unavailable => return unavailable(),
     }
-    throttle::passed(&state, &keys).await;
     let new = match chosen(&state, &user, &form).await {
         Ok(new) => new,
         Err(why) => return web::with_cookie(show(&why, StatusCode::OK).await, set),

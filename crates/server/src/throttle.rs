@@ -10,9 +10,9 @@
 //! how a sign-in is throttled says nothing about whether the account exists.
 
 use tessera_core::throttle::{self, Counter, Limits, Verdict};
-use tessera_store::StoreError;
+use tessera_store::{Event, StoreError, User};
 
-use crate::AppState;
+use crate::{AppState, RequestMeta};
 
 /// Compare-and-swap rounds before an attempt is refused as contended (fail closed).
 const MAX_ROUNDS: usize = 16;
@@ -90,6 +90,74 @@ async fn reserve(state: &AppState, limits: Limits, key: &str, now: i64) -> Resul
 /// When a counter can no longer refuse anything.
 fn expiry(c: &Counter, window: i64) -> i64 {
     c.locked_until.max(c.next_at).max(c.last_at + window)
+}
+
+/// How a throttled check of a known user's secret ended.
+pub enum Checked<T> {
+    /// The secret was right; the counters are settled.
+    Passed(T),
+    /// The secret was wrong; the failure (and any lock it caused) is recorded.
+    Wrong,
+    /// Refused before the check; try again after `wait` seconds.
+    Refused {
+        /// Seconds until the next attempt may be made.
+        wait: i64,
+    },
+    /// The store failed.
+    Unavailable,
+}
+
+/// Checks a secret of `user` (a current password, a second-factor code) behind the throttle, like a
+/// sign-in: reserves the attempt, runs `check` (a future, polled only once the attempt is reserved), settles
+/// the counters, and records a failure as a `failure_kind` event (reason `throttled`, or `wrong_reason`)
+/// with any lock it caused.
+pub async fn checked<T>(
+    state: &AppState,
+    meta: &RequestMeta,
+    user: &User,
+    (failure_kind, wrong_reason): (&str, &str),
+    now: i64,
+    check: impl Future<Output = Result<Option<T>, StoreError>>,
+) -> Checked<T> {
+    let keys = Keys::new(state, &user.username, meta.ip.as_deref());
+    let failed = |reason: &str| Event {
+        kind: failure_kind.into(),
+        sub: Some(user.id.clone()),
+        reason: Some(reason.into()),
+        outcome: Some("failure".into()),
+        detail: Some(
+            serde_json::json!({ "username_pseudonym": state.kek.pseudonym(&user.username) }).to_string(),
+        ),
+        ..meta.event(now)
+    };
+    let locks = match admit(state, &keys, now).await {
+        Ok(Gate::Check { account_locks, source_locks }) => (account_locks, source_locks),
+        Ok(Gate::Refused { retry_at }) => {
+            state.metrics.login_throttled();
+            state.event(failed("throttled")).await;
+            return Checked::Refused { wait: retry_at - now };
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "throttle unavailable");
+            return Checked::Unavailable;
+        }
+    };
+    match check.await {
+        Ok(Some(passed)) => {
+            self::passed(state, &keys).await;
+            Checked::Passed(passed)
+        }
+        Ok(None) => {
+            let event = failed(wrong_reason);
+            state.event(event.clone()).await;
+            crate::authorize::record_locks(state, event, locks, now).await;
+            Checked::Wrong
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "store failure while checking a secret");
+            Checked::Unavailable
+        }
+    }
 }
 
 /// The failures still counted on the account and the source before the attempt being made (whose own

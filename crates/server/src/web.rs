@@ -58,6 +58,12 @@ pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
     response
 }
 
+/// The page for a request that failed on our side (the store, randomness): 503, "try again later", and no
+/// detail on the wire.
+pub fn unavailable() -> Response {
+    page(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "<p>Try again later.</p>")
+}
+
 /// The value of cookie `name`, if the request carries it.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
