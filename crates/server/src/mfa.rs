@@ -68,6 +68,12 @@ pub(crate) fn seal_challenge(state: &AppState, challenge: &Challenge) -> Option<
     Some(web::set_cookie(state, challenge_cookie(state), &value, CHALLENGE_TTL))
 }
 
+/// Back to the login form with `message`, the challenge removed: a sign-in whose second step cannot go on.
+pub(crate) fn start_over(state: &AppState, csrf: &str, set: Option<HeaderValue>, message: &str) -> Response {
+    let response = web::login_form(csrf, "", Some(message), StatusCode::BAD_REQUEST);
+    web::with_cookie(web::with_cookie(response, Some(clear_challenge(state))), set)
+}
+
 /// The `Set-Cookie` that removes the challenge.
 pub(crate) fn clear_challenge(state: &AppState) -> HeaderValue {
     web::set_cookie(state, challenge_cookie(state), "", 0)
@@ -194,11 +200,7 @@ pub async fn submit(
     let form = Params::parse(&body).unwrap_or_default();
     let (csrf, set) = web::csrf_token(&state, &headers);
     let now = now();
-    let expired = |message: &str| {
-        let clear = web::set_cookie(&state, challenge_cookie(&state), "", 0);
-        let response = web::login_form(&csrf, "", Some(message), StatusCode::BAD_REQUEST);
-        web::with_cookie(web::with_cookie(response, Some(clear)), set.clone())
-    };
+    let expired = |message: &str| start_over(&state, &csrf, set.clone(), message);
     if !web::csrf_ok(&state, &headers, form.get("csrf")) {
         return expired("The form expired. Please sign in again.");
     }

@@ -15,7 +15,7 @@ use tessera_store::{Event, User};
 use zeroize::Zeroizing;
 
 use crate::authorize::{open_session, signed_in, throttled_message, with_retry_after};
-use crate::mfa::{Challenge, clear_challenge, read_challenge, seal_challenge};
+use crate::mfa::{Challenge, clear_challenge, read_challenge, seal_challenge, start_over};
 use crate::notify::Kind;
 use crate::oauth::Params;
 use crate::web::{self, escape, page, unavailable};
@@ -120,10 +120,7 @@ pub async fn forced_reset(
     let form = Params::parse(&body).unwrap_or_default();
     let (csrf, set) = web::csrf_token(&state, &headers);
     let now = now();
-    let again = |message: &str| {
-        let response = web::login_form(&csrf, "", Some(message), StatusCode::BAD_REQUEST);
-        web::with_cookie(web::with_cookie(response, Some(clear_challenge(&state))), set.clone())
-    };
+    let again = |message: &str| start_over(&state, &csrf, set.clone(), message);
     if !web::csrf_ok(&state, &headers, form.get("csrf")) {
         return again("The form expired. Please sign in again.");
     }
