@@ -473,16 +473,6 @@ pub async fn login(
             return unavailable();
         }
     };
-    if user.must_reset_password {
-        // A forced reset: every factor the user has, then a new password, then the session. Only someone
-        // who knows the password learns that it must change.
-        if has_factor {
-            return web::with_cookie(mfa::ask(&state, &csrf, &user.id, &return_to, true, now), set);
-        }
-        let next =
-            mfa::Challenge { u: user.id.clone(), r: return_to, t: now, p: true, a: vec!["pwd".into()] };
-        return web::with_cookie(crate::password::new_password_form(&state, &csrf, &next, None), set);
-    }
     // The sign-in's risk, from its device, network, place and the user's history: the decision and its
     // reasons go to the audit log; the user sees only what they must do.
     let device = web::device(&state, &headers).map(|(hash, _)| hash);
@@ -525,6 +515,16 @@ pub async fn login(
             web::login_form(&csrf, &return_to, Some(message), StatusCode::FORBIDDEN),
             set,
         );
+    }
+    if user.must_reset_password {
+        // A forced reset: every factor the user has, then a new password, then the session. Only someone
+        // who knows the password (and whose sign-in risk did not deny it) learns that it must change.
+        if has_factor {
+            return web::with_cookie(mfa::ask(&state, &csrf, &user.id, &return_to, true, now), set);
+        }
+        let next =
+            mfa::Challenge { u: user.id.clone(), r: return_to, t: now, p: true, a: vec!["pwd".into()] };
+        return web::with_cookie(crate::password::new_password_form(&state, &csrf, &next, None), set);
     }
     if needs && has_factor {
         return web::with_cookie(mfa::ask(&state, &csrf, &user.id, &return_to, false, now), set);

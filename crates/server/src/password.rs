@@ -242,7 +242,8 @@ fn forgot_form(csrf: &str, notice: Option<&str>) -> Response {
 
 /// `POST /password/forgot`: sends a single-use, 15-minute link to the user's address. The answer is the
 /// same whether the account exists, has an address, or was sent a link a minute ago (at most one link a
-/// minute per user).
+/// minute per user). Requests are also charged to their source, like failed sign-ins: past the source's
+/// free requests it waits (`429` with `Retry-After`), then is locked.
 pub async fn forgot(
     State(state): State<Arc<AppState>>,
     meta: RequestMeta,
@@ -255,6 +256,18 @@ pub async fn forgot(
         return web::with_cookie(forgot_form(&csrf, Some("The form expired. Try again.")), set);
     }
     let now = now();
+    // Per source first, across every node: one network cannot ask for links to many accounts.
+    match crate::throttle::charge_link(&state, meta.ip.as_deref(), now).await {
+        Ok(None) => {}
+        Ok(Some(wait)) => {
+            state.metrics.login_throttled();
+            let message = format!("Too many requests from your network. Try again in {wait} seconds.");
+            let mut response = forgot_form(&csrf, Some(&message));
+            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            return web::with_cookie(with_retry_after(response, wait), set);
+        }
+        Err(_) => return unavailable(),
+    }
     let same =
         "If the account exists and has an address, a link is on its way. It works once, for 15 minutes.";
     let user = match state.store.user_by_name(form.get("username").unwrap_or("")).await {

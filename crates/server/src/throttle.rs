@@ -87,6 +87,23 @@ async fn reserve(state: &AppState, limits: Limits, key: &str, now: i64) -> Resul
     Ok(Verdict::Refused { retry_at: now + 1, locked: false })
 }
 
+/// Charges a request for a mailed link (a password reset) to the counter of the source `ip`, which no
+/// success ever clears: a source that asks for links to many accounts is slowed, then locked, with the
+/// source limits of sign-ins (`[login] source_*`). `Ok(None)` admits the request; `Ok(Some(wait))` refuses
+/// it for `wait` seconds. Requests without a known source are charged to nothing here; the per-user limit
+/// still holds for them.
+///
+/// # Errors
+/// If the store cannot be read or written: the caller refuses the request.
+pub async fn charge_link(state: &AppState, ip: Option<&str>, now: i64) -> Result<Option<i64>, StoreError> {
+    let Some(ip) = ip else { return Ok(None) };
+    let _turn = state.throttle_turn.lock().await;
+    match reserve(state, state.config.login.source(), &format!("link:ip:{ip}"), now).await? {
+        Verdict::Attempt { .. } => Ok(None),
+        Verdict::Refused { retry_at, .. } => Ok(Some((retry_at - now).max(1))),
+    }
+}
+
 /// When a counter can no longer refuse anything.
 fn expiry(c: &Counter, window: i64) -> i64 {
     c.locked_until.max(c.next_at).max(c.last_at + window)

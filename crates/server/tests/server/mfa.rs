@@ -415,7 +415,7 @@ async fn a_known_device_signs_in_with_the_password_a_new_one_or_a_step_up_reques
 
 async fn risk_over_the_deny_threshold_refuses_the_sign_in_and_records_why(backend: crate::common::Backend) {
     // Recent failures (30 here) from a new device (40) reach 70: denied at this threshold, while a first
-    // sign-in (a new device and network, 60) is not.
+    // sign-in (a new device and network, 60) is not. The same holds for a sign-in that must reset.
     let Some(server) = Server::start_with(backend, |c| {
         c.risk.deny_at = 65;
         c.risk.failures = 30;
@@ -455,5 +455,20 @@ async fn risk_over_the_deny_threshold_refuses_the_sign_in_and_records_why(backen
     );
     let failures = s.state.store.recent_events(Some("login_failure"), 1).await.unwrap();
     assert_eq!(failures[0].reason.as_deref(), Some("risk_denied"));
+
+    // A forced reset is scored too: the risky sign-in is refused before it learns of the reset.
+    let alice = s.state.store.user_by_name("alice").await.unwrap().unwrap();
+    assert!(s.state.store.set_must_reset_password(&alice.id, true).await.unwrap());
+    s.state.directory.invalidate();
+    for _ in 0..3 {
+        let r =
+            post_form(s, &browser, &form, "/login", &[("username", "alice"), ("password", "a wrong guess")])
+                .await;
+        assert_eq!(r.status(), 200);
+    }
+    let r = post_form(s, &browser, &form, "/login", &[("username", "alice"), ("password", PASSWORD)]).await;
+    assert_eq!(r.status(), 403);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("This sign-in was refused") && !page.contains("new_password"), "{page}");
     server.finish().await;
 }

@@ -120,3 +120,39 @@ async fn reset_link_by_email_sets_a_new_password_once_and_the_change_is_notified
     );
     s.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_requests_from_one_source_are_slowed_whatever_the_account_sqlite() {
+    reset_requests_from_one_source_are_slowed_whatever_the_account(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_requests_from_one_source_are_slowed_whatever_the_account_postgres() {
+    reset_requests_from_one_source_are_slowed_whatever_the_account(Backend::Postgres).await;
+}
+
+/// One network asking for links to many accounts (a mail flood, or probing) is charged like failed
+/// sign-ins: its free requests, then `429` with `Retry-After`, whichever names it asks for.
+async fn reset_requests_from_one_source_are_slowed_whatever_the_account(backend: Backend) {
+    let Some(s) = Server::start_with(backend, |c| {
+        c.login.source_free_failures = 5;
+        c.login.delay_base_secs = 300;
+        c.login.delay_max_secs = 600;
+    })
+    .await
+    else {
+        return;
+    };
+    for n in 0..5 {
+        let page = ask(&s, &format!("user{n}")).await;
+        assert!(page.contains("If the account exists"), "request {n} is answered as usual");
+    }
+    let browser = Browser::default();
+    let form = browser.get(&s.url("/password/forgot")).await.text().await.unwrap();
+    let csrf = hidden(&form, "csrf");
+    let r = browser.post(&s.url("/password/forgot"), &[("csrf", &csrf), ("username", "alice")]).await;
+    assert_eq!(r.status(), 429, "the sixth request from the same source waits");
+    let wait: i64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((250..=300).contains(&wait), "Retry-After {wait}");
+    assert!(r.text().await.unwrap().contains("Too many requests from your network"));
+}
