@@ -250,11 +250,20 @@ pub(crate) fn user(cmd: UserCommand) -> Result<(), Failure> {
         UserCommand::Show { username, cfg } => with_store(&cfg, |store, _| async move {
             let u = find(&*store, &username).await?;
             let totp = store.totp_factor(&u.id).await.map_err(store_failure)?;
-            let mfa = if totp.is_some_and(|t| t.secret_sealed.is_some()) {
-                let left = store.recovery_codes_left(&u.id).await.map_err(store_failure)?;
-                format!("totp, {left} recovery codes left")
-            } else {
+            let keys = store.webauthn_credentials(&u.id).await.map_err(store_failure)?;
+            let mut factors = Vec::new();
+            if totp.is_some_and(|t| t.secret_sealed.is_some()) {
+                factors.push("totp".to_owned());
+            }
+            if !keys.is_empty() {
+                let names: Vec<String> = keys.iter().map(|k| format!("{:?}", k.name)).collect();
+                factors.push(format!("passkeys {}", names.join(", ")));
+            }
+            let mfa = if factors.is_empty() {
                 "none".to_owned()
+            } else {
+                let left = store.recovery_codes_left(&u.id).await.map_err(store_failure)?;
+                format!("{}; {left} recovery codes left", factors.join("; "))
             };
             emit(&format!("{}\nmfa: {mfa}", describe(&u)))
         }),

@@ -466,13 +466,14 @@ pub async fn login(
         }
     };
     // The password is right: a second factor next, when the user has one or the client asks for one.
-    let has_factor = match mfa::has_factor(&state, &user.id).await {
-        Ok(has) => has,
+    let factors = match mfa::factors(&state, &user.id).await {
+        Ok(factors) => factors,
         Err(e) => {
             tracing::warn!(error = %e, "login: store failure");
             return unavailable();
         }
     };
+    let has_factor = factors.any();
     // The sign-in's risk, from its device, network, place and the user's history: the decision and its
     // reasons go to the audit log; the user sees only what they must do.
     let device = web::device(&state, &headers).map(|(hash, _)| hash);
@@ -520,14 +521,17 @@ pub async fn login(
         // A forced reset: every factor the user has, then a new password, then the session. Only someone
         // who knows the password (and whose sign-in risk did not deny it) learns that it must change.
         if has_factor {
-            return web::with_cookie(mfa::ask(&state, &csrf, &user.id, &return_to, true, now), set);
+            return web::with_cookie(
+                mfa::ask(&state, &csrf, &user.id, &return_to, (true, factors), now),
+                set,
+            );
         }
         let next =
             mfa::Challenge { u: user.id.clone(), r: return_to, t: now, p: true, a: vec!["pwd".into()] };
         return web::with_cookie(crate::password::new_password_form(&state, &csrf, &next, None), set);
     }
     if needs && has_factor {
-        return web::with_cookie(mfa::ask(&state, &csrf, &user.id, &return_to, false, now), set);
+        return web::with_cookie(mfa::ask(&state, &csrf, &user.id, &return_to, (false, factors), now), set);
     }
     // Without a factor where one is required, the user signs in with the password and enrols one before
     // the authorization request goes on (`authorize` sends them to the account page).

@@ -80,6 +80,8 @@ pub struct Config {
     pub risk: tessera_core::risk::RiskConfig,
     /// Where reset links and notices to users go (`[notify]`; `TESSERA_NOTIFY_<KEY>`).
     pub notify: crate::notify::NotifyConfig,
+    /// Passkeys' relying party (`[webauthn]`; `TESSERA_WEBAUTHN_<KEY>`).
+    pub webauthn: crate::passkeys::WebauthnConfig,
 }
 
 impl Default for Config {
@@ -114,6 +116,7 @@ impl Default for Config {
             passwords: crate::passwords::PasswordConfig::default(),
             risk: tessera_core::risk::RiskConfig::default(),
             notify: crate::notify::NotifyConfig::default(),
+            webauthn: crate::passkeys::WebauthnConfig::default(),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod mfa;
 pub mod notify;
 pub mod oauth;
+pub mod passkeys;
 mod password;
 pub mod passwords;
 pub mod response;
@@ -88,6 +89,8 @@ pub struct AppState {
     pub password_rules: passwords::Rules,
     /// Sends reset links and notices to users.
     pub notifier: notify::Notifier,
+    /// The WebAuthn relying party; `None` when passkeys are off.
+    pub webauthn: Option<webauthn_rs::Webauthn>,
     /// Takes this node's login-throttle updates one at a time (see [`throttle`]).
     throttle_turn: tokio::sync::Mutex<()>,
     /// The proxies whose `X-Forwarded-For` is believed.
@@ -266,6 +269,7 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
     let passwords = Passwords::new(config.password_hash_concurrency).map_err(StartError)?;
     let password_rules = passwords::Rules::new(&config.passwords).map_err(StartError)?;
     let notifier = notify::Notifier::new(&config.notify).map_err(StartError)?;
+    let webauthn = passkeys::relying_party(&config.issuer, &config.webauthn).map_err(StartError)?;
     let discovery = routes::discovery_document(&config.issuer, &keyring.signer().alg().to_string());
     let head = store.revocation_seq().await.map_err(start_error)?;
     let live = store.live_revocations(now).await.map_err(start_error)?;
@@ -288,6 +292,7 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
         geo,
         password_rules,
         notifier,
+        webauthn,
         throttle_turn: tokio::sync::Mutex::new(()),
         trusted_proxies,
         discovery,
@@ -366,6 +371,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/account/totp", post(mfa::begin_totp))
         .route("/account/totp/confirm", post(mfa::confirm_totp))
         .route("/account/recovery-codes", post(mfa::regenerate_recovery_codes))
+        .route("/account/passkeys", post(passkeys::register))
+        .route("/account/passkeys/start", post(passkeys::register_start))
+        .route("/account/passkeys/remove", post(passkeys::remove))
+        .route("/login/passkey", post(passkeys::sign_in))
+        .route("/login/passkey/start", post(passkeys::sign_in_start))
+        .route("/assets/webauthn.js", get(passkeys::script))
         .route("/logout", get(authorize::logout_page).post(authorize::logout))
         .route("/userinfo", get(endpoints::userinfo).post(endpoints::userinfo))
         .route("/revoke", post(endpoints::revoke))

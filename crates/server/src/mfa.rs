@@ -79,39 +79,81 @@ pub(crate) fn clear_challenge(state: &AppState) -> HeaderValue {
     web::set_cookie(state, challenge_cookie(state), "", 0)
 }
 
+/// The confirmed second factors a user has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Factors {
+    /// An authenticator app (TOTP).
+    pub totp: bool,
+    /// At least one passkey or security key (WebAuthn).
+    pub passkeys: bool,
+}
+
+impl Factors {
+    /// Whether there is any.
+    pub fn any(self) -> bool {
+        self.totp || self.passkeys
+    }
+}
+
+/// The user's confirmed second factors.
+///
+/// # Errors
+/// If the store cannot be read.
+pub async fn factors(state: &AppState, user_id: &str) -> Result<Factors, StoreError> {
+    Ok(Factors {
+        totp: state.store.totp_factor(user_id).await?.is_some_and(|f| f.secret_sealed.is_some()),
+        passkeys: !state.store.webauthn_credentials(user_id).await?.is_empty(),
+    })
+}
+
 /// Whether the user has a confirmed second factor.
 ///
 /// # Errors
 /// If the store cannot be read.
 pub async fn has_factor(state: &AppState, user_id: &str) -> Result<bool, StoreError> {
-    Ok(state.store.totp_factor(user_id).await?.is_some_and(|f| f.secret_sealed.is_some()))
+    Ok(factors(state, user_id).await?.any())
 }
 
-/// The code form, with the challenge cookie for `user_id` (who has just shown the password, or holds a
-/// session that needs more) returning to `return_to`.
-/// With `reset`, a new password is due after the code.
-pub fn ask(state: &AppState, csrf: &str, user_id: &str, return_to: &str, reset: bool, now: i64) -> Response {
+/// The second-step form (a code, and the passkey prompt when the user has one), with the challenge
+/// cookie for `user_id` (who has just shown the password, or holds a session that needs more) returning to
+/// `return_to`. With `reset`, a new password is due after the second factor.
+pub fn ask(
+    state: &AppState,
+    csrf: &str,
+    user_id: &str,
+    return_to: &str,
+    (reset, factors): (bool, Factors),
+    now: i64,
+) -> Response {
     let return_to = if return_to.len() > MAX_RETURN { "" } else { return_to };
     let challenge =
         Challenge { u: user_id.to_owned(), r: return_to.to_owned(), t: now, p: reset, a: Vec::new() };
     let Some(cookie) = seal_challenge(state, &challenge) else {
         return web::unavailable();
     };
-    web::with_cookie(code_form(csrf, None, StatusCode::OK), Some(cookie))
+    web::with_cookie(code_form(csrf, factors, None, StatusCode::OK), Some(cookie))
 }
 
-/// The second step of a sign-in: one field, `code`, for the authenticator app's code or a recovery code.
-fn code_form(csrf: &str, error: Option<&str>, status: StatusCode) -> Response {
+/// The second step of a sign-in: the passkey prompt when the user has a passkey, and one field, `code`, for
+/// the authenticator app's code or a recovery code.
+pub(crate) fn code_form(csrf: &str, factors: Factors, error: Option<&str>, status: StatusCode) -> Response {
     let error =
         error.map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e))).unwrap_or_default();
+    let passkey = if factors.passkeys { crate::passkeys::sign_in_prompt(csrf) } else { String::new() };
+    let (label, hint) = if factors.totp {
+        ("Code from your authenticator app", "Lost your device? Type one of your recovery codes instead.")
+    } else {
+        ("Recovery code", "Lost your passkey? Type one of your recovery codes.")
+    };
     let body = format!(
-        "{error}<form method=\"post\" action=\"/login/mfa\">\
+        "{error}{passkey}<form method=\"post\" action=\"/login/mfa\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-         <label>Code from your authenticator app <input name=\"code\" autocomplete=\"one-time-code\" \
-         required autofocus></label>\
-         <p>Lost your device? Type one of your recovery codes instead.</p>\
+         <label>{label} <input name=\"code\" autocomplete=\"one-time-code\" \
+         required{autofocus}></label>\
+         <p>{hint}</p>\
          <button type=\"submit\">Verify</button></form>",
         csrf = escape(csrf),
+        autofocus = if factors.passkeys { "" } else { " autofocus" },
     );
     page(status, "Two-step verification", &body)
 }
@@ -216,13 +258,31 @@ pub async fn submit(
         }
     };
     let code = form.get("code").unwrap_or("");
-    let refuse =
-        |message: &str, status| web::with_cookie(code_form(&csrf, Some(message), status), set.clone());
+    let Ok(factors) = factors(&state, &user.id).await else { return web::unavailable() };
+    let refuse = |message: &str, status| {
+        web::with_cookie(code_form(&csrf, factors, Some(message), status), set.clone())
+    };
     if let Err(response) = check_code(&state, &meta, &user, code, now, refuse).await {
         return response;
     }
-    // A step-up replaces the password-only session this browser held.
-    if let Some((old, _)) = web::current_session(&state, &headers, now).await
+    let response =
+        second_factor_shown(&state, &meta, &headers, (&csrf, &user), challenge, mfa_amr(), now).await;
+    web::with_cookie(response, set)
+}
+
+/// After the second step of a sign-in succeeded with `amr`: the new password of a forced reset, or the
+/// session (a step-up ends the password-only session this browser held) and back to the authorization
+/// request.
+pub(crate) async fn second_factor_shown(
+    state: &AppState,
+    meta: &RequestMeta,
+    headers: &HeaderMap,
+    (csrf, user): (&str, &User),
+    challenge: Challenge,
+    amr: Vec<String>,
+    now: i64,
+) -> Response {
+    if let Some((old, _)) = web::current_session(state, headers, now).await
         && old.user_id == user.id
         && let Err(e) = state.store.end_login_session(&old.hash, "step_up", now).await
     {
@@ -230,11 +290,11 @@ pub async fn submit(
     }
     if challenge.p {
         // A forced reset: the new password next, now that every factor was shown.
-        let next = Challenge { a: mfa_amr(), t: now, ..challenge };
-        return web::with_cookie(crate::password::new_password_form(&state, &csrf, &next, None), set);
+        let next = Challenge { a: amr, t: now, ..challenge };
+        return crate::password::new_password_form(state, csrf, &next, None);
     }
-    let response = signed_in(&state, &meta, &headers, &user, mfa_amr(), &challenge.r, now).await;
-    web::with_cookie(web::with_cookie(response, Some(clear_challenge(&state))), set)
+    let response = signed_in(state, meta, headers, user, amr, &challenge.r, now).await;
+    web::with_cookie(response, Some(clear_challenge(state)))
 }
 
 /// For a signed-in user whose session has less than the authorization request asks for: the code form
@@ -247,9 +307,11 @@ pub async fn step_up(
     now: i64,
 ) -> Response {
     let (csrf, set) = web::csrf_token(state, headers);
-    match has_factor(state, &session.user_id).await {
-        Ok(true) => web::with_cookie(ask(state, &csrf, &session.user_id, return_to, false, now), set),
-        Ok(false) => {
+    match factors(state, &session.user_id).await {
+        Ok(factors) if factors.any() => {
+            web::with_cookie(ask(state, &csrf, &session.user_id, return_to, (false, factors), now), set)
+        }
+        Ok(_) => {
             let mut query = form_urlencoded::Serializer::new(String::new());
             query.append_pair("return", return_to);
             let location = format!("/account?{}", query.finish());
@@ -308,23 +370,29 @@ pub(crate) async fn account_page(
          verification. Set it up to continue.</p>"
             .to_owned()
     };
-    let factor = if has_factor(state, &user.id).await? {
+    let factors = factors(state, &user.id).await?;
+    let status = if factors.any() {
         let left = state.store.recovery_codes_left(&user.id).await?;
+        format!("<p>Two-step verification is <b>on</b>. Recovery codes left: {left}.</p>")
+    } else {
+        format!("{required}<p>Two-step verification is <b>off</b>.</p>")
+    };
+    let app = if factors.totp {
         format!(
-            "<p>Two-step verification is <b>on</b> (authenticator app). Recovery codes left: {left}.</p>\
+            "<h3>Authenticator app</h3><p>Set up.</p>\
              <form method=\"post\" action=\"/account/recovery-codes\">{hidden}\
              <label>Code from your authenticator app <input name=\"code\" autocomplete=\"one-time-code\" \
              required></label><button type=\"submit\">Make new recovery codes</button></form>"
         )
     } else {
         format!(
-            "{required}<p>Two-step verification is <b>off</b>.</p>\
-             <form method=\"post\" action=\"/account/totp\">{hidden}\
+            "<h3>Authenticator app</h3><form method=\"post\" action=\"/account/totp\">{hidden}\
              <button type=\"submit\">Set up an authenticator app</button></form>"
         )
     };
+    let passkeys = crate::passkeys::account_section(state, user, &hidden).await?;
     let body = format!(
-        "{notice}<p>Signed in as <b>{}</b>.</p><h2>Two-step verification</h2>{factor}{}",
+        "{notice}<p>Signed in as <b>{}</b>.</p><h2>Two-step verification</h2>{status}{passkeys}{app}{}",
         escape(&user.username),
         crate::password::change_form(&hidden)
     );
@@ -538,7 +606,7 @@ pub async fn regenerate_recovery_codes(
 }
 
 /// Ten new recovery codes and their hashes.
-fn new_recovery_codes() -> Option<(Vec<String>, Vec<TokenHash>)> {
+pub(crate) fn new_recovery_codes() -> Option<(Vec<String>, Vec<TokenHash>)> {
     let mut codes = Vec::with_capacity(RECOVERY_CODES);
     for _ in 0..RECOVERY_CODES {
         let random = random_bytes().ok()?;
@@ -551,7 +619,7 @@ fn new_recovery_codes() -> Option<(Vec<String>, Vec<TokenHash>)> {
 }
 
 /// The recovery codes, shown this once, and the way on.
-fn recovery_page(codes: &[String], return_to: &str, headline: &str) -> Response {
+pub(crate) fn recovery_page(codes: &[String], return_to: &str, headline: &str) -> Response {
     let list: String = codes.iter().map(|c| format!("<li><code>{}</code></li>", escape(c))).collect();
     let next = if return_to.is_empty() { "/account".to_owned() } else { format!("/authorize?{return_to}") };
     let body = format!(

@@ -1,6 +1,7 @@
 //! The browser side: HTML pages with their security headers, cookies, and CSRF protection.
 //!
-//! Pages are plain HTML forms that work without JavaScript. Every page is sent with a strict CSP,
+//! Pages are plain HTML forms that work without JavaScript; only the passkey prompt needs our one script
+//! (`/assets/webauthn.js`, the only source the CSP allows). Every page is sent with a strict CSP,
 //! `X-Frame-Options: DENY`, `Referrer-Policy: same-origin` and `Cache-Control: no-store`. (`same-origin`,
 //! not `no-referrer`: under `no-referrer` browsers send `Origin: null` with the pages' own form posts,
 //! which the CSRF check rightly refuses; `same-origin` still tells no other site where the user came
@@ -16,8 +17,8 @@ use tessera_store::{LoginSession, User};
 use crate::AppState;
 use crate::crypto::random_id;
 
-const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; \
-                   base-uri 'none'";
+const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; \
+                   img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'";
 
 /// Escapes text for HTML content and double-quoted attributes.
 pub fn escape(text: &str) -> String {
@@ -128,15 +129,19 @@ pub fn csrf_token(state: &AppState, headers: &HeaderMap) -> (String, Option<Head
     }
 }
 
-/// Whether a form's `csrf` field matches the CSRF cookie, and the `Origin`, when sent, is the issuer's.
+/// Whether a form's `csrf` field matches the CSRF cookie, and the `Origin`, when sent, is the issuer's (or the
+/// pages' configured origin).
 pub fn csrf_ok(state: &AppState, headers: &HeaderMap, field: Option<&str>) -> bool {
     let origin_ok = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         None => true,
         Some(origin) => {
-            state.config.issuer.starts_with(origin) && {
+            // The issuer's origin, or the one the pages are configured to be shown from (`[webauthn]
+            // origin`, when a proxy serves them under another name).
+            let pages = state.config.webauthn.origin.trim_end_matches('/');
+            (state.config.issuer.starts_with(origin) && {
                 let rest = &state.config.issuer[origin.len()..];
                 rest.is_empty() || rest.starts_with('/')
-            }
+            }) || (!pages.is_empty() && origin == pages)
         }
     };
     match (cookie(headers, csrf_cookie(state)), field) {

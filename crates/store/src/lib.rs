@@ -25,7 +25,7 @@ mod sqlite;
 pub use model::{
     Alert, AlertOutcome, AuditQuery, AuditRecord, AuditState, AuthCode, Client, CodeUse, Event, Family,
     KeyRecord, LoginSession, NewAlert, NewRevocation, OriginRef, RefreshRecord, Resource, Revocation,
-    Rotation, Time, TokenRef, TotpFactor, User,
+    Rotation, Time, TokenRef, TotpFactor, User, WebauthnCredential,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -155,8 +155,43 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn use_recovery_code(&self, user_id: &str, hash: &TokenHash, now: Time) -> Result<bool>;
     /// How many unused recovery codes the user has.
     async fn recovery_codes_left(&self, user_id: &str) -> Result<i64>;
-    /// Removes every second factor of the user (TOTP and recovery codes); `false` if there was none.
+    /// Removes every second factor of the user (TOTP, WebAuthn credentials and recovery codes); `false` if
+    /// there was none.
     async fn reset_mfa(&self, user_id: &str) -> Result<bool>;
+    /// The user's WebAuthn credentials, oldest first.
+    async fn webauthn_credentials(&self, user_id: &str) -> Result<Vec<WebauthnCredential>>;
+    /// Registers a WebAuthn credential; [`StoreError::Conflict`] if its id is registered already (to this
+    /// user or any other).
+    async fn add_webauthn_credential(&self, credential: &WebauthnCredential) -> Result<()>;
+    /// After a sign-in it signed: stores the credential's updated state (its counter) and the time;
+    /// `false` if the user has no such credential.
+    async fn use_webauthn_credential(
+        &self,
+        user_id: &str,
+        id: &str,
+        credential: &str,
+        now: Time,
+    ) -> Result<bool>;
+    /// Removes one of the user's WebAuthn credentials; `false` if there was no such credential.
+    async fn remove_webauthn_credential(&self, user_id: &str, id: &str) -> Result<bool>;
+    /// Keeps the state of a WebAuthn ceremony for `user_id` under the hash of its handle until
+    /// `expires_at` (and prunes expired ones).
+    async fn put_webauthn_ceremony(
+        &self,
+        handle: &TokenHash,
+        user_id: &str,
+        purpose: &str,
+        state: &str,
+        expires_at: Time,
+        now: Time,
+    ) -> Result<()>;
+    /// Takes (removes) a live ceremony: its user, purpose and state; `None` if there is no such live
+    /// ceremony. Of concurrent takes of one handle, exactly one gets it.
+    async fn take_webauthn_ceremony(
+        &self,
+        handle: &TokenHash,
+        now: Time,
+    ) -> Result<Option<(String, String, String)>>;
     /// Sets a client's MFA policy; `false` if there is no such client.
     async fn set_client_mfa(&self, id: &str, mfa: MfaPolicy) -> Result<bool>;
 

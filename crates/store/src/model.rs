@@ -120,6 +120,23 @@ impl fmt::Debug for TotpFactor {
     }
 }
 
+/// A user's registered WebAuthn credential (a passkey or a security key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebauthnCredential {
+    /// The credential id (base64url), unique across every user.
+    pub id: String,
+    /// Its user.
+    pub user_id: String,
+    /// The name the user gave it.
+    pub name: String,
+    /// The serialized public credential (public key, signature counter): public data.
+    pub credential: String,
+    /// When it was registered.
+    pub created_at: Time,
+    /// When it last signed a sign-in.
+    pub last_used_at: Option<Time>,
+}
+
 /// A resource server: an audience tokens can be issued for, with the scopes it understands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resource {

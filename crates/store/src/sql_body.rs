@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use tessera_core::{ChainHash, ClientKind, EventKind, GrantType, KeyState, RevocationKind, TokenHash};
 
-use crate::model::{Alert, AlertOutcome, NewAlert, TotpFactor};
+use crate::model::{Alert, AlertOutcome, NewAlert, TotpFactor, WebauthnCredential};
 use crate::model::{
     AuditQuery, AuditRecord, AuditState, AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession,
     NewRevocation, OriginRef, RefreshRecord, Resource, Revocation, Rotation, Time, TokenRef, User,
@@ -736,13 +736,126 @@ impl Store for StoreImpl {
     async fn reset_mfa(&self, user_id: &str) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let mut n = 0;
-        for sql in
-            ["DELETE FROM totp_factors WHERE user_id = $1", "DELETE FROM recovery_codes WHERE user_id = $1"]
-        {
+        for sql in [
+            "DELETE FROM totp_factors WHERE user_id = $1",
+            "DELETE FROM webauthn_credentials WHERE user_id = $1",
+            "DELETE FROM recovery_codes WHERE user_id = $1",
+        ] {
             n += sqlx::query(sql).bind(user_id).execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
         Ok(n > 0)
+    }
+
+    async fn webauthn_credentials(&self, user_id: &str) -> Result<Vec<WebauthnCredential>> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, name, credential, created_at, last_used_at FROM webauthn_credentials \
+             WHERE user_id = $1 ORDER BY created_at, id",
+        )
+        .bind(user_id)
+        .fetch_all(self.read())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WebauthnCredential {
+                    id: r.try_get("id")?,
+                    user_id: r.try_get("user_id")?,
+                    name: r.try_get("name")?,
+                    credential: r.try_get("credential")?,
+                    created_at: r.try_get("created_at")?,
+                    last_used_at: r.try_get("last_used_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn add_webauthn_credential(&self, c: &WebauthnCredential) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO webauthn_credentials (id, user_id, name, credential, created_at, last_used_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&c.id)
+        .bind(&c.user_id)
+        .bind(&c.name)
+        .bind(&c.credential)
+        .bind(c.created_at)
+        .bind(c.last_used_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| conflict(e, "webauthn credential"))?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn use_webauthn_credential(
+        &self,
+        user_id: &str,
+        id: &str,
+        credential: &str,
+        now: Time,
+    ) -> Result<bool> {
+        let query = sqlx::query(
+            "UPDATE webauthn_credentials SET credential = $3, last_used_at = $4 WHERE user_id = $1 AND id = $2",
+        )
+        .bind(user_id)
+        .bind(id)
+        .bind(credential)
+        .bind(now);
+        written_once(self.begin_write().await?, query).await
+    }
+
+    async fn remove_webauthn_credential(&self, user_id: &str, id: &str) -> Result<bool> {
+        let query = sqlx::query("DELETE FROM webauthn_credentials WHERE user_id = $1 AND id = $2")
+            .bind(user_id)
+            .bind(id);
+        written_once(self.begin_write().await?, query).await
+    }
+
+    async fn put_webauthn_ceremony(
+        &self,
+        handle: &TokenHash,
+        user_id: &str,
+        purpose: &str,
+        state: &str,
+        expires_at: Time,
+        now: Time,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM webauthn_ceremonies WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO webauthn_ceremonies (handle, user_id, purpose, state, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(hex(handle.as_bytes()))
+        .bind(user_id)
+        .bind(purpose)
+        .bind(state)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| conflict(e, "webauthn ceremony"))?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn take_webauthn_ceremony(
+        &self,
+        handle: &TokenHash,
+        now: Time,
+    ) -> Result<Option<(String, String, String)>> {
+        let mut tx = self.begin_write().await?;
+        let row: Option<(String, String, String)> = sqlx::query_as(
+            "DELETE FROM webauthn_ceremonies WHERE handle = $1 AND expires_at > $2 RETURNING user_id, purpose, state",
+        )
+        .bind(hex(handle.as_bytes()))
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row)
     }
 
     async fn set_client_mfa(&self, id: &str, mfa: MfaPolicy) -> Result<bool> {
@@ -1720,6 +1833,16 @@ fn won_events<'a>(batch: &'a [RotationJob], outcomes: &[Rotation]) -> Vec<&'a Ev
 
 /// Runs a one-row UPDATE of a user, client or resource in `tx`, counts the change, and commits; whether the
 /// row existed.
+/// Runs a write that touches at most one row in `tx` and commits; whether it touched one.
+async fn written_once<'q>(
+    mut tx: Tx,
+    query: sqlx::query::Query<'q, Db, <Db as sqlx::Database>::Arguments<'q>>,
+) -> Result<bool> {
+    let n = query.execute(&mut *tx).await?.rows_affected();
+    tx.commit().await?;
+    Ok(n == 1)
+}
+
 async fn update_counted<'q>(
     mut tx: Tx,
     query: sqlx::query::Query<'q, Db, <Db as sqlx::Database>::Arguments<'q>>,

@@ -13,7 +13,7 @@ use tessera_core::{ClientKind, EventKind, GrantType, KeyState, RevocationKind, T
 use tessera_store::{
     AlertOutcome, AuditQuery, AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewAlert,
     NewRevocation, OriginRef, PostgresStore, RefreshRecord, Resource, Rotation, SqliteStore, Store,
-    StoreError, TokenRef, User, verify_audit_chain,
+    StoreError, TokenRef, User, WebauthnCredential, verify_audit_chain,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -169,7 +169,54 @@ conformance!(
     source_blocks_and_lifts_are_streamed_in_order,
     throttle_counters_change_only_by_compare_and_swap,
     second_factors_confirm_once_steps_only_move_forward_and_recovery_codes_spend_once,
+    webauthn_credentials_are_unique_and_ceremonies_are_taken_once,
 );
+
+async fn webauthn_credentials_are_unique_and_ceremonies_are_taken_once(s: &Arc<dyn Store>) {
+    let (alice, bob) = (user("alice"), user("bob"));
+    s.create_user(&alice).await.unwrap();
+    s.create_user(&bob).await.unwrap();
+    let key = |id: &str, user_id: &str| WebauthnCredential {
+        id: id.into(),
+        user_id: user_id.into(),
+        name: "Laptop".into(),
+        credential: "{\"counter\":0}".into(),
+        created_at: NOW,
+        last_used_at: None,
+    };
+    s.add_webauthn_credential(&key("cred-1", &alice.id)).await.unwrap();
+    assert!(
+        matches!(s.add_webauthn_credential(&key("cred-1", &bob.id)).await, Err(StoreError::Conflict(_))),
+        "a credential id belongs to one user"
+    );
+    assert!(s.use_webauthn_credential(&alice.id, "cred-1", "{\"counter\":7}", NOW + 5).await.unwrap());
+    assert!(!s.use_webauthn_credential(&bob.id, "cred-1", "{}", NOW).await.unwrap(), "bound to its user");
+    let read = s.webauthn_credentials(&alice.id).await.unwrap();
+    assert_eq!((read[0].credential.as_str(), read[0].last_used_at), ("{\"counter\":7}", Some(NOW + 5)));
+    assert!(s.webauthn_credentials(&bob.id).await.unwrap().is_empty());
+    assert!(!s.remove_webauthn_credential(&bob.id, "cred-1").await.unwrap(), "not bob's to remove");
+
+    // A ceremony is taken once, even by twenty racing requests, and not after it expired.
+    let handle = TokenHash::of("handle-1");
+    s.put_webauthn_ceremony(&handle, &alice.id, "authenticate", "state", NOW + 300, NOW).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (s, handle) = (Arc::clone(s), handle);
+        tasks.push(tokio::spawn(async move { s.take_webauthn_ceremony(&handle, NOW + 1).await.unwrap() }));
+    }
+    let mut taken = Vec::new();
+    for t in tasks {
+        taken.extend(t.await.unwrap());
+    }
+    assert_eq!(taken, [(alice.id.clone(), "authenticate".to_owned(), "state".to_owned())]);
+    let late = TokenHash::of("handle-2");
+    s.put_webauthn_ceremony(&late, &alice.id, "register", "state", NOW + 300, NOW).await.unwrap();
+    assert_eq!(s.take_webauthn_ceremony(&late, NOW + 300).await.unwrap(), None, "expired");
+
+    // The administrator's reset removes the keys with the other factors.
+    assert!(s.reset_mfa(&alice.id).await.unwrap());
+    assert!(s.webauthn_credentials(&alice.id).await.unwrap().is_empty());
+}
 
 async fn second_factors_confirm_once_steps_only_move_forward_and_recovery_codes_spend_once(
     s: &Arc<dyn Store>,

@@ -10,7 +10,7 @@ use oauth2::{AuthorizationCode, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope
 use tessera_core::{ClientKind, GrantType};
 
 use crate::browser_flow::setup;
-use crate::common::{API, Backend, PASSWORD, Server, http, query};
+use crate::common::{API, Backend, OAuthClient, PASSWORD, Server, http, query};
 use crate::mfa::{claims, code, enrol, password_session};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -49,8 +49,9 @@ async fn callback() -> String {
     url
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn headless_chromium_signs_in_with_a_password_and_an_authenticator_code() {
+/// chromedriver (started here, on a free port) and a headless Chromium session through it; `None`, with a
+/// printed reason, when either is absent.
+async fn chromium() -> Option<(Driver, fantoccini::Client)> {
     if !std::path::Path::new(CHROMIUM).exists() || !std::path::Path::new(CHROMEDRIVER).exists() {
         #[allow(clippy::print_stderr, reason = "a skipped test says so")]
         {
@@ -58,13 +59,13 @@ async fn headless_chromium_signs_in_with_a_password_and_an_authenticator_code() 
                 "skipped: {CHROMIUM} or {CHROMEDRIVER} is absent (apt-get install chromium chromium-driver)"
             );
         }
-        return;
+        return None;
     }
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
     };
-    let _driver = Driver(
+    let driver = Driver(
         Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -72,27 +73,6 @@ async fn headless_chromium_signs_in_with_a_password_and_an_authenticator_code() 
             .spawn()
             .unwrap(),
     );
-    let s = Server::start(Backend::Sqlite).await.unwrap();
-    // alice, with an authenticator app enrolled through the account page.
-    let spa = setup(&s).await;
-    let (secret, _, _) = enrol(&s, &password_session(&s, &spa).await, "/account").await;
-    let redirect = callback().await;
-    let grants = [GrantType::AuthorizationCode, GrantType::RefreshToken];
-    s.add_client("chromium", ClientKind::Public, &grants, &[API], &["openid", "orders:read"], true).await;
-    let mut app = s.state.store.client("chromium").await.unwrap().unwrap();
-    app.id = "chromium-app".into();
-    app.redirect_uris = vec![redirect.clone()];
-    s.state.store.create_client(&app).await.unwrap();
-    s.state.directory.invalidate();
-    let client = s.oauth("chromium-app", None).set_redirect_uri(RedirectUrl::new(redirect.clone()).unwrap());
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let (url, _) = client
-        .authorize_url(CsrfToken::new_random)
-        .add_scopes(["openid", "orders:read"].map(|x| Scope::new(x.into())))
-        .set_pkce_challenge(challenge)
-        .add_extra_param("resource", API)
-        .url();
-
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -116,7 +96,52 @@ async fn headless_chromium_signs_in_with_a_password_and_an_authenticator_code() 
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    let b = browser.expect("chromedriver did not start");
+    Some((driver, browser.expect("chromedriver did not start")))
+}
+
+/// A public client whose redirect URI is a local callback page; the client and that URI.
+async fn relying_party(s: &Server) -> (OAuthClient, String) {
+    let redirect = callback().await;
+    let grants = [GrantType::AuthorizationCode, GrantType::RefreshToken];
+    s.add_client("chromium", ClientKind::Public, &grants, &[API], &["openid", "orders:read"], true).await;
+    let mut app = s.state.store.client("chromium").await.unwrap().unwrap();
+    app.id = "chromium-app".into();
+    app.redirect_uris = vec![redirect.clone()];
+    s.state.store.create_client(&app).await.unwrap();
+    s.state.directory.invalidate();
+    let client = s.oauth("chromium-app", None).set_redirect_uri(RedirectUrl::new(redirect.clone()).unwrap());
+    (client, redirect)
+}
+
+/// Waits (up to 5 s) until the browser is at a URL starting with `prefix`; where it is.
+async fn landed(b: &fantoccini::Client, prefix: &str) -> Result<String, String> {
+    let mut url = String::new();
+    for _ in 0..100 {
+        url = b.current_url().await.map_err(|e| format!("current URL: {e}"))?.to_string();
+        if url.starts_with(prefix) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_chromium_signs_in_with_a_password_and_an_authenticator_code() {
+    let Some((_driver, b)) = chromium().await else { return };
+    let s = Server::start(Backend::Sqlite).await.unwrap();
+    // alice, with an authenticator app enrolled through the account page.
+    let spa = setup(&s).await;
+    let (secret, _, _) = enrol(&s, &password_session(&s, &spa).await, "/account").await;
+    let (client, redirect) = relying_party(&s).await;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, _) = client
+        .authorize_url(CsrfToken::new_random)
+        .add_scopes(["openid", "orders:read"].map(|x| Scope::new(x.into())))
+        .set_pkce_challenge(challenge)
+        .add_extra_param("resource", API)
+        .url();
+
     // Every step reports instead of panicking, so that the browser is closed whatever happens.
     let steps = async {
         let fail = |what: &str, e: fantoccini::error::CmdError| format!("{what}: {e}");
@@ -147,15 +172,7 @@ async fn headless_chromium_signs_in_with_a_password_and_an_authenticator_code() 
             .click()
             .await
             .map_err(|e| fail("submit the code", e))?;
-        let mut landed = String::new();
-        for _ in 0..100 {
-            landed = b.current_url().await.map_err(|e| fail("current URL", e))?.to_string();
-            if landed.starts_with(&redirect) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok::<String, String>(landed)
+        landed(&b, &redirect).await
     }
     .await;
     let _ = b.close().await;
@@ -171,5 +188,111 @@ async fn headless_chromium_signs_in_with_a_password_and_an_authenticator_code() 
     let access = claims(tokens.access_token().secret());
     assert_eq!(access["acr"], "urn:tessera:acr:mfa");
     assert_eq!(access["amr"], serde_json::json!(["pwd", "otp", "mfa"]));
+    s.finish().await;
+}
+
+/// WebDriver's "Add Virtual Authenticator" (WebAuthn Level 2, §11.3): a platform authenticator with user
+/// verification, which answers the page's `navigator.credentials` calls by itself.
+#[derive(Debug)]
+struct AddVirtualAuthenticator;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for AddVirtualAuthenticator {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/webauthn/authenticator", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http_types::Method, Option<String>) {
+        let body = serde_json::json!({
+            "protocol": "ctap2",
+            "transport": "internal",
+            "hasResidentKey": true,
+            "hasUserVerification": true,
+            "isUserConsenting": true,
+            "isUserVerified": true,
+        });
+        (http_types::Method::POST, Some(body.to_string()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_chromium_registers_a_passkey_and_signs_in_with_it() {
+    let Some((_driver, b)) = chromium().await else { return };
+    let s = Server::start_with(Backend::Sqlite, crate::passkeys::passkeys_on).await.unwrap();
+    setup(&s).await;
+    let (client, redirect) = relying_party(&s).await;
+    // The browser sees the server at localhost: WebAuthn needs a domain, and localhost is a secure context.
+    let base = s.base.replace("127.0.0.1", "localhost");
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, _) = client
+        .authorize_url(CsrfToken::new_random)
+        .add_scopes(["openid", "orders:read"].map(|x| Scope::new(x.into())))
+        .set_pkce_challenge(challenge)
+        .add_extra_param("resource", API)
+        .add_extra_param("acr_values", "urn:tessera:acr:mfa")
+        .url();
+    let url = url.as_str().replace(&s.base, &base);
+
+    let steps = async {
+        let fail = |what: &str, e: fantoccini::error::CmdError| format!("{what}: {e}");
+        b.issue_cmd(AddVirtualAuthenticator).await.map_err(|e| fail("add a virtual authenticator", e))?;
+        let sign_in = async |b: &fantoccini::Client| {
+            b.find(Locator::Css("input[name=username]")).await?.send_keys("alice").await?;
+            b.find(Locator::Css("input[name=password]")).await?.send_keys(PASSWORD).await?;
+            b.find(Locator::Css("button[type=submit]")).await?.click().await
+        };
+        // Sign in with the password alone (no factor yet), then register a passkey on the account page.
+        b.goto(&format!("{base}/login")).await.map_err(|e| fail("open the login page", e))?;
+        sign_in(&b).await.map_err(|e| fail("sign in with the password", e))?;
+        let wait = b.wait().at_most(Duration::from_secs(10));
+        if wait.for_element(Locator::Css("form[action='/logout']")).await.is_err() {
+            return Err(format!("not signed in: {}", b.source().await.unwrap_or_default()));
+        }
+        b.goto(&format!("{base}/account")).await.map_err(|e| fail("open the account page", e))?;
+        b.find(Locator::Css("input[name=name]"))
+            .await
+            .map_err(|e| fail("passkey name", e))?
+            .send_keys("Chromium")
+            .await
+            .map_err(|e| fail("type the name", e))?;
+        b.find(Locator::Css("form[data-webauthn=create] button"))
+            .await
+            .map_err(|e| fail("add-passkey button", e))?
+            .click()
+            .await
+            .map_err(|e| fail("add a passkey", e))?;
+        let wait = b.wait().at_most(Duration::from_secs(10));
+        if wait.for_element(Locator::Css("ol.recovery-codes")).await.is_err() {
+            return Err(format!(
+                "no recovery codes after registering: {}",
+                b.source().await.unwrap_or_default()
+            ));
+        }
+        // A fresh browser session asks for two factors: the password, then the passkey's button.
+        b.delete_all_cookies().await.map_err(|e| fail("forget the session", e))?;
+        b.goto(&url).await.map_err(|e| fail("open the authorization URL", e))?;
+        sign_in(&b).await.map_err(|e| fail("sign in again", e))?;
+        let wait = b.wait().at_most(Duration::from_secs(10));
+        let Ok(button) = wait.for_element(Locator::Css("form[data-webauthn=get] button")).await else {
+            return Err(format!("no passkey prompt on: {}", b.source().await.unwrap_or_default()));
+        };
+        button.click().await.map_err(|e| fail("use the passkey", e))?;
+        landed(&b, &redirect).await
+    }
+    .await;
+    let _ = b.close().await;
+    let landed = steps.unwrap_or_else(|why| panic!("{why}"));
+    assert!(landed.starts_with(&redirect), "the browser ended at {landed}");
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(query(&landed)["code"].clone()))
+        .set_pkce_verifier(verifier)
+        .request_async(&http())
+        .await
+        .unwrap();
+    let access = claims(tokens.access_token().secret());
+    assert_eq!(access["acr"], "urn:tessera:acr:mfa");
+    assert_eq!(access["amr"][2], "mfa");
+    let alice = s.state.store.user_by_name("alice").await.unwrap().unwrap();
+    let keys = s.state.store.webauthn_credentials(&alice.id).await.unwrap();
+    assert_eq!((keys.len(), keys[0].name.as_str()), (1, "Chromium"));
     s.finish().await;
 }

@@ -15,11 +15,46 @@ mod dpop;
 mod exchange;
 mod login_security;
 mod mfa;
+mod passkeys;
 mod refresh;
 mod reset;
 mod responses;
 mod stream;
 mod token_admin;
+
+/// Instantiates each test function (taking `&Server`) once per backend, on a server whose configuration
+/// `$adjust` (a `fn(&mut Config)`) changed.
+#[macro_export]
+macro_rules! on_backends_with {
+    ($adjust:path, $($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let s = $crate::common::Server::start_with($crate::common::Backend::Sqlite, $adjust)
+                        .await
+                        .unwrap();
+                    super::$name(&s).await;
+                    s.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(s) =
+                        $crate::common::Server::start_with($crate::common::Backend::Postgres, $adjust).await
+                    else {
+                        return;
+                    };
+                    super::$name(&s).await;
+                    s.finish().await;
+                }
+            )*
+        }
+    };
+}
 
 /// Instantiates each test function (taking `&Server`) once per backend.
 #[macro_export]

@@ -40,7 +40,7 @@ async fn wrong_codes_are_throttled_like_wrong_passwords_postgres() {
 }
 
 /// The authorization request's URL for `client`, with `extra` parameters, and its PKCE verifier.
-fn request(client: &OAuthClient, extra: &[(&str, &str)]) -> (String, PkceCodeVerifier) {
+pub(crate) fn request(client: &OAuthClient, extra: &[(&str, &str)]) -> (String, PkceCodeVerifier) {
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let mut request = client
         .authorize_url(CsrfToken::new_random)
@@ -54,7 +54,7 @@ fn request(client: &OAuthClient, extra: &[(&str, &str)]) -> (String, PkceCodeVer
 }
 
 /// Posts a form found on `html` (its CSRF token and `return` carried along) to `path`.
-async fn post_form(
+pub(crate) async fn post_form(
     s: &Server,
     browser: &Browser,
     html: &str,
@@ -143,7 +143,7 @@ async fn password_then_code_form(s: &Server, browser: &Browser, url: &str) -> St
     html
 }
 
-fn browser_has_session(browser: &Browser) -> bool {
+pub(crate) fn browser_has_session(browser: &Browser) -> bool {
     browser.last_set_cookies.lock().unwrap().iter().any(|c| c.starts_with("tessera_session=tsl_"))
 }
 
@@ -153,7 +153,7 @@ async fn submit_code(s: &Server, browser: &Browser, form: &str, code: &str) -> r
 }
 
 /// Follows a successful code step back through `/authorize` to the client; the tokens.
-async fn finish(
+pub(crate) async fn finish(
     s: &Server,
     browser: &Browser,
     r: reqwest::Response,
