@@ -197,6 +197,43 @@ fn totp_label(user_id: &str) -> String {
     format!("totp:{user_id}")
 }
 
+/// A `failure_kind`/`success` event of a second factor for `user_id` (`(true, reason)` a success).
+pub(crate) fn factor_event(
+    meta: &RequestMeta,
+    user_id: &str,
+    (passed, reason): (bool, &str),
+    now: i64,
+) -> Event {
+    Event {
+        kind: if passed { "mfa_success" } else { "mfa_failure" }.into(),
+        sub: Some(user_id.to_owned()),
+        reason: Some(reason.into()),
+        outcome: Some(if passed { "success" } else { "failure" }.into()),
+        ..meta.event(now)
+    }
+}
+
+/// The outcome of a throttled check of a second factor as what follows: the value it passed with, or the
+/// response to send (`refuse` with `wrong` for a wrong answer, a throttled one's wait with `429`).
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the response a handler returns next; boxing it only to unbox it there buys nothing"
+)]
+pub(crate) fn settle<T>(
+    checked: throttle::Checked<T>,
+    refuse: impl Fn(&str, StatusCode) -> Response,
+    wrong: &str,
+) -> Result<T, Response> {
+    match checked {
+        throttle::Checked::Passed(passed) => Ok(passed),
+        throttle::Checked::Wrong => Err(refuse(wrong, StatusCode::OK)),
+        throttle::Checked::Refused { wait } => {
+            Err(with_retry_after(refuse(&throttled_message(wait), StatusCode::TOO_MANY_REQUESTS), wait))
+        }
+        throttle::Checked::Unavailable => Err(web::unavailable()),
+    }
+}
+
 /// A code checked against the throttle and the user's factors, with its events: `Ok` with the method, or
 /// the response to send instead.
 async fn check_code(
@@ -208,27 +245,56 @@ async fn check_code(
     refuse: impl Fn(&str, StatusCode) -> Response,
 ) -> Result<&'static str, Response> {
     let reasons = ("mfa_failure", "wrong_code");
-    match throttle::checked(state, meta, user, reasons, now, spend_code(state, &user.id, code, now)).await {
-        throttle::Checked::Passed(method) => {
-            state
-                .event(Event {
-                    kind: "mfa_success".into(),
-                    sub: Some(user.id.clone()),
-                    reason: Some(method.into()),
-                    outcome: Some("success".into()),
-                    ..meta.event(now)
-                })
-                .await;
-            Ok(method)
-        }
-        throttle::Checked::Wrong => {
-            Err(refuse("That code is not right. Try the current one.", StatusCode::OK))
-        }
-        throttle::Checked::Refused { wait } => {
-            Err(with_retry_after(refuse(&throttled_message(wait), StatusCode::TOO_MANY_REQUESTS), wait))
-        }
-        throttle::Checked::Unavailable => Err(web::unavailable()),
+    let checked =
+        throttle::checked(state, meta, user, reasons, now, spend_code(state, &user.id, code, now)).await;
+    let method = settle(checked, refuse, "That code is not right. Try the current one.")?;
+    state.event(factor_event(meta, &user.id, (true, method), now)).await;
+    Ok(method)
+}
+
+/// A second step of a sign-in under way (a code or a passkey): its challenge, user and factors, and the
+/// page's CSRF token.
+pub(crate) struct SecondStep {
+    pub challenge: Challenge,
+    pub user: User,
+    pub factors: Factors,
+    pub csrf: String,
+    pub set: Option<HeaderValue>,
+}
+
+impl SecondStep {
+    /// The second-step page again, with `message`.
+    pub(crate) fn refuse(&self, message: &str, status: StatusCode) -> Response {
+        web::with_cookie(code_form(&self.csrf, self.factors, Some(message), status), self.set.clone())
     }
+}
+
+/// The second step a form posted to `/login/mfa` or `/login/passkey` continues: a fresh challenge of an
+/// enabled user, behind the CSRF check; or the login form to start over.
+pub(crate) async fn second_step(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &Params,
+    now: i64,
+) -> Result<SecondStep, Response> {
+    let (csrf, set) = web::csrf_token(state, headers);
+    let expired = |message: &str| start_over(state, &csrf, set.clone(), message);
+    if !web::csrf_ok(state, headers, form.get("csrf")) {
+        return Err(expired("The form expired. Please sign in again."));
+    }
+    let Some(challenge) = read_challenge(state, headers, now).filter(|c| c.a.is_empty()) else {
+        return Err(expired("Your sign-in took too long. Please sign in again."));
+    };
+    let user = match state.directory.user(&challenge.u).await {
+        Ok(Some(user)) if !user.disabled && user.must_reset_password == challenge.p => user,
+        Ok(_) => return Err(expired("Please sign in again.")),
+        Err(e) => {
+            tracing::warn!(error = %e, "second step: store failure");
+            return Err(web::unavailable());
+        }
+    };
+    let Ok(factors) = factors(state, &user.id).await else { return Err(web::unavailable()) };
+    Ok(SecondStep { challenge, user, factors, csrf, set })
 }
 
 /// `POST /login/mfa`: the code step. On success the session is opened (a step-up ends the weaker one it
@@ -240,34 +306,16 @@ pub async fn submit(
     body: Bytes,
 ) -> Response {
     let form = Params::parse(&body).unwrap_or_default();
-    let (csrf, set) = web::csrf_token(&state, &headers);
     let now = now();
-    let expired = |message: &str| start_over(&state, &csrf, set.clone(), message);
-    if !web::csrf_ok(&state, &headers, form.get("csrf")) {
-        return expired("The form expired. Please sign in again.");
-    }
-    let Some(challenge) = read_challenge(&state, &headers, now).filter(|c| c.a.is_empty()) else {
-        return expired("Your sign-in took too long. Please sign in again.");
-    };
-    let user = match state.directory.user(&challenge.u).await {
-        Ok(Some(user)) if !user.disabled && user.must_reset_password == challenge.p => user,
-        Ok(_) => return expired("Please sign in again."),
-        Err(e) => {
-            tracing::warn!(error = %e, "mfa: store failure");
-            return web::unavailable();
-        }
+    let step = match second_step(&state, &headers, &form, now).await {
+        Ok(step) => step,
+        Err(response) => return response,
     };
     let code = form.get("code").unwrap_or("");
-    let Ok(factors) = factors(&state, &user.id).await else { return web::unavailable() };
-    let refuse = |message: &str, status| {
-        web::with_cookie(code_form(&csrf, factors, Some(message), status), set.clone())
-    };
-    if let Err(response) = check_code(&state, &meta, &user, code, now, refuse).await {
+    if let Err(response) = check_code(&state, &meta, &step.user, code, now, |m, s| step.refuse(m, s)).await {
         return response;
     }
-    let response =
-        second_factor_shown(&state, &meta, &headers, (&csrf, &user), challenge, mfa_amr(), now).await;
-    web::with_cookie(response, set)
+    second_factor_shown(&state, &meta, &headers, step, mfa_amr(), now).await
 }
 
 /// After the second step of a sign-in succeeded with `amr`: the new password of a forced reset, or the
@@ -277,11 +325,11 @@ pub(crate) async fn second_factor_shown(
     state: &AppState,
     meta: &RequestMeta,
     headers: &HeaderMap,
-    (csrf, user): (&str, &User),
-    challenge: Challenge,
+    step: SecondStep,
     amr: Vec<String>,
     now: i64,
 ) -> Response {
+    let SecondStep { challenge, user, csrf, set, .. } = step;
     if let Some((old, _)) = web::current_session(state, headers, now).await
         && old.user_id == user.id
         && let Err(e) = state.store.end_login_session(&old.hash, "step_up", now).await
@@ -291,10 +339,26 @@ pub(crate) async fn second_factor_shown(
     if challenge.p {
         // A forced reset: the new password next, now that every factor was shown.
         let next = Challenge { a: amr, t: now, ..challenge };
-        return crate::password::new_password_form(state, csrf, &next, None);
+        return web::with_cookie(crate::password::new_password_form(state, &csrf, &next, None), set);
     }
-    let response = signed_in(state, meta, headers, user, amr, &challenge.r, now).await;
-    web::with_cookie(response, Some(clear_challenge(state)))
+    let response = signed_in(state, meta, headers, &user, amr, &challenge.r, now).await;
+    web::with_cookie(web::with_cookie(response, Some(clear_challenge(state))), set)
+}
+
+/// A new factor was just shown while enrolling it: the session `old` is replaced by one with `amr`. The
+/// new session's cookie, or `None` (the old one stays) if it cannot be stored.
+pub(crate) async fn upgrade_session(
+    state: &AppState,
+    user: &User,
+    old: &LoginSession,
+    amr: Vec<String>,
+    now: i64,
+) -> Option<HeaderValue> {
+    let cookie = open_session(state, user, amr, now).await?;
+    if let Err(e) = state.store.end_login_session(&old.hash, "step_up", now).await {
+        tracing::warn!(error = %e, "cannot end the replaced login session");
+    }
+    Some(cookie)
 }
 
 /// For a signed-in user whose session has less than the authorization request asks for: the code form
@@ -507,15 +571,7 @@ pub async fn confirm_totp(
     let secret = pending.and_then(|sealed| state.kek.open(&totp_label(&user.id), &sealed).ok());
     let step = secret.as_ref().and_then(|s| factor::totp_check(s, form.get("code").unwrap_or(""), now, 0));
     let Some(step) = step else {
-        state
-            .event(Event {
-                kind: "mfa_failure".into(),
-                sub: Some(user.id.clone()),
-                reason: Some("enrolment_code".into()),
-                outcome: Some("failure".into()),
-                ..meta.event(now)
-            })
-            .await;
+        state.event(factor_event(&meta, &user.id, (false, "enrolment_code"), now)).await;
         let message = "That code did not match. Set up the app again and type the code it shows.";
         return match account_page(&state, &user, &csrf, &return_to, Some(message)).await {
             Ok(response) => web::with_cookie(response, set),
@@ -527,22 +583,9 @@ pub async fn confirm_totp(
         Ok(true) => {}
         Ok(false) | Err(_) => return web::unavailable(),
     }
-    state
-        .event(Event {
-            kind: "mfa_success".into(),
-            sub: Some(user.id.clone()),
-            reason: Some("totp_enrolled".into()),
-            outcome: Some("success".into()),
-            ..meta.event(now)
-        })
-        .await;
+    state.event(factor_event(&meta, &user.id, (true, "totp_enrolled"), now)).await;
     // The code just typed proves the factor: the session becomes a two-factor one.
-    let cookie = open_session(&state, &user, mfa_amr(), now).await;
-    if cookie.is_some()
-        && let Err(e) = state.store.end_login_session(&session.hash, "step_up", now).await
-    {
-        tracing::warn!(error = %e, "cannot end the replaced login session");
-    }
+    let cookie = upgrade_session(&state, &user, &session, mfa_amr(), now).await;
     let response = recovery_page(&codes, &return_to, "Two-step verification is on.");
     web::with_cookie(web::with_cookie(response, cookie), set)
 }
@@ -590,15 +633,7 @@ pub async fn regenerate_recovery_codes(
     if state.store.replace_recovery_codes(&user.id, &hashes, now).await.is_err() {
         return web::unavailable();
     }
-    state
-        .event(Event {
-            kind: "mfa_success".into(),
-            sub: Some(user.id.clone()),
-            reason: Some("recovery_codes_replaced".into()),
-            outcome: Some("success".into()),
-            ..meta.event(now)
-        })
-        .await;
+    state.event(factor_event(&meta, &user.id, (true, "recovery_codes_replaced"), now)).await;
     web::with_cookie(
         recovery_page(&codes, &return_to, "New recovery codes are ready; the old ones no longer work."),
         set,

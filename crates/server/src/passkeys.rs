@@ -23,8 +23,7 @@ use webauthn_rs::prelude::{
     Url, Uuid, Webauthn, WebauthnBuilder,
 };
 
-use crate::authorize::{open_session, throttled_message, with_retry_after};
-use crate::mfa::{self, account_form, account_page};
+use crate::mfa::{self, account_form, account_page, factor_event};
 use crate::oauth::Params;
 use crate::web::{self, escape};
 use crate::{AppState, RequestMeta, now, throttle};
@@ -287,15 +286,7 @@ pub async fn register(
             .ok()
     });
     let Some(passkey) = passkey else {
-        state
-            .event(Event {
-                kind: "mfa_failure".into(),
-                sub: Some(user.id.clone()),
-                reason: Some("passkey_registration".into()),
-                outcome: Some("failure".into()),
-                ..meta.event(now)
-            })
-            .await;
+        state.event(factor_event(&meta, &user.id, (false, "passkey_registration"), now)).await;
         return again("The passkey could not be added. Try again.").await;
     };
     let name: String = form.get("name").unwrap_or("").trim().chars().take(MAX_NAME).collect();
@@ -315,21 +306,12 @@ pub async fn register(
     }
     state
         .event(Event {
-            kind: "mfa_success".into(),
-            sub: Some(user.id.clone()),
-            reason: Some("passkey_registered".into()),
-            outcome: Some("success".into()),
             detail: Some(serde_json::json!({ "credential": TokenHash::of(&record.id).short() }).to_string()),
-            ..meta.event(now)
+            ..factor_event(&meta, &user.id, (true, "passkey_registered"), now)
         })
         .await;
     // The registration was signed with user verification: the session becomes a two-factor one.
-    let cookie = open_session(&state, &user, amr(&passkey), now).await;
-    if cookie.is_some()
-        && let Err(e) = state.store.end_login_session(&session.hash, "step_up", now).await
-    {
-        tracing::warn!(error = %e, "cannot end the replaced login session");
-    }
+    let cookie = mfa::upgrade_session(&state, &user, &session, amr(&passkey), now).await;
     let first = match state.store.recovery_codes_left(&user.id).await {
         Ok(left) => left == 0,
         Err(_) => return web::unavailable(),
@@ -405,12 +387,8 @@ pub async fn remove(
     if removed {
         state
             .event(Event {
-                kind: "mfa_success".into(),
-                sub: Some(user.id.clone()),
-                reason: Some("passkey_removed".into()),
-                outcome: Some("success".into()),
                 detail: Some(serde_json::json!({ "credential": TokenHash::of(id).short() }).to_string()),
-                ..meta.event(now)
+                ..factor_event(&meta, &user.id, (true, "passkey_removed"), now)
             })
             .await;
     }
@@ -455,52 +433,21 @@ pub async fn sign_in(
     body: Bytes,
 ) -> Response {
     let form = Params::parse(&body).unwrap_or_default();
-    let (csrf, set) = web::csrf_token(&state, &headers);
     let now = now();
-    let expired = |message: &str| mfa::start_over(&state, &csrf, set.clone(), message);
-    if !web::csrf_ok(&state, &headers, form.get("csrf")) {
-        return expired("The form expired. Please sign in again.");
-    }
-    let Some(challenge) = mfa::read_challenge(&state, &headers, now).filter(|c| c.a.is_empty()) else {
-        return expired("Your sign-in took too long. Please sign in again.");
+    let step = match mfa::second_step(&state, &headers, &form, now).await {
+        Ok(step) => step,
+        Err(response) => return response,
     };
-    let user = match state.directory.user(&challenge.u).await {
-        Ok(Some(user)) if !user.disabled && user.must_reset_password == challenge.p => user,
-        Ok(_) => return expired("Please sign in again."),
-        Err(e) => {
-            tracing::warn!(error = %e, "passkeys: store failure");
-            return web::unavailable();
-        }
+    let check = verify(&state, &step.user, form.get("handle").unwrap_or(""), form.get("credential"), now);
+    let checked =
+        throttle::checked(&state, &meta, &step.user, ("mfa_failure", "wrong_passkey"), now, check).await;
+    let wrong = "The passkey did not sign you in. Try again, or type a code.";
+    let amr = match mfa::settle(checked, |m, s| step.refuse(m, s), wrong) {
+        Ok(amr) => amr,
+        Err(response) => return response,
     };
-    let Ok(factors) = mfa::factors(&state, &user.id).await else { return web::unavailable() };
-    let refuse = |message: &str, status| {
-        web::with_cookie(mfa::code_form(&csrf, factors, Some(message), status), set.clone())
-    };
-    let check = verify(&state, &user, form.get("handle").unwrap_or(""), form.get("credential"), now);
-    let amr = match throttle::checked(&state, &meta, &user, ("mfa_failure", "wrong_passkey"), now, check)
-        .await
-    {
-        throttle::Checked::Passed(amr) => amr,
-        throttle::Checked::Wrong => {
-            return refuse("The passkey did not sign you in. Try again, or type a code.", StatusCode::OK);
-        }
-        throttle::Checked::Refused { wait } => {
-            return with_retry_after(refuse(&throttled_message(wait), StatusCode::TOO_MANY_REQUESTS), wait);
-        }
-        throttle::Checked::Unavailable => return web::unavailable(),
-    };
-    state
-        .event(Event {
-            kind: "mfa_success".into(),
-            sub: Some(user.id.clone()),
-            reason: Some("passkey".into()),
-            outcome: Some("success".into()),
-            ..meta.event(now)
-        })
-        .await;
-    let response =
-        mfa::second_factor_shown(&state, &meta, &headers, (&csrf, &user), challenge, amr, now).await;
-    web::with_cookie(response, set)
+    state.event(factor_event(&meta, &step.user.id, (true, "passkey"), now)).await;
+    mfa::second_factor_shown(&state, &meta, &headers, step, amr, now).await
 }
 
 /// Checks an assertion `answer` to the ceremony `handle` of `user`, and records the key's new counter:
