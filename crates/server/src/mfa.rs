@@ -483,10 +483,31 @@ pub(crate) async fn account_form(
     }
 }
 
+/// Like [`account_form`], for a form that adds, replaces or removes a second factor: a user who has one
+/// must hold a session proven with one (`mfa` in its `amr`), so that a password alone can neither plant a
+/// factor of its own beside the user's nor take the user's away.
+pub(crate) async fn factor_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(LoginSession, User, Params), Response> {
+    let (session, user, form) = account_form(state, headers, body).await?;
+    let has = has_factor(state, &user.id).await.map_err(|_| web::unavailable())?;
+    if has && !session.amr.iter().any(|m| m == "mfa") {
+        return Err(page(
+            StatusCode::FORBIDDEN,
+            "Your account",
+            "<p class=\"error\" role=\"alert\">This session was opened with the password alone. To change \
+             your second factors, sign out and sign in again with one of them.</p>",
+        ));
+    }
+    Ok((session, user, form))
+}
+
 /// `POST /account/totp`: a new secret to enrol, shown as a QR code, the `otpauth://` URI and the secret
 /// itself, with the form that confirms it by a first code.
 pub async fn begin_totp(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (_, user, form) = match account_form(&state, &headers, &body).await {
+    let (_, user, form) = match factor_form(&state, &headers, &body).await {
         Ok(found) => found,
         Err(response) => return response,
     };
@@ -557,7 +578,7 @@ pub async fn confirm_totp(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (session, user, form) = match account_form(&state, &headers, &body).await {
+    let (session, user, form) = match factor_form(&state, &headers, &body).await {
         Ok(found) => found,
         Err(response) => return response,
     };

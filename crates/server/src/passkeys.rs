@@ -23,7 +23,7 @@ use webauthn_rs::prelude::{
     Url, Uuid, Webauthn, WebauthnBuilder,
 };
 
-use crate::mfa::{self, account_form, account_page, factor_event};
+use crate::mfa::{self, account_page, factor_event, factor_form};
 use crate::oauth::Params;
 use crate::web::{self, escape};
 use crate::{AppState, RequestMeta, now, throttle};
@@ -236,9 +236,17 @@ fn day(t: i64) -> String {
 /// the signed-in user, excluding the credentials they have.
 pub async fn register_start(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(rp) = &state.webauthn else { return json_error(StatusCode::NOT_FOUND, "passkeys_off") };
-    let (_, user, _) = match account_form(&state, &headers, &body).await {
+    let (_, user, _) = match factor_form(&state, &headers, &body).await {
         Ok(found) => found,
-        Err(_) => return json_error(StatusCode::BAD_REQUEST, "sign_in_again"),
+        Err(refused) => {
+            return match refused.status() {
+                StatusCode::FORBIDDEN => json_error(StatusCode::FORBIDDEN, "second_factor_first"),
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    json_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+                }
+                _ => json_error(StatusCode::BAD_REQUEST, "sign_in_again"),
+            };
+        }
     };
     let Ok(existing) = passkeys(&state, &user.id).await else {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable");
@@ -263,7 +271,7 @@ pub async fn register(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (session, user, form) = match account_form(&state, &headers, &body).await {
+    let (session, user, form) = match factor_form(&state, &headers, &body).await {
         Ok(found) => found,
         Err(response) => return response,
     };
@@ -373,7 +381,7 @@ pub async fn remove(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (_, user, form) = match account_form(&state, &headers, &body).await {
+    let (_, user, form) = match factor_form(&state, &headers, &body).await {
         Ok(found) => found,
         Err(response) => return response,
     };

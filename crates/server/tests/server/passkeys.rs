@@ -6,6 +6,7 @@
 use oauth2::TokenResponse as _;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tessera_core::mfa::MfaPolicy;
 use tessera_server::config::Config;
 use url::Url;
 use webauthn_authenticator_rs::WebauthnAuthenticator as _;
@@ -21,6 +22,7 @@ crate::on_backends_with!(
     passkey_registration_then_sign_in_with_the_key_and_tokens_say_mfa,
     a_passkey_answer_works_once_and_only_for_its_own_ceremony,
     a_removed_or_reset_passkey_no_longer_signs_in,
+    a_password_alone_cannot_add_or_remove_a_second_factor,
 );
 
 /// Passkeys on a test server: browsers would see it at `localhost` (an IP address cannot be a relying
@@ -214,4 +216,27 @@ async fn passkeys_are_off_on_an_ip_address_issuer_and_the_page_offers_none() {
         browser.post(&s.url("/account/passkeys/start"), &[("csrf", hidden(&account, "csrf").as_str())]).await;
     assert_eq!(r.status(), 404);
     s.finish().await;
+}
+
+async fn a_password_alone_cannot_add_or_remove_a_second_factor(s: &Server) {
+    let client = setup(s).await;
+    let first = password_session(s, &client).await;
+    let mut key = SoftPasskey::new(true);
+    assert_eq!(register(s, &first, &mut key, "Laptop").await.status(), 200);
+    // A client that never asks for a second factor: its sign-ins open password-only sessions.
+    assert!(s.state.store.set_client_mfa("spa", MfaPolicy::Off).await.unwrap());
+    s.state.directory.invalidate();
+    let thief = password_session(s, &client).await;
+    let account = thief.get(&s.url("/account")).await.text().await.unwrap();
+    let csrf = hidden(&account, "csrf");
+    let start = thief.post(&s.url("/account/passkeys/start"), &[("csrf", csrf.as_str())]).await;
+    assert_eq!(start.status(), 403);
+    assert_eq!(start.json::<Value>().await.unwrap()["error"], "second_factor_first");
+    let alice = s.state.store.user_by_name("alice").await.unwrap().unwrap();
+    let id = s.state.store.webauthn_credentials(&alice.id).await.unwrap()[0].id.clone();
+    let remove = post_form(s, &thief, &account, "/account/passkeys/remove", &[("id", &id)]).await;
+    assert_eq!(remove.status(), 403);
+    assert!(remove.text().await.unwrap().contains("opened with the password alone"));
+    assert_eq!(post_form(s, &thief, &account, "/account/totp", &[]).await.status(), 403);
+    assert_eq!(s.state.store.webauthn_credentials(&alice.id).await.unwrap().len(), 1, "the key stays");
 }
