@@ -448,6 +448,13 @@ pub(crate) async fn account_page(
              <label>Code from your authenticator app <input name=\"code\" autocomplete=\"one-time-code\" \
              required></label><button type=\"submit\">Make new recovery codes</button></form>"
         )
+    } else if factors.passkeys {
+        format!(
+            "<form method=\"post\" action=\"/account/recovery-codes\">{hidden}<button type=\"submit\">Make \
+             new recovery codes</button> (within 5 minutes of signing in with your passkey)</form>\
+             <h3>Authenticator app</h3><form method=\"post\" action=\"/account/totp\">{hidden}\
+             <button type=\"submit\">Set up an authenticator app</button></form>"
+        )
     } else {
         format!(
             "<h3>Authenticator app</h3><form method=\"post\" action=\"/account/totp\">{hidden}\
@@ -619,13 +626,32 @@ pub async fn regenerate_recovery_codes(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (_, user, form) = match account_form(&state, &headers, &body).await {
+    let (session, user, form) = match account_form(&state, &headers, &body).await {
         Ok(found) => found,
         Err(response) => return response,
     };
     let now = now();
     let return_to = form.get("return").unwrap_or("").to_owned();
     let (_, set) = web::csrf_token(&state, &headers);
+    let Ok(factors) = factors(&state, &user.id).await else { return web::unavailable() };
+    let refuse = |message: &str, status: StatusCode| {
+        let body = format!(
+            "<p class=\"error\" role=\"alert\">{}</p><p><a href=\"/account\">Back</a></p>",
+            escape(message)
+        );
+        web::with_cookie(page(status, "Your account", &body), set.clone())
+    };
+    if !factors.totp {
+        // Passkeys only: the key itself must have been shown in the last few minutes (a session's own
+        // sign-in, or the key's registration); a recovery code cannot mint more recovery codes.
+        let by_key = session.amr.iter().any(|m| m == "hwk" || m == "swk");
+        let fresh = by_key && now - session.auth_time <= CHALLENGE_TTL;
+        if !factors.passkeys || !fresh {
+            let message = "Sign in again with your passkey, then make new recovery codes within 5 minutes.";
+            return refuse(message, StatusCode::FORBIDDEN);
+        }
+        return replace_recovery_codes(&state, &meta, &user, &return_to, now, set).await;
+    }
     let code = form.get("code").unwrap_or("");
     // Only a current authenticator code: a recovery code cannot mint more recovery codes.
     if factor::normalize_recovery_code(code).is_some() {
@@ -638,25 +664,30 @@ pub async fn regenerate_recovery_codes(
             set,
         );
     }
-    let refuse = |message: &str, status: StatusCode| {
-        let body = format!(
-            "<p class=\"error\" role=\"alert\">{}</p><p><a href=\"/account\">Back</a></p>",
-            escape(message)
-        );
-        web::with_cookie(page(status, "Your account", &body), set.clone())
-    };
     if let Err(response) = check_code(&state, &meta, &user, code, now, refuse).await {
         return response;
     }
+    replace_recovery_codes(&state, &meta, &user, &return_to, now, set).await
+}
+
+/// Replaces every recovery code of `user` with ten new ones and shows them, once.
+async fn replace_recovery_codes(
+    state: &AppState,
+    meta: &RequestMeta,
+    user: &User,
+    return_to: &str,
+    now: i64,
+    set: Option<HeaderValue>,
+) -> Response {
     let Some((codes, hashes)) = new_recovery_codes() else {
         return web::unavailable();
     };
     if state.store.replace_recovery_codes(&user.id, &hashes, now).await.is_err() {
         return web::unavailable();
     }
-    state.event(factor_event(&meta, &user.id, (true, "recovery_codes_replaced"), now)).await;
+    state.event(factor_event(meta, &user.id, (true, "recovery_codes_replaced"), now)).await;
     web::with_cookie(
-        recovery_page(&codes, &return_to, "New recovery codes are ready; the old ones no longer work."),
+        recovery_page(&codes, return_to, "New recovery codes are ready; the old ones no longer work."),
         set,
     )
 }

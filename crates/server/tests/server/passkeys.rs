@@ -118,6 +118,12 @@ async fn passkey_registration_then_sign_in_with_the_key_and_tokens_say_mfa(s: &S
     let keys = s.state.store.webauthn_credentials(&alice.id).await.unwrap();
     assert!(keys[0].last_used_at.is_some(), "the sign-in is recorded on the key");
 
+    // With passkeys only, a fresh sign-in with the key replaces the recovery codes (no app code to type).
+    let account = browser.get(&s.url("/account")).await.text().await.unwrap();
+    let renewed = post_form(s, &browser, &account, "/account/recovery-codes", &[]).await;
+    assert_eq!(renewed.status(), 200);
+    assert_eq!(renewed.text().await.unwrap().matches("<li><code>").count(), 10);
+
     // The page's script is ours, and the only one the pages may run.
     let script = browser.get(&s.url("/assets/webauthn.js")).await;
     assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8");
@@ -238,5 +244,7 @@ async fn a_password_alone_cannot_add_or_remove_a_second_factor(s: &Server) {
     assert_eq!(remove.status(), 403);
     assert!(remove.text().await.unwrap().contains("opened with the password alone"));
     assert_eq!(post_form(s, &thief, &account, "/account/totp", &[]).await.status(), 403);
+    let codes = post_form(s, &thief, &account, "/account/recovery-codes", &[]).await;
+    assert_eq!(codes.status(), 403, "nor mint recovery codes");
     assert_eq!(s.state.store.webauthn_credentials(&alice.id).await.unwrap().len(), 1, "the key stays");
 }
