@@ -434,7 +434,9 @@ pub(crate) async fn account_page(
          verification. Set it up to continue.</p>"
             .to_owned()
     };
-    let factors = factors(state, &user.id).await?;
+    let keys = state.store.webauthn_credentials(&user.id).await?;
+    let totp = state.store.totp_factor(&user.id).await?.is_some_and(|f| f.secret_sealed.is_some());
+    let factors = Factors { totp, passkeys: !keys.is_empty() };
     let status = if factors.any() {
         let left = state.store.recovery_codes_left(&user.id).await?;
         format!("<p>Two-step verification is <b>on</b>. Recovery codes left: {left}.</p>")
@@ -461,7 +463,7 @@ pub(crate) async fn account_page(
              <button type=\"submit\">Set up an authenticator app</button></form>"
         )
     };
-    let passkeys = crate::passkeys::account_section(state, user, &hidden).await?;
+    let passkeys = crate::passkeys::account_section(state, &keys, &hidden);
     let body = format!(
         "{notice}<p>Signed in as <b>{}</b>.</p><h2>Two-step verification</h2>{status}{passkeys}{app}{}",
         escape(&user.username),

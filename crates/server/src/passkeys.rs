@@ -180,18 +180,13 @@ pub(crate) fn sign_in_prompt(csrf: &str) -> String {
 
 /// The passkeys part of the account page: the user's passkeys, each with a remove button, and the form
 /// that adds one (when passkeys are on).
-pub(crate) async fn account_section(
-    state: &AppState,
-    user: &User,
-    hidden: &str,
-) -> Result<String, StoreError> {
-    let keys = state.store.webauthn_credentials(&user.id).await?;
+pub(crate) fn account_section(state: &AppState, keys: &[WebauthnCredential], hidden: &str) -> String {
     let mut html = String::from("<h3>Passkeys and security keys</h3>");
     if keys.is_empty() {
         html.push_str("<p>None yet.</p>");
     } else {
         html.push_str("<ul class=\"passkeys\">");
-        for key in &keys {
+        for key in keys {
             let used =
                 key.last_used_at.map_or_else(|| "never used".to_owned(), |t| format!("last used {}", day(t)));
             html.push_str(&format!(
@@ -214,7 +209,7 @@ pub(crate) async fn account_section(
              <p role=\"status\"></p></form><script src=\"/assets/webauthn.js\" defer></script>"
         ));
     }
-    Ok(html)
+    html
 }
 
 /// `t` (Unix seconds) as a UTC day, `YYYY-MM-DD` (the civil-from-days algorithm of H. Hinnant's

@@ -6,12 +6,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{ClientBuilder, Locator};
-use oauth2::{AuthorizationCode, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope, TokenResponse as _};
+use oauth2::{AuthorizationCode, PkceCodeVerifier, RedirectUrl, TokenResponse as _};
 use tessera_core::{ClientKind, GrantType};
 
 use crate::browser_flow::setup;
 use crate::common::{API, Backend, OAuthClient, PASSWORD, Server, http, query};
-use crate::mfa::{claims, code, enrol, password_session};
+use crate::mfa::{claims, code, enrol, password_session, request};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -126,6 +126,24 @@ async fn landed(b: &fantoccini::Client, prefix: &str) -> Result<String, String> 
     Ok(url)
 }
 
+/// Types alice's username and password into the login form on the page and submits it.
+async fn sign_in_with_password(b: &fantoccini::Client) -> Result<(), fantoccini::error::CmdError> {
+    b.find(Locator::Css("input[name=username]")).await?.send_keys("alice").await?;
+    b.find(Locator::Css("input[name=password]")).await?.send_keys(PASSWORD).await?;
+    b.find(Locator::Css("button[type=submit]")).await?.click().await
+}
+
+/// The access token's claims, from the code in the callback URL `landed`.
+async fn access_claims(client: &OAuthClient, landed: &str, verifier: PkceCodeVerifier) -> serde_json::Value {
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(query(landed)["code"].clone()))
+        .set_pkce_verifier(verifier)
+        .request_async(&http())
+        .await
+        .unwrap();
+    claims(tokens.access_token().secret())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headless_chromium_signs_in_with_a_password_and_an_authenticator_code() {
     let Some((_driver, b)) = chromium().await else { return };
@@ -134,28 +152,13 @@ async fn headless_chromium_signs_in_with_a_password_and_an_authenticator_code() 
     let spa = setup(&s).await;
     let (secret, _, _) = enrol(&s, &password_session(&s, &spa).await, "/account").await;
     let (client, redirect) = relying_party(&s).await;
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let (url, _) = client
-        .authorize_url(CsrfToken::new_random)
-        .add_scopes(["openid", "orders:read"].map(|x| Scope::new(x.into())))
-        .set_pkce_challenge(challenge)
-        .add_extra_param("resource", API)
-        .url();
+    let (url, verifier) = request(&client, &[]);
 
     // Every step reports instead of panicking, so that the browser is closed whatever happens.
     let steps = async {
         let fail = |what: &str, e: fantoccini::error::CmdError| format!("{what}: {e}");
-        b.goto(url.as_str()).await.map_err(|e| fail("open the authorization URL", e))?;
-        let username = b.find(Locator::Css("input[name=username]")).await.map_err(|e| fail("username", e))?;
-        username.send_keys("alice").await.map_err(|e| fail("type the username", e))?;
-        let password = b.find(Locator::Css("input[name=password]")).await.map_err(|e| fail("password", e))?;
-        password.send_keys(PASSWORD).await.map_err(|e| fail("type the password", e))?;
-        b.find(Locator::Css("button[type=submit]"))
-            .await
-            .map_err(|e| fail("sign-in button", e))?
-            .click()
-            .await
-            .map_err(|e| fail("submit", e))?;
+        b.goto(&url).await.map_err(|e| fail("open the authorization URL", e))?;
+        sign_in_with_password(&b).await.map_err(|e| fail("sign in with the password", e))?;
         // The second step: one field, with the one-time-code hint a browser or password manager fills in.
         let wait = b.wait().at_most(Duration::from_secs(10));
         let Ok(field) = wait.for_element(Locator::Css("input[name=code]")).await else {
@@ -178,14 +181,7 @@ async fn headless_chromium_signs_in_with_a_password_and_an_authenticator_code() 
     let _ = b.close().await;
     let landed = steps.unwrap_or_else(|why| panic!("{why}"));
     assert!(landed.starts_with(&redirect), "the browser ended at {landed}");
-    let q = query(&landed);
-    let tokens = client
-        .exchange_code(AuthorizationCode::new(q["code"].clone()))
-        .set_pkce_verifier(verifier)
-        .request_async(&http())
-        .await
-        .unwrap();
-    let access = claims(tokens.access_token().secret());
+    let access = access_claims(&client, &landed, verifier).await;
     assert_eq!(access["acr"], "urn:tessera:acr:mfa");
     assert_eq!(access["amr"], serde_json::json!(["pwd", "otp", "mfa"]));
     s.finish().await;
@@ -222,27 +218,15 @@ async fn headless_chromium_registers_a_passkey_and_signs_in_with_it() {
     let (client, redirect) = relying_party(&s).await;
     // The browser sees the server at localhost: WebAuthn needs a domain, and localhost is a secure context.
     let base = s.base.replace("127.0.0.1", "localhost");
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let (url, _) = client
-        .authorize_url(CsrfToken::new_random)
-        .add_scopes(["openid", "orders:read"].map(|x| Scope::new(x.into())))
-        .set_pkce_challenge(challenge)
-        .add_extra_param("resource", API)
-        .add_extra_param("acr_values", "urn:tessera:acr:mfa")
-        .url();
-    let url = url.as_str().replace(&s.base, &base);
+    let (url, verifier) = request(&client, &[("acr_values", "urn:tessera:acr:mfa")]);
+    let url = url.replace(&s.base, &base);
 
     let steps = async {
         let fail = |what: &str, e: fantoccini::error::CmdError| format!("{what}: {e}");
         b.issue_cmd(AddVirtualAuthenticator).await.map_err(|e| fail("add a virtual authenticator", e))?;
-        let sign_in = async |b: &fantoccini::Client| {
-            b.find(Locator::Css("input[name=username]")).await?.send_keys("alice").await?;
-            b.find(Locator::Css("input[name=password]")).await?.send_keys(PASSWORD).await?;
-            b.find(Locator::Css("button[type=submit]")).await?.click().await
-        };
         // Sign in with the password alone (no factor yet), then register a passkey on the account page.
         b.goto(&format!("{base}/login")).await.map_err(|e| fail("open the login page", e))?;
-        sign_in(&b).await.map_err(|e| fail("sign in with the password", e))?;
+        sign_in_with_password(&b).await.map_err(|e| fail("sign in with the password", e))?;
         let wait = b.wait().at_most(Duration::from_secs(10));
         if wait.for_element(Locator::Css("form[action='/logout']")).await.is_err() {
             return Err(format!("not signed in: {}", b.source().await.unwrap_or_default()));
@@ -270,7 +254,7 @@ async fn headless_chromium_registers_a_passkey_and_signs_in_with_it() {
         // A fresh browser session asks for two factors: the password, then the passkey's button.
         b.delete_all_cookies().await.map_err(|e| fail("forget the session", e))?;
         b.goto(&url).await.map_err(|e| fail("open the authorization URL", e))?;
-        sign_in(&b).await.map_err(|e| fail("sign in again", e))?;
+        sign_in_with_password(&b).await.map_err(|e| fail("sign in again", e))?;
         let wait = b.wait().at_most(Duration::from_secs(10));
         let Ok(button) = wait.for_element(Locator::Css("form[data-webauthn=get] button")).await else {
             return Err(format!("no passkey prompt on: {}", b.source().await.unwrap_or_default()));
@@ -282,13 +266,7 @@ async fn headless_chromium_registers_a_passkey_and_signs_in_with_it() {
     let _ = b.close().await;
     let landed = steps.unwrap_or_else(|why| panic!("{why}"));
     assert!(landed.starts_with(&redirect), "the browser ended at {landed}");
-    let tokens = client
-        .exchange_code(AuthorizationCode::new(query(&landed)["code"].clone()))
-        .set_pkce_verifier(verifier)
-        .request_async(&http())
-        .await
-        .unwrap();
-    let access = claims(tokens.access_token().secret());
+    let access = access_claims(&client, &landed, verifier).await;
     assert_eq!(access["acr"], "urn:tessera:acr:mfa");
     assert_eq!(access["amr"][2], "mfa");
     let alice = s.state.store.user_by_name("alice").await.unwrap().unwrap();

@@ -413,6 +413,14 @@ async fn a_known_device_signs_in_with_the_password_a_new_one_or_a_step_up_reques
     assert!(risk[0].detail.as_deref().unwrap().contains("step_up_required"));
 }
 
+/// Three wrong passwords for alice on the login form `form`.
+async fn guess_wrong_three_times(s: &Server, browser: &Browser, form: &str) {
+    for _ in 0..3 {
+        let fields = [("username", "alice"), ("password", "a wrong guess")];
+        assert_eq!(post_form(s, browser, form, "/login", &fields).await.status(), 200);
+    }
+}
+
 async fn risk_over_the_deny_threshold_refuses_the_sign_in_and_records_why(backend: crate::common::Backend) {
     // Recent failures (30 here) from a new device (40) reach 70: denied at this threshold, while a first
     // sign-in (a new device and network, 60) is not. The same holds for a sign-in that must reset.
@@ -431,12 +439,7 @@ async fn risk_over_the_deny_threshold_refuses_the_sign_in_and_records_why(backen
     let browser = Browser::default();
     let (url, _) = request(&client, &[]);
     let form = browser.get(&url).await.text().await.unwrap();
-    for _ in 0..3 {
-        let r =
-            post_form(s, &browser, &form, "/login", &[("username", "alice"), ("password", "a wrong guess")])
-                .await;
-        assert_eq!(r.status(), 200);
-    }
+    guess_wrong_three_times(s, &browser, &form).await;
     let r = post_form(s, &browser, &form, "/login", &[("username", "alice"), ("password", PASSWORD)]).await;
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap();
@@ -460,12 +463,7 @@ async fn risk_over_the_deny_threshold_refuses_the_sign_in_and_records_why(backen
     let alice = s.state.store.user_by_name("alice").await.unwrap().unwrap();
     assert!(s.state.store.set_must_reset_password(&alice.id, true).await.unwrap());
     s.state.directory.invalidate();
-    for _ in 0..3 {
-        let r =
-            post_form(s, &browser, &form, "/login", &[("username", "alice"), ("password", "a wrong guess")])
-                .await;
-        assert_eq!(r.status(), 200);
-    }
+    guess_wrong_three_times(s, &browser, &form).await;
     let r = post_form(s, &browser, &form, "/login", &[("username", "alice"), ("password", PASSWORD)]).await;
     assert_eq!(r.status(), 403);
     let page = r.text().await.unwrap();
