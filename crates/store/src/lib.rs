@@ -23,9 +23,10 @@ mod postgres;
 mod sqlite;
 
 pub use model::{
-    Alert, AlertOutcome, AuditQuery, AuditRecord, AuditState, AuthCode, Client, CodeUse, Event, Family,
-    KeyRecord, LoginSession, NewAlert, NewRevocation, OriginRef, RefreshRecord, Resource, Revocation,
-    Rotation, Time, TokenRef, TotpFactor, User, WebauthnCredential,
+    Alert, AlertOutcome, AuditQuery, AuditRecord, AuditState, AuthCode, Client, CodeUse, Contained,
+    Containment, Event, Family, Incident, IncidentAction, KeyRecord, LoginSession, NewAlert, NewIncident,
+    NewRevocation, OriginRef, RefreshRecord, Resource, Revocation, Rotation, Time, TokenRef, TotpFactor,
+    User, WebauthnCredential,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -350,6 +351,36 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// transaction. Only a prefix of the chain is ever removed, so what remains verifies from the
     /// checkpoint. Returns the number removed.
     async fn prune_audit(&self, before: Time, max: i64, now: Time) -> Result<u64>;
+
+    /// Opens an incident, or finds the live (not closed) one about the same subject: the incident, and
+    /// `true` if this call opened it. Of concurrent opens about one subject, one opens and the others find it.
+    async fn open_incident(&self, new: &NewIncident, now: Time) -> Result<(Incident, bool)>;
+    /// An incident by number.
+    async fn incident(&self, id: i64) -> Result<Option<Incident>>;
+    /// Incidents, newest first: all, or those in one state (`open`, `contained`, `closed`).
+    async fn list_incidents(&self, state: Option<&str>, limit: i64) -> Result<Vec<Incident>>;
+    /// What was done on an incident, in order.
+    async fn incident_actions(&self, id: i64) -> Result<Vec<IncidentAction>>;
+    /// Records one action on an incident (a detection joining it, an automatic response); `false` if there
+    /// is no such incident.
+    async fn record_incident_action(
+        &self,
+        id: i64,
+        actor: &str,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        now: Time,
+    ) -> Result<bool>;
+    /// Contains a live incident in one transaction: revokes every session and refresh family of its user, a
+    /// user entry with not-before `now`, and forces a password reset; then what `how` adds (second factors,
+    /// the client and its secret, source blocks). Each step runs once per target over the incident's life
+    /// (a repeat skips what is done), and each taken step is recorded on the incident and as an
+    /// `admin_action` event on the audit chain, in the same transaction. `None` if there is no such live
+    /// incident (missing, or closed).
+    async fn contain_incident(&self, id: i64, how: &Containment, now: Time) -> Result<Option<Contained>>;
+    /// Closes a live incident; `None` if there is no such live incident.
+    async fn close_incident(&self, id: i64, actor: &str, now: Time) -> Result<Option<Incident>>;
 }
 
 /// Events read per page while verifying or exporting the audit chain.

@@ -491,3 +491,104 @@ pub enum AlertOutcome {
         error: String,
     },
 }
+
+/// An incident: a user, session, token or client under investigation, and where its response stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incident {
+    /// Its number, as responders type it.
+    pub id: i64,
+    /// What it is about, as `user:ID`, `client:ID`, `session:SID` or `token:JTI`; one live incident each.
+    pub subject: String,
+    /// The user, where known.
+    pub user_id: Option<String>,
+    /// The session named when it was opened.
+    pub sid: Option<String>,
+    /// The token named when it was opened.
+    pub jti: Option<String>,
+    /// The client named when it was opened.
+    pub client_id: Option<String>,
+    /// Why it was opened (an operator's words, or a detection's explanation).
+    pub reason: String,
+    /// The key of the detection that opened it, if one did.
+    pub detection: Option<String>,
+    /// `open`, `contained` or `closed`.
+    pub state: String,
+    /// When it was opened.
+    pub opened_at: Time,
+    /// Who opened it (`cli:alice`, `admin:u_1`, `detector`).
+    pub opened_by: String,
+    /// When it was first contained.
+    pub contained_at: Option<Time>,
+    /// When it was closed.
+    pub closed_at: Option<Time>,
+    /// Who closed it.
+    pub closed_by: Option<String>,
+}
+
+/// A new incident: everything but its number and state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewIncident {
+    /// What it is about (see [`Incident::subject`]).
+    pub subject: String,
+    /// The user, where known.
+    pub user_id: Option<String>,
+    /// The session.
+    pub sid: Option<String>,
+    /// The token.
+    pub jti: Option<String>,
+    /// The client.
+    pub client_id: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// The detection that opened it.
+    pub detection: Option<String>,
+    /// Who.
+    pub opened_by: String,
+}
+
+/// One thing done on an incident.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentAction {
+    /// Its place in the incident's record (1, 2, …).
+    pub seq: i64,
+    /// When.
+    pub at: Time,
+    /// Who (`cli:alice`, `detector`).
+    pub actor: String,
+    /// What (`revoke_sessions`, `revoke_user`, `force_password_reset`, `reset_mfa`, `revoke_client`,
+    /// `rotate_client_secret`, `block_source`, `detection`, `response`, `close`).
+    pub action: String,
+    /// On what (`user:ID`, `client:ID`, `ip:ADDR`, a detection key).
+    pub target: String,
+    /// How it went (`revoked 2 sessions`, `blocked until …`, `skipped: …`).
+    pub outcome: String,
+}
+
+/// What `contain` is to do, beyond the user's sessions, tokens and password (always, when the incident has
+/// a user).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Containment {
+    /// Who is doing it.
+    pub actor: String,
+    /// Remove the user's second factors, so that they enrol again.
+    pub reset_mfa: bool,
+    /// Revoke this client's tokens and, for a confidential client, replace its secret with this hash
+    /// (`None`: the client has no secret to rotate).
+    pub client: Option<(String, Option<TokenHash>)>,
+    /// Block these source addresses or networks, until the given time.
+    pub block: Vec<(String, Time)>,
+}
+
+/// What a `contain` did: the incident afterwards, the steps this call took, and those an earlier call had
+/// already taken (and that were therefore skipped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contained {
+    /// The incident, now contained.
+    pub incident: Incident,
+    /// The steps taken now.
+    pub taken: Vec<IncidentAction>,
+    /// The steps found already taken.
+    pub already: Vec<IncidentAction>,
+    /// The highest revocation sequence number written (0 if none): what the guards must reach.
+    pub revocation_seq: i64,
+}

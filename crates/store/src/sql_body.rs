@@ -13,6 +13,7 @@ use crate::model::{
     AuditQuery, AuditRecord, AuditState, AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession,
     NewRevocation, OriginRef, RefreshRecord, Resource, Revocation, Rotation, Time, TokenRef, User,
 };
+use crate::model::{Contained, Containment, Incident, IncidentAction, NewIncident};
 use crate::{REVOCATION_HORIZON_SECS, SPENT_CODE_RETENTION_SECS, Store};
 use tessera_core::mfa::MfaPolicy;
 use tessera_core::throttle::Counter;
@@ -58,6 +59,12 @@ macro_rules! revocation_cols {
 macro_rules! alert_cols {
     () => {
         "id, sink, detection, payload, state, created_at, next_at, attempts, last_error, delivered_at"
+    };
+}
+macro_rules! incident_cols {
+    () => {
+        "id, subject, user_id, sid, jti, client_id, reason, detection, state, opened_at, opened_by, \
+         contained_at, closed_at, closed_by"
     };
 }
 macro_rules! event_cols {
@@ -125,6 +132,36 @@ fn alert_from(row: &DbRow) -> Result<Alert> {
         attempts: i64::from(attempts),
         last_error: row.try_get("last_error")?,
         delivered_at: row.try_get("delivered_at")?,
+    })
+}
+
+fn incident_from(row: &DbRow) -> Result<Incident> {
+    Ok(Incident {
+        id: row.try_get("id")?,
+        subject: row.try_get("subject")?,
+        user_id: row.try_get("user_id")?,
+        sid: row.try_get("sid")?,
+        jti: row.try_get("jti")?,
+        client_id: row.try_get("client_id")?,
+        reason: row.try_get("reason")?,
+        detection: row.try_get("detection")?,
+        state: row.try_get("state")?,
+        opened_at: row.try_get("opened_at")?,
+        opened_by: row.try_get("opened_by")?,
+        contained_at: row.try_get("contained_at")?,
+        closed_at: row.try_get("closed_at")?,
+        closed_by: row.try_get("closed_by")?,
+    })
+}
+
+fn incident_action_from(row: &DbRow) -> Result<IncidentAction> {
+    Ok(IncidentAction {
+        seq: row.try_get("seq")?,
+        at: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        target: row.try_get("target")?,
+        outcome: row.try_get("outcome")?,
     })
 }
 
@@ -1708,6 +1745,370 @@ impl Store for StoreImpl {
         tx.commit().await?;
         Ok(removed)
     }
+
+    async fn open_incident(&self, new: &NewIncident, now: Time) -> Result<(Incident, bool)> {
+        let mut tx = self.begin_write().await?;
+        let opened: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO incidents (subject, user_id, sid, jti, client_id, reason, detection, state, opened_at, \
+             opened_by) VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9) ON CONFLICT DO NOTHING RETURNING id",
+        )
+        .bind(&new.subject)
+        .bind(&new.user_id)
+        .bind(&new.sid)
+        .bind(&new.jti)
+        .bind(&new.client_id)
+        .bind(&new.reason)
+        .bind(&new.detection)
+        .bind(now)
+        .bind(&new.opened_by)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let row = match opened {
+            Some(id) => {
+                sqlx::query(concat!("SELECT ", incident_cols!(), " FROM incidents WHERE id = $1"))
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+            None => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    incident_cols!(),
+                    " FROM incidents WHERE subject = $1 AND closed_at IS NULL"
+                ))
+                .bind(&new.subject)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+        };
+        let incident = incident_from(&row)?;
+        tx.commit().await?;
+        Ok((incident, opened.is_some()))
+    }
+
+    async fn incident(&self, id: i64) -> Result<Option<Incident>> {
+        let row = sqlx::query(concat!("SELECT ", incident_cols!(), " FROM incidents WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.read())
+            .await?;
+        row.as_ref().map(incident_from).transpose()
+    }
+
+    async fn list_incidents(&self, state: Option<&str>, limit: i64) -> Result<Vec<Incident>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            incident_cols!(),
+            " FROM incidents WHERE ($1 IS NULL OR state = $1) ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(state)
+        .bind(limit)
+        .fetch_all(self.read())
+        .await?;
+        rows.iter().map(incident_from).collect()
+    }
+
+    async fn incident_actions(&self, id: i64) -> Result<Vec<IncidentAction>> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, action, target, outcome FROM incident_actions WHERE incident_id = $1 \
+             ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(self.read())
+        .await?;
+        rows.iter().map(incident_action_from).collect()
+    }
+
+    async fn record_incident_action(
+        &self,
+        id: i64,
+        actor: &str,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        now: Time,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let found = sqlx::query("UPDATE incidents SET state = state WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if found == 0 {
+            return Ok(false);
+        }
+        let a = IncidentAction {
+            seq: 0,
+            at: now,
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            outcome: outcome.to_owned(),
+        };
+        add_incident_action(&mut tx, id, &a).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn contain_incident(&self, id: i64, how: &Containment, now: Time) -> Result<Option<Contained>> {
+        let mut tx = self.begin_write().await?;
+        if !lock_live_incident(&mut tx, id).await? {
+            return Ok(None);
+        }
+        let before = incident_in(&mut tx, id).await?;
+        let done: Vec<IncidentAction> = sqlx::query(
+            "SELECT seq, at, actor, action, target, outcome FROM incident_actions WHERE incident_id = $1 \
+             ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(incident_action_from)
+        .collect::<Result<_>>()?;
+        let mut steps: Vec<(&str, String)> = Vec::new();
+        if let Some(user) = &before.user_id {
+            let target = format!("user:{user}");
+            for action in ["revoke_sessions", "revoke_user", "force_password_reset"] {
+                steps.push((action, target.clone()));
+            }
+            if how.reset_mfa {
+                steps.push(("reset_mfa", target));
+            }
+        }
+        if let Some((client, _)) = &how.client {
+            steps.push(("revoke_client", format!("client:{client}")));
+            steps.push(("rotate_client_secret", format!("client:{client}")));
+        }
+        for (source, _) in &how.block {
+            steps.push(("block_source", format!("ip:{source}")));
+        }
+        let reason = format!("incident_{id}");
+        let mut taken = Vec::new();
+        let mut already = Vec::new();
+        let mut events = Vec::new();
+        let mut revocation_seq = 0;
+        for (action, target) in steps {
+            if let Some(prior) = done.iter().find(|a| a.action == action && a.target == target) {
+                already.push(prior.clone());
+                continue;
+            }
+            let (outcome, seq) = contain_step(&mut tx, action, &target, how, &reason, now).await?;
+            revocation_seq = revocation_seq.max(seq);
+            let mut a = IncidentAction {
+                seq: 0,
+                at: now,
+                actor: how.actor.clone(),
+                action: action.to_owned(),
+                target: target.clone(),
+                outcome,
+            };
+            a.seq = add_incident_action(&mut tx, id, &a).await?;
+            let (kind, subject) = target.split_once(':').unwrap_or(("", &target));
+            let detail = serde_json::json!({ "incident": id, "target": target, "result": a.outcome });
+            events.push(Event {
+                reason: Some(action.to_owned()),
+                outcome: Some("success".to_owned()),
+                actor: Some(how.actor.clone()),
+                sub: before.user_id.clone().filter(|_| kind == "user"),
+                client_id: (kind == "client").then(|| subject.to_owned()),
+                ip: (kind == "ip").then(|| subject.to_owned()),
+                detail: Some(detail.to_string()),
+                ..Event::new(EventKind::AdminAction, now)
+            });
+            taken.push(a);
+        }
+        sqlx::query(
+            "UPDATE incidents SET state = 'contained', contained_at = COALESCE(contained_at, $1) WHERE id = $2",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let refs: Vec<&Event> = events.iter().collect();
+        append_chained(&mut tx, &refs).await?;
+        let incident = incident_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(Some(Contained { incident, taken, already, revocation_seq }))
+    }
+
+    async fn close_incident(&self, id: i64, actor: &str, now: Time) -> Result<Option<Incident>> {
+        let mut tx = self.begin_write().await?;
+        if !lock_live_incident(&mut tx, id).await? {
+            return Ok(None);
+        }
+        sqlx::query("UPDATE incidents SET state = 'closed', closed_at = $1, closed_by = $2 WHERE id = $3")
+            .bind(now)
+            .bind(actor)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let a = IncidentAction {
+            seq: 0,
+            at: now,
+            actor: actor.to_owned(),
+            action: "close".to_owned(),
+            target: format!("incident:{id}"),
+            outcome: "closed".to_owned(),
+        };
+        add_incident_action(&mut tx, id, &a).await?;
+        let incident = incident_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(Some(incident))
+    }
+}
+
+/// Appends an action to an incident's record inside the caller's transaction (which holds the incident's
+/// row lock, so numbers do not collide).
+async fn add_incident_action(tx: &mut Tx, id: i64, a: &IncidentAction) -> Result<i64> {
+    let seq: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM incident_actions WHERE incident_id = $1")
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await?;
+    sqlx::query(
+        "INSERT INTO incident_actions (incident_id, seq, at, actor, action, target, outcome) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(id)
+    .bind(seq)
+    .bind(a.at)
+    .bind(&a.actor)
+    .bind(&a.action)
+    .bind(&a.target)
+    .bind(&a.outcome)
+    .execute(&mut **tx)
+    .await?;
+    Ok(seq)
+}
+
+/// Takes the row lock of a live incident for the rest of the transaction; `false` if there is none.
+async fn lock_live_incident(tx: &mut Tx, id: i64) -> Result<bool> {
+    let n = sqlx::query("UPDATE incidents SET state = state WHERE id = $1 AND closed_at IS NULL")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    Ok(n == 1)
+}
+
+async fn incident_in(tx: &mut Tx, id: i64) -> Result<Incident> {
+    let row = sqlx::query(concat!("SELECT ", incident_cols!(), " FROM incidents WHERE id = $1"))
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
+    incident_from(&row)
+}
+
+/// One containment step: runs inside the transaction, returns its outcome and the highest revocation
+/// number it wrote.
+async fn contain_step(
+    tx: &mut Tx,
+    action: &str,
+    target: &str,
+    how: &Containment,
+    reason: &str,
+    now: Time,
+) -> Result<(String, i64)> {
+    let (kind, subject) = target.split_once(':').unwrap_or(("", target));
+    let mut seq = 0;
+    let outcome = match (action, kind) {
+        ("revoke_sessions", "user") => {
+            let families = revoke_families_where(tx, Filter::User(subject), reason, now).await?;
+            let logins = sqlx::query(
+                "UPDATE login_sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(subject)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if families > 0 {
+                seq = sqlx::query_scalar("SELECT value FROM revocation_counter WHERE id = 1")
+                    .fetch_one(&mut **tx)
+                    .await?;
+            }
+            format!("revoked {families} refresh families and {logins} sign-in sessions")
+        }
+        ("revoke_user", "user") | ("revoke_client", "client") => {
+            let kind = if kind == "user" { RevocationKind::User } else { RevocationKind::Client };
+            if kind == RevocationKind::Client {
+                sqlx::query(
+                    "UPDATE refresh_families SET revoked_at = $1, revoke_reason = $2 \
+                     WHERE client_id = $3 AND revoked_at IS NULL",
+                )
+                .bind(now)
+                .bind(reason)
+                .bind(subject)
+                .execute(&mut **tx)
+                .await?;
+            }
+            let entry = NewRevocation {
+                kind,
+                subject: subject.to_owned(),
+                not_before: Some(now),
+                expires_at: now + REVOCATION_HORIZON_SECS,
+                reason: reason.to_owned(),
+            };
+            seq = insert_revocation(tx, &entry, now).await?;
+            "every token issued before now refused".to_owned()
+        }
+        ("force_password_reset", "user") => {
+            let n = sqlx::query("UPDATE users SET must_reset_password = TRUE WHERE id = $1")
+                .bind(subject)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            bump_changes(tx).await?;
+            if n == 1 { "required at the next sign-in" } else { "skipped: the user is not in this store" }
+                .to_owned()
+        }
+        ("reset_mfa", "user") => {
+            let mut n = 0;
+            for sql in [
+                "DELETE FROM totp_factors WHERE user_id = $1",
+                "DELETE FROM webauthn_credentials WHERE user_id = $1",
+                "DELETE FROM recovery_codes WHERE user_id = $1",
+            ] {
+                n += sqlx::query(sql).bind(subject).execute(&mut **tx).await?.rows_affected();
+            }
+            if n > 0 { "second factors removed: enrolment required" } else { "no second factor was enrolled" }
+                .to_owned()
+        }
+        ("rotate_client_secret", "client") => match how.client.as_ref().and_then(|(_, hash)| hash.as_ref()) {
+            Some(hash) => {
+                let n = sqlx::query(
+                    "UPDATE clients SET secret_hash = $1 WHERE id = $2 AND kind = 'confidential'",
+                )
+                .bind(hash.as_bytes().to_vec())
+                .bind(subject)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                bump_changes(tx).await?;
+                if n == 1 {
+                    "rotated: the old secret no longer authenticates"
+                } else {
+                    "skipped: no such confidential client"
+                }
+                .to_owned()
+            }
+            None => "skipped: the client has no secret".to_owned(),
+        },
+        ("block_source", "ip") => {
+            let until = how.block.iter().find(|(s, _)| s == subject).map_or(now, |(_, until)| *until);
+            let entry = NewRevocation {
+                kind: RevocationKind::Source,
+                subject: subject.to_owned(),
+                not_before: None,
+                expires_at: until,
+                reason: reason.to_owned(),
+            };
+            seq = insert_revocation(tx, &entry, now).await?;
+            format!("blocked until {until}")
+        }
+        _ => return Err(StoreError::Database(format!("unknown containment step {action} on {kind}"))),
+    };
+    Ok((outcome, seq))
 }
 
 async fn audit_state_in<'e, E: sqlx::Executor<'e, Database = Db>>(db: E) -> Result<AuditState> {

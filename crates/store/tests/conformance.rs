@@ -11,9 +11,9 @@ use tessera_core::audit::ChainBreak;
 use tessera_core::throttle::Counter;
 use tessera_core::{ClientKind, EventKind, GrantType, KeyState, RevocationKind, TokenHash};
 use tessera_store::{
-    AlertOutcome, AuditQuery, AuthCode, Client, CodeUse, Event, Family, KeyRecord, LoginSession, NewAlert,
-    NewRevocation, OriginRef, PostgresStore, RefreshRecord, Resource, Rotation, SqliteStore, Store,
-    StoreError, TokenRef, User, WebauthnCredential, verify_audit_chain,
+    AlertOutcome, AuditQuery, AuthCode, Client, CodeUse, Containment, Event, Family, KeyRecord, LoginSession,
+    NewAlert, NewIncident, NewRevocation, OriginRef, PostgresStore, RefreshRecord, Resource, Rotation,
+    SqliteStore, Store, StoreError, TokenRef, User, WebauthnCredential, verify_audit_chain,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -170,7 +170,145 @@ conformance!(
     throttle_counters_change_only_by_compare_and_swap,
     second_factors_confirm_once_steps_only_move_forward_and_recovery_codes_spend_once,
     webauthn_credentials_are_unique_and_ceremonies_are_taken_once,
+    one_live_incident_per_subject_and_containment_runs_each_step_once,
 );
+
+async fn one_live_incident_per_subject_and_containment_runs_each_step_once(s: &Arc<dyn Store>) {
+    let alice = user("alice");
+    s.create_user(&alice).await.unwrap();
+    let mut web = client("web");
+    web.secret_hash = Some(TokenHash::of("old-secret"));
+    s.create_client(&web).await.unwrap();
+    s.create_family(&family("fam-1", &alice.id), Some(&refresh("r1", "fam-1", 0))).await.unwrap();
+    s.create_family(&family("fam-2", &alice.id), None).await.unwrap();
+    s.begin_totp(&alice.id, b"sealed", NOW).await.unwrap();
+    assert!(s.confirm_totp(&alice.id, 1, &[TokenHash::of("rc")], NOW).await.unwrap());
+
+    // Concurrent opens about one subject: one incident.
+    let new = NewIncident {
+        subject: format!("user:{}", alice.id),
+        user_id: Some(alice.id.clone()),
+        reason: "refresh token reuse".into(),
+        opened_by: "detector".into(),
+        ..NewIncident::default()
+    };
+    let opens: Vec<_> = (0..8)
+        .map(|_| {
+            let (s, new) = (Arc::clone(s), new.clone());
+            tokio::spawn(async move { s.open_incident(&new, NOW).await.unwrap() })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    let mut created = 0;
+    for open in opens {
+        let (incident, fresh) = open.await.unwrap();
+        ids.insert(incident.id);
+        created += usize::from(fresh);
+    }
+    assert_eq!((ids.len(), created), (1, 1), "one live incident per subject, opened once");
+    let id = *ids.iter().next().unwrap();
+    assert!(
+        s.record_incident_action(
+            id,
+            "detector",
+            "detection",
+            "refresh_token_reuse|sid:fam-1",
+            "critical",
+            NOW
+        )
+        .await
+        .unwrap()
+    );
+    assert!(!s.record_incident_action(id + 100, "x", "detection", "y", "z", NOW).await.unwrap());
+
+    let how = Containment {
+        actor: "cli:responder".into(),
+        reset_mfa: true,
+        client: Some(("web".into(), Some(TokenHash::of("new-secret")))),
+        block: vec![("203.0.113.0/24".into(), NOW + 3600)],
+    };
+    let head = s.audit_state().await.unwrap().head_seq;
+    let first = s.contain_incident(id, &how, NOW + 10).await.unwrap().unwrap();
+    let steps: Vec<_> = first.taken.iter().map(|a| (a.action.as_str(), a.target.as_str())).collect();
+    assert_eq!(
+        steps,
+        [
+            ("revoke_sessions", "user:u-alice"),
+            ("revoke_user", "user:u-alice"),
+            ("force_password_reset", "user:u-alice"),
+            ("reset_mfa", "user:u-alice"),
+            ("revoke_client", "client:web"),
+            ("rotate_client_secret", "client:web"),
+            ("block_source", "ip:203.0.113.0/24"),
+        ]
+    );
+    assert_eq!(first.taken[0].outcome, "revoked 2 refresh families and 0 sign-in sessions");
+    assert_eq!((first.incident.state.as_str(), first.incident.contained_at), ("contained", Some(NOW + 10)));
+    assert!(first.already.is_empty());
+    // Everything happened, on the same revocation stream the guards follow.
+    assert!(s.family("fam-1").await.unwrap().unwrap().revoked_at.is_some());
+    assert!(s.family("fam-2").await.unwrap().unwrap().revoked_at.is_some());
+    assert!(s.user_by_id(&alice.id).await.unwrap().unwrap().must_reset_password);
+    assert!(s.totp_factor(&alice.id).await.unwrap().is_none());
+    assert_eq!(s.client("web").await.unwrap().unwrap().secret_hash, Some(TokenHash::of("new-secret")));
+    let live = s.live_revocations(NOW + 10).await.unwrap();
+    assert!(
+        live.iter().any(|r| r.kind == RevocationKind::User
+            && r.subject == alice.id
+            && r.not_before == Some(NOW + 10))
+    );
+    assert!(live.iter().any(|r| r.kind == RevocationKind::Client && r.subject == "web"));
+    assert!(live.iter().any(|r| r.kind == RevocationKind::Source
+        && r.subject == "203.0.113.0/24"
+        && r.expires_at == NOW + 3600));
+    assert_eq!(first.revocation_seq, s.revocation_seq().await.unwrap());
+    // Each step is on the audit chain, with who did it.
+    let logged =
+        s.audit_events(&AuditQuery { after_seq: head, limit: 100, ..AuditQuery::default() }).await.unwrap();
+    assert_eq!(logged.len(), 7);
+    assert!(
+        logged
+            .iter()
+            .all(|r| r.event.kind == "admin_action" && r.event.actor.as_deref() == Some("cli:responder"))
+    );
+    assert!(verify_audit_chain(s.as_ref()).await.unwrap().is_ok());
+
+    // Again, later, with one more block: only the new block runs; the rest is reported as done.
+    let seq_before = s.revocation_seq().await.unwrap();
+    let again = Containment {
+        block: vec![("203.0.113.0/24".into(), NOW + 3600), ("198.51.100.7".into(), NOW + 3600)],
+        ..how.clone()
+    };
+    s.set_client_secret("web", Some(&TokenHash::of("distributed-secret"))).await.unwrap();
+    let second = s.contain_incident(id, &again, NOW + 500).await.unwrap().unwrap();
+    assert_eq!(second.taken.iter().map(|a| a.target.as_str()).collect::<Vec<_>>(), ["ip:198.51.100.7"]);
+    assert_eq!(second.already.len(), 7);
+    assert_eq!(second.incident.contained_at, Some(NOW + 10), "contained when first contained");
+    assert_eq!(
+        s.revocation_seq().await.unwrap(),
+        seq_before + 1,
+        "no new user entry: later sign-ins stay valid"
+    );
+    assert_eq!(
+        s.client("web").await.unwrap().unwrap().secret_hash,
+        Some(TokenHash::of("distributed-secret")),
+        "the secret is not rotated twice"
+    );
+    let record = s.incident_actions(id).await.unwrap();
+    assert_eq!(record.iter().map(|a| a.seq).collect::<Vec<_>>(), (1..=9).collect::<Vec<_>>());
+
+    // Closed: no longer live, cannot be contained, and a new one about the same user may open.
+    let closed = s.close_incident(id, "cli:responder", NOW + 600).await.unwrap().unwrap();
+    assert_eq!((closed.state.as_str(), closed.closed_by.as_deref()), ("closed", Some("cli:responder")));
+    assert!(s.close_incident(id, "cli:responder", NOW + 601).await.unwrap().is_none());
+    assert!(s.contain_incident(id, &how, NOW + 602).await.unwrap().is_none());
+    let (next, fresh) = s.open_incident(&new, NOW + 700).await.unwrap();
+    assert!(fresh && next.id != id);
+    let listed = s.list_incidents(None, 10).await.unwrap();
+    assert_eq!(listed.iter().map(|i| i.id).collect::<Vec<_>>(), [next.id, id], "newest first");
+    assert_eq!(s.list_incidents(Some("closed"), 10).await.unwrap().len(), 1);
+    assert_eq!(s.incident(id).await.unwrap().unwrap().reason, "refresh token reuse");
+}
 
 async fn webauthn_credentials_are_unique_and_ceremonies_are_taken_once(s: &Arc<dyn Store>) {
     let (alice, bob) = (user("alice"), user("bob"));
