@@ -188,11 +188,7 @@ impl Filters {
     }
 }
 
-/// RFC 3339 in UTC, to the second.
-pub(crate) fn rfc3339(at: i64) -> String {
-    let time = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(at).unwrap_or(0));
-    humantime::format_rfc3339_seconds(time).to_string()
-}
+pub(crate) use tessera_server::rfc3339;
 
 /// A value as a terminal may show it: a plain word as it is, anything else quoted with escapes.
 fn shown(value: &str) -> String {

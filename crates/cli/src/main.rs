@@ -8,6 +8,7 @@ mod admin;
 mod audit;
 mod block;
 mod gateway;
+mod incident;
 mod keys;
 mod token;
 mod users;
@@ -75,6 +76,9 @@ enum Command {
     /// See the alert outbox: queued, delivered and given-up alerts.
     #[command(subcommand)]
     Alerts(block::AlertsCommand),
+    /// Respond to a stolen token: open an incident, contain it, read its timeline, lineage and report.
+    #[command(subcommand)]
+    Incident(incident::IncidentCommand),
 }
 
 /// A failure to report: one line, and the exit code.
@@ -146,6 +150,7 @@ fn main() -> ExitCode {
         Command::Block(command) => block::block(command),
         Command::Alerts(command) => block::alerts(command),
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Incident(cmd) => incident::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

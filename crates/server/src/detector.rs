@@ -15,13 +15,13 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use serde_json::json;
-use tessera_core::detect::{self, Detection, Rule, Thresholds};
+use tessera_core::detect::{self, Detection, Rule, Severity, Thresholds};
 use tessera_core::geo::Locator;
 use tessera_core::{Event, EventKind, TokenHash};
 use tessera_store::{AuditQuery, StoreError};
 
 use crate::response::{self, Action};
-use crate::{AppState, alerts};
+use crate::{AppState, alerts, incident};
 
 /// How often the detector reads new events: a response runs within about this long of its event.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -267,6 +267,19 @@ async fn raise(state: &AppState, d: &Detection, until: i64, now: i64) -> Result<
         })
         .await;
     state.metrics.detection(d.rule);
+    // A finding of high severity or worse about a user or session is an incident: opened (or joined) now,
+    // so that its responses are recorded on it.
+    let incident = if d.severity >= Severity::High || actions.contains(&Action::Contain) {
+        match incident::open_for_detection(state.store.as_ref(), d, now).await {
+            Ok(found) => found.map(|i| i.id),
+            Err(e) => {
+                tracing::error!(error = %e, rule = d.rule, "cannot open the incident for a detection");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut taken = Vec::with_capacity(actions.len());
     // Containment first, the alert last: it reports what the others did.
     for action in actions.iter().filter(|a| **a != Action::Alert) {
@@ -288,6 +301,14 @@ async fn raise(state: &AppState, d: &Detection, until: i64, now: i64) -> Result<
     }
     for t in &taken {
         state.metrics.response(t.action);
+        if let Some(id) = incident {
+            let target = d.key();
+            if let Err(e) =
+                state.store.record_incident_action(id, "detector", t.action, &target, t.result, now).await
+            {
+                tracing::error!(error = %e, incident = id, "cannot record a response on its incident");
+            }
+        }
         let detail = json!({ "detection": d.key(), "rule": d.rule, "result": t.result });
         state
             .event(Event {

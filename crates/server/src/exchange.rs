@@ -137,8 +137,14 @@ pub async fn exchange(
     tracing::info!(client = %client.id, subject = %subject.jti, issued = %minted.jti, audience = %target, "token exchanged");
     let mut response = TokenResponse::new(minted, scope, None, None);
     response.issued_token_type = Some(issued_type);
-    let mut event =
-        crate::token::issued_event(&response, EventKind::TokenExchanged, GrantType::TokenExchange, meta, now);
+    let mut event = crate::token::issued_event(
+        &response,
+        EventKind::TokenExchanged,
+        GrantType::TokenExchange,
+        meta,
+        None,
+        now,
+    );
     let detail = serde_json::json!({
         "scope": response.issued.scope,
         "dpop": response.issued.dpop_bound,

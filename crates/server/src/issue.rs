@@ -68,6 +68,8 @@ pub struct Issued {
     pub scope: String,
     /// Bound to a DPoP key.
     pub dpop_bound: bool,
+    /// That key's thumbprint (public: it names the key, it is not the key).
+    pub jkt: Option<String>,
     /// Lifetime, seconds.
     pub expires_in: i64,
 }
@@ -97,6 +99,7 @@ pub fn access_token(state: &AppState, grant: AccessGrant, now: i64) -> Result<Mi
         audience: grant.audience.clone(),
         scope: grant.scope.clone(),
         dpop_bound,
+        jkt: grant.jkt.clone(),
         expires_in: ttl,
     };
     let claims = AccessClaims {

@@ -14,6 +14,7 @@ pub mod dpop;
 pub mod endpoints;
 pub mod exchange;
 pub mod geoip;
+pub mod incident;
 pub mod ingest;
 pub mod issue;
 pub mod keyring;
@@ -56,6 +57,12 @@ use oauth::OAuthError;
 use passwords::Passwords;
 
 /// The current time, Unix seconds. The server's only clock: everything below takes `now` as an argument.
+/// A Unix time as RFC 3339 in UTC, to the second (what every report and listing prints).
+pub fn rfc3339(at: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(at).unwrap_or(0));
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
 pub fn now() -> i64 {
     #[allow(clippy::disallowed_methods, reason = "the server's one clock read, at the edge")]
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
@@ -174,6 +181,9 @@ pub struct RequestMeta {
     pub ip: Option<String>,
     /// `User-Agent`, at most 256 bytes.
     pub user_agent: Option<String>,
+    /// The hash prefix of the browser's device cookie, when it sent one (see [`web::device`]): a refresh
+    /// from the browser that signed in carries it, a copied token replayed elsewhere does not.
+    pub device: Option<String>,
 }
 
 impl RequestMeta {
@@ -199,7 +209,12 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
             }
             ua[..end].to_owned()
         });
-        Ok(RequestMeta { ip, user_agent })
+        let device = ["__Host-tessera_device", "tessera_device"]
+            .into_iter()
+            .find_map(|name| web::cookie(&parts.headers, name))
+            .filter(|v| v.len() == 22)
+            .map(|id| tessera_core::TokenHash::of(id).short());
+        Ok(RequestMeta { ip, user_agent, device })
     }
 }
 

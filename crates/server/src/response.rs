@@ -8,6 +8,7 @@ use tessera_core::{RevocationKind, net};
 use tessera_store::{NewRevocation, REVOCATION_HORIZON_SECS, StoreError};
 
 use crate::AppState;
+use crate::incident::{self, IncidentError};
 
 /// What a rule does when it fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,17 +27,21 @@ pub enum Action {
     /// Refuse every request from the source address, at the server and every guard, for
     /// `block_source_secs`.
     BlockSource,
+    /// Open an incident about the user (or join the one open) and contain it, as `tessera incident contain`
+    /// does: every session and token of the user revoked, and a password reset forced.
+    Contain,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 6] = [
+    pub const ALL: [Action; 7] = [
         Action::Alert,
         Action::RevokeToken,
         Action::RevokeSession,
         Action::RevokeUser,
         Action::RequireStepUp,
         Action::BlockSource,
+        Action::Contain,
     ];
 
     /// The stable name, as `response_taken` records it.
@@ -48,6 +53,7 @@ impl Action {
             Action::RevokeUser => "revoke_user",
             Action::RequireStepUp => "require_step_up",
             Action::BlockSource => "block_source",
+            Action::Contain => "contain",
         }
     }
 }
@@ -169,6 +175,7 @@ pub async fn run(state: &AppState, action: Action, d: &Detection, now: i64) -> &
                 .await
                 .map(|found| if found { "required" } else { "skipped:unknown_user" }),
         },
+        Action::Contain => contain(state, d, now).await,
         Action::BlockSource => match d.ip.as_deref().and_then(net::parse_source) {
             None => return "skipped:no_source",
             Some(source) if state.never_blocks(&source) => return "skipped:trusted_proxy",
@@ -190,7 +197,7 @@ pub async fn run(state: &AppState, action: Action, d: &Detection, now: i64) -> &
             // Only what the action changed: revocation entries go to the guards now; a user's flags
             // leave this node's cache now (other nodes see the change counter move).
             match action {
-                Action::RevokeUser | Action::RequireStepUp => state.directory.invalidate(),
+                Action::RevokeUser | Action::RequireStepUp | Action::Contain => state.directory.invalidate(),
                 _ => {}
             }
             if action != Action::RequireStepUp {
@@ -202,6 +209,27 @@ pub async fn run(state: &AppState, action: Action, d: &Detection, now: i64) -> &
             tracing::error!(error = %e, action = action.name(), rule = d.rule, "detection response failed");
             "failed"
         }
+    }
+}
+
+/// Contains the detection's incident (opening it if need be); `skipped:no_user` when the detection names
+/// neither a user nor a session.
+async fn contain(state: &AppState, d: &Detection, now: i64) -> Result<&'static str, StoreError> {
+    let incident = match incident::open_for_detection(state.store.as_ref(), d, now).await {
+        Ok(Some(incident)) => incident,
+        Ok(None) => return Ok("skipped:no_user"),
+        Err(IncidentError::Store(e)) => return Err(e),
+        Err(e) => return Err(StoreError::Database(e.to_string())),
+    };
+    let trusted = &state.config.trusted_proxies;
+    let options = incident::ContainOptions::default();
+    match incident::contain(state.store.as_ref(), trusted, incident.id, &options, "detector", now).await {
+        Ok(done) if done.contained.taken.is_empty() => Ok("already_contained"),
+        Ok(_) => Ok("contained"),
+        // Closed meanwhile: a responder decided; the next finding opens a new incident.
+        Err(IncidentError::Invalid(_)) => Ok("skipped:incident_closed"),
+        Err(IncidentError::Store(e)) => Err(e),
+        Err(e) => Err(StoreError::Database(e.to_string())),
     }
 }
 

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use tessera_core::flow::{self, FlowError, RefreshDecision};
-use tessera_core::{ClientKind, EventKind, GrantType, OpaqueSecret, SecretKind};
+use tessera_core::{ClientKind, EventKind, GrantType, OpaqueSecret, SecretKind, TokenHash};
 use tessera_store::{Client, CodeUse, Event, Family, RefreshRecord, Rotation, StoreError, User};
 use tessera_token::dpop::ProofRejection;
 
@@ -77,26 +77,31 @@ async fn grant(
     // Exchange records its own event (naming the subject token), and a rotation its own in the rotation's
     // transaction.
     if !matches!(grant, GrantType::TokenExchange | GrantType::RefreshToken) {
-        state.record(issued_event(&response, EventKind::TokenIssued, grant, meta, now)).await?;
+        state.record(issued_event(&response, EventKind::TokenIssued, grant, meta, None, now)).await?;
     }
     state.metrics.token_issued(grant.as_str());
     Ok(response)
 }
 
-/// The audit event for an issued token response.
+/// The audit event for an issued token response; `presented` is the refresh token a rotation spent.
 pub(crate) fn issued_event(
     response: &TokenResponse,
     kind: EventKind,
     grant: GrantType,
     meta: &RequestMeta,
+    presented: Option<&TokenHash>,
     now: i64,
 ) -> Event {
     let i = &response.issued;
+    // Refresh tokens by a short hash prefix: enough to draw a family's lineage, never enough to use one.
     let detail = serde_json::json!({
         "scope": i.scope,
         "dpop": i.dpop_bound,
+        "jkt": i.jkt,
         "expires_in": i.expires_in,
-        "refresh_token": response.refresh_token.is_some(),
+        "refresh_token": response.refresh_token.as_deref().map(|t| TokenHash::of(t).short()),
+        "presented": presented.map(TokenHash::short),
+        "device": meta.device,
         "id_token": response.id_token.is_some(),
     });
     Event {
@@ -344,8 +349,14 @@ async fn refresh(
                 // successor exists if and only if its issuance is on the log. A lost race discards it.
                 let grant = user_grant(state, client, &user, &family, &scope, jkt.clone());
                 let response = answer_refresh(state, grant, &successor, now)?;
-                let event =
-                    issued_event(&response, EventKind::TokenRefreshed, GrantType::RefreshToken, meta, now);
+                let event = issued_event(
+                    &response,
+                    EventKind::TokenRefreshed,
+                    GrantType::RefreshToken,
+                    meta,
+                    Some(&hash),
+                    now,
+                );
                 match state.store.rotate_refresh(&hash, &next, Some(&event), now).await? {
                     Rotation::Rotated => return Ok(response),
                     Rotation::Lost => {
@@ -359,8 +370,14 @@ async fn refresh(
             RefreshDecision::ReturnSuccessor if record.successor == Some(successor.hash()) => {
                 let grant = user_grant(state, client, &user, &family, &scope, jkt);
                 let response = answer_refresh(state, grant, &successor, now)?;
-                let event =
-                    issued_event(&response, EventKind::TokenRefreshed, GrantType::RefreshToken, meta, now);
+                let event = issued_event(
+                    &response,
+                    EventKind::TokenRefreshed,
+                    GrantType::RefreshToken,
+                    meta,
+                    Some(&hash),
+                    now,
+                );
                 state.record(Event { reason: Some("refresh_token_retry".into()), ..event }).await?;
                 return Ok(response);
             }

@@ -575,8 +575,9 @@ pub struct Containment {
     /// Revoke this client's tokens and, for a confidential client, replace its secret with this hash
     /// (`None`: the client has no secret to rotate).
     pub client: Option<(String, Option<TokenHash>)>,
-    /// Block these source addresses or networks, until the given time.
-    pub block: Vec<(String, Time)>,
+    /// Block these source addresses or networks until the given time (and that time as the record shows
+    /// it).
+    pub block: Vec<(String, Time, String)>,
 }
 
 /// What a `contain` did: the incident afterwards, the steps this call took, and those an earlier call had

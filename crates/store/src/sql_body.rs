@@ -1879,7 +1879,7 @@ impl Store for StoreImpl {
             steps.push(("revoke_client", format!("client:{client}")));
             steps.push(("rotate_client_secret", format!("client:{client}")));
         }
-        for (source, _) in &how.block {
+        for (source, _, _) in &how.block {
             steps.push(("block_source", format!("ip:{source}")));
         }
         let reason = format!("incident_{id}");
@@ -1909,7 +1909,7 @@ impl Store for StoreImpl {
                 reason: Some(action.to_owned()),
                 outcome: Some("success".to_owned()),
                 actor: Some(how.actor.clone()),
-                sub: before.user_id.clone().filter(|_| kind == "user"),
+                sub: before.user_id.clone(),
                 client_id: (kind == "client").then(|| subject.to_owned()),
                 ip: (kind == "ip").then(|| subject.to_owned()),
                 detail: Some(detail.to_string()),
@@ -2095,7 +2095,11 @@ async fn contain_step(
             None => "skipped: the client has no secret".to_owned(),
         },
         ("block_source", "ip") => {
-            let until = how.block.iter().find(|(s, _)| s == subject).map_or(now, |(_, until)| *until);
+            let (until, shown) = how
+                .block
+                .iter()
+                .find(|b| b.0 == subject)
+                .map_or((now, String::new()), |b| (b.1, b.2.clone()));
             let entry = NewRevocation {
                 kind: RevocationKind::Source,
                 subject: subject.to_owned(),
@@ -2104,7 +2108,7 @@ async fn contain_step(
                 reason: reason.to_owned(),
             };
             seq = insert_revocation(tx, &entry, now).await?;
-            format!("blocked until {until}")
+            format!("blocked until {shown}")
         }
         _ => return Err(StoreError::Database(format!("unknown containment step {action} on {kind}"))),
     };

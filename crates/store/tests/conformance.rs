@@ -225,7 +225,7 @@ async fn one_live_incident_per_subject_and_containment_runs_each_step_once(s: &A
         actor: "cli:responder".into(),
         reset_mfa: true,
         client: Some(("web".into(), Some(TokenHash::of("new-secret")))),
-        block: vec![("203.0.113.0/24".into(), NOW + 3600)],
+        block: vec![("203.0.113.0/24".into(), NOW + 3600, "in an hour".into())],
     };
     let head = s.audit_state().await.unwrap().head_seq;
     let first = s.contain_incident(id, &how, NOW + 10).await.unwrap().unwrap();
@@ -266,17 +266,19 @@ async fn one_live_incident_per_subject_and_containment_runs_each_step_once(s: &A
     let logged =
         s.audit_events(&AuditQuery { after_seq: head, limit: 100, ..AuditQuery::default() }).await.unwrap();
     assert_eq!(logged.len(), 7);
-    assert!(
-        logged
-            .iter()
-            .all(|r| r.event.kind == "admin_action" && r.event.actor.as_deref() == Some("cli:responder"))
-    );
+    assert!(logged.iter().all(|r| r.event.kind == "admin_action"
+        && r.event.actor.as_deref() == Some("cli:responder")
+        && r.event.sub.as_deref() == Some(alice.id.as_str())));
+    assert_eq!(first.taken[6].outcome, "blocked until in an hour");
     assert!(verify_audit_chain(s.as_ref()).await.unwrap().is_ok());
 
     // Again, later, with one more block: only the new block runs; the rest is reported as done.
     let seq_before = s.revocation_seq().await.unwrap();
     let again = Containment {
-        block: vec![("203.0.113.0/24".into(), NOW + 3600), ("198.51.100.7".into(), NOW + 3600)],
+        block: vec![
+            ("203.0.113.0/24".into(), NOW + 3600, "in an hour".into()),
+            ("198.51.100.7".into(), NOW + 3600, "in an hour".into()),
+        ],
         ..how.clone()
     };
     s.set_client_secret("web", Some(&TokenHash::of("distributed-secret"))).await.unwrap();
