@@ -99,7 +99,7 @@ async fn forged_token_burst_blocks_the_source_at_the_gateway_and_the_server_and_
 
 /// A token request by `client_id` from `source`, with a DPoP proof if given; the answer's JSON (it must be
 /// 200).
-async fn token_at(
+pub(crate) async fn token_at(
     w: &World,
     (client_id, secret): (&str, &str),
     form: &[(&str, &str)],
@@ -290,13 +290,13 @@ async fn brute_force_and_credential_stuffing_run_their_configured_responses() {
 
 /// A browser: its own cookies, no redirects followed (the sign-in's cookies come with its 303), every
 /// request from `source` (through the trusted proxy).
-struct Browser {
-    http: reqwest::Client,
-    cookies: std::collections::BTreeMap<String, String>,
+pub(crate) struct Browser {
+    pub(crate) http: reqwest::Client,
+    pub(crate) cookies: std::collections::BTreeMap<String, String>,
 }
 
 impl Browser {
-    fn new() -> Browser {
+    pub(crate) fn new() -> Browser {
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         Browser { http, cookies: std::collections::BTreeMap::new() }
     }
@@ -309,11 +309,11 @@ impl Browser {
         }
     }
 
-    fn cookie_header(&self) -> String {
+    pub(crate) fn cookie_header(&self) -> String {
         self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
     }
 
-    async fn get(&mut self, url: &str, source: &str) -> reqwest::Response {
+    pub(crate) async fn get(&mut self, url: &str, source: &str) -> reqwest::Response {
         let r = self
             .http
             .get(url)
@@ -450,7 +450,7 @@ const CAFE: &str = "198.51.100.20";
 const REDIRECT: &str = "https://app.example/callback";
 
 /// A web application's confidential client: authorization code with PKCE, refresh tokens.
-async fn add_web_app(w: &World) -> String {
+pub(crate) async fn add_web_app(w: &World) -> String {
     use tessera_core::GrantType;
     let secret = tessera_server::crypto::new_secret(tessera_core::SecretKind::ClientSecret).unwrap();
     let client = tessera_store::Client {
@@ -471,7 +471,7 @@ async fn token_request(w: &World, secret: &str, form: &[(&str, &str)], source: &
 }
 
 /// Alice signs in to the web app from `source` (authorization code with PKCE): its access and refresh token.
-async fn web_sign_in(w: &World, secret: &str, source: &str) -> (String, String) {
+pub(crate) async fn web_sign_in(w: &World, secret: &str, source: &str) -> (String, String) {
     let verifier = "a-code-verifier-long-enough-for-rfc-7636-4-1-0123456789";
     let challenge = tessera_testkit::ath(verifier);
     let authorize = reqwest::Url::parse_with_params(

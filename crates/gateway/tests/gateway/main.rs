@@ -13,5 +13,6 @@ mod detection;
 mod dpop;
 mod exchange;
 mod harness;
+mod incident;
 mod lifecycle;
 mod proxy;

@@ -206,12 +206,14 @@ pub struct Timeline {
 }
 
 impl Timeline {
-    /// Builds a timeline from records in chain order, merging uses of one token on one route from one
-    /// source while no other entry comes between them.
+    /// Builds a timeline from audit records, in time order (events a guard reported arrive in batches, so
+    /// chain order is not time order; within a second, chain order decides), merging uses of one token on
+    /// one route from one source while no other entry comes between them.
     pub fn build(title: String, records: &[AuditRecord], truncated: bool) -> Timeline {
+        let mut all: Vec<Entry> = records.iter().map(Entry::from_record).collect();
+        all.sort_by_key(|e| (e.at, e.seq));
         let mut entries: Vec<Entry> = Vec::new();
-        for r in records {
-            let entry = Entry::from_record(r);
+        for entry in all {
             match entries.last_mut() {
                 Some(last) if last.same_use(&entry) => {
                     last.count += entry.count;
