@@ -846,3 +846,93 @@ async fn audit_commands_show_search_export_and_verify_the_chain_and_name_an_edit
         )
     );
 }
+
+#[test]
+fn incident_commands_open_contain_report_and_close_what_a_responder_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ok = |args: &[&str]| {
+        let (code, out, err) = run(d, &[("TESSERA_ACTOR", "cli:responder")], args, "");
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out
+    };
+    let usage = |args: &[&str], mentions: &str| {
+        let (code, out, err) = run(d, &[], args, "");
+        assert_eq!((code, out.as_str()), (2, ""), "{args:?}");
+        assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+        assert!(err.contains(mentions), "{err:?} should mention {mentions:?}");
+    };
+    let (code, _, _) = run(d, &[], &["user", "add", "alice"], "correct horse battery staple\n");
+    assert_eq!(code, 0);
+    ok(&["resource", "add", "https://a.example", "--scope", "a:read"]);
+    ok(&["client", "add", "batch", "--grant", "client_credentials", "--audience", "https://a.example"]);
+
+    assert!(
+        ok(&["incident", "open", "--user", "alice", "--reason", "phished"])
+            .starts_with("incident 1 opened about user:")
+    );
+    assert!(
+        ok(&["incident", "open", "--user", "alice"]).contains("incident 1 is already open"),
+        "one per user"
+    );
+    usage(&["incident", "open", "--user", "nobody"], "no user nobody");
+    usage(&["incident", "open"], "--user");
+    usage(&["incident", "contain", "1", "--block-ip", "10.0.0.0/33"], "--block-ip");
+    usage(&["incident", "contain", "7"], "no incident 7");
+
+    let first =
+        ok(&["incident", "contain", "1", "--reset-mfa", "--client", "batch", "--block-ip", "203.0.113.9"]);
+    for step in [
+        "revoke_sessions",
+        "revoke_user",
+        "force_password_reset",
+        "reset_mfa",
+        "revoke_client",
+        "block_source",
+    ] {
+        assert!(first.contains(&format!("done     {step} ")), "{step}: {first}");
+    }
+    let secret = first
+        .lines()
+        .find_map(|l| l.split("(shown once; give it to the client's operator): ").nth(1))
+        .unwrap();
+    assert!(secret.starts_with("tss_"), "a new client secret, shown once");
+    let second = ok(&["incident", "contain", "1", "--client", "batch"]);
+    assert!(second.contains("nothing new to do") && !second.contains("tss_"), "{second}");
+    assert!(ok(&["user", "show", "alice"]).contains("must reset password: yes"));
+
+    let shown = ok(&["incident", "show", "1"]);
+    assert!(
+        shown.contains("contained") && shown.contains("cli:responder  rotate_client_secret client:batch"),
+        "{shown}"
+    );
+    let json: Value = serde_json::from_str(&ok(&["incident", "show", "1", "--format", "json"])).unwrap();
+    assert_eq!((json["state"].as_str(), json["reason"].as_str()), (Some("contained"), Some("phished")));
+    let timeline = ok(&["incident", "timeline", "--user", "alice"]);
+    assert!(
+        timeline.contains("reason=revoke_user") && timeline.contains("actor=cli:responder"),
+        "{timeline}"
+    );
+    let t: Value = serde_json::from_str(&ok(&["incident", "timeline", "1", "--format", "json"])).unwrap();
+    assert!(t["entries"].as_array().unwrap().iter().any(|e| e["reason"] == "block_source"));
+    usage(&["incident", "timeline", "1", "--user", "alice"], "not both");
+    ok(&["incident", "timeline", "1", "--format", "html", "--output", "timeline.html"]);
+    let html = std::fs::read_to_string(d.join("timeline.html")).unwrap();
+    assert!(html.starts_with("<!doctype html>") && html.contains("<svg") && !html.contains("<script"));
+    let report = ok(&["incident", "report", "1"]);
+    for section in ["## Summary", "## Scope", "## Root cause", "## Actions taken", "## What remains"] {
+        assert!(report.contains(section), "{section}");
+    }
+    assert!(!report.contains(secret), "the new secret is never in a report");
+    ok(&["incident", "report", "1", "--format", "html", "-o", "report.html"]);
+    assert!(std::fs::read_to_string(d.join("report.html")).unwrap().contains("Incident 1"));
+    assert!(ok(&["incident", "lineage", "1"]).contains("no refresh family"));
+
+    assert!(ok(&["incident", "list"]).starts_with("1\tcontained\tuser:"));
+    assert_eq!(ok(&["incident", "close", "1"]).trim(), "incident 1 closed");
+    usage(&["incident", "close", "1"], "incident 1 is closed");
+    usage(&["incident", "contain", "1"], "incident 1 is closed");
+    assert_eq!(ok(&["incident", "list", "--state", "open"]).trim(), "no incidents");
+    let reopened = ok(&["incident", "open", "--user", "alice"]);
+    assert!(reopened.starts_with("incident 2 opened"), "a new one after closing: {reopened}");
+}

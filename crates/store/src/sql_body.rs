@@ -1748,6 +1748,21 @@ impl Store for StoreImpl {
 
     async fn open_incident(&self, new: &NewIncident, now: Time) -> Result<(Incident, bool)> {
         let mut tx = self.begin_write().await?;
+        // The live one first: an insert that conflicts still spends a number, and responders read the
+        // numbers as a sequence. The insert's conflict clause covers a race with another node.
+        let live = sqlx::query(concat!(
+            "SELECT ",
+            incident_cols!(),
+            " FROM incidents WHERE subject = $1 AND closed_at IS NULL"
+        ))
+        .bind(&new.subject)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = live {
+            let incident = incident_from(&row)?;
+            tx.commit().await?;
+            return Ok((incident, false));
+        }
         let opened: Option<i64> = sqlx::query_scalar(
             "INSERT INTO incidents (subject, user_id, sid, jti, client_id, reason, detection, state, opened_at, \
              opened_by) VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9) ON CONFLICT DO NOTHING RETURNING id",

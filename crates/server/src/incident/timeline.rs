@@ -307,3 +307,163 @@ fn entry_json(e: &Entry) -> Value {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::incident::lineage::Lineage;
+    use tessera_store::{Event, Family};
+
+    const T0: i64 = 1_795_000_000;
+
+    fn record(seq: i64, at: i64, kind: &str, ip: &str, fill: impl FnOnce(&mut Event)) -> AuditRecord {
+        let mut event = Event {
+            at,
+            kind: kind.into(),
+            ip: Some(ip.into()),
+            sub: Some("u_alice".into()),
+            ..Event::default()
+        };
+        fill(&mut event);
+        AuditRecord { seq, event, prev_hash: None, hash: None }
+    }
+
+    /// A stolen session, written as the server and a guard record it (the guard's batch arrives late).
+    fn scenario() -> Vec<AuditRecord> {
+        let user = "192.0.2.7";
+        let thief = "198.51.100.23";
+        let session = |e: &mut Event| {
+            e.sid = Some("fam-1".into());
+            e.client_id = Some("webapp".into());
+        };
+        vec![
+            record(1, T0, "login_success", user, |e| {
+                e.user_agent = Some("Mozilla/5.0 (X11; Linux)".into());
+                e.detail = Some(r#"{"device":"3f2a9c01","amr":["pwd","otp","mfa"]}"#.into());
+            }),
+            record(2, T0 + 1, "token_issued", user, |e| {
+                session(e);
+                e.jti = Some("at-1".into());
+                e.reason = Some("authorization_code".into());
+                e.audience = Some("https://orders.example".into());
+                e.user_agent = Some("webapp/2.1".into());
+                e.detail = Some(r#"{"refresh_token":"aaaa0001","jkt":null,"device":null}"#.into());
+            }),
+            record(3, T0 + 40, "token_refreshed", thief, |e| {
+                session(e);
+                e.jti = Some("at-2".into());
+                e.reason = Some("refresh_token".into());
+                e.user_agent = Some("curl/8.5\u{1b}[2J".into());
+                e.detail = Some(r#"{"presented":"aaaa0001","refresh_token":"bbbb0002"}"#.into());
+            }),
+            // The guard's batch: two uses merged, then the thief's.
+            record(4, T0 + 12, "token_used", user, |e| {
+                session(e);
+                e.jti = Some("at-1".into());
+                e.service = Some("orders-gateway".into());
+                e.route = Some("GET /orders/{id}".into());
+                e.outcome = Some("allowed".into());
+                e.detail = Some(format!(r#"{{"count":3,"first_at":{}}}"#, T0 + 10));
+            }),
+            record(5, T0 + 20, "token_used", user, |e| {
+                session(e);
+                e.jti = Some("at-1".into());
+                e.service = Some("orders-gateway".into());
+                e.route = Some("GET /orders/{id}".into());
+                e.outcome = Some("allowed".into());
+                e.detail = Some(format!(r#"{{"count":2,"first_at":{}}}"#, T0 + 15));
+            }),
+            record(6, T0 + 30, "token_used", thief, |e| {
+                session(e);
+                e.jti = Some("at-1".into());
+                e.service = Some("orders-gateway".into());
+                e.route = Some("GET /orders/{id}".into());
+                e.outcome = Some("allowed".into());
+                e.detail = Some(format!(r#"{{"count":1,"first_at":{}}}"#, T0 + 30));
+            }),
+            record(7, T0 + 50, "refresh_token_reuse", user, |e| {
+                session(e);
+                e.jti = Some("sha256:aaaa0001".into());
+                e.reason = Some("refresh_token_reuse".into());
+                e.user_agent = Some("webapp/2.1".into());
+            }),
+            record(8, T0 + 51, "detection_raised", user, |e| {
+                session(e);
+                e.reason = Some("refresh_token_reuse".into());
+                e.outcome = Some("critical".into());
+                e.detail = Some(r#"{"explanation":"A rotated refresh token came back."}"#.into());
+            }),
+            record(9, T0 + 51, "response_taken", user, |e| {
+                session(e);
+                e.reason = Some("revoke_session".into());
+                e.outcome = Some("revoked".into());
+                e.actor = Some("detector".into());
+                e.detail = Some(r#"{"result":"revoked"}"#.into());
+            }),
+            record(10, T0 + 90, "admin_action", "127.0.0.1", |e| {
+                e.ip = None;
+                e.reason = Some("revoke_user".into());
+                e.outcome = Some("success".into());
+                e.actor = Some("cli:responder".into());
+                e.detail = Some(r#"{"incident":1,"result":"every token issued before now refused"}"#.into());
+            }),
+        ]
+    }
+
+    /// Compares `actual` with the golden file `name`; `TESSERA_BLESS=1` rewrites the file instead.
+    fn golden(name: &str, actual: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+        if std::env::var_os("TESSERA_BLESS").is_some() {
+            std::fs::write(&path, actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(actual, expected, "{name} differs from its golden file (TESSERA_BLESS=1 rewrites it)");
+    }
+
+    #[test]
+    fn timeline_text_and_json_match_their_golden_files() {
+        let t = Timeline::build("user u_alice (alice)".into(), &scenario(), false);
+        golden("timeline.txt", &t.text());
+        golden("timeline.json", &format!("{:#}\n", t.json()));
+        // What the files hold, in words: time order, the two identical uses merged with their count, the
+        // terminal escape in the user agent made inert.
+        assert_eq!(t.events, 10);
+        assert_eq!(t.entries.len(), 9);
+        let merged = t.entries.iter().find(|e| e.count == 5).unwrap();
+        assert_eq!((merged.at, merged.last_at), (T0 + 10, T0 + 20));
+        assert!(!t.text().contains('\u{1b}'));
+        assert!(t.entries.windows(2).all(|w| w[0].at <= w[1].at));
+    }
+
+    #[test]
+    fn lineage_names_the_copy_by_its_network_and_user_agent() {
+        let family = Family {
+            id: "fam-1".into(),
+            client_id: "webapp".into(),
+            user_id: "u_alice".into(),
+            scope: "orders:read".into(),
+            audience: None,
+            auth_time: T0,
+            amr: vec!["pwd".into()],
+            login_session: None,
+            code_hash: None,
+            created_at: T0,
+            expires_at: T0 + 86_400,
+            revoked_at: Some(T0 + 50),
+            dpop_jkt: None,
+        };
+        let records: Vec<AuditRecord> = scenario()
+            .into_iter()
+            .filter(|r| {
+                matches!(r.event.kind.as_str(), "token_issued" | "token_refreshed" | "refresh_token_reuse")
+            })
+            .collect();
+        let l = Lineage::build(&family, &records);
+        golden("lineage.txt", &l.text());
+        let fork = l.fork.as_ref().unwrap();
+        assert_eq!(fork.token, "aaaa0001");
+        assert_eq!(fork.copy.as_ref().unwrap().presentation.ip.as_deref(), Some("198.51.100.23"));
+        assert_eq!(fork.legitimate.as_ref().unwrap().presentation.ip.as_deref(), Some("192.0.2.7"));
+        assert_eq!(fork.copy_first_at, T0 + 40);
+    }
+}
