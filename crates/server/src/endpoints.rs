@@ -80,7 +80,7 @@ pub async fn check_access_token(
 
 /// The access token of `Authorization: Bearer …` or `Authorization: DPoP …`, and whether the scheme was
 /// DPoP; `Err` names what is wrong.
-fn access_token(headers: &HeaderMap) -> Result<Option<(&str, bool)>, &'static str> {
+pub(crate) fn access_token(headers: &HeaderMap) -> Result<Option<(&str, bool)>, &'static str> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else { return Ok(None) };
     if values.next().is_some() {
@@ -97,7 +97,7 @@ fn access_token(headers: &HeaderMap) -> Result<Option<(&str, bool)>, &'static st
 
 /// An RFC 6750 §3 / RFC 9449 §7.1 error: the status with a `WWW-Authenticate` challenge for both schemes,
 /// the error on the scheme it concerns.
-fn token_error(status: StatusCode, error: Option<&'static str>, dpop: bool) -> Response {
+pub(crate) fn token_error(status: StatusCode, error: Option<&'static str>, dpop: bool) -> Response {
     let algs = crate::dpop::signing_algs().join(" ");
     let (bearer, dpop_challenge) = match (error, dpop) {
         (Some(e), false) => {
@@ -136,7 +136,9 @@ pub async fn userinfo(State(state): State<Arc<AppState>>, method: Method, header
             return token_error(StatusCode::UNAUTHORIZED, Some("invalid_token"), dpop);
         }
     };
-    if let Some(refusal) = check_binding(&state, &claims, &headers, method.as_str(), token, dpop, now).await {
+    if let Some(refusal) =
+        check_binding(&state, &claims, &headers, method.as_str(), "/userinfo", token, dpop, now).await
+    {
         return refusal;
     }
     let scope = claims.scope.clone().unwrap_or_default();
@@ -160,13 +162,15 @@ pub async fn userinfo(State(state): State<Arc<AppState>>, method: Method, header
     response
 }
 
-/// Checks a token's DPoP binding at userinfo: a bound token only with the `DPoP` scheme and a proof by its
+/// Checks a token's DPoP binding at userinfo (or the admin API, at `path`): a bound token only with the `DPoP` scheme and a proof by its
 /// key; the `DPoP` scheme only with a bound token (RFC 9449 §7). `Some` is the refusal to send.
-async fn check_binding(
+#[allow(clippy::too_many_arguments, reason = "one request's parts, each needed for the proof's check")]
+pub(crate) async fn check_binding(
     state: &AppState,
     claims: &AccessClaims,
     headers: &HeaderMap,
     method: &str,
+    path: &str,
     token: &str,
     dpop: bool,
     now: i64,
@@ -180,7 +184,7 @@ async fn check_binding(
         Ok(Some(jkt)) => jkt,
         Err(reason) => return refuse(reason, "invalid_token"),
     };
-    match crate::dpop::request_proof(state, headers, method, "/userinfo", Some(token), now).await {
+    match crate::dpop::request_proof(state, headers, method, path, Some(token), now).await {
         Ok(Some(proof)) if proof.jkt == bound => None,
         Ok(Some(_)) => refuse(tessera_token::ProofRejection::KeyMismatch.name(), "invalid_dpop_proof"),
         Ok(None) => refuse("dpop_missing_proof", "invalid_dpop_proof"),

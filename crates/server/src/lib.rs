@@ -4,6 +4,7 @@
 //! a first signing key) and [`serve`] answers HTTP until the shutdown future completes. The binary's
 //! `tessera serve` calls both; tests call them in-process on a free port.
 
+pub mod admin_api;
 pub mod alerts;
 mod authorize;
 pub mod config;
@@ -263,6 +264,23 @@ pub const QUICKSTART_CLIENT: &str = "quickstart";
 /// The quickstart resource's audience.
 pub const QUICKSTART_AUDIENCE: &str = "urn:tessera:quickstart";
 
+/// Registers the admin API's audience (`tessera-admin`, scope `admin`) if it is not registered yet, so that
+/// a client may be given it (`tessera client add … --audience tessera-admin`).
+async fn ensure_admin_resource(store: &dyn tessera_store::Store, now: i64) -> Result<(), StartError> {
+    if store.resource(admin_api::ADMIN_AUDIENCE).await.map_err(start_error)?.is_some() {
+        return Ok(());
+    }
+    let resource = tessera_store::Resource {
+        audience: admin_api::ADMIN_AUDIENCE.to_owned(),
+        scopes: vec!["admin".to_owned()],
+        created_at: now,
+    };
+    match store.create_resource(&resource).await {
+        Ok(()) | Err(tessera_store::StoreError::Conflict(_)) => Ok(()),
+        Err(e) => Err(start_error(e)),
+    }
+}
+
 /// Opens the data directory, the KEK and the database, applies migrations, and on first start creates the
 /// signing key (and a quickstart client); then loads the keyring.
 ///
@@ -280,6 +298,7 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
     if startup.created_key.is_some() && store.list_clients().await.map_err(start_error)?.is_empty() {
         startup.quickstart = Some(create_quickstart(&*store, &config, now).await?);
     }
+    ensure_admin_resource(&*store, now).await?;
     let keyring = Keyring::load(&*store, &kek).await.map_err(start_error)?;
     let passwords = Passwords::new(config.password_hash_concurrency).map_err(StartError)?;
     let password_rules = passwords::Rules::new(&config.passwords).map_err(StartError)?;
@@ -398,6 +417,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/introspect", post(endpoints::introspect))
         .route("/revocations/stream", get(stream::stream))
         .route("/guard/events", post(ingest::events).layer(DefaultBodyLimit::max(1024 * 1024)))
+        .route("/admin/incidents", get(admin_api::list).post(admin_api::open))
+        .route("/admin/incidents/{id}", get(admin_api::show))
+        .route("/admin/incidents/{id}/contain", post(admin_api::contain))
+        .route("/admin/incidents/{id}/close", post(admin_api::close))
+        .route("/admin/incidents/{id}/timeline", get(admin_api::incident_timeline))
+        .route("/admin/incidents/{id}/lineage", get(admin_api::lineage))
+        .route("/admin/incidents/{id}/report", get(admin_api::report))
+        .route("/admin/timeline", get(admin_api::timeline))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))

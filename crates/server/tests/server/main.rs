@@ -6,6 +6,7 @@
 
 mod common;
 
+mod admin_api;
 mod alerts;
 mod basics;
 mod browser_flow;
