@@ -7,6 +7,7 @@
 mod admin;
 mod audit;
 mod block;
+mod demo;
 mod gateway;
 mod incident;
 mod keys;
@@ -79,6 +80,9 @@ enum Command {
     /// Respond to a stolen token: open an incident, contain it, read its timeline, lineage and report.
     #[command(subcommand)]
     Incident(incident::IncidentCommand),
+    /// Play a stolen-token story on the embedded default: detection, containment, the attacker refused, the
+    /// report. Exits 0 only if all of it happened.
+    Demo(demo::DemoArgs),
 }
 
 /// A failure to report: one line, and the exit code.
@@ -151,6 +155,7 @@ fn main() -> ExitCode {
         Command::Alerts(command) => block::alerts(command),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Incident(cmd) => incident::run(cmd),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -936,3 +936,26 @@ fn incident_commands_open_contain_report_and_close_what_a_responder_types() {
     let reopened = ok(&["incident", "open", "--user", "alice"]);
     assert!(reopened.starts_with("incident 2 opened"), "a new one after closing: {reopened}");
 }
+
+#[test]
+fn demo_plays_the_stolen_token_story_and_exits_zero_only_when_all_of_it_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(dir.path(), &[], &["demo"], "");
+    assert_eq!(code, 0, "{out}\n{err}");
+    for line in [
+        "ok:   the token is refused at a service it was not issued for",
+        "ok:   the theft is detected and alice is contained automatically",
+        "ok:   the attacker is refused within a second of containment",
+        "ok:   the report names the orders service as reached by the copy, and only it",
+        "the demo held: 10 checks passed",
+        "# Incident 1: user:u_alice",
+        "<- copy",
+    ] {
+        assert!(out.contains(line), "{line:?} in:\n{out}");
+    }
+    assert!(!out.contains("tsr_") && !out.contains("eyJ"), "no token is printed");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "the demo leaves nothing in the directory"
+    );
+}

@@ -270,7 +270,7 @@ async fn raise(state: &AppState, d: &Detection, until: i64, now: i64) -> Result<
     // A finding of high severity or worse about a user or session is an incident: opened (or joined) now,
     // so that its responses are recorded on it.
     let incident = if d.severity >= Severity::High || actions.contains(&Action::Contain) {
-        match incident::open_for_detection(state.store.as_ref(), d, now).await {
+        match incident::open_for_detection(state.store.as_ref(), d, true, now).await {
             Ok(found) => found.map(|i| i.id),
             Err(e) => {
                 tracing::error!(error = %e, rule = d.rule, "cannot open the incident for a detection");

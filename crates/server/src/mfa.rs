@@ -695,6 +695,28 @@ async fn replace_recovery_codes(
 }
 
 /// Ten new recovery codes and their hashes.
+/// Enrols `secret` as the user's authenticator app, as a confirmed enrolment would, with 10 new recovery
+/// codes (returned, to be shown once): for provisioning users from elsewhere (and `tessera demo`).
+///
+/// # Errors
+/// If the secret cannot be sealed or the store fails.
+pub async fn provision_totp(
+    state: &AppState,
+    user_id: &str,
+    secret: &[u8],
+    now: i64,
+) -> Result<Vec<String>, String> {
+    let sealed = state.kek.seal(&totp_label(user_id), secret).map_err(|e| e.to_string())?;
+    state.store.begin_totp(user_id, &sealed, now).await.map_err(|e| e.to_string())?;
+    let (codes, hashes) = new_recovery_codes().ok_or("the system random source failed")?;
+    // The step before now's counts as used: the first code accepted is the current one.
+    let step = factor::totp_step(now) - 2;
+    if !state.store.confirm_totp(user_id, step, &hashes, now).await.map_err(|e| e.to_string())? {
+        return Err("the enrolment was not confirmed".into());
+    }
+    Ok(codes)
+}
+
 pub(crate) fn new_recovery_codes() -> Option<(Vec<String>, Vec<TokenHash>)> {
     let mut codes = Vec::with_capacity(RECOVERY_CODES);
     for _ in 0..RECOVERY_CODES {

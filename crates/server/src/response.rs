@@ -215,7 +215,7 @@ pub async fn run(state: &AppState, action: Action, d: &Detection, now: i64) -> &
 /// Contains the detection's incident (opening it if need be); `skipped:no_user` when the detection names
 /// neither a user nor a session.
 async fn contain(state: &AppState, d: &Detection, now: i64) -> Result<&'static str, StoreError> {
-    let incident = match incident::open_for_detection(state.store.as_ref(), d, now).await {
+    let incident = match incident::open_for_detection(state.store.as_ref(), d, false, now).await {
         Ok(Some(incident)) => incident,
         Ok(None) => return Ok("skipped:no_user"),
         Err(IncidentError::Store(e)) => return Err(e),

@@ -154,14 +154,15 @@ pub async fn open(
 }
 
 /// Opens (or finds) the incident a detection belongs to: about its user when this store knows the user,
-/// else about its session; `None` for a detection about a source address alone. The detection is recorded
-/// on the incident either way.
+/// else about its session; `None` for a detection about a source address alone. With `record`, the
+/// detection is recorded on the incident (the detector does so once per finding).
 ///
 /// # Errors
 /// The store's error.
 pub async fn open_for_detection(
     store: &dyn Store,
     d: &tessera_core::detect::Detection,
+    record: bool,
     now: i64,
 ) -> Result<Option<Incident>> {
     let user = match &d.sub {
@@ -184,8 +185,10 @@ pub async fn open_for_detection(
         opened_by: "detector".into(),
     };
     let (incident, _) = store.open_incident(&new, now).await?;
-    let outcome = format!("{}: {}", d.severity.name(), d.explanation);
-    store.record_incident_action(incident.id, "detector", "detection", &d.key(), &outcome, now).await?;
+    if record {
+        let outcome = format!("{}: {}", d.severity.name(), d.explanation);
+        store.record_incident_action(incident.id, "detector", "detection", &d.key(), &outcome, now).await?;
+    }
     Ok(Some(incident))
 }
 
