@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use tessera_core::Event;
-use tessera_server::incident::{self, ContainOptions, IncidentError, Scope, Target, Window};
+use tessera_server::incident::{self, ContainOptions, IncidentError, Scope, Target, Window, incident_json};
 use tessera_store::{Incident, IncidentAction};
 
 use crate::admin::{ConfigArgs, actor, admin_event, record, with_store};
@@ -234,30 +234,6 @@ pub(crate) fn incident_line(i: &Incident) -> String {
         i.opened_by,
         i.reason.replace(['\t', '\n'], " ")
     )
-}
-
-/// An incident and its actions as JSON.
-pub(crate) fn incident_json(i: &Incident, actions: &[IncidentAction]) -> serde_json::Value {
-    json!({
-        "id": i.id,
-        "subject": i.subject,
-        "state": i.state,
-        "user_id": i.user_id,
-        "sid": i.sid,
-        "jti": i.jti,
-        "client_id": i.client_id,
-        "reason": i.reason,
-        "detection": i.detection,
-        "opened_at": rfc3339(i.opened_at),
-        "opened_by": i.opened_by,
-        "contained_at": i.contained_at.map(rfc3339),
-        "closed_at": i.closed_at.map(rfc3339),
-        "closed_by": i.closed_by,
-        "actions": actions.iter().map(|a| json!({
-            "seq": a.seq, "at": rfc3339(a.at), "actor": a.actor, "action": a.action, "target": a.target,
-            "outcome": a.outcome,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 fn action_line(a: &IncidentAction) -> String {

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tessera_store::{Event, Incident, IncidentAction, Store, StoreError};
 
 use crate::endpoints::{TokenProblem, access_token, check_access_token, check_binding, token_error};
-use crate::incident::{self, ContainOptions, IncidentError, Scope, Target, Window};
+use crate::incident::{self, ContainOptions, IncidentError, Scope, Target, Window, incident_json};
 use crate::{AppState, now};
 
 /// The audience of admin tokens (registered as a resource at start, with the scope `admin`).
@@ -147,28 +147,6 @@ async fn admin(
         Ok(_) => Err(token_error(StatusCode::UNAUTHORIZED, Some("invalid_token"), dpop)),
         Err(e) => Err(store_error(&e)),
     }
-}
-
-fn incident_json(i: &Incident, actions: &[IncidentAction]) -> Value {
-    json!({
-        "id": i.id,
-        "subject": i.subject,
-        "state": i.state,
-        "user_id": i.user_id,
-        "sid": i.sid,
-        "jti": i.jti,
-        "client_id": i.client_id,
-        "reason": i.reason,
-        "detection": i.detection,
-        "opened_at": i.opened_at,
-        "opened_by": i.opened_by,
-        "contained_at": i.contained_at,
-        "closed_at": i.closed_at,
-        "closed_by": i.closed_by,
-        "actions": actions.iter().map(|a| json!({
-            "seq": a.seq, "at": a.at, "actor": a.actor, "action": a.action, "target": a.target, "outcome": a.outcome,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 /// Records what an admin did on the audit chain.

@@ -53,6 +53,35 @@ impl From<StoreError> for IncidentError {
 
 type Result<T> = std::result::Result<T, IncidentError>;
 
+/// An incident and its actions as JSON (what `incident show --format json` prints and the admin API
+/// answers): times as Unix seconds and as RFC 3339.
+pub fn incident_json(i: &Incident, actions: &[tessera_store::IncidentAction]) -> serde_json::Value {
+    let time = |at: Option<i64>| at.map(crate::rfc3339);
+    serde_json::json!({
+        "id": i.id,
+        "subject": i.subject,
+        "state": i.state,
+        "user_id": i.user_id,
+        "sid": i.sid,
+        "jti": i.jti,
+        "client_id": i.client_id,
+        "reason": i.reason,
+        "detection": i.detection,
+        "opened_at": i.opened_at,
+        "opened_time": crate::rfc3339(i.opened_at),
+        "opened_by": i.opened_by,
+        "contained_at": i.contained_at,
+        "contained_time": time(i.contained_at),
+        "closed_at": i.closed_at,
+        "closed_time": time(i.closed_at),
+        "closed_by": i.closed_by,
+        "actions": actions.iter().map(|a| serde_json::json!({
+            "seq": a.seq, "at": a.at, "time": crate::rfc3339(a.at), "actor": a.actor, "action": a.action,
+            "target": a.target, "outcome": a.outcome,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// What an incident is opened about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
