@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Map, Value, json};
 use tessera_core::EventKind;
+use tessera_server::incident::timeline::shown;
+pub(crate) use tessera_server::rfc3339;
 use tessera_store::{AUDIT_PAGE, AuditQuery, AuditRecord, Store, verify_audit_chain};
 
 use crate::admin::{ConfigArgs, store_failure, with_store};
@@ -186,15 +188,6 @@ impl Filters {
             ..AuditQuery::default()
         })
     }
-}
-
-pub(crate) use tessera_server::rfc3339;
-
-/// A value as a terminal may show it: a plain word as it is, anything else quoted with escapes.
-fn shown(value: &str) -> String {
-    let plain =
-        !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/@{}-+=,".contains(&b));
-    if plain { value.to_owned() } else { format!("{value:?}") }
 }
 
 /// One event as a terminal line.

@@ -286,10 +286,16 @@ pub(crate) fn run(cmd: IncidentCommand) -> Result<(), Failure> {
                 };
                 let options = ContainOptions { reset_mfa, client, block: block_ip, block_secs };
                 let now = tessera_server::now();
-                let done =
-                    incident::contain(store.as_ref(), &config.trusted_proxies, id, &options, &actor(), now)
-                        .await
-                        .map_err(failure)?;
+                let done = incident::contain(
+                    store.as_ref(),
+                    &config.trusted_proxy_nets(),
+                    id,
+                    &options,
+                    &actor(),
+                    now,
+                )
+                .await
+                .map_err(failure)?;
                 let c = &done.contained;
                 emit(&format!(
                     "incident {} contained at {}",

@@ -180,6 +180,18 @@ async fn call(
     Ok(Call { state, actor })
 }
 
+/// The admin check, then the query string read into `Q`.
+async fn call_with<Q: DeserializeOwned>(
+    state: Arc<AppState>,
+    headers: &HeaderMap,
+    method: &Method,
+    uri: &Uri,
+) -> Result<(Call, Q), Response> {
+    let c = call(state, headers, method, uri).await?;
+    let q = query(uri).map_err(|why| bad(&why))?;
+    Ok((c, q))
+}
+
 /// `POST /admin/incidents` body: exactly one of `user`, `session`, `token`, `client`, and a `reason`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -245,13 +257,9 @@ pub async fn list(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let c = match call(state, &headers, &method, &uri).await {
-        Ok(c) => c,
+    let (c, q): (Call, ListQuery) = match call_with(state, &headers, &method, &uri).await {
+        Ok(found) => found,
         Err(r) => return r,
-    };
-    let q: ListQuery = match query(&uri) {
-        Ok(q) => q,
-        Err(why) => return bad(&why),
     };
     let limit = match number(q.limit.as_ref(), "limit") {
         Ok(l) => l.unwrap_or(100).clamp(1, 10_000),
@@ -323,7 +331,7 @@ pub async fn contain(
         block: b.block_ip,
         block_secs: b.block_secs.unwrap_or(c.state.config.responses.block_source_secs),
     };
-    let trusted = &c.state.config.trusted_proxies;
+    let trusted = &c.state.trusted_proxies;
     match incident::contain(c.state.store.as_ref(), trusted, id, &options, &c.actor, now()).await {
         Ok(done) => {
             // This node's guards hear of it now; other nodes' at their next poll of the sequence.
@@ -407,21 +415,14 @@ pub async fn incident_timeline(
     uri: Uri,
     Path(id): Path<i64>,
 ) -> Response {
-    let c = match call(state, &headers, &method, &uri).await {
-        Ok(c) => c,
+    let (c, q): (Call, TimelineQuery) = match call_with(state, &headers, &method, &uri).await {
+        Ok(found) => found,
         Err(r) => return r,
     };
-    match query::<TimelineQuery>(&uri) {
-        Ok(q) if q.user.is_none() && q.session.is_none() && q.token.is_none() && q.ip.is_none() => {
-            timeline_answer(&c.state, Scope::Incident(id), &q).await
-        }
-        Ok(_) => error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "an incident's timeline takes no user, session, token or ip",
-        ),
-        Err(why) => bad(&why),
+    if q.user.is_some() || q.session.is_some() || q.token.is_some() || q.ip.is_some() {
+        return bad("an incident's timeline takes no user, session, token or ip");
     }
+    timeline_answer(&c.state, Scope::Incident(id), &q).await
 }
 
 /// `GET /admin/timeline?user=|session=|token=|ip=` (exactly one), with the same options.
@@ -431,13 +432,9 @@ pub async fn timeline(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let c = match call(state, &headers, &method, &uri).await {
-        Ok(c) => c,
+    let (c, q): (Call, TimelineQuery) = match call_with(state, &headers, &method, &uri).await {
+        Ok(found) => found,
         Err(r) => return r,
-    };
-    let q: TimelineQuery = match query(&uri) {
-        Ok(q) => q,
-        Err(why) => return bad(&why),
     };
     let scope = match (q.user.clone(), q.session.clone(), q.token.clone(), q.ip.clone()) {
         (Some(u), None, None, None) => Scope::User(u),
@@ -469,13 +466,9 @@ pub async fn lineage(
     uri: Uri,
     Path(id): Path<i64>,
 ) -> Response {
-    let c = match call(state, &headers, &method, &uri).await {
-        Ok(c) => c,
+    let (c, q): (Call, FormatQuery) = match call_with(state, &headers, &method, &uri).await {
+        Ok(found) => found,
         Err(r) => return r,
-    };
-    let q: FormatQuery = match query(&uri) {
-        Ok(q) => q,
-        Err(why) => return bad(&why),
     };
     let lineages = match incident::lineages(c.state.store.as_ref(), id).await {
         Ok(l) => l,
@@ -499,13 +492,9 @@ pub async fn report(
     uri: Uri,
     Path(id): Path<i64>,
 ) -> Response {
-    let c = match call(state, &headers, &method, &uri).await {
-        Ok(c) => c,
+    let (c, q): (Call, FormatQuery) = match call_with(state, &headers, &method, &uri).await {
+        Ok(found) => found,
         Err(r) => return r,
-    };
-    let q: FormatQuery = match query(&uri) {
-        Ok(q) => q,
-        Err(why) => return bad(&why),
     };
     let report = match incident::report(c.state.store.as_ref(), id).await {
         Ok(r) => r,

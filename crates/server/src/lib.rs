@@ -58,6 +58,14 @@ use oauth::OAuthError;
 use passwords::Passwords;
 
 /// The current time, Unix seconds. The server's only clock: everything below takes `now` as an argument.
+/// Whether `source` (an address or CIDR) overlaps one of the `trusted` proxies' networks.
+pub fn covers_a_proxy(trusted: &[ipnet::IpNet], source: &str) -> bool {
+    let net = source
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| source.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+    net.is_ok_and(|net| trusted.iter().any(|p| net.contains(&p.network()) || p.contains(&net.network())))
+}
+
 /// A Unix time as RFC 3339 in UTC, to the second (what every report and listing prints).
 pub fn rfc3339(at: i64) -> String {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(at).unwrap_or(0));
@@ -119,12 +127,7 @@ impl AppState {
     /// Whether `source` (an address or CIDR) covers a trusted proxy: blocking it would block everyone
     /// behind that proxy, so a detection never does.
     pub fn never_blocks(&self, source: &str) -> bool {
-        let net = source
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| source.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-        net.is_ok_and(|net| {
-            self.trusted_proxies.iter().any(|p| net.contains(&p.network()) || p.contains(&net.network()))
-        })
+        covers_a_proxy(&self.trusted_proxies, source)
     }
 
     /// The keys in use now.

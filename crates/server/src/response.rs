@@ -221,7 +221,7 @@ async fn contain(state: &AppState, d: &Detection, now: i64) -> Result<&'static s
         Err(IncidentError::Store(e)) => return Err(e),
         Err(e) => return Err(StoreError::Database(e.to_string())),
     };
-    let trusted = &state.config.trusted_proxies;
+    let trusted = &state.trusted_proxies;
     let options = incident::ContainOptions::default();
     match incident::contain(state.store.as_ref(), trusted, incident.id, &options, "detector", now).await {
         Ok(done) if done.contained.taken.is_empty() => Ok("already_contained"),

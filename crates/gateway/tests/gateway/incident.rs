@@ -95,7 +95,7 @@ async fn stolen_token_is_contained_timelined_and_reported(backend: Backend) {
 
     let options =
         ContainOptions { block: vec![ATTACKER.into()], block_secs: 3600, ..ContainOptions::default() };
-    let trusted = &w.server.state.config.trusted_proxies;
+    let trusted = &w.server.state.config.trusted_proxy_nets();
     let done = incident::contain(store, trusted, opened.id, &options, "cli:responder", tessera_server::now())
         .await
         .unwrap();

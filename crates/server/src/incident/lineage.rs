@@ -274,7 +274,7 @@ impl Lineage {
         let mut drawn = 0;
         for p in extra {
             drawn += 1;
-            let (b, _) = if drawn == total { ("└─ ", "") } else { ("├─ ", "") };
+            let b = if drawn == total { "└─ " } else { "├─ " };
             let fork = self.fork.as_ref().is_some_and(|f| f.token == node.token) && p.outcome == "reused";
             let verdict = self.fork.as_ref().filter(|_| fork).map_or("", |f| {
                 let is = |b: &Option<Branch>| b.as_ref().is_some_and(|b| b.presentation.seq == p.seq);
@@ -288,9 +288,8 @@ impl Lineage {
             });
             out.push_str(&format!("{inner}{b}x presented again: {} {}{verdict}\n", p.outcome, who(p)));
         }
-        for (n, child) in node.children.iter().enumerate() {
+        for child in &node.children {
             drawn += 1;
-            let _ = n;
             self.draw(*child, &inner, drawn == total, out);
         }
     }

@@ -130,18 +130,21 @@ pub async fn open(
             new.sid = Some(sid.clone());
             new.user_id = match store.family(sid).await? {
                 Some(family) => Some(family.user_id),
-                None => seen(store, AuditQuery { sid: Some(sid.clone()), ..AuditQuery::default() })
-                    .await?
-                    .and_then(|e| e.sub),
+                // A session another issuer started, seen only by the guards: its events say whose it is.
+                None => {
+                    let query = AuditQuery {
+                        sid: Some(sid.clone()),
+                        newest: true,
+                        limit: 50,
+                        ..AuditQuery::default()
+                    };
+                    let found = store.audit_events(&query).await?;
+                    if found.is_empty() {
+                        return Err(IncidentError::NotFound(format!("no session {sid} on record")));
+                    }
+                    found.into_iter().rev().find_map(|r| r.event.sub)
+                }
             };
-            if new.user_id.is_none()
-                && store
-                    .audit_events(&AuditQuery { sid: Some(sid.clone()), limit: 1, ..AuditQuery::default() })
-                    .await?
-                    .is_empty()
-            {
-                return Err(IncidentError::NotFound(format!("no session {sid} on record")));
-            }
             format!("session {sid}")
         }
         Target::Token(jti) => {
@@ -251,14 +254,14 @@ impl fmt::Debug for ContainOutcome {
     }
 }
 
-/// Contains incident `id` (see [`Store::contain_incident`]). `trusted` are the proxies that may never be
-/// blocked (blocking one would block everyone behind it).
+/// Contains incident `id` (see [`Store::contain_incident`]). `trusted` are the proxies' networks, which may
+/// never be blocked (blocking one would block everyone behind it).
 ///
 /// # Errors
 /// `NotFound` for an unknown incident or client, `Invalid` for a closed incident or a bad address.
 pub async fn contain(
     store: &dyn Store,
-    trusted: &[String],
+    trusted: &[ipnet::IpNet],
     id: i64,
     options: &ContainOptions,
     actor: &str,
@@ -297,7 +300,7 @@ pub async fn contain(
         let source = net::parse_source(text).ok_or_else(|| {
             IncidentError::Invalid(format!("--block-ip {text:?} is not an address or network"))
         })?;
-        if never_blocks(trusted, &source) {
+        if crate::covers_a_proxy(trusted, &source) {
             return Err(IncidentError::Invalid(format!(
                 "{source} is a trusted proxy: blocking it would block everyone behind it"
             )));
@@ -317,14 +320,6 @@ pub async fn contain(
         .iter()
         .any(|a| a.action == "rotate_client_secret" && a.outcome.starts_with("rotated"));
     Ok(ContainOutcome { contained, client_secret: secret.filter(|_| rotated_now) })
-}
-
-fn never_blocks(trusted: &[String], source: &str) -> bool {
-    let parse = |s: &str| {
-        s.parse::<ipnet::IpNet>().ok().or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
-    };
-    let Some(net) = parse(source) else { return false };
-    trusted.iter().filter_map(|p| parse(p)).any(|p| net.contains(&p.network()) || p.contains(&net.network()))
 }
 
 /// The incident if it exists and is not closed.
