@@ -168,12 +168,20 @@ async fn lock_refuses_even_the_right_password_and_raises_login_locked_with_an_al
     );
     let explanation = detection(&s, "login_locked").await;
     assert!(explanation.contains("after 3 failed attempts"), "{explanation}");
-    let responses = s.state.store.recent_events(Some("response_taken"), 10).await.unwrap();
-    assert!(
-        responses.iter().any(|e| e.reason.as_deref() == Some("alert")
-            && e.detail.as_deref().is_some_and(|d| d.contains("\"rule\":\"login_locked\""))),
-        "the lock is alerted: {responses:?}"
-    );
+    // The responses are written just after the detection: wait for them as for the detection.
+    let alerted = |e: &tessera_store::Event| {
+        e.reason.as_deref() == Some("alert")
+            && e.detail.as_deref().is_some_and(|d| d.contains("\"rule\":\"login_locked\""))
+    };
+    let mut responses = Vec::new();
+    for _ in 0..100 {
+        responses = s.state.store.recent_events(Some("response_taken"), 10).await.unwrap();
+        if responses.iter().any(alerted) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(responses.iter().any(alerted), "the lock is alerted: {responses:?}");
     s.finish().await;
 }
 
