@@ -1,6 +1,6 @@
 //! `tessera serve` and the management commands as separate processes: first start, the commands an
 //! operator types, two server processes on one PostgreSQL database, and a `kill -9` in the middle of a
-//! refresh load.
+//! refresh load; `cluster` runs two nodes, a load balancer and two gateways.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly by design")]
 
@@ -12,6 +12,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tessera_core::{OpaqueSecret, SecretKind};
 use tessera_store::{Family, RefreshRecord, Store};
+
+#[path = "server_process/cluster.rs"]
+mod cluster;
 
 const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 

@@ -45,6 +45,9 @@ pub struct Config {
     pub login_session_ttl: i64,
     /// How long a new key is published before it signs (`tessera keys rotate`), seconds.
     pub key_publish_delay: i64,
+    /// Days a key signs before the server publishes its successor (which signs after `key_publish_delay`).
+    /// 0: only `tessera keys rotate` rotates.
+    pub key_rotation_days: i64,
     /// Password hashes computed at once; further logins wait their turn.
     pub password_hash_concurrency: usize,
     /// `text` or `json`.
@@ -100,6 +103,7 @@ impl Default for Config {
             code_ttl: 60,
             login_session_ttl: 12 * 3600,
             key_publish_delay: 300,
+            key_rotation_days: 90,
             password_hash_concurrency: 2,
             log_format: "text".into(),
             log_level: "info".into(),
@@ -310,6 +314,9 @@ impl Config {
             if value < 1 {
                 return bad(key, "must be at least 1 second");
             }
+        }
+        if self.key_rotation_days < 0 || self.key_rotation_days > 3650 {
+            return bad("key_rotation_days", "must be between 0 (off) and 3650");
         }
         if self.refresh_retry_window < 0 || self.key_publish_delay < 0 {
             return bad("refresh_retry_window/key_publish_delay", "must not be negative");

@@ -260,6 +260,42 @@ pub async fn revoke_key(store: &dyn Store, kid: &str, reason: &str, now: Time) -
     Ok(true)
 }
 
+/// Publishes a new `next` key of `alg` if the current key has signed for `every` seconds and no `next` key
+/// is waiting. Returns the new key's record if this call published it (`None` if nothing was due, or another
+/// node published one first).
+///
+/// # Errors
+/// Key generation or store failure.
+pub async fn rotate_if_due(
+    store: &dyn Store,
+    kek: &Kek,
+    alg: Algorithm,
+    every: i64,
+    now: Time,
+) -> Result<Option<KeyRecord>, KeyringError> {
+    let keys = store.list_keys().await?;
+    let due = keys
+        .iter()
+        .find(|k| k.state == KeyState::Current)
+        .is_some_and(|k| k.activated_at.unwrap_or(k.created_at) + every <= now);
+    if !due || keys.iter().any(|k| k.state == KeyState::Next) {
+        return Ok(None);
+    }
+    let key = SigningKey::generate(alg).map_err(keys_error)?;
+    let der = key.to_pkcs8_der().map_err(keys_error)?;
+    let record = KeyRecord {
+        kid: key.kid().to_owned(),
+        alg: key.alg().to_string(),
+        state: KeyState::Next,
+        public_jwk: key.verifying_key().to_jwk().to_string(),
+        private_sealed: kek.seal(key.kid(), &der).map_err(keys_error)?,
+        created_at: now,
+        activated_at: None,
+        retired_at: None,
+    };
+    Ok(store.schedule_key(&record).await?.then_some(record))
+}
+
 /// The server's periodic key housekeeping: promotes a `next` key published for at least `publish_delay`,
 /// and deletes retired and revoked keys once no token they signed can still be valid.
 ///

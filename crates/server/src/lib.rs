@@ -483,6 +483,7 @@ pub async fn serve(
     let directory = tokio::spawn(watch_directory(Arc::clone(&state), stop_rx.clone()));
     let detector = tokio::spawn(detector::run(Arc::clone(&state), stop_rx.clone()));
     let alerts = tokio::spawn(alerts::run(Arc::clone(&state), stop_rx.clone()));
+    let changes = tokio::spawn(follow_changes(Arc::clone(&state), stop_rx.clone()));
     let feed = tokio::spawn(follow_revocations(Arc::clone(&state), stop_rx));
     let closing = Arc::clone(&state);
     let shutdown = async move {
@@ -496,6 +497,7 @@ pub async fn serve(
     let _ = housekeeping.await;
     let _ = directory.await;
     let _ = feed.await;
+    let _ = changes.await;
     let _ = detector.await;
     let _ = alerts.await;
     result
@@ -503,15 +505,53 @@ pub async fn serve(
 
 /// Publishes newly committed revocations to the guards' streams.
 async fn follow_revocations(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(stream::POLL);
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            () = tokio::time::sleep(state.revocations.poll_interval()) => {}
             () = state.revocations.woken() => {}
             _ = stop.changed() => return,
         }
         if let Err(e) = state.revocations.follow_once(&state).await {
             tracing::warn!(error = %e, "cannot read new revocations");
+        }
+    }
+}
+
+/// Acts at once on what other nodes and the CLI commit (PostgreSQL's announcements): new revocations wake
+/// the follower, changed keys are reloaded, a changed directory empties the cache. On SQLite there are no
+/// announcements and the polls alone do this.
+async fn follow_changes(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use tessera_store::Change;
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(mut changes) = state.store.changes() else { return };
+    loop {
+        let change = tokio::select! {
+            change = changes.recv() => change,
+            _ = stop.changed() => return,
+        };
+        let (revocations, keys, directory) = match change {
+            Ok(Change::Revocations) => (true, false, false),
+            Ok(Change::Keys) => (false, true, false),
+            Ok(Change::Directory) => (false, false, true),
+            Ok(Change::Lost) => {
+                state.revocations.set_listening(false);
+                continue;
+            }
+            // (Re)connected, or this task fell behind: whatever was missed is re-read.
+            Ok(Change::Listening) | Err(RecvError::Lagged(_)) => {
+                state.revocations.set_listening(true);
+                (true, true, true)
+            }
+            Err(RecvError::Closed) => return,
+        };
+        if revocations {
+            state.revocations.wake();
+        }
+        if keys && let Err(e) = reload_keys(&state).await {
+            tracing::error!(error = %e, "cannot reload signing keys; still signing with the previous key");
+        }
+        if directory && let Err(e) = state.directory.sync().await {
+            tracing::warn!(error = %e, "cannot read the change counter; cache emptied");
         }
     }
 }
@@ -544,6 +584,9 @@ async fn housekeeping(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiv
         if let Err(e) = keyring::housekeeping(&*state.store, state.config.key_publish_delay, now).await {
             tracing::warn!(error = %e, "key housekeeping failed");
         }
+        if rounds % KEY_ROTATION_ROUNDS == 1 {
+            scheduled_rotation(&state, now).await;
+        }
         if let Err(e) = reload_keys(&state).await {
             tracing::error!(error = %e, "cannot reload signing keys; still signing with the previous key");
         }
@@ -562,6 +605,35 @@ async fn housekeeping(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiv
                 Err(e) => tracing::warn!(error = %e, "audit pruning failed"),
             }
         }
+    }
+}
+
+/// Housekeeping rounds (2 s each) between checks whether the current key is due for rotation: a minute.
+const KEY_ROTATION_ROUNDS: u64 = 30;
+
+/// Publishes a `next` key when the current one has signed for `key_rotation_days`; of several nodes due at
+/// once exactly one does (the store serialises it), and that one records it.
+async fn scheduled_rotation(state: &AppState, now: i64) {
+    let every = state.config.key_rotation_days * 86_400;
+    if every <= 0 {
+        return;
+    }
+    let alg = state.config.signing_algorithm();
+    match keyring::rotate_if_due(&*state.store, &state.kek, alg, every, now).await {
+        Ok(Some(record)) => {
+            tracing::info!(kid = %record.kid, "key_rotation_days reached: a new key is published and signs after key_publish_delay");
+            let detail = serde_json::json!({ "kid": record.kid, "alg": record.alg }).to_string();
+            state
+                .event(Event {
+                    reason: Some("scheduled".into()),
+                    actor: Some("tessera-server (key_rotation_days)".into()),
+                    detail: Some(detail),
+                    ..Event::new(tessera_core::EventKind::KeyRotated, now)
+                })
+                .await;
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "scheduled key rotation failed"),
     }
 }
 
@@ -588,7 +660,7 @@ pub async fn prune_audit(store: &dyn Store, retention_days: i64, now: i64) -> Re
 }
 
 /// Reloads the keyring if the stored keys changed (a rotation or import by the CLI or another node).
-async fn reload_keys(state: &AppState) -> Result<(), keyring::KeyringError> {
+pub(crate) async fn reload_keys(state: &AppState) -> Result<(), keyring::KeyringError> {
     let records = state.store.list_keys().await?;
     if state.keyring().is_current_for(&records) {
         return Ok(());

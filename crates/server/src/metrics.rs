@@ -72,6 +72,7 @@ pub struct Metrics {
     guard_rejections: Family<ReasonLabel, Counter>,
     alert_attempts: Family<AttemptLabels, Counter>,
     alert_outbox_depth: Gauge,
+    revocation_streams: Gauge,
 }
 
 impl fmt::Debug for Metrics {
@@ -103,6 +104,12 @@ impl Metrics {
         let guard_rejections = Family::<ReasonLabel, Counter>::default();
         let alert_attempts = Family::<AttemptLabels, Counter>::default();
         let alert_outbox_depth = Gauge::default();
+        let revocation_streams = Gauge::default();
+        registry.register(
+            "revocation_streams",
+            "Guards following the revocation stream from this node now",
+            revocation_streams.clone(),
+        );
         registry.register(
             "alert_deliveries",
             "Alert delivery attempts by sink and outcome (delivered, retry, failed)",
@@ -163,7 +170,14 @@ impl Metrics {
             guard_rejections,
             alert_attempts,
             alert_outbox_depth,
+            revocation_streams,
         }
+    }
+
+    /// Counts a guard's stream while the returned value lives.
+    pub fn stream_opened(&self) -> StreamGauge {
+        self.revocation_streams.inc();
+        StreamGauge(self.revocation_streams.clone())
     }
 
     /// Counts one alert delivery attempt.
@@ -239,5 +253,15 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// One guard's stream, counted in `tessera_revocation_streams` until dropped.
+#[derive(Debug)]
+pub struct StreamGauge(Gauge);
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

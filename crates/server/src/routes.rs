@@ -82,6 +82,10 @@ pub async fn healthz() -> &'static str {
 
 /// `GET /readyz`: the database answers within two seconds.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    // Shutting down: the load balancer should send new requests elsewhere while these finish.
+    if *state.closing.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => {

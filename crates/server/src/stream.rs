@@ -6,9 +6,13 @@
 //! carries its sequence number as the SSE id, so a reconnecting guard resumes exactly where it stopped.
 //! Entries pruned in the meantime had expired: no token they could match is still valid.
 //!
-//! One follower task per node reads new entries from the store every [`POLL`] (the store is the only source:
-//! revocations made by the CLI, by another node, or by this one all arrive the same way) and fans them out to
-//! every connected guard, so database load does not grow with the number of guards.
+//! One follower task per node reads new entries from the store (the store is the only source: revocations
+//! made by the CLI, by another node, or by this one all arrive the same way) and fans them out to every
+//! connected guard, so database load does not grow with the number of guards. It reads when woken: by this
+//! node's own commits, and on PostgreSQL by every other writer's (`NOTIFY`, see [`tessera_store::Change`]);
+//! and it polls, every [`POLL`] while nothing announces changes (SQLite, or the listening connection is
+//! down) and every [`LISTENING_POLL`] as a safety net while something does. Entries are read by sequence
+//! number, so a missed announcement delays an entry by one poll at most and never loses it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,8 +33,10 @@ use tokio::sync::broadcast;
 use crate::oauth::{OAuthError, Params};
 use crate::{AppState, now};
 
-/// How often the follower reads new entries.
+/// How often the follower reads new entries while no announcement wakes it.
 pub const POLL: Duration = Duration::from_millis(50);
+/// How often it reads while announcements wake it (PostgreSQL with its listener connected).
+pub const LISTENING_POLL: Duration = Duration::from_millis(500);
 /// How often an idle stream sends a heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// With no successful read of the store for this long, the node stops sending heartbeats.
@@ -46,6 +52,8 @@ pub struct RevocationFeed {
     /// When the follower last read the store successfully (Unix seconds).
     healthy_at: AtomicI64,
     wake: tokio::sync::Notify,
+    /// Whether the store's announcements are heard now (then the follower polls only as a safety net).
+    listening: std::sync::atomic::AtomicBool,
     /// The sources blocked now (`source` entries), for the server's own endpoints; and whether any is, so
     /// that requests skip the lock while none is.
     blocks: std::sync::RwLock<SourceBlocks>,
@@ -61,6 +69,7 @@ impl RevocationFeed {
             last: AtomicI64::new(from),
             healthy_at: AtomicI64::new(now()),
             wake: tokio::sync::Notify::new(),
+            listening: std::sync::atomic::AtomicBool::new(false),
             blocks: std::sync::RwLock::new(SourceBlocks::default()),
             blocking: std::sync::atomic::AtomicBool::new(false),
         };
@@ -103,6 +112,16 @@ impl RevocationFeed {
         self.wake.notified().await;
     }
 
+    /// Records whether the store's announcements are heard (see [`LISTENING_POLL`]).
+    pub fn set_listening(&self, listening: bool) {
+        self.listening.store(listening, Ordering::Release);
+    }
+
+    /// How long the follower waits for a wake before it reads anyway.
+    pub fn poll_interval(&self) -> Duration {
+        if self.listening.load(Ordering::Acquire) { LISTENING_POLL } else { POLL }
+    }
+
     /// Reads and publishes every entry committed since the last call.
     ///
     /// # Errors
@@ -112,10 +131,20 @@ impl RevocationFeed {
             let after = self.last.load(Ordering::Acquire);
             let entries = state.store.revocations_after(after, 1000).await?;
             let full = entries.len() == 1000;
+            let signer = state.keyring().signer().kid().to_owned();
+            let mut signer_revoked = false;
             for entry in entries {
                 self.last.store(entry.seq, Ordering::Release);
                 self.note(&entry, now());
+                signer_revoked |= entry.kind == RevocationKind::Key && entry.subject == signer;
                 let _ = self.sender.send(Arc::new(entry));
+            }
+            if signer_revoked {
+                // An emergency rotation on another node (or by the CLI): stop signing with the withdrawn key
+                // now, not at the next key reload.
+                if let Err(e) = crate::reload_keys(state).await {
+                    tracing::error!(error = %e, "this node's signing key was revoked and the keys cannot be reloaded");
+                }
             }
             if !full {
                 self.healthy_at.store(now(), Ordering::Release);
@@ -188,10 +217,13 @@ pub async fn stream(
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let feed = Arc::clone(&state);
+    let gauge = state.metrics.stream_opened();
     let live = stream::unfold(
         (receiver, closing, head, beat),
         move |(mut receiver, mut closing, last, mut beat)| {
             let feed = Arc::clone(&feed);
+            // Moved into every step, so the count drops when the stream does (the guard went away).
+            let _counted = &gauge;
             async move {
                 loop {
                     // `None`: a heartbeat is due.

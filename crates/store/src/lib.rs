@@ -68,10 +68,16 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict("record"),
+            // PostgreSQL's connection exceptions (class 08), shutdown and start-up (57P0x), and "too many
+            // connections" (53300): the database is away or busy, not wrong.
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| unavailable_code(&c)) => {
+                StoreError::Unavailable(db.to_string())
+            }
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
             sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
                 StoreError::Corrupt(e.to_string())
@@ -79,6 +85,11 @@ impl From<sqlx::Error> for StoreError {
             other => StoreError::Database(other.to_string()),
         }
     }
+}
+
+/// Whether a SQLSTATE says the database is unreachable or refusing work for now.
+fn unavailable_code(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57P") || code == "53300"
 }
 
 impl From<sqlx::migrate::MigrateError> for StoreError {
@@ -90,6 +101,23 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
 /// Shorthand for store results.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// A committed change that other writers announced (PostgreSQL `NOTIFY`), so that a node acts on it at once
+/// instead of at its next poll. Announcements are hints: whoever hears one re-reads the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// New revocation entries.
+    Revocations,
+    /// The signing keys changed (a rotation, a promotion, a revocation).
+    Keys,
+    /// Users, clients or resources changed (the change counter moved).
+    Directory,
+    /// The listener is connected (again): announcements made while it was not may have been missed, so
+    /// re-read everything once.
+    Listening,
+    /// The listener lost its connection: until [`Change::Listening`], poll.
+    Lost,
+}
+
 /// Everything the server keeps. Implemented by [`SqliteStore`] and [`PostgresStore`]; the conformance suite
 /// in `tests/conformance.rs` holds both to the same behaviour.
 #[async_trait]
@@ -100,6 +128,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn migrate(&self) -> Result<()>;
     /// A round trip to the database (readiness).
     async fn ping(&self) -> Result<()>;
+    /// Announcements of changes committed by any writer sharing this database (every node, the CLI), or
+    /// `None` where the backend makes none (SQLite: one node, which polls). The first call starts the
+    /// listener; it reconnects by itself and says so ([`Change::Lost`], [`Change::Listening`]).
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
 
     /// Creates a user; [`StoreError::Conflict`] if the username is taken.
     async fn create_user(&self, user: &User) -> Result<()>;
@@ -227,6 +261,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Makes `kid` the current key and retires the previous current key, in one transaction. `false` if
     /// `kid` does not exist or is revoked.
     async fn activate_key(&self, kid: &str, now: Time) -> Result<bool>;
+    /// Stores `key` as the `next` key unless one is already waiting, serialised with every other key change,
+    /// so that of several nodes due to rotate exactly one does. `false` (and nothing stored) if a `next` key
+    /// exists.
+    async fn schedule_key(&self, key: &KeyRecord) -> Result<bool>;
     /// Moves a key to `state` (for retiring or revoking); `false` if there is no such key.
     async fn set_key_state(&self, kid: &str, state: KeyState, now: Time) -> Result<bool>;
     /// Deletes a key (after its last token expired); `false` if there is no such key.

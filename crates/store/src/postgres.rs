@@ -8,9 +8,10 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::broadcast;
 
-use crate::{Result, StoreError};
+use crate::{Change, Result, StoreError};
 
 type Db = sqlx::Postgres;
 type WritePool = PgPool;
@@ -27,6 +28,17 @@ pub struct PostgresStore {
     rotations: tokio::sync::mpsc::Sender<Queued<RotationJob, Rotation>>,
     audit: tokio::sync::mpsc::Sender<Queued<Vec<Event>, ()>>,
     single_use: tokio::sync::mpsc::Sender<Queued<OnceJob, bool>>,
+    options: PgConnectOptions,
+    /// The announcement listener, started by the first [`crate::Store::changes`] call.
+    announcer: std::sync::OnceLock<(broadcast::Sender<Change>, tokio::task::AbortHandle)>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.announcer.get() {
+            task.abort();
+        }
+    }
 }
 
 impl PostgresStore {
@@ -45,13 +57,30 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
         let rotations = spawn_rotation_writer(&pool, ());
         let single_use = spawn_single_use_writer(&pool);
         let audit = spawn_audit_writer(&pool, ());
-        Ok(PostgresStore { pool, rotations, audit, single_use })
+        Ok(PostgresStore {
+            pool,
+            rotations,
+            audit,
+            single_use,
+            options,
+            announcer: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Subscribes to the announcements, starting the listener on the first call.
+    fn announcements(&self) -> Option<broadcast::Receiver<Change>> {
+        let (sender, _) = self.announcer.get_or_init(|| {
+            let sender = broadcast::channel(ANNOUNCEMENT_BUFFER).0;
+            let task = tokio::spawn(announce(self.options.clone(), sender.clone()));
+            (sender, task.abort_handle())
+        });
+        Some(sender.subscribe())
     }
 
     /// Closes the pool, waiting for connections in use to be returned.
@@ -84,6 +113,62 @@ impl PostgresStore {
     async fn take_once(&self, job: OnceJob) -> Result<bool> {
         enqueue(&self.single_use, job, "single-use").await
     }
+}
+
+/// Announcements buffered per subscriber; one that falls further behind re-reads everything (it sees
+/// `Lagged`, which it treats as [`Change::Listening`]).
+const ANNOUNCEMENT_BUFFER: usize = 256;
+/// The channels migration 0015's triggers notify, and what each announces.
+const CHANNELS: [(&str, Change); 3] = [
+    ("tessera_revocations", Change::Revocations),
+    ("tessera_keys", Change::Keys),
+    ("tessera_directory", Change::Directory),
+];
+/// Wait between attempts to (re)connect the listener.
+const RELISTEN: Duration = Duration::from_secs(1);
+
+/// Listens on one dedicated connection (not one of the pool's) and relays each announcement made in this
+/// store's schema; says [`Change::Listening`] on every (re)connection and [`Change::Lost`] when the
+/// connection drops, then reconnects. Runs until the store is dropped.
+async fn announce(options: PgConnectOptions, sender: broadcast::Sender<Change>) {
+    loop {
+        match listen(&options).await {
+            Ok((mut listener, schema)) => {
+                tracing::debug!("listening for changes announced by other nodes");
+                let _ = sender.send(Change::Listening);
+                while let Ok(Some(note)) = listener.try_recv().await {
+                    if note.payload() != schema {
+                        continue;
+                    }
+                    if let Some((_, change)) = CHANNELS.iter().find(|(name, _)| *name == note.channel()) {
+                        let _ = sender.send(*change);
+                    }
+                }
+                tracing::warn!(
+                    "lost the connection that hears other nodes' changes; polling until it is back"
+                );
+                let _ = sender.send(Change::Lost);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot listen for other nodes' changes yet"),
+        }
+        tokio::time::sleep(RELISTEN).await;
+    }
+}
+
+/// A listening connection and the schema whose announcements are ours.
+async fn listen(options: &PgConnectOptions) -> Result<(PgListener, String)> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options.clone())
+        .await?;
+    let mut listener = PgListener::connect_with(&pool).await?;
+    // A lost connection ends `try_recv` with `Ok(None)`; `announce` then starts over and says so.
+    listener.eager_reconnect(false);
+    let schema: String =
+        sqlx::query_scalar("SELECT COALESCE(current_schema(), '')").fetch_one(&mut listener).await?;
+    listener.listen_all(CHANNELS.iter().map(|(name, _)| *name)).await?;
+    Ok((listener, schema))
 }
 
 /// The most single-use ids taken in one transaction.

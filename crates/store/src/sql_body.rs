@@ -1,5 +1,5 @@
 // The one implementation of `Store`, compiled once per backend: `sqlite.rs` and `postgres.rs` each define
-// `Db`, `WritePool`, `begin_write_on(&WritePool)`, `rotate_batch` (the one piece of SQL that differs: a
+// `Db`, `WritePool`, `begin_write_on(&WritePool)`, `announcements()` (the listener behind `Store::changes`), `rotate_batch` (the one piece of SQL that differs: a
 // batch of rotations' compare-and-swaps and successor inserts), `StoreImpl` (with `read()`, `write()`, `begin_write()`,
 // `backend_name()`, a `rotations` and a `single_use` sender) and `MIGRATOR`, then `include!` this file. Both backends therefore run the very same SQL text; `$n` placeholders are understood
 // by both. Nothing here may name a backend.
@@ -71,6 +71,14 @@ macro_rules! event_cols {
     () => {
         "at, kind, ip, user_agent, sub, sid, jti, client_id, audience, service, route, outcome, reason, actor, detail"
     };
+}
+
+/// Takes the key changes' lock: the current key's row (a write transaction on SQLite is exclusive anyway;
+/// on PostgreSQL two nodes promoting or scheduling at once queue here, and the second then sees what the
+/// first committed).
+async fn lock_keys(tx: &mut Tx) -> Result<()> {
+    sqlx::query("UPDATE signing_keys SET state = state WHERE state = 'current'").execute(&mut **tx).await?;
+    Ok(())
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -509,6 +517,10 @@ impl Store for StoreImpl {
     async fn migrate(&self) -> Result<()> {
         MIGRATOR.run(self.write()).await?;
         Ok(())
+    }
+
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<crate::Change>> {
+        self.announcements()
     }
 
     async fn ping(&self) -> Result<()> {
@@ -1036,6 +1048,7 @@ impl Store for StoreImpl {
 
     async fn activate_key(&self, kid: &str, now: Time) -> Result<bool> {
         let mut tx = self.begin_write().await?;
+        lock_keys(&mut tx).await?;
         let target: Option<String> = sqlx::query_scalar("SELECT state FROM signing_keys WHERE kid = $1")
             .bind(kid)
             .fetch_optional(&mut *tx)
@@ -1056,6 +1069,32 @@ impl Store for StoreImpl {
         .bind(kid)
         .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn schedule_key(&self, k: &KeyRecord) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        lock_keys(&mut tx).await?;
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM signing_keys WHERE state = 'next'")
+            .fetch_one(&mut *tx)
+            .await?;
+        if waiting > 0 {
+            return Ok(false);
+        }
+        sqlx::query(concat!(
+            "INSERT INTO signing_keys (",
+            key_cols!(),
+            ") VALUES ($1, $2, 'next', $3, $4, $5, NULL, NULL)"
+        ))
+        .bind(&k.kid)
+        .bind(&k.alg)
+        .bind(&k.public_jwk)
+        .bind(&k.private_sealed)
+        .bind(k.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| conflict(e, "key"))?;
         tx.commit().await?;
         Ok(true)
     }

@@ -117,6 +117,12 @@ impl SqliteStore {
     fn backend_name(&self) -> &'static str {
         "sqlite"
     }
+
+    /// None: one node on one file, which polls for what the CLI writes beside it.
+    #[allow(clippy::unused_self, reason = "the same signature as the PostgreSQL backend's")]
+    fn announcements(&self) -> Option<tokio::sync::broadcast::Receiver<crate::Change>> {
+        None
+    }
 }
 
 /// The most single-use ids held in memory (about 50 bytes each); past it, new ones are refused (503) rather

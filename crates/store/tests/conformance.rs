@@ -113,6 +113,8 @@ conformance_raw!(
     audit_log_refuses_updates_and_deletes_in_the_database,
     edited_audit_event_is_named_by_verify,
     deleted_audit_events_are_named_by_verify,
+    changes_committed_by_another_node_are_announced_and_other_schemas_are_not,
+    of_two_nodes_scheduling_a_key_at_once_exactly_one_does,
 );
 
 /// Instantiates every suite function once per backend.
@@ -1065,6 +1067,116 @@ async fn pruning_keeps_the_audit_chain_verifiable_from_its_checkpoint(s: &Arc<dy
     // Pruning everything old, including the late event behind the young ones, never cuts into the chain.
     assert_eq!(s.prune_audit(NOW + 1000, 1000, NOW + 2000).await.unwrap(), 33);
     assert_eq!(verdict(&**s).await, Ok(1), "only the last pruning's own event is left");
+}
+
+/// The next announcement within `limit`, if any.
+async fn announced(
+    changes: &mut tokio::sync::broadcast::Receiver<tessera_store::Change>,
+    limit: std::time::Duration,
+) -> Option<tessera_store::Change> {
+    tokio::time::timeout(limit, changes.recv()).await.ok().map(|c| c.unwrap())
+}
+
+async fn changes_committed_by_another_node_are_announced_and_other_schemas_are_not(h: &Harness) {
+    use std::time::Duration;
+    use tessera_store::Change;
+    let Some(mut changes) = h.store.changes() else {
+        assert!(h.schema.is_none(), "only SQLite (one node, polling) announces nothing");
+        return;
+    };
+    let (url, schema) = h.schema.clone().unwrap();
+    assert_eq!(announced(&mut changes, Duration::from_secs(10)).await, Some(Change::Listening));
+    // Another node on the same schema commits: each kind of change is announced once.
+    let other = PostgresStore::connect(&url, Some(&schema)).await.unwrap();
+    other.revoke(&revocation(RevocationKind::Token, "jti-1", None), NOW).await.unwrap();
+    assert_eq!(announced(&mut changes, Duration::from_secs(5)).await, Some(Change::Revocations));
+    let key = KeyRecord {
+        kid: "k-next".into(),
+        alg: "EdDSA".into(),
+        state: KeyState::Next,
+        public_jwk: "{}".into(),
+        private_sealed: vec![1],
+        created_at: NOW,
+        activated_at: None,
+        retired_at: None,
+    };
+    other.insert_key(&key).await.unwrap();
+    assert_eq!(announced(&mut changes, Duration::from_secs(5)).await, Some(Change::Keys));
+    other.create_user(&user("announced")).await.unwrap();
+    assert_eq!(announced(&mut changes, Duration::from_secs(5)).await, Some(Change::Directory));
+    assert_eq!(
+        announced(&mut changes, Duration::from_millis(300)).await,
+        None,
+        "one announcement per commit"
+    );
+    // A deployment in another schema of the same database wakes nobody here.
+    let elsewhere = format!("{schema}_other");
+    admin(&url, &format!("CREATE SCHEMA {elsewhere}")).await;
+    let neighbour = PostgresStore::connect(&url, Some(&elsewhere)).await.unwrap();
+    neighbour.migrate().await.unwrap();
+    neighbour.revoke(&revocation(RevocationKind::Token, "theirs", None), NOW).await.unwrap();
+    assert_eq!(announced(&mut changes, Duration::from_millis(500)).await, None, "not ours");
+    neighbour.close().await;
+    admin(&url, &format!("DROP SCHEMA {elsewhere} CASCADE")).await;
+    other.close().await;
+}
+
+async fn of_two_nodes_scheduling_a_key_at_once_exactly_one_does(h: &Harness) {
+    let key = |kid: &str, state: KeyState| KeyRecord {
+        kid: kid.into(),
+        alg: "EdDSA".into(),
+        state,
+        public_jwk: format!("{{\"kid\":\"{kid}\"}}"),
+        private_sealed: vec![1, 2, 3],
+        created_at: NOW,
+        activated_at: None,
+        retired_at: None,
+    };
+    h.store.insert_key(&key("k0", KeyState::Current)).await.unwrap();
+    let nodes: Vec<Arc<dyn Store>> = match &h.schema {
+        Some((url, schema)) => vec![
+            Arc::new(PostgresStore::connect(url, Some(schema)).await.unwrap()),
+            Arc::new(PostgresStore::connect(url, Some(schema)).await.unwrap()),
+        ],
+        None => vec![Arc::clone(&h.store), Arc::clone(&h.store)],
+    };
+    for round in 0..10 {
+        let tasks: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(n, node)| {
+                let node = Arc::clone(node);
+                let record = key(&format!("k{round}-{n}"), KeyState::Next);
+                tokio::spawn(async move { node.schedule_key(&record).await.unwrap() })
+            })
+            .collect();
+        let mut won = 0;
+        for task in tasks {
+            won += usize::from(task.await.unwrap());
+        }
+        assert_eq!(won, 1, "round {round}: one node scheduled");
+        // Both nodes promote the waiting key at once: one current key, the old one retired.
+        let next =
+            h.store.list_keys().await.unwrap().into_iter().find(|k| k.state == KeyState::Next).unwrap();
+        let promotions: Vec<_> = nodes
+            .iter()
+            .map(|node| {
+                let node = Arc::clone(node);
+                let kid = next.kid.clone();
+                tokio::spawn(async move { node.activate_key(&kid, NOW + 100).await.unwrap() })
+            })
+            .collect();
+        for p in promotions {
+            assert!(p.await.unwrap());
+        }
+        let keys = h.store.list_keys().await.unwrap();
+        let current: Vec<_> = keys.iter().filter(|k| k.state == KeyState::Current).collect();
+        assert_eq!(current.len(), 1, "round {round}: one key signs");
+        assert_eq!(current[0].kid, next.kid);
+        assert!(!keys.iter().any(|k| k.state == KeyState::Next));
+    }
+    let second_current = h.raw("UPDATE signing_keys SET state = 'current' WHERE state = 'retired'").await;
+    assert!(second_current.is_err(), "the database itself refuses a second signing key");
 }
 
 async fn audit_log_refuses_updates_and_deletes_in_the_database(h: &Harness) {

@@ -5,11 +5,14 @@
 //! shipped binary: only `[dev-dependencies]` name this crate.
 //!
 //! [`Receiver`] plays an alert receiver (a webhook or a SET endpoint) that tests can make fail or hang.
-//! [`SmtpSink`] plays a mail relay that keeps every message.
+//! [`SmtpSink`] plays a mail relay that keeps every message. [`Relay`] plays a TCP load balancer, or a network
+//! path a test can cut.
 
 pub mod receiver;
+pub mod relay;
 pub mod smtp;
 pub use receiver::{Received, Receiver};
+pub use relay::Relay;
 pub use smtp::{Mail, SmtpSink};
 
 use std::fmt;
