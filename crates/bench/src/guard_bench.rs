@@ -35,7 +35,7 @@ pub(crate) async fn revocation_delay(
     basic: &str,
     secret: &str,
     n: usize,
-) -> Result<String, String> {
+) -> Result<(String, Vec<f64>), String> {
     let policy = Policy::parse("default = \"authenticated\"\n").map_err(|e| e.to_string())?;
     let guard = Guard::start(GuardConfig::new(issuer, AUDIENCE, "bench", secret), policy)
         .map_err(|e| e.to_string())?;
@@ -78,13 +78,14 @@ pub(crate) async fn revocation_delay(
     }
     delays.sort_unstable();
     let ms = |us: u64| us as f64 / 1000.0;
-    Ok(format!(
-        "\nrevocation delay over {n} revocations (RFC 7009 answer → first refusal at the guard): \
-         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+    let line = format!(
+        "\nrevocation delay over {n} revocations (RFC 7009 answer at {addr} → first refusal at a guard \
+         following {issuer}): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         ms(percentile_us(&delays, 0.50)),
         ms(percentile_us(&delays, 0.99)),
         ms(delays.last().copied().unwrap_or(0)),
-    ))
+    );
+    Ok((line, delays.into_iter().map(ms).collect()))
 }
 
 /// The gateway scenario's inputs.
@@ -280,8 +281,8 @@ impl GatewayRun<'_> {
         let plans = |n: usize| -> Vec<Plan> {
             (0..n).map(|_| Plan::Get { path: "/orders/1", auth: Some(auth.clone()) }).collect()
         };
-        let mut direct_max = load(&up, plans(connections), duration).await?;
-        let mut gateway_max = load(&gw, plans(connections), duration).await?;
+        let mut direct_max = load(std::slice::from_ref(&up), plans(connections), duration).await?;
+        let mut gateway_max = load(std::slice::from_ref(&gw), plans(connections), duration).await?;
         let rate = (gateway_max.rate() / 2.0).max(1.0);
         let auths = std::sync::Arc::new(vec![auth.clone()]);
         let mut direct = load_at_rate(&up, &auths, connections, rate, duration).await?;

@@ -22,11 +22,11 @@
 //! reuses, one every `--detection-gap-ms`, each timed from the reuse to its alert at a webhook in this
 //! process (the server is started with that webhook configured).
 
+mod cluster;
 mod detection_bench;
 mod guard_bench;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -37,7 +37,6 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tessera_core::{ClientKind, GrantType, OpaqueSecret, SecretKind};
 use tessera_store::{Client, Family, RefreshRecord, Resource, Store, User};
-use tokio::io::AsyncBufReadExt as _;
 
 /// Load scenarios for the authorization server.
 #[derive(Debug, Parser)]
@@ -69,6 +68,16 @@ struct Args {
     /// Requests per second in `gateway_reporting`.
     #[arg(long, default_value_t = 2000.0)]
     gateway_rate: f64,
+    /// Server nodes to start on the database (more than one needs `--database-url`). Load is spread over
+    /// them connection by connection; guards follow the last node and revocations go through the first.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Write every result, the machine and the command as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the SVG charts (`latency-vs-load.svg`, `revocation-delay.svg`) into this directory.
+    #[arg(long)]
+    charts: Option<PathBuf>,
 }
 
 const AUDIENCE: &str = "https://bench.example";
@@ -97,47 +106,47 @@ async fn run(args: Args) -> Result<(), String> {
     let database_url = args.database_url.clone().unwrap_or_default();
     let server = std::fs::canonicalize(&args.server)
         .map_err(|e| format!("cannot find {}: {}", args.server.display(), e.kind()))?;
-    // The issuer must be the address guards reach, so pick the port first.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let issuer = format!("http://127.0.0.1:{port}");
+    if args.nodes == 0 || (args.nodes > 1 && database_url.is_empty()) {
+        return Err("--nodes: 1 on SQLite; more need --database-url (PostgreSQL)".into());
+    }
+    // The issuer must be the address guards reach, so pick the ports first. Guards follow the last node;
+    // revocations go through the first, so with two nodes `revocation_delay` crosses nodes.
+    let mut ports = Vec::with_capacity(args.nodes);
+    for _ in 0..args.nodes {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        ports.push((listener.local_addr().map_err(|e| e.to_string())?.port(), listener));
+    }
+    let ports: Vec<u16> = ports.into_iter().map(|(port, _)| port).collect();
+    let issuer = format!("http://127.0.0.1:{}", ports[args.nodes - 1]);
     // Alerts come to this process only when a scenario times them.
     let mut webhook = match args.scenarios.iter().any(|s| s == "detection_delay") {
         true => Some(detection_bench::Webhook::start().await?),
         false => None,
     };
-    let mut command = tokio::process::Command::new(&server);
+    // A node told to stop fails readiness at once and serves on for a second (`rolling_restart`).
+    let mut env = vec![("TESSERA_DRAIN_SECS".to_owned(), "1".to_owned())];
     if let Some(hook) = &webhook {
-        command
-            .env("TESSERA_ALERTS_WEBHOOK_URL", &hook.url)
-            .env("TESSERA_ALERTS_WEBHOOK_SECRET", detection_bench::WEBHOOK_SECRET);
+        env.push(("TESSERA_ALERTS_WEBHOOK_URL".to_owned(), hook.url.clone()));
+        env.push(("TESSERA_ALERTS_WEBHOOK_SECRET".to_owned(), detection_bench::WEBHOOK_SECRET.to_owned()));
     }
-    let mut child = command
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--issuer", &issuer])
-        .current_dir(dir.path())
-        .env("TESSERA_MASTER_KEY", &master)
-        .env("TESSERA_DATABASE_URL", &database_url)
-        .env("TESSERA_LOG_LEVEL", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", args.server.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next_line().await.map_err(|e| e.to_string())?.ok_or("the server exited")?;
-        if let Some(rest) = line.strip_prefix("tessera: listening on ") {
-            break rest.split(' ').next().unwrap_or_default().to_owned();
-        }
+    let node_config = cluster::NodeConfig {
+        server: &server,
+        dir: dir.path(),
+        issuer: &issuer,
+        master: &master,
+        database_url: &database_url,
+        env,
     };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut nodes = Vec::with_capacity(args.nodes);
+    for port in &ports {
+        nodes.push(cluster::Node::start(&node_config, *port).await?);
+    }
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let addr = addrs[0].clone();
     let store_url = if database_url.is_empty() {
         format!("sqlite://{}", dir.path().join("tessera-data/tessera.db").display())
     } else {
-        database_url
+        database_url.clone()
     };
     let store = tessera_store::open(&store_url).await.map_err(|e| e.to_string())?;
     let secret = setup(&*store).await?;
@@ -153,14 +162,16 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let mut out = vec![
         format!(
-            "backend: {}, connections: {}, duration: {} s",
+            "backend: {}, nodes: {}, connections: {}, duration: {} s",
             store.backend(),
+            args.nodes,
             args.connections,
             args.duration
         ),
-        "| scenario | requests/s | p50 ms | p99 ms | errors |".to_owned(),
-        "| --- | ---: | ---: | ---: | ---: |".to_owned(),
+        "| scenario | nodes | requests/s | p50 ms | p99 ms | max ms | errors |".to_owned(),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |".to_owned(),
     ];
+    let mut report = Report::default();
     for scenario in &scenarios {
         let plan: Vec<Plan> = match scenario.as_str() {
             "client_credentials" => (0..args.connections)
@@ -234,10 +245,50 @@ async fn run(args: Args) -> Result<(), String> {
                 continue;
             }
             "revocation_delay" => {
-                out.push(
+                let (line, delays) =
                     guard_bench::revocation_delay(&issuer, &addr, &basic, secret.expose(), args.revocations)
-                        .await?,
-                );
+                        .await?;
+                out.push(line);
+                report.revocation_delays_ms = delays;
+                continue;
+            }
+            "rolling_restart" => {
+                if nodes.len() < 2 {
+                    return Err("rolling_restart needs --nodes 2 or more".into());
+                }
+                let (mut outcome, took) =
+                    cluster::rolling_restart(&mut nodes, &node_config, &basic, args.connections).await?;
+                out.push(outcome.row("client_credentials during a rolling restart", args.nodes));
+                out.push(format!(
+                    "  every node restarted in turn within {:.1} s; failed requests: {}",
+                    took.as_secs_f64(),
+                    outcome.errors
+                ));
+                let mut row = outcome.json("rolling_restart", args.nodes);
+                row["restart_secs"] = serde_json::json!(took.as_secs_f64());
+                report.rows.push(row);
+                continue;
+            }
+            "refresh_scaling" => {
+                out.extend(refresh_scaling(&*store, &nodes, &args, &mut report).await?);
+                continue;
+            }
+            "refresh_curve" => {
+                let duration = Duration::from_secs(args.duration);
+                let mut curve = Vec::new();
+                for connections in CURVE_CONNECTIONS {
+                    let plans = refresh_plans(&*store, connections).await?;
+                    let mut outcome = load(&addrs, plans, duration).await?;
+                    out.push(outcome.row(&format!("refresh, {connections} connections"), args.nodes));
+                    report.rows.push(outcome.json(&format!("refresh_curve_{connections}"), args.nodes));
+                    curve.push(cluster::CurvePoint {
+                        connections,
+                        rate: outcome.rate(),
+                        p50_ms: outcome.percentile_ms(0.50),
+                        p99_ms: outcome.percentile_ms(0.99),
+                    });
+                }
+                report.curves.push((args.nodes, curve));
                 continue;
             }
             "gateway_reporting" => {
@@ -268,15 +319,145 @@ async fn run(args: Args) -> Result<(), String> {
             }
             other => return Err(format!("unknown scenario {other}")),
         };
-        let result = load(&addr, plan, Duration::from_secs(args.duration)).await?;
-        out.push(result.row(scenario));
+        let before = cluster::CpuSample::take(&nodes);
+        let mut result = load(&addrs, plan, Duration::from_secs(args.duration)).await?;
+        let cpu = cluster::CpuSample::take(&nodes).since(&before, result.seconds);
+        out.push(result.row(scenario, args.nodes));
+        let mut row = result.json(scenario, args.nodes);
+        row["cpu_percent"] = cpu_json(&cpu);
+        report.rows.push(row);
     }
     #[allow(clippy::print_stdout, reason = "the bench's report")]
     {
         println!("{}", out.join("\n"));
     }
-    let _ = child.start_kill();
+    report.write(&args, store.backend())?;
+    drop(nodes);
     Ok(())
+}
+
+/// Connection counts of `refresh_curve`.
+const CURVE_CONNECTIONS: [usize; 5] = [1, 4, 16, 64, 128];
+
+/// Everything the run measured, for `--json` and `--charts`.
+#[derive(Default)]
+struct Report {
+    rows: Vec<serde_json::Value>,
+    revocation_delays_ms: Vec<f64>,
+    curves: Vec<(usize, Vec<cluster::CurvePoint>)>,
+}
+
+impl Report {
+    fn write(&self, args: &Args, backend: &str) -> Result<(), String> {
+        if let Some(path) = &args.json {
+            let mut delays = self.revocation_delays_ms.clone();
+            delays.sort_by(f64::total_cmp);
+            let pick = |p: f64| {
+                let n = delays.len();
+                (n > 0).then(|| delays[((n as f64 * p).ceil() as usize).clamp(1, n) - 1])
+            };
+            let json = serde_json::json!({
+                "command": std::env::args().collect::<Vec<_>>().join(" "),
+                "machine": cluster::machine(),
+                "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+                "backend": backend,
+                "nodes": args.nodes,
+                "connections": args.connections,
+                "duration_secs": args.duration,
+                "results": self.rows,
+                "revocation_delay_ms": {
+                    "count": delays.len(),
+                    "p50": pick(0.50),
+                    "p99": pick(0.99),
+                    "max": delays.last(),
+                    "all": delays,
+                },
+                "latency_against_load": self.curves.iter().map(|(nodes, points)| serde_json::json!({
+                    "nodes": nodes,
+                    "points": points.iter().map(|p| serde_json::json!({
+                        "connections": p.connections,
+                        "requests_per_sec": p.rate,
+                        "p50_ms": p.p50_ms,
+                        "p99_ms": p.p99_ms,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            });
+            let text = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
+            std::fs::write(path, text)
+                .map_err(|e| format!("cannot write {}: {}", path.display(), e.kind()))?;
+        }
+        if let Some(dir) = &args.charts {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {}", dir.display(), e.kind()))?;
+            if !self.curves.is_empty() {
+                let title = format!("Refresh: latency against load ({backend})");
+                cluster::latency_chart(&dir.join("latency-vs-load.svg"), &title, &self.curves)?;
+            }
+            if !self.revocation_delays_ms.is_empty() {
+                let title = if args.nodes > 1 {
+                    format!(
+                        "Revocation delay across nodes ({backend}, {} revocations)",
+                        self.revocation_delays_ms.len()
+                    )
+                } else {
+                    format!("Revocation delay ({backend}, {} revocations)", self.revocation_delays_ms.len())
+                };
+                cluster::delay_chart(&dir.join("revocation-delay.svg"), &title, &self.revocation_delays_ms)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn cpu_json((nodes, postgres, bench): &(Vec<f64>, f64, f64)) -> serde_json::Value {
+    let round = |v: f64| (v * 10.0).round() / 10.0;
+    serde_json::json!({
+        "nodes": nodes.iter().map(|v| round(*v)).collect::<Vec<_>>(),
+        "postgres": round(*postgres),
+        "load_generator": round(*bench),
+    })
+}
+
+/// `connections` fresh refresh chains, one per connection.
+async fn refresh_plans(store: &dyn Store, connections: usize) -> Result<Vec<Plan>, String> {
+    Ok(families(store, connections).await?.into_iter().map(|(_, t)| Plan::Refresh { token: t }).collect())
+}
+
+/// Refresh throughput with every connection on the first node, then spread over all of them, in one run;
+/// with each process's CPU, which shows what caps the second figure on a small machine.
+async fn refresh_scaling(
+    store: &dyn Store,
+    nodes: &[cluster::Node],
+    args: &Args,
+    report: &mut Report,
+) -> Result<Vec<String>, String> {
+    if nodes.len() < 2 {
+        return Err("refresh_scaling needs --nodes 2 or more".into());
+    }
+    let duration = Duration::from_secs(args.duration);
+    let all: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let mut lines = Vec::new();
+    let mut rates = Vec::new();
+    for targets in [vec![all[0].clone()], all.clone()] {
+        let plans = refresh_plans(store, args.connections).await?;
+        let before = cluster::CpuSample::take(nodes);
+        let mut outcome = load(&targets, plans, duration).await?;
+        let cpu = cluster::CpuSample::take(nodes).since(&before, outcome.seconds);
+        let name = format!("refresh on {} of {} nodes", targets.len(), nodes.len());
+        lines.push(outcome.row(&name, targets.len()));
+        lines.push(format!(
+            "  CPU (% of one core): nodes {:?}, postgres {:.0}, load generator {:.0}",
+            cpu.0.iter().map(|v| v.round()).collect::<Vec<_>>(),
+            cpu.1,
+            cpu.2
+        ));
+        let mut row = outcome.json("refresh_scaling", targets.len());
+        row["cpu_percent"] = cpu_json(&cpu);
+        report.rows.push(row);
+        rates.push(outcome.rate());
+    }
+    lines.push(format!("  2 nodes / 1 node: {:.2}x", rates[1] / rates[0].max(1.0)));
+    Ok(lines)
 }
 
 /// Distinct tokens `gateway_reporting` cycles through.
@@ -461,9 +642,26 @@ impl Outcome {
         self.latencies_us.len() as f64 / self.seconds
     }
 
-    fn row(mut self, scenario: &str) -> String {
-        let (p50, p99) = (self.percentile_ms(0.50), self.percentile_ms(0.99));
-        format!("| {scenario} | {:.0} | {p50:.2} | {p99:.2} | {} |", self.rate(), self.errors)
+    fn row(&mut self, scenario: &str, nodes: usize) -> String {
+        let (p50, p99, max) = (self.percentile_ms(0.50), self.percentile_ms(0.99), self.percentile_ms(1.0));
+        format!(
+            "| {scenario} | {nodes} | {:.0} | {p50:.2} | {p99:.2} | {max:.2} | {} |",
+            self.rate(),
+            self.errors
+        )
+    }
+
+    fn json(&mut self, scenario: &str, nodes: usize) -> serde_json::Value {
+        serde_json::json!({
+            "scenario": scenario,
+            "nodes": nodes,
+            "requests": self.latencies_us.len(),
+            "requests_per_sec": self.rate(),
+            "p50_ms": self.percentile_ms(0.50),
+            "p99_ms": self.percentile_ms(0.99),
+            "max_ms": self.percentile_ms(1.0),
+            "errors": self.errors,
+        })
     }
 }
 
@@ -544,12 +742,14 @@ impl Conn {
     }
 }
 
-pub(crate) async fn load(addr: &str, plans: Vec<Plan>, duration: Duration) -> Result<Outcome, String> {
+/// Runs every plan on its own connection for `duration`; connection `i` goes to `addrs[i % addrs.len()]`
+/// (a round-robin balancer's spread).
+pub(crate) async fn load(addrs: &[String], plans: Vec<Plan>, duration: Duration) -> Result<Outcome, String> {
     #[allow(clippy::disallowed_methods, reason = "a load generator measures wall-clock latency")]
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
-    for plan in plans {
-        let addr = addr.to_owned();
+    for (i, plan) in plans.into_iter().enumerate() {
+        let addr = addrs[i % addrs.len()].clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::open(&addr).await?;
             let mut latencies = Vec::with_capacity(100_000);

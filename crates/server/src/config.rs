@@ -50,6 +50,10 @@ pub struct Config {
     pub key_rotation_days: i64,
     /// Password hashes computed at once; further logins wait their turn.
     pub password_hash_concurrency: usize,
+    /// Seconds between SIGTERM and closing the listener, while `/readyz` already answers 503 and requests
+    /// are still served: long enough for the load balancer to notice (health-check interval × failures).
+    /// 0: close at once.
+    pub drain_secs: u64,
     /// `text` or `json`.
     pub log_format: String,
     /// A `tracing` filter: `info`, `tessera_server=debug`, …
@@ -105,6 +109,7 @@ impl Default for Config {
             key_publish_delay: 300,
             key_rotation_days: 90,
             password_hash_concurrency: 2,
+            drain_secs: 0,
             log_format: "text".into(),
             log_level: "info".into(),
             master_key: String::new(),
@@ -314,6 +319,9 @@ impl Config {
             if value < 1 {
                 return bad(key, "must be at least 1 second");
             }
+        }
+        if self.drain_secs > 300 {
+            return bad("drain_secs", "must be at most 300 seconds");
         }
         if self.key_rotation_days < 0 || self.key_rotation_days > 3650 {
             return bad("key_rotation_days", "must be between 0 (off) and 3650");

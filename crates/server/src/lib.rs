@@ -486,10 +486,20 @@ pub async fn serve(
     let changes = tokio::spawn(follow_changes(Arc::clone(&state), stop_rx.clone()));
     let feed = tokio::spawn(follow_revocations(Arc::clone(&state), stop_rx));
     let closing = Arc::clone(&state);
+    let drain = Duration::from_secs(state.config.drain_secs);
     let shutdown = async move {
         shutdown.await;
-        // End the guards' streams first: graceful shutdown waits for every open response.
+        // Readiness fails and the guards' streams end first (they reconnect through the balancer to another
+        // node; graceful shutdown would otherwise wait for these endless responses); requests are still
+        // served while the balancer notices, then the listener closes and those in flight finish.
         let _ = closing.closing.send(true);
+        if !drain.is_zero() {
+            tracing::info!(
+                seconds = drain.as_secs(),
+                "draining: /readyz answers 503, requests are still served"
+            );
+            tokio::time::sleep(drain).await;
+        }
     };
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
