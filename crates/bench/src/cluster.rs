@@ -33,7 +33,7 @@ impl Node {
             .current_dir(config.dir)
             .env("TESSERA_MASTER_KEY", config.master)
             .env("TESSERA_DATABASE_URL", config.database_url)
-            .env("TESSERA_LOG_LEVEL", "warn")
+            .env("TESSERA_LOG_LEVEL", "error")
             .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -145,9 +145,23 @@ pub(crate) async fn rolling_restart(
                     Ok((200, _)) => {
                         latencies.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX))
                     }
-                    Ok(_) => errors += 1,
-                    Err(_) => {
+                    Ok((status, body)) => {
                         errors += 1;
+                        if errors < 3 {
+                            #[allow(clippy::print_stderr, reason = "what failed, for whoever runs the bench")]
+                            {
+                                eprintln!("rolling_restart: {} answered {status}: {}", addrs[at], String::from_utf8_lossy(&body));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        if errors < 3 {
+                            #[allow(clippy::print_stderr, reason = "what failed, for whoever runs the bench")]
+                            {
+                                eprintln!("rolling_restart: {} failed: {e}", addrs[at]);
+                            }
+                        }
                         conn = None;
                     }
                 }

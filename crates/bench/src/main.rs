@@ -18,6 +18,14 @@
 //! `gateway_reporting`, not in the default set, compares the gateway's CPU per request (from `/proc`) with
 //! usage reporting on and off, at `--gateway-rate` over 1,000 distinct tokens, two rounds each.
 //!
+//! Several nodes (`--nodes 2`, PostgreSQL): connections are spread over the nodes; `refresh_scaling` runs the
+//! refresh scenario on the first node alone and then on all of them, with each process's CPU (nodes,
+//! PostgreSQL, this generator); `refresh_curve` measures refresh latency at 1, 8, 32 and 128 connections (on
+//! one node and on all); `revocation_delay` revokes through the first node while its guard follows the last;
+//! `rolling_restart` asks for tokens through a health-checking balancer while each node in turn gets SIGTERM
+//! and is started again, and counts failed requests. `--json FILE` writes every figure, the machine and the
+//! command; `--charts DIR` draws latency against load and the revocation-delay distribution as SVG.
+//!
 //! `detection_delay`, not in the default set, times theft to response: `--detections` refresh-token
 //! reuses, one every `--detection-gap-ms`, each timed from the reuse to its alert at a webhook in this
 //! process (the server is started with that webhook configured).
@@ -274,21 +282,28 @@ async fn run(args: Args) -> Result<(), String> {
                 continue;
             }
             "refresh_curve" => {
+                // With several nodes, the curve on the first node alone too, for comparison.
                 let duration = Duration::from_secs(args.duration);
-                let mut curve = Vec::new();
-                for connections in CURVE_CONNECTIONS {
-                    let plans = refresh_plans(&*store, connections).await?;
-                    let mut outcome = load(&addrs, plans, duration).await?;
-                    out.push(outcome.row(&format!("refresh, {connections} connections"), args.nodes));
-                    report.rows.push(outcome.json(&format!("refresh_curve_{connections}"), args.nodes));
-                    curve.push(cluster::CurvePoint {
-                        connections,
-                        rate: outcome.rate(),
-                        p50_ms: outcome.percentile_ms(0.50),
-                        p99_ms: outcome.percentile_ms(0.99),
-                    });
+                let mut spreads = vec![addrs.clone()];
+                if addrs.len() > 1 {
+                    spreads.insert(0, vec![addrs[0].clone()]);
                 }
-                report.curves.push((args.nodes, curve));
+                for targets in spreads {
+                    let mut curve = Vec::new();
+                    for connections in CURVE_CONNECTIONS {
+                        let plans = refresh_plans(&*store, connections).await?;
+                        let mut outcome = load(&targets, plans, duration).await?;
+                        out.push(outcome.row(&format!("refresh, {connections} connections"), targets.len()));
+                        report.rows.push(outcome.json(&format!("refresh_curve_{connections}"), targets.len()));
+                        curve.push(cluster::CurvePoint {
+                            connections,
+                            rate: outcome.rate(),
+                            p50_ms: outcome.percentile_ms(0.50),
+                            p99_ms: outcome.percentile_ms(0.99),
+                        });
+                    }
+                    report.curves.push((targets.len(), curve));
+                }
                 continue;
             }
             "gateway_reporting" => {
@@ -337,7 +352,7 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 /// Connection counts of `refresh_curve`.
-const CURVE_CONNECTIONS: [usize; 5] = [1, 4, 16, 64, 128];
+const CURVE_CONNECTIONS: [usize; 4] = [1, 8, 32, 128];
 
 /// Everything the run measured, for `--json` and `--charts`.
 #[derive(Default)]

@@ -492,7 +492,7 @@ pub async fn serve(
         // Readiness fails and the guards' streams end first (they reconnect through the balancer to another
         // node; graceful shutdown would otherwise wait for these endless responses); requests are still
         // served while the balancer notices, then the listener closes and those in flight finish.
-        let _ = closing.closing.send(true);
+        closing.closing.send_replace(true);
         if !drain.is_zero() {
             tracing::info!(
                 seconds = drain.as_secs(),

@@ -282,3 +282,20 @@ async fn no_token_is_issued_when_the_audit_log_cannot_record_it(s: &Server) {
     assert_eq!(issued.len(), 2, "exactly the tokens handed out are recorded");
     assert!(tessera_store::verify_audit_chain(&*s.state.store).await.unwrap().is_ok(), "the chain is whole");
 }
+
+#[tokio::test]
+async fn a_stopping_server_fails_readiness_while_it_drains_and_still_serves() {
+    let mut s = Server::start_with(crate::common::Backend::Sqlite, |c| c.drain_secs = 2).await.unwrap();
+    let fresh = || reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    assert_eq!(fresh().get(s.url("/readyz")).send().await.unwrap().status(), 200);
+    s.begin_stop();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    while fresh().get(s.url("/readyz")).send().await.unwrap().status() != 503 {
+        assert!(tokio::time::Instant::now() < deadline, "readiness fails as soon as the stop begins");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The balancer takes the node out meanwhile; whatever still arrives is served.
+    assert_eq!(fresh().get(s.url("/jwks.json")).send().await.unwrap().status(), 200);
+    assert_eq!(fresh().get(s.url("/healthz")).send().await.unwrap().status(), 200);
+    s.finish().await;
+}
