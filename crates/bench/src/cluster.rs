@@ -150,7 +150,11 @@ pub(crate) async fn rolling_restart(
                         if errors < 3 {
                             #[allow(clippy::print_stderr, reason = "what failed, for whoever runs the bench")]
                             {
-                                eprintln!("rolling_restart: {} answered {status}: {}", addrs[at], String::from_utf8_lossy(&body));
+                                eprintln!(
+                                    "rolling_restart: {} answered {status}: {}",
+                                    addrs[at],
+                                    String::from_utf8_lossy(&body)
+                                );
                             }
                         }
                     }

@@ -294,7 +294,9 @@ async fn run(args: Args) -> Result<(), String> {
                         let plans = refresh_plans(&*store, connections).await?;
                         let mut outcome = load(&targets, plans, duration).await?;
                         out.push(outcome.row(&format!("refresh, {connections} connections"), targets.len()));
-                        report.rows.push(outcome.json(&format!("refresh_curve_{connections}"), targets.len()));
+                        report
+                            .rows
+                            .push(outcome.json(&format!("refresh_curve_{connections}"), targets.len()));
                         curve.push(cluster::CurvePoint {
                             connections,
                             rate: outcome.rate(),
