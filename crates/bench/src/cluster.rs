@@ -141,32 +141,26 @@ pub(crate) async fn rolling_restart(
                 };
                 #[allow(clippy::disallowed_methods, reason = "a load generator measures wall-clock latency")]
                 let t0 = std::time::Instant::now();
-                match open.post("/token", Some(&basic), "grant_type=client_credentials".into()).await {
+                let failure = match open
+                    .post("/token", Some(&basic), "grant_type=client_credentials".into())
+                    .await
+                {
                     Ok((200, _)) => {
-                        latencies.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX))
+                        latencies.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
+                        continue;
                     }
-                    Ok((status, body)) => {
-                        errors += 1;
-                        if errors < 3 {
-                            #[allow(clippy::print_stderr, reason = "what failed, for whoever runs the bench")]
-                            {
-                                eprintln!(
-                                    "rolling_restart: {} answered {status}: {}",
-                                    addrs[at],
-                                    String::from_utf8_lossy(&body)
-                                );
-                            }
-                        }
-                    }
+                    Ok((status, body)) => format!("answered {status}: {}", String::from_utf8_lossy(&body)),
                     Err(e) => {
-                        errors += 1;
-                        if errors < 3 {
-                            #[allow(clippy::print_stderr, reason = "what failed, for whoever runs the bench")]
-                            {
-                                eprintln!("rolling_restart: {} failed: {e}", addrs[at]);
-                            }
-                        }
                         conn = None;
+                        format!("failed: {e}")
+                    }
+                };
+                errors += 1;
+                // The first two failures of each client say what went wrong.
+                if errors < 3 {
+                    #[allow(clippy::print_stderr, reason = "what failed, for whoever runs the bench")]
+                    {
+                        eprintln!("rolling_restart: {} {failure}", addrs[at]);
                     }
                 }
             }

@@ -20,11 +20,7 @@ fn instant() -> std::time::Instant {
 }
 
 fn percentile_us(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
+    crate::rank(sorted.len(), p).map_or(0, |i| sorted[i])
 }
 
 /// Revokes `n` tokens one after another through RFC 7009 and times, for each, the gap between the revoke

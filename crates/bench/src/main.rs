@@ -369,10 +369,7 @@ impl Report {
         if let Some(path) = &args.json {
             let mut delays = self.revocation_delays_ms.clone();
             delays.sort_by(f64::total_cmp);
-            let pick = |p: f64| {
-                let n = delays.len();
-                (n > 0).then(|| delays[((n as f64 * p).ceil() as usize).clamp(1, n) - 1])
-            };
+            let pick = |p: f64| rank(delays.len(), p).map(|i| delays[i]);
             let json = serde_json::json!({
                 "command": std::env::args().collect::<Vec<_>>().join(" "),
                 "machine": cluster::machine(),
@@ -620,6 +617,11 @@ pub(crate) enum Plan {
     },
 }
 
+/// The index of the `p` percentile (nearest rank) in `n` sorted values; `None` when there are none.
+pub(crate) fn rank(n: usize, p: f64) -> Option<usize> {
+    (n > 0).then(|| ((n as f64 * p).ceil() as usize).clamp(1, n) - 1)
+}
+
 pub(crate) struct Outcome {
     latencies_us: Vec<u32>,
     errors: u64,
@@ -647,12 +649,7 @@ impl Outcome {
 
     pub(crate) fn percentile_ms(&mut self, p: f64) -> f64 {
         self.latencies_us.sort_unstable();
-        let n = self.latencies_us.len();
-        if n == 0 {
-            return 0.0;
-        }
-        let i = ((n as f64 * p).ceil() as usize).clamp(1, n) - 1;
-        f64::from(self.latencies_us[i]) / 1000.0
+        rank(self.latencies_us.len(), p).map_or(0.0, |i| f64::from(self.latencies_us[i]) / 1000.0)
     }
 
     pub(crate) fn rate(&self) -> f64 {
@@ -823,4 +820,18 @@ pub(crate) async fn load(addrs: &[String], plans: Vec<Plan>, duration: Duration)
         }));
     }
     Outcome::gather(tasks, || started.elapsed()).await
+}
+
+#[cfg(test)]
+mod rank_tests {
+    use super::rank;
+
+    #[test]
+    fn percentiles_are_nearest_rank_and_empty_has_none() {
+        assert_eq!(rank(0, 0.5), None);
+        assert_eq!(rank(1, 0.5), Some(0));
+        assert_eq!(rank(100, 0.5), Some(49));
+        assert_eq!(rank(100, 0.99), Some(98));
+        assert_eq!(rank(100, 1.0), Some(99));
+    }
 }

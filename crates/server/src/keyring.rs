@@ -135,8 +135,15 @@ pub async fn store_key(
     state: KeyState,
     now: Time,
 ) -> Result<KeyRecord, KeyringError> {
+    let record = sealed_record(kek, key, state, now)?;
+    store.insert_key(&record).await?;
+    Ok(record)
+}
+
+/// `key` as a stored record in `state`, its private part sealed under the KEK.
+fn sealed_record(kek: &Kek, key: &SigningKey, state: KeyState, now: Time) -> Result<KeyRecord, KeyringError> {
     let der = key.to_pkcs8_der().map_err(keys_error)?;
-    let record = KeyRecord {
+    Ok(KeyRecord {
         kid: key.kid().to_owned(),
         alg: key.alg().to_string(),
         state,
@@ -145,9 +152,7 @@ pub async fn store_key(
         created_at: now,
         activated_at: (state == KeyState::Current).then_some(now),
         retired_at: None,
-    };
-    store.insert_key(&record).await?;
-    Ok(record)
+    })
 }
 
 /// On first start: creates a current key of `alg` if there is none. Returns its kid if it created one.
@@ -282,17 +287,7 @@ pub async fn rotate_if_due(
         return Ok(None);
     }
     let key = SigningKey::generate(alg).map_err(keys_error)?;
-    let der = key.to_pkcs8_der().map_err(keys_error)?;
-    let record = KeyRecord {
-        kid: key.kid().to_owned(),
-        alg: key.alg().to_string(),
-        state: KeyState::Next,
-        public_jwk: key.verifying_key().to_jwk().to_string(),
-        private_sealed: kek.seal(key.kid(), &der).map_err(keys_error)?,
-        created_at: now,
-        activated_at: None,
-        retired_at: None,
-    };
+    let record = sealed_record(kek, &key, KeyState::Next, now)?;
     Ok(store.schedule_key(&record).await?.then_some(record))
 }
 

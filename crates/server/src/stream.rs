@@ -131,12 +131,12 @@ impl RevocationFeed {
             let after = self.last.load(Ordering::Acquire);
             let entries = state.store.revocations_after(after, 1000).await?;
             let full = entries.len() == 1000;
-            let signer = state.keyring().signer().kid().to_owned();
             let mut signer_revoked = false;
             for entry in entries {
                 self.last.store(entry.seq, Ordering::Release);
                 self.note(&entry, now());
-                signer_revoked |= entry.kind == RevocationKind::Key && entry.subject == signer;
+                signer_revoked |=
+                    entry.kind == RevocationKind::Key && entry.subject == state.keyring().signer().kid();
                 let _ = self.sender.send(Arc::new(entry));
             }
             if signer_revoked {

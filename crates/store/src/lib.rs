@@ -261,7 +261,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Makes `kid` the current key and retires the previous current key, in one transaction. `false` if
     /// `kid` does not exist or is revoked.
     async fn activate_key(&self, kid: &str, now: Time) -> Result<bool>;
-    /// Stores `key` as the `next` key unless one is already waiting, serialised with every other key change,
+    /// Stores `key` (a `next` key) unless a `next` key is already waiting, serialised with every other key change,
     /// so that of several nodes due to rotate exactly one does. `false` (and nothing stored) if a `next` key
     /// exists.
     async fn schedule_key(&self, key: &KeyRecord) -> Result<bool>;

@@ -73,6 +73,27 @@ macro_rules! event_cols {
     };
 }
 
+/// Inserts a key row; [`StoreError::Conflict`] if the kid exists.
+async fn insert_key_row<'e>(executor: impl sqlx::Executor<'e, Database = Db>, k: &KeyRecord) -> Result<()> {
+    sqlx::query(concat!(
+        "INSERT INTO signing_keys (",
+        key_cols!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    ))
+    .bind(&k.kid)
+    .bind(&k.alg)
+    .bind(k.state.as_str())
+    .bind(&k.public_jwk)
+    .bind(&k.private_sealed)
+    .bind(k.created_at)
+    .bind(k.activated_at)
+    .bind(k.retired_at)
+    .execute(executor)
+    .await
+    .map_err(|e| conflict(e, "key"))?;
+    Ok(())
+}
+
 /// Takes the key changes' lock: the current key's row (a write transaction on SQLite is exclusive anyway;
 /// on PostgreSQL two nodes promoting or scheduling at once queue here, and the second then sees what the
 /// first committed).
@@ -1019,23 +1040,7 @@ impl Store for StoreImpl {
     }
 
     async fn insert_key(&self, k: &KeyRecord) -> Result<()> {
-        sqlx::query(concat!(
-            "INSERT INTO signing_keys (",
-            key_cols!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-        ))
-        .bind(&k.kid)
-        .bind(&k.alg)
-        .bind(k.state.as_str())
-        .bind(&k.public_jwk)
-        .bind(&k.private_sealed)
-        .bind(k.created_at)
-        .bind(k.activated_at)
-        .bind(k.retired_at)
-        .execute(self.write())
-        .await
-        .map_err(|e| conflict(e, "key"))?;
-        Ok(())
+        insert_key_row(self.write(), k).await
     }
 
     async fn list_keys(&self) -> Result<Vec<KeyRecord>> {
@@ -1082,19 +1087,7 @@ impl Store for StoreImpl {
         if waiting > 0 {
             return Ok(false);
         }
-        sqlx::query(concat!(
-            "INSERT INTO signing_keys (",
-            key_cols!(),
-            ") VALUES ($1, $2, 'next', $3, $4, $5, NULL, NULL)"
-        ))
-        .bind(&k.kid)
-        .bind(&k.alg)
-        .bind(&k.public_jwk)
-        .bind(&k.private_sealed)
-        .bind(k.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| conflict(e, "key"))?;
+        insert_key_row(&mut *tx, k).await?;
         tx.commit().await?;
         Ok(true)
     }
