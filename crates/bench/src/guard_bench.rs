@@ -113,8 +113,8 @@ async fn upstream() -> Result<String, String> {
 }
 
 /// Load at a fixed total `rate` for `duration`, spread over `connections` connections, each cycling
-/// through `auths` (the `Authorization` values) from its own offset; latency is timed from each request's
-/// send.
+/// through `auths` (the `Authorization` values) from its own offset with a stride of `connections`, so that
+/// with as many values as requests no value is sent twice; latency is timed from each request's send.
 async fn load_at_rate(
     addr: &str,
     auths: &std::sync::Arc<Vec<String>>,
@@ -137,7 +137,7 @@ async fn load_at_rate(
             while next.duration_since(started) < duration {
                 tokio::time::sleep_until(next).await;
                 next += interval;
-                which = (which + 1) % auths.len().max(1);
+                which = (which + connections) % auths.len().max(1);
                 let auth = auths.get(which).map(String::as_str);
                 let t0 = instant();
                 match conn.get("/orders/1", auth).await {
@@ -152,6 +152,15 @@ async fn load_at_rate(
     }
     Outcome::gather(tasks, || started.elapsed()).await
 }
+
+/// Where the gateway scenario gets more tokens: the server nodes and the bench client's credentials.
+pub(crate) struct Fetch<'a> {
+    pub(crate) addrs: &'a [String],
+    pub(crate) basic: &'a str,
+}
+
+/// Distinct tokens for the gateway's cache-miss run at its maximum: it ends when they are used up.
+const MISS_TOKENS: usize = 30_000;
 
 /// A `tessera gateway` child process, ready.
 struct GatewayChild {
@@ -269,44 +278,83 @@ impl GatewayRun<'_> {
         Ok(lines)
     }
 
-    /// Starts the gateway and measures; returns the report's lines.
-    pub(crate) async fn run(&self, connections: usize, duration: Duration) -> Result<Vec<String>, String> {
+    /// Starts the gateway and measures, with cache hits (one token) and with cache misses (a distinct token
+    /// per request); returns the report's lines and adds a JSON row per run to `rows`.
+    pub(crate) async fn run(
+        &self,
+        connections: usize,
+        duration: Duration,
+        fetch: &Fetch<'_>,
+        rows: &mut Vec<serde_json::Value>,
+        nodes: usize,
+    ) -> Result<Vec<String>, String> {
         let up = upstream().await?;
         let GatewayChild { mut child, addr: gw, _dir } = self.spawn(&up, true).await?;
         let auth = format!("Bearer {}", self.token);
         let plans = |n: usize| -> Vec<Plan> {
             (0..n).map(|_| Plan::Get { path: "/orders/1", auth: Some(auth.clone()) }).collect()
         };
-        let mut direct_max = load(std::slice::from_ref(&up), plans(connections), duration).await?;
-        let mut gateway_max = load(std::slice::from_ref(&gw), plans(connections), duration).await?;
+        let mut runs: Vec<(String, &'static str, Outcome)> = Vec::new();
+        // Cache hits: one token, verified once.
+        let direct_max = load(std::slice::from_ref(&up), plans(connections), duration).await?;
+        let gateway_max = load(std::slice::from_ref(&gw), plans(connections), duration).await?;
         let rate = (gateway_max.rate() / 2.0).max(1.0);
         let auths = std::sync::Arc::new(vec![auth.clone()]);
-        let mut direct = load_at_rate(&up, &auths, connections, rate, duration).await?;
-        let mut through = load_at_rate(&gw, &auths, connections, rate, duration).await?;
+        let direct = load_at_rate(&up, &auths, connections, rate, duration).await?;
+        let through = load_at_rate(&gw, &auths, connections, rate, duration).await?;
+        runs.push(("direct, max".into(), "gateway_direct_max", direct_max));
+        runs.push(("through the gateway, cache hits, max".into(), "gateway_hits_max", gateway_max));
+        runs.push((format!("direct, fixed {rate:.0}/s"), "gateway_direct_fixed", direct));
+        runs.push((
+            format!("through the gateway, cache hits, fixed {rate:.0}/s"),
+            "gateway_hits_fixed",
+            through,
+        ));
+        // Cache misses: every request a token the gateway has never seen, so each one's signature is
+        // verified; the tokens are fetched before each run's clock starts.
+        let bearer =
+            |tokens: Vec<String>| tokens.into_iter().map(|t| format!("Bearer {t}")).collect::<Vec<_>>();
+        let fresh = bearer(crate::fetch_tokens(fetch.addrs, fetch.basic, MISS_TOKENS).await?);
+        let per = fresh.len().div_ceil(connections.max(1));
+        let each: Vec<Plan> = fresh
+            .chunks(per.max(1))
+            .map(|c| Plan::EachOnce { path: "/orders/1", auths: c.to_vec() })
+            .collect();
+        let miss_max = load(std::slice::from_ref(&gw), each, duration).await?;
+        let miss_rate = (miss_max.rate() / 2.0).max(1.0);
+        let needed = (miss_rate * duration.as_secs_f64()).ceil() as usize + connections;
+        let fresh = std::sync::Arc::new(bearer(crate::fetch_tokens(fetch.addrs, fetch.basic, needed).await?));
+        let miss_fixed = load_at_rate(&gw, &fresh, connections, miss_rate, duration).await?;
+        runs.push(("through the gateway, cache misses, max".into(), "gateway_misses_max", miss_max));
+        runs.push((
+            format!("through the gateway, cache misses, fixed {miss_rate:.0}/s"),
+            "gateway_misses_fixed",
+            miss_fixed,
+        ));
         let _ = child.start_kill();
-        let row = |name: &str, o: &mut Outcome| {
-            format!(
-                "| {name} | {:.0} | {:.3} | {:.3} | {} |",
-                o.rate(),
-                o.percentile_ms(0.50),
-                o.percentile_ms(0.99),
-                o.errors
-            )
-        };
-        Ok(vec![
+        let mut lines = vec![
             String::new(),
             format!("gateway overhead ({connections} connections, {} s per run)", duration.as_secs()),
-            "| run | requests/s | p50 ms | p99 ms | errors |".to_owned(),
-            "| --- | ---: | ---: | ---: | ---: |".to_owned(),
-            row("direct, max", &mut direct_max),
-            row("through the gateway, max", &mut gateway_max),
-            row(&format!("direct, fixed {rate:.0}/s"), &mut direct),
-            row(&format!("through the gateway, fixed {rate:.0}/s"), &mut through),
-            format!(
-                "added at {rate:.0}/s: p50 {:.3} ms, p99 {:.3} ms",
-                through.percentile_ms(0.50) - direct.percentile_ms(0.50),
-                through.percentile_ms(0.99) - direct.percentile_ms(0.99)
-            ),
-        ])
+            "| run | requests/s | p50 ms | p99 ms | max ms | errors |".to_owned(),
+            "| --- | ---: | ---: | ---: | ---: | ---: |".to_owned(),
+        ];
+        for (name, key, outcome) in &mut runs {
+            lines.push(format!(
+                "| {name} | {:.0} | {:.3} | {:.3} | {:.3} | {} |",
+                outcome.rate(),
+                outcome.percentile_ms(0.50),
+                outcome.percentile_ms(0.99),
+                outcome.percentile_ms(1.0),
+                outcome.errors
+            ));
+            rows.push(outcome.json(key, nodes));
+        }
+        let mut added = |i: usize, j: usize, what: &str| {
+            let (a, b) = (runs[i].2.percentile_ms(0.50), runs[i].2.percentile_ms(0.99));
+            let (c, d) = (runs[j].2.percentile_ms(0.50), runs[j].2.percentile_ms(0.99));
+            format!("added by the gateway ({what}): p50 {:.3} ms, p99 {:.3} ms", c - a, d - b)
+        };
+        lines.push(added(2, 3, &format!("cache hits, at {rate:.0}/s")));
+        Ok(lines)
     }
 }

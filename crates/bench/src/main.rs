@@ -4,7 +4,9 @@
 //!
 //! Scenarios: `client_credentials`, `client_credentials_dpop` (the same with a fresh EdDSA DPoP proof per
 //! request, made before the clock starts), `refresh` (each connection rotates its own refresh chain),
-//! `introspect`, `jwks`. Each connection is one keep-alive HTTP/1.1 connection sending one request at a time.
+//! `login` (a whole sign-in: the login form with the real Argon2id check, the authorization request, the
+//! code for tokens; at most 16 connections), `introspect`, `jwks`. Each connection is one keep-alive
+//! HTTP/1.1 connection sending one request at a time.
 //!
 //! `ingest`, not in the default set, posts guards' usage batches (1,000 `token_used` events each, from 8
 //! connections) to `/guard/events`; events/s is its requests/s times 1,000.
@@ -13,7 +15,9 @@
 //! follows the server's stream; each of `--revocations` tokens is revoked through RFC 7009 and the time from
 //! the revoke call's answer to the guard's first refusal is recorded) and `gateway` (a `tessera gateway`
 //! child process in front of a minimal upstream in this process: maximum throughput direct and through the
-//! gateway, then latency at a fixed rate of half the gateway's maximum, direct and through the gateway).
+//! gateway, then latency at a fixed rate of half the gateway's maximum, direct and through the gateway; all
+//! of it once with one token, every request a cache hit, and once with a distinct token per request, every
+//! request a cache miss that verifies the signature).
 //!
 //! `gateway_reporting`, not in the default set, compares the gateway's CPU per request (from `/proc`) with
 //! usage reporting on and off, at `--gateway-rate` over 1,000 distinct tokens, two rounds each.
@@ -33,6 +37,7 @@
 mod cluster;
 mod detection_bench;
 mod guard_bench;
+mod login_bench;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -162,7 +167,7 @@ async fn run(args: Args) -> Result<(), String> {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("bench:{}", secret.expose()))
     );
-    let all = ["client_credentials", "client_credentials_dpop", "refresh", "introspect", "jwks"];
+    let all = ["client_credentials", "client_credentials_dpop", "refresh", "login", "introspect", "jwks"];
     let scenarios: Vec<String> = if args.scenarios.is_empty() {
         all.iter().map(|s| (*s).to_owned()).collect()
     } else {
@@ -189,6 +194,11 @@ async fn run(args: Args) -> Result<(), String> {
                     body: "grant_type=client_credentials".into(),
                 })
                 .collect(),
+            "login" => {
+                let browsers = args.connections.min(login_bench::LOGIN_CONNECTIONS);
+                login_bench::users(&*store, browsers).await?;
+                (0..browsers).map(|i| Plan::Login(Box::new(login_bench::Login::new(i)))).collect()
+            }
             "refresh" => families(&*store, args.connections)
                 .await?
                 .into_iter()
@@ -331,7 +341,9 @@ async fn run(args: Args) -> Result<(), String> {
                     secret: secret.expose(),
                     token: &token,
                 };
-                out.extend(gw.run(args.connections, Duration::from_secs(args.duration)).await?);
+                let duration = Duration::from_secs(args.duration);
+                let fetch = guard_bench::Fetch { addrs: &addrs, basic: &basic };
+                out.extend(gw.run(args.connections, duration, &fetch, &mut report.rows, args.nodes).await?);
                 continue;
             }
             other => return Err(format!("unknown scenario {other}")),
@@ -615,6 +627,13 @@ pub(crate) enum Plan {
         auth: String,
         proofs: Vec<String>,
     },
+    /// A GET of `path` with each of these `Authorization` values once, until they run out.
+    EachOnce {
+        path: &'static str,
+        auths: Vec<String>,
+    },
+    /// A whole sign-in, over and over, as one browser.
+    Login(Box<login_bench::Login>),
 }
 
 /// The index of the `p` percentile (nearest rank) in `n` sorted values; `None` when there are none.
@@ -681,12 +700,44 @@ impl Outcome {
 
 pub(crate) async fn fetch_token(addr: &str, basic: &str) -> Result<String, String> {
     let mut conn = Conn::open(addr).await?;
+    client_credentials(&mut conn, basic).await
+}
+
+/// One access token from the client_credentials grant on `conn`.
+async fn client_credentials(conn: &mut Conn, basic: &str) -> Result<String, String> {
     let (status, body) = conn.post("/token", Some(basic), "grant_type=client_credentials".into()).await?;
     if status != 200 {
         return Err(format!("client_credentials answered {status}"));
     }
     let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
     json["access_token"].as_str().map(str::to_owned).ok_or_else(|| "no access_token".to_owned())
+}
+
+/// Connections [`fetch_tokens`] asks on at once.
+const FETCHERS: usize = 16;
+
+/// `n` distinct access tokens from the client_credentials grant, asked for on [`FETCHERS`] connections
+/// spread over `addrs`.
+pub(crate) async fn fetch_tokens(addrs: &[String], basic: &str, n: usize) -> Result<Vec<String>, String> {
+    let per = n.div_ceil(FETCHERS);
+    let mut tasks = Vec::with_capacity(FETCHERS);
+    for i in 0..FETCHERS {
+        let (addr, basic) = (addrs[i % addrs.len()].clone(), basic.to_owned());
+        let count = per.min(n.saturating_sub(i * per));
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&addr).await?;
+            let mut tokens = Vec::with_capacity(count);
+            for _ in 0..count {
+                tokens.push(client_credentials(&mut conn, &basic).await?);
+            }
+            Ok::<_, String>(tokens)
+        }));
+    }
+    let mut tokens = Vec::with_capacity(n);
+    for task in tasks {
+        tokens.extend(task.await.map_err(|e| e.to_string())??);
+    }
+    Ok(tokens)
 }
 
 /// One keep-alive HTTP/1.1 connection.
@@ -706,11 +757,37 @@ impl Conn {
     }
 
     async fn send(&mut self, request: Request<Full<Bytes>>) -> Result<(u16, Bytes), String> {
+        self.send_full(request).await.map(|(status, _, body)| (status, body))
+    }
+
+    async fn send_full(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(u16, http::HeaderMap, Bytes), String> {
         self.sender.ready().await.map_err(|e| e.to_string())?;
         let response = self.sender.send_request(request).await.map_err(|e| e.to_string())?;
         let status = response.status().as_u16();
-        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((status, body))
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, parts.headers, body))
+    }
+
+    /// A browser's request: `method` on `path` with a `Cookie` header and, when not empty, a form body;
+    /// the answer's status, headers and body.
+    pub(crate) async fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        cookies: &str,
+        form: String,
+    ) -> Result<(u16, http::HeaderMap, Bytes), String> {
+        let mut builder = Request::builder().method(method).uri(path).header("host", &self.host);
+        builder = builder.header("cookie", cookies);
+        if !form.is_empty() {
+            builder = builder.header("content-type", "application/x-www-form-urlencoded");
+        }
+        let request = builder.body(Full::new(Bytes::from(form))).map_err(|e| e.to_string())?;
+        self.send_full(request).await
     }
 
     pub(crate) async fn post(
@@ -762,8 +839,11 @@ pub(crate) async fn load(addrs: &[String], plans: Vec<Plan>, duration: Duration)
     #[allow(clippy::disallowed_methods, reason = "a load generator measures wall-clock latency")]
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
-    for (i, plan) in plans.into_iter().enumerate() {
+    // The run's first failure is printed: what went wrong, for whoever runs the bench.
+    let told = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for (i, mut plan) in plans.into_iter().enumerate() {
         let addr = addrs[i % addrs.len()].clone();
+        let told = std::sync::Arc::clone(&told);
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::open(&addr).await?;
             let mut latencies = Vec::with_capacity(100_000);
@@ -772,14 +852,14 @@ pub(crate) async fn load(addrs: &[String], plans: Vec<Plan>, duration: Duration)
                 Plan::Refresh { token } => token.clone(),
                 _ => String::new(),
             };
-            let mut proofs = match &plan {
-                Plan::Dpop { proofs, .. } => proofs.clone(),
+            let mut proofs = match &mut plan {
+                Plan::Dpop { proofs, .. } | Plan::EachOnce { auths: proofs, .. } => std::mem::take(proofs),
                 _ => Vec::new(),
             };
             while started.elapsed() < duration {
                 #[allow(clippy::disallowed_methods, reason = "a load generator measures wall-clock latency")]
                 let t0 = std::time::Instant::now();
-                let answer = match &plan {
+                let answer = match &mut plan {
                     Plan::Fixed { path, auth, body } => conn.post(path, auth.as_deref(), body.clone()).await,
                     Plan::Get { path, auth } => conn.get(path, auth.as_deref()).await,
                     Plan::Dpop { auth, .. } => match proofs.pop() {
@@ -789,6 +869,11 @@ pub(crate) async fn load(addrs: &[String], plans: Vec<Plan>, duration: Duration)
                         }
                         None => break,
                     },
+                    Plan::EachOnce { path, .. } => match proofs.pop() {
+                        Some(auth) => conn.get(path, Some(&auth)).await,
+                        None => break,
+                    },
+                    Plan::Login(login) => login.once(&mut conn).await,
                     Plan::Refresh { .. } => {
                         let body =
                             format!("grant_type=refresh_token&client_id=app&refresh_token={refresh_token}");
@@ -809,7 +894,16 @@ pub(crate) async fn load(addrs: &[String], plans: Vec<Plan>, duration: Duration)
                         }
                         latencies.push(micros);
                     }
-                    Ok(_) => errors += 1,
+                    Ok((status, body)) => {
+                        errors += 1;
+                        if !told.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+                            #[allow(clippy::print_stderr, reason = "what failed, for whoever runs the bench")]
+                            {
+                                eprintln!("first failure at {addr}: answered {status}: {text}");
+                            }
+                        }
+                    }
                     Err(_) => {
                         errors += 1;
                         conn = Conn::open(&addr).await?;

@@ -413,3 +413,102 @@ async fn database_outage_answers_503_keeps_gateways_validating_and_recovers_with
     drop((gw, node));
     admin(&url, &format!("DROP SCHEMA {schema} CASCADE")).await;
 }
+
+/// The `kid` in a JWT's header (read without verification: the test only compares it).
+fn kid(token: &str) -> String {
+    use base64::Engine as _;
+    let header = token.split('.').next().unwrap();
+    let header: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap())
+            .unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+/// Whether `server` publishes the key `kid` in its JWKS.
+async fn publishes(server: &ServerProcess, kid: &str) -> bool {
+    let jwks: serde_json::Value =
+        client().get(server.url("/jwks.json")).send().await.unwrap().json().await.unwrap();
+    jwks["keys"].as_array().unwrap().iter().any(|k| k["kid"] == kid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_is_published_by_every_node_before_either_node_signs_with_it() {
+    let Some(url) = database_url() else { return };
+    let (schema, scoped) = schema(&url, "rotation").await;
+    let upstream_base = upstream().await;
+    let placeholder: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let lb = Relay::start(vec![placeholder, placeholder]).await;
+    let issuer = lb.url();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("TESSERA_MASTER_KEY", MASTER_KEY),
+        ("TESSERA_DATABASE_URL", scoped.as_str()),
+        ("TESSERA_KEY_PUBLISH_DELAY", "3"),
+    ];
+    let a = ServerProcess::start(dir.path(), &env, &["--issuer", &issuer]);
+    let b = ServerProcess::start(dir.path(), &env, &["--issuer", &issuer]);
+    lb.set_backend(0, addr(&a));
+    lb.set_backend(1, addr(&b));
+    let store = tessera_store::open(&scoped).await.unwrap();
+    let (gw_secret, secret) = register(&*store).await;
+    lb.prefer(1);
+    let gw = Gw::start(&issuer, &gw_secret, &upstream_base).await;
+    wait_streams(&b, 1).await;
+    let before = token(&a.url(""), &secret, "192.0.2.10").await;
+    let old = kid(&before);
+    assert_eq!(kid(&token(&b.url(""), &secret, "192.0.2.10").await), old, "one key signs on both nodes");
+
+    // An operator schedules a rotation from the command line, at neither node.
+    let (code, out, err) = super::run(dir.path(), &env, &["keys", "rotate"], "");
+    assert_eq!(code, 0, "keys rotate: {out}{err}");
+    let next = store.list_keys().await.unwrap().into_iter().find(|k| k.state.as_str() == "next").unwrap().kid;
+    assert!(out.contains(&next), "the command names the new key: {out}");
+
+    // Both nodes publish it within a second, and until both do, neither signs with it.
+    let started = Instant::now();
+    loop {
+        let signed =
+            [token(&a.url(""), &secret, "192.0.2.10").await, token(&b.url(""), &secret, "192.0.2.10").await];
+        let everywhere = publishes(&a, &next).await && publishes(&b, &next).await;
+        if !everywhere {
+            assert!(
+                signed.iter().all(|t| kid(t) == old),
+                "a node signed with a key not yet published everywhere"
+            );
+        }
+        if everywhere {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "every node published the new key within 1 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // After the publish delay, both nodes sign with it, and node B's gateway admits what they sign.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut switched = [false, false];
+    while switched != [true, true] {
+        for (i, node) in [&a, &b].into_iter().enumerate() {
+            let t = token(&node.url(""), &secret, "192.0.2.10").await;
+            if kid(&t) == next {
+                switched[i] = true;
+                assert_eq!(gw.get(&t, "192.0.2.10").await, 200, "a token signed by the new key passes");
+            } else {
+                assert_eq!(kid(&t), old, "only the old key or the new one signs");
+            }
+        }
+        assert!(Instant::now() < deadline, "both nodes sign with the new key after the publish delay");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let current: Vec<_> =
+        store.list_keys().await.unwrap().into_iter().filter(|k| k.state.as_str() == "current").collect();
+    assert_eq!(current.len(), 1, "one key is current");
+    assert_eq!(current[0].kid, next);
+    assert_eq!(
+        gw.get(&before, "192.0.2.10").await,
+        200,
+        "what the old key signed stays valid until it expires"
+    );
+
+    drop((gw, a, b));
+    admin(&url, &format!("DROP SCHEMA {schema} CASCADE")).await;
+}
