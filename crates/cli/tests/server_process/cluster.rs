@@ -93,6 +93,11 @@ struct Gw {
 
 impl Gw {
     async fn start(issuer: &str, secret: &str, upstream: &str) -> Gw {
+        Gw::start_with(issuer, secret, upstream, Duration::from_secs(60)).await
+    }
+
+    /// [`Gw::start`], with the guard refreshing its JWKS every `jwks_refresh`.
+    async fn start_with(issuer: &str, secret: &str, upstream: &str, jwks_refresh: Duration) -> Gw {
         let dir = tempfile::tempdir().unwrap();
         let policy = dir.path().join("policy.toml");
         std::fs::write(&policy, POLICY).unwrap();
@@ -111,6 +116,7 @@ impl Gw {
         let config: GatewayConfig = file.build(Some(secret.to_owned())).unwrap();
         let mut guard_config = GuardConfig::new(issuer.to_owned(), API, "gw", secret.to_owned());
         guard_config.report_interval = Duration::from_millis(100);
+        guard_config.jwks_refresh = jwks_refresh;
         let guard = Guard::start(guard_config, Policy::load(&policy).unwrap()).unwrap();
         assert!(guard.wait_ready(Duration::from_secs(10)).await, "the gateway's guard became ready");
         let gateway: Arc<Gateway> = Gateway::with_guard(config, guard);
@@ -451,8 +457,10 @@ async fn a_rotated_key_is_published_by_every_node_before_either_node_signs_with_
     lb.set_backend(1, addr(&b));
     let store = tessera_store::open(&scoped).await.unwrap();
     let (gw_secret, secret) = register(&*store).await;
+    // Guards refresh their JWKS within the publish delay (here every second within 3 s; by default every
+    // 60 s within 300 s), so the new key is in their cache before the first token it signs arrives.
     lb.prefer(1);
-    let gw = Gw::start(&issuer, &gw_secret, &upstream_base).await;
+    let gw = Gw::start_with(&issuer, &gw_secret, &upstream_base, Duration::from_secs(1)).await;
     wait_streams(&b, 1).await;
     let before = token(&a.url(""), &secret, "192.0.2.10").await;
     let old = kid(&before);
