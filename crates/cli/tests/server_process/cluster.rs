@@ -44,6 +44,19 @@ fn addr(server: &ServerProcess) -> SocketAddr {
     server.addr.parse().unwrap()
 }
 
+/// Two `tessera serve` processes started with `env`, behind a balancer whose URL is their issuer (backend 0
+/// is node A, backend 1 node B); the directory they were started in.
+async fn two_nodes(env: &[(&str, &str)]) -> (Relay, ServerProcess, ServerProcess, tempfile::TempDir) {
+    let placeholder: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let lb = Relay::start(vec![placeholder, placeholder]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = ServerProcess::start(dir.path(), env, &["--issuer", &lb.url()]);
+    let b = ServerProcess::start(dir.path(), env, &["--issuer", &lb.url()]);
+    lb.set_backend(0, addr(&a));
+    lb.set_backend(1, addr(&b));
+    (lb, a, b, dir)
+}
+
 /// A confidential client with a secret; returns the secret. `serves`: a gateway's client.
 async fn add_client(store: &dyn tessera_store::Store, id: &str, serves: bool) -> String {
     let secret = tessera_server::crypto::new_secret(SecretKind::ClientSecret).unwrap();
@@ -263,10 +276,6 @@ async fn revocation_through_one_node_is_refused_at_the_other_nodes_gateway_and_s
     let (schema, scoped) = schema(&url, "cluster").await;
     let webhook = Receiver::start(200).await;
     let upstream_base = upstream().await;
-    let placeholder: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let lb = Relay::start(vec![placeholder, placeholder]).await;
-    let issuer = lb.url();
-    let dir = tempfile::tempdir().unwrap();
     let env = [
         ("TESSERA_MASTER_KEY", MASTER_KEY),
         ("TESSERA_DATABASE_URL", scoped.as_str()),
@@ -274,10 +283,8 @@ async fn revocation_through_one_node_is_refused_at_the_other_nodes_gateway_and_s
         ("TESSERA_ALERTS_WEBHOOK_URL", webhook.url.as_str()),
         ("TESSERA_ALERTS_WEBHOOK_SECRET", WEBHOOK_SECRET),
     ];
-    let a = ServerProcess::start(dir.path(), &env, &["--issuer", &issuer]);
-    let b = ServerProcess::start(dir.path(), &env, &["--issuer", &issuer]);
-    lb.set_backend(0, addr(&a));
-    lb.set_backend(1, addr(&b));
+    let (lb, a, b, _dir) = two_nodes(&env).await;
+    let issuer = lb.url();
     let store = tessera_store::open(&scoped).await.unwrap();
     let (gw_secret, secret) = register(&*store).await;
 
@@ -442,19 +449,13 @@ async fn a_rotated_key_is_published_by_every_node_before_either_node_signs_with_
     let Some(url) = database_url() else { return };
     let (schema, scoped) = schema(&url, "rotation").await;
     let upstream_base = upstream().await;
-    let placeholder: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let lb = Relay::start(vec![placeholder, placeholder]).await;
-    let issuer = lb.url();
-    let dir = tempfile::tempdir().unwrap();
     let env = [
         ("TESSERA_MASTER_KEY", MASTER_KEY),
         ("TESSERA_DATABASE_URL", scoped.as_str()),
         ("TESSERA_KEY_PUBLISH_DELAY", "3"),
     ];
-    let a = ServerProcess::start(dir.path(), &env, &["--issuer", &issuer]);
-    let b = ServerProcess::start(dir.path(), &env, &["--issuer", &issuer]);
-    lb.set_backend(0, addr(&a));
-    lb.set_backend(1, addr(&b));
+    let (lb, a, b, dir) = two_nodes(&env).await;
+    let issuer = lb.url();
     let store = tessera_store::open(&scoped).await.unwrap();
     let (gw_secret, secret) = register(&*store).await;
     // Guards refresh their JWKS within the publish delay (here every second within 3 s; by default every
