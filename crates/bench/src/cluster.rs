@@ -5,7 +5,6 @@ use std::path::Path;
 use std::process::Stdio;
 
 use plotters::prelude::*;
-use tokio::io::AsyncBufReadExt as _;
 
 /// A `tessera serve` child process; killed when dropped.
 pub(crate) struct Node {
@@ -41,15 +40,7 @@ impl Node {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", config.server.display()))?;
         let pid = child.id().ok_or("the server exited at once")?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines.next_line().await.map_err(|e| e.to_string())?.ok_or("the server exited")?;
-            if let Some(rest) = line.strip_prefix("tessera: listening on ") {
-                break rest.split(' ').next().unwrap_or_default().to_owned();
-            }
-        };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let addr = crate::listening_address(&mut child, "tessera: listening on ").await?;
         Ok(Node { addr, pid, _child: child })
     }
 }

@@ -10,7 +10,6 @@ use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tessera_guard::{Guard, GuardConfig, Policy};
-use tokio::io::AsyncBufReadExt as _;
 
 use crate::{AUDIENCE, Conn, Outcome, Plan, load};
 
@@ -206,14 +205,7 @@ impl GatewayRun<'_> {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start the gateway: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let gw = loop {
-            let line = lines.next_line().await.map_err(|e| e.to_string())?.ok_or("the gateway exited")?;
-            if let Some(rest) = line.strip_prefix("tessera gateway: listening on ") {
-                break rest.split(' ').next().unwrap_or_default().to_owned();
-            }
-        };
+        let gw = crate::listening_address(&mut child, "tessera gateway: listening on ").await?;
         let mut probe = Conn::open(&gw).await?;
         let ready = instant();
         while probe.get("/readyz", None).await?.0 != 200 {

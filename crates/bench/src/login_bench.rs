@@ -102,7 +102,7 @@ impl Login {
             }
         }
         let (Some(session), Some(back)) = (session, location(&headers)) else {
-            return Ok((599, Bytes::new()));
+            return Err("the sign-in's 303 carried no session cookie or no location".into());
         };
         cookies.push_str(&format!("; tessera_session={session}"));
         let (status, headers, body) = conn.exchange("GET", &back, &cookies, String::new()).await?;

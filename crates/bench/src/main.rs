@@ -713,6 +713,26 @@ async fn client_credentials(conn: &mut Conn, basic: &str) -> Result<String, Stri
     json["access_token"].as_str().map(str::to_owned).ok_or_else(|| "no access_token".to_owned())
 }
 
+/// Reads a child's stdout until the line that begins with `announce` (`tessera: listening on `, or the
+/// gateway's); returns the address that follows it, and keeps reading the rest so the child never blocks on
+/// a full pipe.
+pub(crate) async fn listening_address(
+    child: &mut tokio::process::Child,
+    announce: &str,
+) -> Result<String, String> {
+    use tokio::io::AsyncBufReadExt as _;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next_line().await.map_err(|e| e.to_string())?.ok_or("the child exited")?;
+        if let Some(rest) = line.strip_prefix(announce) {
+            break rest.split(' ').next().unwrap_or_default().to_owned();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(addr)
+}
+
 /// Connections [`fetch_tokens`] asks on at once.
 const FETCHERS: usize = 16;
 
@@ -852,8 +872,11 @@ pub(crate) async fn load(addrs: &[String], plans: Vec<Plan>, duration: Duration)
                 Plan::Refresh { token } => token.clone(),
                 _ => String::new(),
             };
-            let mut proofs = match &mut plan {
-                Plan::Dpop { proofs, .. } | Plan::EachOnce { auths: proofs, .. } => std::mem::take(proofs),
+            // What a plan sends once each (DPoP proofs, `Authorization` values), taken from the end.
+            let mut once = match &mut plan {
+                Plan::Dpop { proofs: values, .. } | Plan::EachOnce { auths: values, .. } => {
+                    std::mem::take(values)
+                }
                 _ => Vec::new(),
             };
             while started.elapsed() < duration {
@@ -862,14 +885,14 @@ pub(crate) async fn load(addrs: &[String], plans: Vec<Plan>, duration: Duration)
                 let answer = match &mut plan {
                     Plan::Fixed { path, auth, body } => conn.post(path, auth.as_deref(), body.clone()).await,
                     Plan::Get { path, auth } => conn.get(path, auth.as_deref()).await,
-                    Plan::Dpop { auth, .. } => match proofs.pop() {
+                    Plan::Dpop { auth, .. } => match once.pop() {
                         Some(proof) => {
                             let body = "grant_type=client_credentials".to_owned();
                             conn.post_with_proof("/token", auth, &proof, body).await
                         }
                         None => break,
                     },
-                    Plan::EachOnce { path, .. } => match proofs.pop() {
+                    Plan::EachOnce { path, .. } => match once.pop() {
                         Some(auth) => conn.get(path, Some(&auth)).await,
                         None => break,
                     },

@@ -197,16 +197,21 @@ async fn upstream() -> String {
     format!("http://{addr}")
 }
 
-/// A client_credentials token for `batch`, asked through `base` as a client at `source`.
-async fn token(base: &str, secret: &str, source: &str) -> String {
-    let r = client()
+/// A client_credentials request for `batch` through `base` as a client at `source`; the answer.
+async fn ask_token(base: &str, secret: &str, source: &str) -> reqwest::Response {
+    client()
         .post(format!("{base}/token"))
         .basic_auth("batch", Some(secret))
         .header("x-forwarded-for", source)
         .form(&[("grant_type", "client_credentials"), ("resource", API), ("scope", "orders:read")])
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A client_credentials token for `batch`, asked through `base` as a client at `source`.
+async fn token(base: &str, secret: &str, source: &str) -> String {
+    let r = ask_token(base, secret, source).await;
     assert_eq!(r.status(), 200);
     r.json::<serde_json::Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
 }
@@ -241,14 +246,20 @@ async fn wait_streams(server: &ServerProcess, n: u64) {
     }
 }
 
-/// The `jti` of a JWT (read without verification: the test only names it).
-fn jti(token: &str) -> String {
+/// Member `name` of a JWT's header (`part` 0) or claims (`part` 1), read without verification: the tests only
+/// name and compare it.
+fn jwt_member(token: &str, part: usize, name: &str) -> String {
     use base64::Engine as _;
-    let payload = token.split('.').nth(1).unwrap();
-    let claims: serde_json::Value =
-        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap())
+    let segment = token.split('.').nth(part).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment).unwrap())
             .unwrap();
-    claims["jti"].as_str().unwrap().to_owned()
+    json[name].as_str().unwrap().to_owned()
+}
+
+/// The `jti` of a JWT.
+fn jti(token: &str) -> String {
+    jwt_member(token, 1, "jti")
 }
 
 /// The alerts for rule `two_networks` about token `jti`.
@@ -383,13 +394,7 @@ async fn database_outage_answers_503_keeps_gateways_validating_and_recovers_with
     assert_eq!(gw.get(&held, "192.0.2.10").await, 200);
 
     path.cut();
-    let r = client()
-        .post(format!("{issuer}/token"))
-        .basic_auth("batch", Some(&secret))
-        .form(&[("grant_type", "client_credentials"), ("resource", API)])
-        .send()
-        .await
-        .unwrap();
+    let r = ask_token(&issuer, &secret, "192.0.2.10").await;
     assert_eq!(r.status(), 503, "the token endpoint says: try again later");
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "temporarily_unavailable");
@@ -402,13 +407,7 @@ async fn database_outage_answers_503_keeps_gateways_validating_and_recovers_with
     path.restore();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = client()
-            .post(format!("{issuer}/token"))
-            .basic_auth("batch", Some(&secret))
-            .form(&[("grant_type", "client_credentials"), ("resource", API)])
-            .send()
-            .await
-            .unwrap();
+        let r = ask_token(&issuer, &secret, "192.0.2.10").await;
         if r.status() == 200 {
             break;
         }
@@ -427,14 +426,9 @@ async fn database_outage_answers_503_keeps_gateways_validating_and_recovers_with
     admin(&url, &format!("DROP SCHEMA {schema} CASCADE")).await;
 }
 
-/// The `kid` in a JWT's header (read without verification: the test only compares it).
+/// The `kid` in a JWT's header.
 fn kid(token: &str) -> String {
-    use base64::Engine as _;
-    let header = token.split('.').next().unwrap();
-    let header: serde_json::Value =
-        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap())
-            .unwrap();
-    header["kid"].as_str().unwrap().to_owned()
+    jwt_member(token, 0, "kid")
 }
 
 /// Whether `server` publishes the key `kid` in its JWKS.
