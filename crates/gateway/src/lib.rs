@@ -4,21 +4,26 @@
 //! answer here and never reaches the upstream. An admitted one goes upstream with its path in normal form,
 //! hop-by-hop headers removed (RFC 9110 §7.6.1), `X-Forwarded-*` set, any client-sent `X-Tessera-*` header
 //! stripped and the validated identity added as `X-Tessera-*` headers. Bodies stream in both directions and
-//! are never buffered whole. An upstream that fails gets 502; one that does not answer in time gets 504.
+//! are never buffered whole, and trailers in either direction lose the fields only the gateway may set. An
+//! upstream that fails gets 502; one that does not answer in time gets 504; a client whose own request body
+//! breaks off or is malformed gets 400.
 
 pub mod config;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -34,7 +39,61 @@ use tokio::net::TcpListener;
 pub use config::{FileConfig, GatewayConfig};
 
 /// A response body: the upstream's, streamed, or one the gateway wrote.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<Filtered<Incoming>, Full<Bytes>>;
+
+/// A body passing through the gateway, frame by frame: trailers lose every field the gateway strips or sets
+/// in the head ([`strip_trailers`]), and a failure to read it is noted in `broken` (so a client that breaks
+/// its own request body is told 400, not blamed on the upstream as 502).
+#[derive(Debug)]
+pub struct Filtered<B> {
+    inner: B,
+    broken: Option<Arc<AtomicBool>>,
+}
+
+impl<B> Filtered<B> {
+    /// Wraps `inner`; a read error sets `broken`, if given.
+    pub fn new(inner: B, broken: Option<Arc<AtomicBool>>) -> Self {
+        Filtered { inner, broken }
+    }
+}
+
+impl<B> hyper::body::Body for Filtered<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(mut frame))) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    strip_trailers(trailers);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(broken) = &this.broken {
+                    broken.store(true, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// The prefix of the identity headers the gateway adds (and strips from clients).
 pub const IDENTITY_PREFIX: &str = "x-tessera-";
@@ -83,7 +142,7 @@ struct Metrics {
 pub struct Gateway {
     config: GatewayConfig,
     guard: Guard,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Filtered<Incoming>>,
     metrics: Metrics,
     registry: Registry,
 }
@@ -162,8 +221,16 @@ impl Gateway {
         client_ip(peer, headers, &self.config.trusted_proxies)
     }
 
-    fn admin(&self, path: &str) -> Option<Response<Body>> {
+    /// Answers the gateway's own paths. On the main listener (`public`), `/metrics` is answered only to a
+    /// loopback client: elsewhere it is served on `admin_listen`.
+    fn admin(&self, path: &str, public: Option<IpAddr>) -> Option<Response<Body>> {
         let (status, body, kind) = match path {
+            "/metrics" if public.is_some_and(|client| !client.is_loopback()) => {
+                return Some(plain(
+                    StatusCode::FORBIDDEN,
+                    "metrics are served on admin_listen, or here to loopback clients only\n",
+                ));
+            }
             "/healthz" => (StatusCode::OK, Bytes::from_static(b"ok\n"), "text/plain"),
             "/readyz" if self.guard.is_ready() => {
                 (StatusCode::OK, Bytes::from_static(b"ready\n"), "text/plain")
@@ -207,10 +274,10 @@ impl Gateway {
         peer: SocketAddr,
         admin_here: bool,
     ) -> Response<Body> {
-        if admin_here && let Some(resp) = self.admin(req.uri().path()) {
+        let client = self.client_ip(peer.ip(), req.headers());
+        if admin_here && let Some(resp) = self.admin(req.uri().path(), Some(client)) {
             return resp;
         }
-        let client = self.client_ip(peer.ip(), req.headers());
         let admitted = match self.guard.check(req.method(), req.uri(), req.headers(), Some(client)).await {
             Ok(admitted) => admitted,
             Err(denial) => {
@@ -249,7 +316,8 @@ impl Gateway {
         }
         parts.uri = uri;
         parts.version = if self.config.upstream_http2 { Version::HTTP_2 } else { Version::HTTP_11 };
-        let upstream_req = Request::from_parts(parts, body);
+        let broken = Arc::new(AtomicBool::new(false));
+        let upstream_req = Request::from_parts(parts, Filtered::new(body, Some(Arc::clone(&broken))));
         let started = tokio::time::Instant::now();
         let sent =
             tokio::time::timeout(self.config.upstream_timeout, self.client.request(upstream_req)).await;
@@ -257,7 +325,11 @@ impl Gateway {
         match sent {
             Ok(Ok(mut resp)) => {
                 strip_hop_by_hop(resp.headers_mut());
-                resp.map(Either::Left)
+                resp.map(|body| Either::Left(Filtered::new(body, None)))
+            }
+            Ok(Err(_)) if broken.load(Ordering::Relaxed) => {
+                tracing::debug!("the client's request body failed");
+                plain(StatusCode::BAD_REQUEST, "the request body could not be read\n")
             }
             Ok(Err(e)) => {
                 let kind = if e.is_connect() { "connect" } else { "upstream" };
@@ -361,6 +433,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes from trailers every field the gateway removes from or sets in a request's head: hop-by-hop and
+/// identity headers, the method and URL overrides, the forwarding headers and the credentials. A trailer
+/// must not carry them (RFC 9110 §6.5.1), and an upstream that merged them into the head would trust them.
+pub fn strip_trailers(trailers: &mut HeaderMap) {
+    strip_hop_by_hop(trailers);
+    strip_identity(trailers);
+    for name in REWRITING.iter().chain(&FORWARDING).chain(&[
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "forwarded",
+        "authorization",
+        "dpop",
+        "host",
+        "content-length",
+        "cookie",
+    ]) {
+        trailers.remove(*name);
+    }
+}
+
 /// Removes every `X-Tessera-*` header, also spelt with `_` (which CGI-style servers fold into `-`): only the
 /// gateway may set them.
 pub fn strip_identity(headers: &mut HeaderMap) {
@@ -424,7 +517,7 @@ pub async fn serve(
                     let gw = Arc::clone(&gw);
                     async move {
                         Ok::<_, Infallible>(
-                            gw.admin(req.uri().path())
+                            gw.admin(req.uri().path(), None)
                                 .unwrap_or_else(|| plain(StatusCode::NOT_FOUND, "not found\n")),
                         )
                     }
@@ -544,5 +637,41 @@ mod tests {
         strip_identity(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, vec!["accept"]);
+    }
+
+    #[tokio::test]
+    async fn trailers_lose_the_fields_only_the_gateway_may_set() {
+        use http_body_util::BodyExt;
+        let trailers = headers(&[
+            ("x-tessera-sub", "root"),
+            ("x_tessera_roles", "admin"),
+            ("authorization", "Bearer stolen"),
+            ("x-http-method-override", "DELETE"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("host", "internal"),
+            ("x-checksum", "sha256:abc"),
+        ]);
+        let body = Full::new(Bytes::from_static(b"payload")).with_trailers(std::future::ready(Some(Ok::<
+            _,
+            Infallible,
+        >(
+            trailers,
+        ))));
+        let collected = Filtered::new(body, None).collect().await.unwrap();
+        let left: Vec<String> = collected.trailers().unwrap().keys().map(|k| k.as_str().to_owned()).collect();
+        assert_eq!(left, vec!["x-checksum"], "only the application's own trailer survives");
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"payload"));
+    }
+
+    #[tokio::test]
+    async fn a_body_read_error_is_noted() {
+        use http_body_util::BodyExt;
+        let failing = http_body_util::StreamBody::new(futures_util::stream::iter([
+            Ok(Frame::data(Bytes::from_static(b"part"))),
+            Err(std::io::Error::other("connection reset")),
+        ]));
+        let broken = Arc::new(AtomicBool::new(false));
+        assert!(Filtered::new(failing, Some(Arc::clone(&broken))).collect().await.is_err());
+        assert!(broken.load(Ordering::Relaxed));
     }
 }

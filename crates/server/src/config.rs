@@ -70,6 +70,9 @@ pub struct Config {
     /// address is the nearest one in that header that is not a trusted proxy. `TESSERA_TRUSTED_PROXIES` is
     /// comma-separated.
     pub trusted_proxies: Vec<String>,
+    /// Clients (addresses or CIDRs, after `trusted_proxies`) that may read `/metrics`; others get 403.
+    /// Default: loopback only. `TESSERA_METRICS_ALLOW` is comma-separated.
+    pub metrics_allow: Vec<String>,
     /// The detection rules' thresholds (`[detection]` in the file; `TESSERA_DETECTION_<KEY>` in the
     /// environment).
     pub detection: tessera_core::detect::Thresholds,
@@ -117,6 +120,7 @@ impl Default for Config {
             dpop_nonce: false,
             audit_retention_days: 365,
             trusted_proxies: Vec::new(),
+            metrics_allow: vec!["127.0.0.0/8".into(), "::1".into()],
             detection: tessera_core::detect::Thresholds::default(),
             responses: crate::response::Responses::default(),
             alerts: crate::alerts::AlertConfig::default(),
@@ -343,9 +347,11 @@ impl Config {
             return bad("passwords.min_length", "must be between 8 and 256");
         }
         self.alerts.check().map_err(ConfigError)?;
-        for proxy in &self.trusted_proxies {
-            if tessera_core::net::parse_source(proxy).is_none() {
-                return bad("trusted_proxies", "each must be an address or a CIDR, such as 10.0.0.0/8");
+        for (key, list) in
+            [("trusted_proxies", &self.trusted_proxies), ("metrics_allow", &self.metrics_allow)]
+        {
+            if list.iter().any(|source| tessera_core::net::parse_source(source).is_none()) {
+                return bad(key, "each must be an address or a CIDR, such as 10.0.0.0/8");
             }
         }
         if self.password_hash_concurrency == 0 {
@@ -376,17 +382,28 @@ impl Config {
 
     /// The trusted proxies as networks (checked at load).
     pub fn trusted_proxy_nets(&self) -> Vec<ipnet::IpNet> {
-        self.trusted_proxies
-            .iter()
-            .filter_map(|p| tessera_core::net::parse_source(p))
-            .filter_map(|p| {
-                p.parse::<ipnet::IpNet>()
-                    .ok()
-                    .or_else(|| p.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
-            })
-            .collect()
+        networks(&self.trusted_proxies)
     }
 
+    /// The clients that may read `/metrics`, as networks (checked at load).
+    pub fn metrics_allow_nets(&self) -> Vec<ipnet::IpNet> {
+        networks(&self.metrics_allow)
+    }
+}
+
+/// Addresses and CIDRs (checked at load) as networks.
+fn networks(list: &[String]) -> Vec<ipnet::IpNet> {
+    list.iter()
+        .filter_map(|p| tessera_core::net::parse_source(p))
+        .filter_map(|p| {
+            p.parse::<ipnet::IpNet>()
+                .ok()
+                .or_else(|| p.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+        })
+        .collect()
+}
+
+impl Config {
     /// The signing algorithm (checked at load).
     pub fn signing_algorithm(&self) -> Algorithm {
         self.signing_alg.parse().unwrap_or(Algorithm::EdDSA)
@@ -566,6 +583,7 @@ mod tests {
         assert_eq!(c.responses.revoked_token_use, [Action::RevokeSession, Action::Alert]);
         assert_eq!(c.responses.refresh_token_reuse, [Action::RevokeSession, Action::Alert], "default kept");
         assert_eq!(c.trusted_proxy_nets().len(), 2);
+        assert_eq!(c.metrics_allow_nets().len(), 2, "loopback by default");
         assert_eq!(c.alerts.webhook_url, "https://hooks.example/t");
         let shown = c.to_redacted_toml();
         assert!(!shown.contains("0123456789abcdef"), "{shown}");

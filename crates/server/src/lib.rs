@@ -111,6 +111,8 @@ pub struct AppState {
     throttle_turn: tokio::sync::Mutex<()>,
     /// The proxies whose `X-Forwarded-For` is believed.
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// The clients that may read `/metrics`.
+    metrics_allow: Vec<ipnet::IpNet>,
     discovery: String,
 }
 
@@ -312,6 +314,7 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
     let live = store.live_revocations(now).await.map_err(start_error)?;
     let revocations = stream::RevocationFeed::new(head, &live);
     let trusted_proxies = config.trusted_proxy_nets();
+    let metrics_allow = config.metrics_allow_nets();
     let geo = geoip::GeoIp::open(&config.geoip).map_err(StartError)?;
     let directory = directory::Directory::new(Arc::clone(&store));
     directory.sync().await.map_err(start_error)?;
@@ -332,6 +335,7 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
         webauthn,
         throttle_turn: tokio::sync::Mutex::new(()),
         trusted_proxies,
+        metrics_allow,
         discovery,
     };
     Ok((Arc::new(state), startup))

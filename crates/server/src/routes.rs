@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -10,7 +11,7 @@ use serde_json::json;
 
 use tessera_core::GrantType;
 
-use crate::AppState;
+use crate::{AppState, ClientAddr};
 
 /// The discovery document (OIDC Discovery 1.0 and RFC 8414), rendered once at start.
 pub fn discovery_document(state_issuer: &str, signing_alg: &str) -> String {
@@ -96,8 +97,14 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+/// `GET /metrics`: Prometheus text format, for the clients in `metrics_allow` (loopback by default).
+pub async fn metrics(State(state): State<Arc<AppState>>, client: Option<Extension<ClientAddr>>) -> Response {
+    let allowed = client
+        .is_some_and(|Extension(ClientAddr(ip))| state.metrics_allow.iter().any(|net| net.contains(&ip)));
+    if !allowed {
+        return (StatusCode::FORBIDDEN, "metrics are served only to the clients in metrics_allow\n")
+            .into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,

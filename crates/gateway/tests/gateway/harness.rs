@@ -46,6 +46,11 @@ path = "/echo"
 scopes = ["orders:read"]
 
 [[route]]
+method = "POST"
+path = "/collect"
+scopes = ["orders:read"]
+
+[[route]]
 method = "GET"
 path = "/slow"
 scopes = ["orders:read"]
@@ -240,7 +245,8 @@ impl Seen {
     }
 }
 
-/// An upstream that records every request and answers 200 (`/echo` streams the body back, `/slow` waits 3 s).
+/// An upstream that records every request and answers 200 (`/echo` streams the body back, `/collect` reads
+/// the whole body first and answers with its length, `/slow` waits 3 s).
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -266,6 +272,10 @@ impl Upstream {
                 record.lock().unwrap().push(entry);
                 match req.uri().path() {
                     "/echo" => Body::new(req.into_body()).into_response(),
+                    "/collect" => match http_body_util::BodyExt::collect(req.into_body()).await {
+                        Ok(all) => format!("{} bytes", all.to_bytes().len()).into_response(),
+                        Err(_) => (axum::http::StatusCode::UNPROCESSABLE_ENTITY, "broken").into_response(),
+                    },
                     "/slow" => {
                         tokio::time::sleep(Duration::from_secs(3)).await;
                         "slow".into_response()

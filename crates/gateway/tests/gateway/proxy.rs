@@ -117,6 +117,23 @@ async fn upstream_failures_are_502_and_timeouts_504() {
 }
 
 #[tokio::test]
+async fn a_broken_request_body_is_the_clients_400_not_an_upstream_502() {
+    let w = World::start(Backend::Sqlite).await.unwrap();
+    let (token, _) = w.token(Grant::default());
+    let head = format!(
+        "POST /collect HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n"
+    );
+    // A whole chunked body reaches the upstream.
+    assert_eq!(w.raw(&format!("{head}4\r\nabcd\r\n0\r\n\r\n")).await, 200);
+    // A chunk size that is not hexadecimal is the client's own framing error.
+    assert_eq!(w.raw(&format!("{head}4\r\nabcd\r\nzz\r\n")).await, 400);
+    let metrics = reqwest::get(w.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("tessera_gateway_upstream_errors_total"), "not an upstream failure: {metrics}");
+    w.finish().await;
+}
+
+#[tokio::test]
 async fn health_readiness_and_metrics_are_the_gateways_own() {
     let w = World::start(Backend::Sqlite).await.unwrap();
     let (token, _) = w.token(Grant::default());
@@ -139,6 +156,22 @@ async fn health_readiness_and_metrics_are_the_gateways_own() {
     assert!(metrics.contains("tessera_guard_stream_connected 1"), "{metrics}");
     assert!(metrics.contains("tessera_gateway_responses_total{code=\"200\"}"), "{metrics}");
     assert_eq!(w.upstream.count(), before, "the gateway's own paths never go upstream");
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn metrics_on_the_public_listener_are_for_loopback_clients_only() {
+    let w = World::start_with(Backend::Sqlite, Options { trusted_proxies: true, ..Options::default() })
+        .await
+        .unwrap();
+    assert_eq!(w.raw(&get("/metrics", None)).await, 200, "a loopback client reads them");
+    assert_eq!(
+        w.raw(&crate::harness::get_from("/metrics", None, "203.0.113.5")).await,
+        403,
+        "a client elsewhere, seen through the trusted proxy, does not"
+    );
+    assert_eq!(w.raw(&crate::harness::get_from("/healthz", None, "203.0.113.5")).await, 200);
+    assert_eq!(w.upstream.count(), 0);
     w.finish().await;
 }
 

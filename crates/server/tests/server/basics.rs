@@ -299,3 +299,28 @@ async fn a_stopping_server_fails_readiness_while_it_drains_and_still_serves() {
     assert_eq!(fresh().get(s.url("/healthz")).send().await.unwrap().status(), 200);
     s.finish().await;
 }
+
+#[tokio::test]
+async fn metrics_are_refused_to_clients_outside_metrics_allow() {
+    let s = Server::start_with(crate::common::Backend::Sqlite, |c| {
+        c.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let from = |ip: &'static str| http.get(s.url("/metrics")).header("x-forwarded-for", ip).send();
+    assert_eq!(reqwest::get(s.url("/metrics")).await.unwrap().status(), 200, "loopback reads them");
+    let refused = from("203.0.113.9").await.unwrap();
+    assert_eq!(refused.status(), 403, "a client behind the proxy does not");
+    assert!(!refused.text().await.unwrap().contains("tessera_"), "and sees no figure");
+    s.finish().await;
+    let s = Server::start_with(crate::common::Backend::Sqlite, |c| {
+        c.trusted_proxies = vec!["127.0.0.1".into()];
+        c.metrics_allow = vec!["203.0.113.0/24".into()];
+    })
+    .await
+    .unwrap();
+    let scraper = reqwest::Client::new().get(s.url("/metrics")).header("x-forwarded-for", "203.0.113.9");
+    assert_eq!(scraper.send().await.unwrap().status(), 200, "a configured scraper reads them");
+    s.finish().await;
+}
