@@ -321,6 +321,8 @@ pub struct Options {
     pub responses: Option<tessera_server::response::Responses>,
     /// The server reads the GeoIP fixture databases (`tessera_testkit::geoip_dir`).
     pub geoip: bool,
+    /// How often the guard refetches the JWKS, if not its default (60 s).
+    pub jwks_refresh: Option<Duration>,
 }
 
 /// The test webhook's HMAC key.
@@ -336,6 +338,7 @@ impl Default for Options {
             webhook_url: None,
             responses: None,
             geoip: false,
+            jwks_refresh: None,
         }
     }
 }
@@ -390,6 +393,9 @@ impl Front {
         guard_config.staleness = options.staleness;
         guard_config.report_interval = Duration::from_millis(100);
         guard_config.jwks_min_refetch = Duration::from_millis(100);
+        if let Some(every) = options.jwks_refresh {
+            guard_config.jwks_refresh = every;
+        }
         guard_config.public_url = Some(format!("http://{addr}"));
         let guard = Guard::start(guard_config, Policy::load(&policy_path).unwrap()).unwrap();
         assert!(guard.wait_ready(Duration::from_secs(10)).await, "the guard became ready");

@@ -146,8 +146,9 @@ async fn stale_revocation_state_answers_503() {
 }
 
 #[tokio::test]
-async fn jwks_rotation_new_kid_is_picked_up_and_retired_key_keeps_working() {
-    let w = World::start(Backend::Sqlite).await.unwrap();
+async fn jwks_rotation_new_kid_is_picked_up_and_retired_key_keeps_working_until_removed() {
+    let options = Options { jwks_refresh: Some(Duration::from_millis(300)), ..Options::default() };
+    let w = World::start_with(Backend::Sqlite, options).await.unwrap();
     let (old_token, _) = w.token(Grant::default());
     let old_kid = w.kid();
     let state = &w.server.state;
@@ -169,6 +170,17 @@ async fn jwks_rotation_new_kid_is_picked_up_and_retired_key_keeps_working() {
         "the new kid is fetched on first sight"
     );
     assert_eq!(w.raw(&get("/orders/1", Some(&old_token))).await, 200, "the retired key still validates");
+    // Once no token it signed can still be valid, housekeeping deletes the retired key; the server stops
+    // publishing it, and the guard drops it at its next JWKS refresh.
+    let later = tessera_server::now() + tessera_store::REVOCATION_HORIZON_SECS + 1;
+    keyring::housekeeping(state.store.as_ref(), state.config.key_publish_delay, later).await.unwrap();
+    assert!(state.store.list_keys().await.unwrap().iter().all(|k| k.kid != old_kid), "the key is deleted");
+    let dropped = eventually(Duration::from_secs(10), || async {
+        w.raw(&get("/orders/1", Some(&old_token))).await == 401
+    })
+    .await;
+    assert!(dropped.is_some(), "a token signed by the removed key is refused");
+    assert_eq!(w.raw(&get("/orders/1", Some(&new_token))).await, 200, "the current key still validates");
     w.finish().await;
 }
 
