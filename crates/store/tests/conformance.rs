@@ -115,6 +115,7 @@ conformance_raw!(
     deleted_audit_events_are_named_by_verify,
     changes_committed_by_another_node_are_announced_and_other_schemas_are_not,
     of_two_nodes_scheduling_a_key_at_once_exactly_one_does,
+    two_nodes_appending_at_once_keep_one_unbroken_audit_chain,
 );
 
 /// Instantiates every suite function once per backend.
@@ -1119,6 +1120,43 @@ async fn changes_committed_by_another_node_are_announced_and_other_schemas_are_n
     neighbour.close().await;
     admin(&url, &format!("DROP SCHEMA {elsewhere} CASCADE")).await;
     other.close().await;
+}
+
+async fn two_nodes_appending_at_once_keep_one_unbroken_audit_chain(h: &Harness) {
+    // Each node's writer remembers the head it left; the other node's appends make that stale, so the
+    // appends here keep failing their compare-and-swap and retrying from the table's head.
+    let nodes: Vec<Arc<dyn Store>> = match &h.schema {
+        Some((url, schema)) => vec![
+            Arc::new(PostgresStore::connect(url, Some(schema)).await.unwrap()),
+            Arc::new(PostgresStore::connect(url, Some(schema)).await.unwrap()),
+        ],
+        None => vec![Arc::clone(&h.store), Arc::clone(&h.store)],
+    };
+    let start = h.store.audit_state().await.unwrap().head_seq;
+    let mut tasks = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for t in 0..8i64 {
+            let node = Arc::clone(node);
+            let base = (n as i64) * 10_000 + t * 100;
+            tasks.push(tokio::spawn(async move {
+                for b in 0..10i64 {
+                    let batch: Vec<Event> =
+                        (0..3).map(|i| audit_event(base + b * 10 + i, EventKind::TokenUsed)).collect();
+                    node.append_events(&batch).await.unwrap();
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(verdict(&*h.store).await, Ok(480), "every event of both nodes on one chain, none twice");
+    assert_eq!(h.store.audit_state().await.unwrap().head_seq, start + 480);
+    let all = h.store.audit_events(&AuditQuery { limit: 1000, ..AuditQuery::default() }).await.unwrap();
+    let mut jtis: Vec<&str> = all.iter().filter_map(|r| r.event.jti.as_deref()).collect();
+    jtis.sort_unstable();
+    jtis.dedup();
+    assert_eq!(jtis.len(), 480, "no event lost or written twice");
 }
 
 async fn of_two_nodes_scheduling_a_key_at_once_exactly_one_does(h: &Harness) {
