@@ -32,7 +32,9 @@
 //!
 //! `detection_delay`, not in the default set, times theft to response: `--detections` refresh-token
 //! reuses, one every `--detection-gap-ms`, each timed from the reuse to its alert at a webhook in this
-//! process (the server is started with that webhook configured).
+//! process (the server is started with that webhook configured). `detection_delay_under_ingest` does the
+//! same while guards post usage at full speed (the `ingest` load, with each session on one network, so the
+//! load itself raises nothing).
 
 mod cluster;
 mod detection_bench;
@@ -132,7 +134,7 @@ async fn run(args: Args) -> Result<(), String> {
     let ports: Vec<u16> = ports.into_iter().map(|(port, _)| port).collect();
     let issuer = format!("http://127.0.0.1:{}", ports[args.nodes - 1]);
     // Alerts come to this process only when a scenario times them.
-    let mut webhook = match args.scenarios.iter().any(|s| s == "detection_delay") {
+    let mut webhook = match args.scenarios.iter().any(|s| s.starts_with("detection_delay")) {
         true => Some(detection_bench::Webhook::start().await?),
         false => None,
     };
@@ -223,7 +225,7 @@ async fn run(args: Args) -> Result<(), String> {
                         Ok(Plan::Fixed {
                             path: "/guard/events",
                             auth: Some(basic.clone()),
-                            body: usage_batch(g)?,
+                            body: usage_batch(g, false)?,
                         })
                     })
                     .collect::<Result<_, String>>()?
@@ -260,6 +262,34 @@ async fn run(args: Args) -> Result<(), String> {
                 let thefts = families(&*store, args.detections).await?;
                 let gap = Duration::from_millis(args.detection_gap_ms);
                 out.push(detection_bench::detection_delay(&addr, hook, thefts, gap).await?);
+                continue;
+            }
+            "detection_delay_under_ingest" => {
+                let hook = webhook.as_mut().ok_or("no webhook")?;
+                let thefts = families(&*store, args.detections).await?;
+                let gap = Duration::from_millis(args.detection_gap_ms);
+                let guards = args.connections.clamp(1, INGEST_GUARDS);
+                let plans = (0..guards)
+                    .map(|g| {
+                        Ok(Plan::Fixed {
+                            path: "/guard/events",
+                            auth: Some(basic.clone()),
+                            body: usage_batch(g, true)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                // The ingest load runs a second before the first theft and a few after the last.
+                let span = gap * u32::try_from(thefts.len()).unwrap_or(u32::MAX) + Duration::from_secs(4);
+                let targets = vec![addr.clone()];
+                let ingest = tokio::spawn(async move { load(&targets, plans, span).await });
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let line = detection_bench::detection_delay(&addr, hook, thefts, gap).await?;
+                let mut outcome = ingest.await.map_err(|e| e.to_string())??;
+                out.push(format!("{line} (under ingest)"));
+                out.push(
+                    outcome.row(&format!("ingest meanwhile (batches of {INGEST_BATCH} events)"), args.nodes),
+                );
+                report.rows.push(outcome.json("ingest_during_detection_delay", args.nodes));
                 continue;
             }
             "revocation_delay" => {
@@ -496,7 +526,9 @@ pub(crate) const INGEST_BATCH: usize = 1000;
 
 /// A guard's batch of usage events: distinct tokens, sessions and sources, as a busy service reports them.
 /// Token and session ids are made as the server makes them (`sortable_id`: they begin with their second).
-fn usage_batch(guard: usize) -> Result<String, String> {
+/// With `benign`, each session's events come from one network (a /24), so they raise no detection; without,
+/// many sessions are seen from two networks, as in the first `ingest` measurements.
+fn usage_batch(guard: usize, benign: bool) -> Result<String, String> {
     let at = now();
     let sessions: Vec<String> = (0..700)
         .map(|_| tessera_server::crypto::sortable_id(at - 600).map_err(|e| e.0))
@@ -509,7 +541,7 @@ fn usage_batch(guard: usize) -> Result<String, String> {
                 "count": 3,
                 "first_at": at - 5,
                 "last_at": at,
-                "ip": format!("10.{}.{}.{}", guard, i / 256, i % 256),
+                "ip": format!("10.{}.{}.{}", guard, if benign { (i % sessions.len()) / 256 } else { i / 256 }, i % 256),
                 "route": "GET /orders/{id}",
                 "sub": format!("u{}", i % 500),
                 "sid": sessions[i % sessions.len()],
