@@ -62,6 +62,9 @@ pub(crate) struct GatewayArgs {
     /// see this service.
     #[arg(long)]
     no_usage_report: bool,
+    /// Require a nonce issued by the gateway in every DPoP proof (RFC 9449 §9).
+    #[arg(long)]
+    dpop_nonce: bool,
 }
 
 pub(crate) fn run(args: GatewayArgs) -> Result<(), Failure> {
@@ -86,6 +89,7 @@ pub(crate) fn run(args: GatewayArgs) -> Result<(), Failure> {
         staleness_secs: args.staleness_secs,
         public_url: args.public_url,
         report_usage: args.no_usage_report.then_some(false),
+        dpop_nonce: args.dpop_nonce.then_some(true),
     };
     let env = FileConfig::from_env(|name| std::env::var(name).ok()).map_err(Failure::usage)?;
     let secret = std::env::var("TESSERA_GATEWAY_CLIENT_SECRET").ok();

@@ -44,6 +44,8 @@ pub struct GatewayConfig {
     pub public_url: Option<String>,
     /// Report each admitted request's use to the server. Default: on (see `GuardConfig::report_usage`).
     pub report_usage: bool,
+    /// Require a nonce issued by this gateway in every DPoP proof (see `GuardConfig::dpop_nonce`). Default off.
+    pub dpop_nonce: bool,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -96,6 +98,8 @@ pub struct FileConfig {
     pub public_url: Option<String>,
     /// `report_usage`.
     pub report_usage: Option<bool>,
+    /// `dpop_nonce`.
+    pub dpop_nonce: Option<bool>,
 }
 
 impl FileConfig {
@@ -159,6 +163,7 @@ impl FileConfig {
             staleness_secs: number("staleness_secs")?,
             public_url: get("public_url"),
             report_usage: flag("report_usage")?,
+            dpop_nonce: flag("dpop_nonce")?,
         })
     }
 
@@ -182,6 +187,7 @@ impl FileConfig {
             staleness_secs: self.staleness_secs.or(other.staleness_secs),
             public_url: self.public_url.or(other.public_url),
             report_usage: self.report_usage.or(other.report_usage),
+            dpop_nonce: self.dpop_nonce.or(other.dpop_nonce),
         }
     }
 
@@ -253,6 +259,7 @@ impl FileConfig {
             staleness: secs(self.staleness_secs, 900),
             public_url: self.public_url.filter(|u| !u.trim().is_empty()),
             report_usage: self.report_usage.unwrap_or(true),
+            dpop_nonce: self.dpop_nonce.unwrap_or(false),
         })
     }
 }

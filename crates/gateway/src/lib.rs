@@ -172,6 +172,7 @@ impl Gateway {
         guard_config.staleness = config.staleness;
         guard_config.public_url.clone_from(&config.public_url);
         guard_config.report_usage = config.report_usage;
+        guard_config.dpop_nonce = config.dpop_nonce;
         let guard = Guard::start(guard_config, policy).map_err(|e| e.to_string())?;
         Ok(Self::with_guard(config, guard))
     }
@@ -278,6 +279,8 @@ impl Gateway {
         if admin_here && let Some(resp) = self.admin(req.uri().path(), Some(client)) {
             return resp;
         }
+        // A DPoP client gets the guard's current nonce on every answer, when the guard asks for them.
+        let nonce = req.headers().contains_key("dpop").then(|| self.guard.dpop_nonce()).flatten();
         let admitted = match self.guard.check(req.method(), req.uri(), req.headers(), Some(client)).await {
             Ok(admitted) => admitted,
             Err(denial) => {
@@ -325,6 +328,9 @@ impl Gateway {
         match sent {
             Ok(Ok(mut resp)) => {
                 strip_hop_by_hop(resp.headers_mut());
+                if let Some(value) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+                    resp.headers_mut().insert(tessera_guard::DPOP_NONCE, value);
+                }
                 resp.map(|body| Either::Left(Filtered::new(body, None)))
             }
             Ok(Err(_)) if broken.load(Ordering::Relaxed) => {

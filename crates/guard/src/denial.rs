@@ -4,7 +4,10 @@
 //! `snake_case` name) goes to metrics and usage events.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
+
+/// The response header that hands a client a DPoP nonce (RFC 9449 §8.1).
+pub const DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
 
 /// A refusal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +24,12 @@ pub enum Denial {
     InvalidDpopProof {
         /// The detailed reason.
         reason: &'static str,
+    },
+    /// A DPoP proof without the nonce this guard asks for: 401 `use_dpop_nonce` with the nonce in a
+    /// `DPoP-Nonce` header (RFC 9449 §9); the client signs a new proof with it.
+    UseDpopNonce {
+        /// The current nonce.
+        nonce: String,
     },
     /// A valid token without what the route needs: 403 `insufficient_scope`.
     InsufficientScope {
@@ -53,6 +62,7 @@ impl Denial {
             | Self::Unavailable { reason } => reason,
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::Blocked => "blocked_source",
+            Self::UseDpopNonce { .. } => "dpop_nonce_required",
         }
     }
 
@@ -60,9 +70,10 @@ impl Denial {
     #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingToken | Self::InvalidToken { .. } | Self::InvalidDpopProof { .. } => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::MissingToken
+            | Self::InvalidToken { .. }
+            | Self::InvalidDpopProof { .. }
+            | Self::UseDpopNonce { .. } => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. } | Self::Forbidden { .. } | Self::Blocked => StatusCode::FORBIDDEN,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -73,7 +84,9 @@ impl Denial {
     pub fn challenge(&self, realm: &str) -> Option<String> {
         let realm = realm.replace(['"', '\\'], "");
         match self {
-            Self::MissingToken | Self::InvalidDpopProof { .. } => Some(format!("Bearer realm=\"{realm}\"")),
+            Self::MissingToken | Self::InvalidDpopProof { .. } | Self::UseDpopNonce { .. } => {
+                Some(format!("Bearer realm=\"{realm}\""))
+            }
             Self::InvalidToken { .. } => Some(format!(
                 "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
                 self.description()
@@ -93,8 +106,9 @@ impl Denial {
         let realm = realm.replace(['"', '\\'], "");
         let algs = tessera_token::dpop::PROOF_ALGORITHMS.join(" ");
         match self {
-            Self::InvalidDpopProof { .. } => Some(format!(
-                "DPoP realm=\"{realm}\", error=\"invalid_dpop_proof\", error_description=\"{}\", algs=\"{algs}\"",
+            Self::InvalidDpopProof { .. } | Self::UseDpopNonce { .. } => Some(format!(
+                "DPoP realm=\"{realm}\", error=\"{}\", error_description=\"{}\", algs=\"{algs}\"",
+                self.error_code(),
                 self.description()
             )),
             Self::MissingToken | Self::InvalidToken { .. } | Self::InsufficientScope { .. } => {
@@ -109,6 +123,7 @@ impl Denial {
             Self::MissingToken => "invalid_request",
             Self::InvalidToken { .. } => "invalid_token",
             Self::InvalidDpopProof { .. } => "invalid_dpop_proof",
+            Self::UseDpopNonce { .. } => "use_dpop_nonce",
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::Forbidden { .. } | Self::Blocked => "access_denied",
             Self::Unavailable { .. } => "temporarily_unavailable",
@@ -124,6 +139,7 @@ impl Denial {
             Self::InvalidDpopProof { .. } => {
                 "the DPoP proof is missing, invalid, for another request, or was used before"
             }
+            Self::UseDpopNonce { .. } => "the DPoP proof must carry the nonce in the DPoP-Nonce header",
             Self::InsufficientScope { .. } => "the access token lacks the scope or role this route requires",
             Self::Forbidden { .. } => "this route is not allowed",
             Self::Blocked => "requests from this address are blocked for now",
@@ -147,6 +163,11 @@ impl Denial {
         }
         if matches!(self, Self::Unavailable { .. }) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if let Self::UseDpopNonce { nonce } = &self
+            && let Ok(value) = HeaderValue::from_str(nonce)
+        {
+            headers.insert(DPOP_NONCE, value);
         }
         resp
     }
@@ -175,6 +196,11 @@ mod tests {
         assert_eq!(r.status(), 401);
         let dpop = r.headers().get_all(header::WWW_AUTHENTICATE).iter().nth(1).unwrap().to_str().unwrap();
         assert!(dpop.starts_with("DPoP realm=\"o\", error=\"invalid_dpop_proof\""), "{dpop}");
+        let r: Response<Bytes> = Denial::UseDpopNonce { nonce: "n-1".into() }.into_response("o");
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()[DPOP_NONCE], "n-1");
+        let dpop = r.headers().get_all(header::WWW_AUTHENTICATE).iter().nth(1).unwrap().to_str().unwrap();
+        assert!(dpop.starts_with("DPoP realm=\"o\", error=\"use_dpop_nonce\""), "{dpop}");
         let r: Response<Bytes> = Denial::Unavailable { reason: "stale_revocations" }.into_response("o");
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[header::RETRY_AFTER], "5");

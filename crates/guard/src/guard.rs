@@ -83,6 +83,12 @@ pub struct GuardConfig {
     /// other clients are unaffected. Default 100,000 (about 1,600 requests a second per key, sustained over
     /// the 60 s window).
     pub dpop_replay_per_key: usize,
+    /// Require in every DPoP proof a nonce this guard issued (RFC 9449 §9), so that a proof made in advance
+    /// (by malware that can sign with the client's key but is gone later) is refused. A proof without the
+    /// current nonce gets 401 `use_dpop_nonce` with a `DPoP-Nonce` header, and the client signs again.
+    /// Nonces are an HMAC of the minute under a key derived from the client secret, so every replica of one
+    /// guard issues and accepts the same ones; each is accepted in its own minute and the next. Default off.
+    pub dpop_nonce: bool,
 }
 
 impl std::fmt::Debug for GuardConfig {
@@ -126,6 +132,7 @@ impl GuardConfig {
             dpop_max_age_secs: tessera_token::dpop::DEFAULT_PROOF_MAX_AGE_SECS,
             dpop_replay_capacity: 1_000_000,
             dpop_replay_per_key: 100_000,
+            dpop_nonce: false,
         }
     }
 }
@@ -246,6 +253,8 @@ pub(crate) struct Inner {
     /// one, so parsing its key is paid once per key, not per request.
     proof_keys: quick_cache::sync::Cache<Box<str>, Arc<ProofKey>>,
     replay: ReplayCache,
+    /// The key the guard's DPoP nonces are made with, when it asks for them.
+    nonce_key: Option<aws_lc_rs::hmac::Key>,
     pub(crate) reporter: Reporter,
     pub(crate) metrics: Metrics,
     /// Dropped with the guard: every background task watches it and stops.
@@ -341,6 +350,26 @@ fn credential<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Result<(&'a [u
     }
 }
 
+/// How long one DPoP nonce is issued for, seconds; it is accepted for twice as long.
+const NONCE_WINDOW: u64 = 60;
+
+/// The key of a guard's DPoP nonces: an HMAC of a fixed label under the client secret, so that replicas
+/// sharing the secret share the nonces and the secret itself never touches a nonce.
+fn nonce_key(secret: &str) -> aws_lc_rs::hmac::Key {
+    let derived = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes()),
+        b"tessera guard dpop nonce v1",
+    );
+    aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, derived.as_ref())
+}
+
+/// The nonce of the window holding `now`.
+fn nonce_at(key: &aws_lc_rs::hmac::Key, now: u64) -> String {
+    use base64::Engine as _;
+    let tag = aws_lc_rs::hmac::sign(key, &(now / NONCE_WINDOW).to_be_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag.as_ref()[..18])
+}
+
 /// The base URL DPoP proofs name: the configured public URL, else the audience when it is an http(s) URL.
 fn dpop_base(config: &GuardConfig) -> Result<Option<String>, GuardError> {
     let (candidate, configured) = match &config.public_url {
@@ -417,6 +446,7 @@ impl Guard {
             dpop_policy: ProofPolicy { max_age_secs: config.dpop_max_age_secs, ..ProofPolicy::default() },
             proof_keys: quick_cache::sync::Cache::new(PROOF_KEY_CAPACITY),
             replay: ReplayCache::with_namespace_cap(config.dpop_replay_capacity, config.dpop_replay_per_key),
+            nonce_key: config.dpop_nonce.then(|| nonce_key(&config.client_secret)),
             reporter: Reporter::new(),
             validation,
             http,
@@ -448,6 +478,13 @@ impl Guard {
     #[must_use]
     pub fn config(&self) -> &GuardConfig {
         &self.inner.config
+    }
+
+    /// The DPoP nonce to hand clients now, if this guard asks for nonces: the gateway and the layer send it
+    /// as `DPoP-Nonce` on every answer to a DPoP request, so a client has the next one before it needs it.
+    #[must_use]
+    pub fn dpop_nonce(&self) -> Option<String> {
+        self.inner.nonce_key.as_ref().map(|key| nonce_at(key, unix_now()))
     }
 
     /// Whether keys are loaded and the revocation state is fresh.
@@ -715,8 +752,17 @@ impl Inner {
         let url = format!("{base}{}", uri.path());
         // The token's SHA-256 is already known (it keys the validation cache): `ath` is checked against it.
         let ath = Some(Ath::from_sha256(identity.token_hash));
-        let request = ProofRequest { method: method.as_str(), url: &url, access_token: ath, nonces: &[] };
-        let refused = |r: ProofRejection| Denial::InvalidDpopProof { reason: r.name() };
+        let nonces: Vec<String> = match &self.nonce_key {
+            Some(key) => vec![nonce_at(key, now), nonce_at(key, now.saturating_sub(NONCE_WINDOW))],
+            None => Vec::new(),
+        };
+        let accepted: Vec<&str> = nonces.iter().map(String::as_str).collect();
+        let request =
+            ProofRequest { method: method.as_str(), url: &url, access_token: ath, nonces: &accepted };
+        let refused = |r: ProofRejection| match (r, nonces.first()) {
+            (ProofRejection::NonceRequired, Some(current)) => Denial::UseDpopNonce { nonce: current.clone() },
+            (r, _) => Denial::InvalidDpopProof { reason: r.name() },
+        };
         let header = proof_header(proof).map_err(refused)?;
         let (key, parsed) = match self.proof_keys.get(header) {
             Some(key) => (key, false),

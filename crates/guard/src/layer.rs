@@ -90,6 +90,8 @@ where
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             let peer = peer_of(&parts);
+            // A DPoP client gets the guard's current nonce on every answer, when the guard asks for them.
+            let nonce = parts.headers.contains_key("dpop").then(|| guard.dpop_nonce()).flatten();
             // Inside a nested router the path here lacks the prefix the client sent; a DPoP proof names the
             // URL the client used, which axum keeps as `OriginalUri`.
             let client_uri = parts.extensions.get::<OriginalUri>().map(|o| &o.0).unwrap_or(&parts.uri);
@@ -102,7 +104,11 @@ where
                     if let Some(identity) = admitted.identity {
                         parts.extensions.insert(identity);
                     }
-                    inner.call(Request::from_parts(parts, body)).await
+                    let mut resp = inner.call(Request::from_parts(parts, body)).await?;
+                    if let Some(value) = nonce.and_then(|n| http::HeaderValue::from_str(&n).ok()) {
+                        resp.headers_mut().insert(crate::DPOP_NONCE, value);
+                    }
+                    Ok(resp)
                 }
                 Err(denial) => Ok(denial.into_response(&guard.config().audience)),
             }

@@ -30,7 +30,7 @@ pub mod policy;
 mod report;
 pub mod revocation;
 
-pub use denial::Denial;
+pub use denial::{DPOP_NONCE, Denial};
 pub use guard::{Admitted, Guard, GuardConfig, GuardError, Identity};
 pub use layer::{Authenticated, GuardLayer, GuardService, PeerAddr};
 pub use policy::{Policy, PolicyError, Route, Unlisted};

@@ -5,7 +5,7 @@ use serde_json::json;
 use tessera_testkit::{DpopClient, hmac_proof};
 use tessera_token::{Algorithm, SigningKey};
 
-use crate::harness::{Backend, Grant, World, b64};
+use crate::harness::{Backend, Grant, Options, World, b64};
 
 fn now() -> u64 {
     u64::try_from(tessera_server::now()).unwrap()
@@ -118,5 +118,48 @@ async fn dpop_scheme_with_an_unbound_token_is_refused() {
     assert_eq!(send(&w, "GET", "/orders/1", "DPoP", &token, Some(&proof)).await.0, 401);
     // The same token as what it is, a bearer token, passes.
     assert_eq!(send(&w, "GET", "/orders/1", "Bearer", &token, None).await.0, 200);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn a_guard_asking_for_nonces_refuses_a_proof_made_in_advance() {
+    let options = Options { dpop_nonce: true, ..Options::default() };
+    let w = World::start_with(Backend::Sqlite, options).await.unwrap();
+    let key = DpopClient::new("EdDSA").unwrap();
+    let (token, _) = w.token(Grant { jkt: Some(key.thumbprint().unwrap()), ..Grant::default() });
+    let url = w.url("/orders/7");
+    let http = reqwest::Client::new();
+    let ask = |proof: String| {
+        http.get(&url).header("authorization", format!("DPoP {token}")).header("dpop", proof).send()
+    };
+    // A proof made without a nonce (in advance, say): refused, and told which nonce to use.
+    let first = ask(key.proof("GET", &url, now(), Some(&token), None).unwrap()).await.unwrap();
+    assert_eq!(first.status(), 401);
+    let challenges: Vec<&str> =
+        first.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap()).collect();
+    assert!(
+        challenges.iter().any(|c| c.starts_with("DPoP ") && c.contains("error=\"use_dpop_nonce\"")),
+        "{challenges:?}"
+    );
+    let nonce = first.headers()["dpop-nonce"].to_str().unwrap().to_owned();
+    assert_eq!(w.upstream.count(), 0, "nothing reached the upstream");
+    // A made-up nonce is refused the same way.
+    let forged = ask(key.proof("GET", &url, now(), Some(&token), Some("made-up")).unwrap()).await.unwrap();
+    assert_eq!(forged.status(), 401);
+    assert_eq!(forged.headers()["dpop-nonce"].to_str().unwrap(), nonce);
+    // Signed again with the nonce: through, and the answer carries the nonce to use next.
+    let proof = key.proof("GET", &url, now(), Some(&token), Some(&nonce)).unwrap();
+    let second = ask(proof.clone()).await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert!(second.headers().contains_key("dpop-nonce"));
+    assert_eq!(w.upstream.count(), 1);
+    // A nonce is not a pass: the same proof again is still a replay.
+    let again = ask(proof).await.unwrap();
+    assert_eq!(again.status(), 401);
+    let challenges: Vec<&str> =
+        again.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap()).collect();
+    assert!(challenges.iter().any(|c| c.contains("error=\"invalid_dpop_proof\"")), "{challenges:?}");
+    let metrics = reqwest::get(w.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("reason=\"dpop_nonce_required\""), "{metrics}");
     w.finish().await;
 }

@@ -323,6 +323,8 @@ pub struct Options {
     pub geoip: bool,
     /// How often the guard refetches the JWKS, if not its default (60 s).
     pub jwks_refresh: Option<Duration>,
+    /// The guard asks DPoP clients for its own nonces.
+    pub dpop_nonce: bool,
 }
 
 /// The test webhook's HMAC key.
@@ -339,6 +341,7 @@ impl Default for Options {
             responses: None,
             geoip: false,
             jwks_refresh: None,
+            dpop_nonce: false,
         }
     }
 }
@@ -393,6 +396,7 @@ impl Front {
         guard_config.staleness = options.staleness;
         guard_config.report_interval = Duration::from_millis(100);
         guard_config.jwks_min_refetch = Duration::from_millis(100);
+        guard_config.dpop_nonce = options.dpop_nonce;
         if let Some(every) = options.jwks_refresh {
             guard_config.jwks_refresh = every;
         }
