@@ -60,10 +60,9 @@ impl PostgresStore {
             .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
-        let chain = ChainCache::default();
-        let rotations = spawn_rotation_writer(&pool, std::sync::Arc::clone(&chain));
+        let rotations = spawn_rotation_writer(&pool, ());
         let single_use = spawn_single_use_writer(&pool);
-        let audit = spawn_audit_writer(&pool, chain);
+        let audit = spawn_audit_writer(&pool, ());
         Ok(PostgresStore {
             pool,
             rotations,
@@ -180,48 +179,13 @@ const MAX_ONCE_BATCH: usize = 256;
 /// (`synchronous_commit = off` for this transaction only): the events are in PostgreSQL, and visible to
 /// every node, before anyone is answered; a database crash may lose its last moments' events, as it may
 /// lose the single-use ids.
-async fn audit_batch(pool: &PgPool, cache: &mut ChainCache, batch: &[Vec<Event>]) -> Result<Vec<()>> {
+async fn audit_batch(pool: &PgPool, (): &mut ChainCache, batch: &[Vec<Event>]) -> Result<Vec<()>> {
     let all: Vec<&Event> = batch.iter().flatten().collect();
     let mut tx = begin_write_on(pool).await?;
     sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
-    let end = append_swapped(&mut tx, cache, &all).await?;
+    append_chained(&mut tx, &all).await?;
     tx.commit().await?;
-    if let Some(end) = end {
-        put_cached(cache, end);
-    }
     Ok(vec![(); batch.len()])
-}
-
-/// How many times an append retries its compare-and-swap from a freshly read head before it takes the
-/// head's row lock instead.
-const SWAP_TRIES: usize = 3;
-
-/// Appends `events` to the chain inside `tx` with one statement that inserts them and moves the head only if
-/// the head is still where this node last left it (or, without a cached head, where the table says): a
-/// compare-and-swap. The head's row lock is then held from that statement to the commit, one round trip,
-/// not across a read, an insert and an update as with [`append_chained`], so that a writer descheduled
-/// between statements (a busy node) no longer stalls every other writer. A head moved by another node fails
-/// the swap; the head is read again and the swap retried, and after [`SWAP_TRIES`] the append locks the head
-/// first. Returns the new head, for the cache once the transaction commits.
-async fn append_swapped(
-    tx: &mut sqlx::Transaction<'_, Db>,
-    cache: &ChainCache,
-    events: &[&Event],
-) -> Result<Option<ChainHead>> {
-    if events.is_empty() {
-        return Ok(None);
-    }
-    for _ in 0..SWAP_TRIES {
-        let start = match take_cached(cache) {
-            Some(known) => known,
-            None => head_row(&mut **tx).await?,
-        };
-        let (rows, end) = chain_rows(start, events);
-        if insert_event_rows_swapping(tx, &rows, Some((start, end))).await? {
-            return Ok(Some(end));
-        }
-    }
-    append_chained(tx, events).await
 }
 
 fn spawn_single_use_writer(pool: &PgPool) -> tokio::sync::mpsc::Sender<Queued<OnceJob, bool>> {
@@ -280,7 +244,11 @@ async fn begin_write_on(pool: &PgPool) -> Result<sqlx::Transaction<'static, Db>>
 /// UPDATE is the compare-and-swap of every job at once (a token named by several jobs is updated once, with
 /// one of their successors, and RETURNING says which); the INSERT adds exactly the winners' successors.
 /// A job is `Rotated` if its (token, successor) pair won, and only the first such job in the batch.
-async fn rotate_batch(pool: &PgPool, cache: &mut ChainCache, batch: &[RotationJob]) -> Result<Vec<Rotation>> {
+/// What a PostgreSQL writer remembers of the audit chain between batches: nothing. Every node appends, so
+/// each transaction locks and reads the head ([`append_chained`]).
+type ChainCache = ();
+
+async fn rotate_batch(pool: &PgPool, (): &mut ChainCache, batch: &[RotationJob]) -> Result<Vec<Rotation>> {
     let col = |f: fn(&RotationJob) -> Vec<u8>| batch.iter().map(f).collect::<Vec<_>>();
     let olds = col(|j| j.old.as_bytes().to_vec());
     let successors = col(|j| j.successor.hash.as_bytes().to_vec());
@@ -337,11 +305,8 @@ async fn rotate_batch(pool: &PgPool, cache: &mut ChainCache, batch: &[RotationJo
             }
         })
         .collect();
-    let end = append_swapped(&mut tx, cache, &won_events(batch, &outcomes)).await?;
+    append_chained(&mut tx, &won_events(batch, &outcomes)).await?;
     tx.commit().await?;
-    if let Some(end) = end {
-        put_cached(cache, end);
-    }
     Ok(outcomes)
 }
 
@@ -350,62 +315,39 @@ include!("sql_body.rs");
 /// Inserts numbered, hashed events in one statement: each column is one array parameter, unnested, so a
 /// batch of thousands of events costs PostgreSQL 18 parameters to parse and bind instead of 18 per row.
 async fn insert_event_rows(tx: &mut sqlx::Transaction<'_, Db>, rows: &[ChainRow<'_>]) -> Result<()> {
-    insert_event_rows_swapping(tx, rows, None).await.map(|_| ())
-}
-
-/// [`insert_event_rows`], and with `swap = Some((from, to))` only if the head can be moved from `from` to
-/// `to` in the same statement; whether the rows went in.
-async fn insert_event_rows_swapping(
-    tx: &mut sqlx::Transaction<'_, Db>,
-    rows: &[ChainRow<'_>],
-    swap: Option<(ChainHead, ChainHead)>,
-) -> Result<bool> {
-    const UNNEST: &str = concat!(
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let text = |f: fn(&Event) -> &Option<String>| -> Vec<Option<&str>> {
+        rows.iter().map(|(_, e, _, _)| f(e).as_deref()).collect()
+    };
+    sqlx::query(concat!(
         "INSERT INTO events (id, ",
         event_cols!(),
         ", prev_hash, hash) SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
          $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
          $13::text[], $14::text[], $15::text[], $16::text[], $17::bytea[], $18::bytea[])"
-    );
-    const SWAPPING: &str = concat!(
-        "WITH moved AS (UPDATE audit_head SET seq = $19, hash = $20 WHERE id = 1 AND seq = $21 AND hash = $22 \
-         RETURNING 1) INSERT INTO events (id, ",
-        event_cols!(),
-        ", prev_hash, hash) SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
-         $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-         $13::text[], $14::text[], $15::text[], $16::text[], $17::bytea[], $18::bytea[]) \
-         WHERE EXISTS (SELECT 1 FROM moved)"
-    );
-    if rows.is_empty() {
-        return Ok(true);
-    }
-    let text = |f: fn(&Event) -> &Option<String>| -> Vec<Option<&str>> {
-        rows.iter().map(|(_, e, _, _)| f(e).as_deref()).collect()
-    };
-    let query = sqlx::query(if swap.is_some() { SWAPPING } else { UNNEST })
-        .bind(rows.iter().map(|(seq, _, _, _)| *seq).collect::<Vec<i64>>())
-        .bind(rows.iter().map(|(_, e, _, _)| e.at).collect::<Vec<i64>>())
-        .bind(rows.iter().map(|(_, e, _, _)| e.kind.as_str()).collect::<Vec<&str>>())
-        .bind(text(|e| &e.ip))
-        .bind(text(|e| &e.user_agent))
-        .bind(text(|e| &e.sub))
-        .bind(text(|e| &e.sid))
-        .bind(text(|e| &e.jti))
-        .bind(text(|e| &e.client_id))
-        .bind(text(|e| &e.audience))
-        .bind(text(|e| &e.service))
-        .bind(text(|e| &e.route))
-        .bind(text(|e| &e.outcome))
-        .bind(text(|e| &e.reason))
-        .bind(text(|e| &e.actor))
-        .bind(text(|e| &e.detail))
-        .bind(rows.iter().map(|(_, _, prev, _)| prev.0.to_vec()).collect::<Vec<Vec<u8>>>())
-        .bind(rows.iter().map(|(_, _, _, hash)| hash.0.to_vec()).collect::<Vec<Vec<u8>>>());
-    let query = match swap {
-        Some((from, to)) => query.bind(to.0).bind(to.1.0.to_vec()).bind(from.0).bind(from.1.0.to_vec()),
-        None => query,
-    };
-    let inserted =
-        query.execute(&mut **tx).await.map_err(|e| conflict(e, "audit chain head"))?.rows_affected();
-    Ok(u64::try_from(rows.len()).is_ok_and(|n| n == inserted))
+    ))
+    .bind(rows.iter().map(|(seq, _, _, _)| *seq).collect::<Vec<i64>>())
+    .bind(rows.iter().map(|(_, e, _, _)| e.at).collect::<Vec<i64>>())
+    .bind(rows.iter().map(|(_, e, _, _)| e.kind.as_str()).collect::<Vec<&str>>())
+    .bind(text(|e| &e.ip))
+    .bind(text(|e| &e.user_agent))
+    .bind(text(|e| &e.sub))
+    .bind(text(|e| &e.sid))
+    .bind(text(|e| &e.jti))
+    .bind(text(|e| &e.client_id))
+    .bind(text(|e| &e.audience))
+    .bind(text(|e| &e.service))
+    .bind(text(|e| &e.route))
+    .bind(text(|e| &e.outcome))
+    .bind(text(|e| &e.reason))
+    .bind(text(|e| &e.actor))
+    .bind(text(|e| &e.detail))
+    .bind(rows.iter().map(|(_, _, prev, _)| prev.0.to_vec()).collect::<Vec<Vec<u8>>>())
+    .bind(rows.iter().map(|(_, _, _, hash)| hash.0.to_vec()).collect::<Vec<Vec<u8>>>())
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| conflict(e, "audit chain head"))?;
+    Ok(())
 }

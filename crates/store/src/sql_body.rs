@@ -401,30 +401,6 @@ fn chain_rows<'a>(head: ChainHead, events: &[&'a Event]) -> (Vec<ChainRow<'a>>, 
     (rows, (seq, prev))
 }
 
-/// The head of the audit chain as this process last wrote it, shared by its two writers (rotations and
-/// audit appends). On SQLite they take turns on the one write connection and read it only once they hold
-/// it, so it is current unless another process (the CLI) appended since; on PostgreSQL another node may have
-/// appended too. Either way the append from a stale head fails on its first number or its compare-and-swap,
-/// and the head is read from the table.
-type ChainCache = std::sync::Arc<std::sync::Mutex<Option<ChainHead>>>;
-
-fn take_cached(cache: &ChainCache) -> Option<ChainHead> {
-    cache.lock().map(|mut head| head.take()).unwrap_or(None)
-}
-
-fn put_cached(cache: &ChainCache, head: ChainHead) {
-    if let Ok(mut cached) = cache.lock() {
-        *cached = Some(head);
-    }
-}
-
-/// The head as committed (no lock).
-async fn head_row<'e, E: sqlx::Executor<'e, Database = Db>>(db: E) -> Result<ChainHead> {
-    let (seq, hash): (i64, Vec<u8>) =
-        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(db).await?;
-    Ok((seq, ChainHash::from_slice(&hash).ok_or_else(|| corrupt("audit_head"))?))
-}
-
 /// Moves the head from `from` to `to` if it is still at `from`; whether it was.
 async fn move_head(tx: &mut sqlx::Transaction<'_, Db>, from: i64, to: ChainHead) -> Result<bool> {
     let moved = sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1 AND seq = $3")
@@ -439,9 +415,9 @@ async fn move_head(tx: &mut sqlx::Transaction<'_, Db>, from: i64, to: ChainHead)
 
 /// Appends `events` to the audit chain inside the caller's transaction, locking the head first (its row
 /// lock, held to the commit, orders every writer on every node): for pruning, and PostgreSQL's writer.
-async fn append_chained(tx: &mut sqlx::Transaction<'_, Db>, events: &[&Event]) -> Result<Option<ChainHead>> {
+async fn append_chained(tx: &mut sqlx::Transaction<'_, Db>, events: &[&Event]) -> Result<()> {
     if events.is_empty() {
-        return Ok(None);
+        return Ok(());
     }
     // A no-op update takes the row lock and reads the head in one statement.
     let (seq, hash): (i64, Vec<u8>) =
@@ -453,7 +429,7 @@ async fn append_chained(tx: &mut sqlx::Transaction<'_, Db>, events: &[&Event]) -
     if !move_head(tx, head.0, end).await? {
         return Err(StoreError::Conflict("audit chain head"));
     }
-    Ok(Some(end))
+    Ok(())
 }
 
 /// The most appends (each one caller's events) committed in one transaction.

@@ -300,6 +300,28 @@ async fn begin_write_on(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, 
     Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
 }
 
+/// The head of the audit chain as this process last wrote it, shared by its two writers (rotations and
+/// audit appends), which take turns on the one write connection. Each reads it only once it holds the
+/// connection, so it is current unless another process (the CLI) appended since; then the first number
+/// collides and the head is read from the table ([`append_cached`]).
+type ChainCache = std::sync::Arc<std::sync::Mutex<Option<ChainHead>>>;
+
+fn take_cached(cache: &ChainCache) -> Option<ChainHead> {
+    cache.lock().map(|mut head| head.take()).unwrap_or(None)
+}
+
+fn put_cached(cache: &ChainCache, head: ChainHead) {
+    if let Ok(mut cached) = cache.lock() {
+        *cached = Some(head);
+    }
+}
+
+async fn head_row<'e, E: sqlx::Executor<'e, Database = Db>>(db: E) -> Result<ChainHead> {
+    let (seq, hash): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(db).await?;
+    Ok((seq, ChainHash::from_slice(&hash).ok_or_else(|| corrupt("audit_head"))?))
+}
+
 /// Appends `events` inside `tx` from the cached head, or from the table's if there is none or it turns out
 /// stale (on SQLite a failed statement leaves the transaction open, so the append is simply redone).
 /// Returns the new head, for the cache once the transaction commits.
