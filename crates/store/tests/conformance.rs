@@ -1123,8 +1123,7 @@ async fn changes_committed_by_another_node_are_announced_and_other_schemas_are_n
 }
 
 async fn two_nodes_appending_at_once_keep_one_unbroken_audit_chain(h: &Harness) {
-    // Each node's writer remembers the head it left; the other node's appends make that stale, so the
-    // appends here keep failing their compare-and-swap and retrying from the table's head.
+    // Two nodes' writers, each batching its own appends, take turns at the chain's head.
     let nodes: Vec<Arc<dyn Store>> = match &h.schema {
         Some((url, schema)) => vec![
             Arc::new(PostgresStore::connect(url, Some(schema)).await.unwrap()),
