@@ -10,6 +10,11 @@
 //! the store's `detections` table (shared on PostgreSQL), so two nodes never both respond; the
 //! claim queues the finding's alerts in the same transaction, so a node that dies right after it still
 //! alerts.
+//!
+//! A fast lane runs beside it, on its own task: it reads only the kinds that are findings on their own
+//! ([`CERTAIN`]: a reused refresh token, a locked account) and raises them at once. Under a flood of usage
+//! events from busy guards a windowed round can take seconds, and certain theft must not wait behind it;
+//! whichever lane raises a finding first takes its key, and the other finds it taken.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -44,6 +49,42 @@ const WATCHED: [EventKind; 9] = [
     EventKind::LoginFailure,
     EventKind::LoginSuccess,
 ];
+
+/// The kinds that are a finding on their own, whatever else the window holds.
+const CERTAIN: [EventKind; 2] = [EventKind::RefreshTokenReuse, EventKind::LoginLocked];
+
+/// The fast lane's place in the log.
+#[derive(Debug)]
+struct FastLane {
+    after: i64,
+}
+
+impl FastLane {
+    /// Raises the findings of the [`CERTAIN`] events written since the last call.
+    async fn round(&mut self, state: &AppState, thresholds: &Thresholds, now: i64) -> Result<(), StoreError> {
+        // Every event up to the head is committed when the head is read: the lane can move past them all.
+        let head = state.store.audit_state().await?.head_seq;
+        if head <= self.after {
+            return Ok(());
+        }
+        let query = AuditQuery {
+            after_seq: self.after,
+            kinds: CERTAIN.iter().map(|k| k.name().to_owned()).collect(),
+            limit: MAX_ROUND,
+            ..AuditQuery::default()
+        };
+        let found = state.store.audit_events(&query).await?;
+        let full = i64::try_from(found.len()).unwrap_or(i64::MAX) >= MAX_ROUND;
+        let last = found.last().map_or(self.after, |r| r.seq);
+        self.after = if full { last } else { last.max(head) };
+        let events: Vec<(i64, Event)> = found.into_iter().map(|r| (r.seq, r.event)).collect();
+        let until = now + thresholds.window_secs;
+        for finding in detect::detect(&events, now, thresholds, None) {
+            raise(state, &finding, until, now).await?;
+        }
+        Ok(())
+    }
+}
 
 /// The detector's memory: where it is in the log, and the recent events the rules look at.
 #[derive(Debug)]
@@ -341,16 +382,32 @@ pub async fn run(state: std::sync::Arc<AppState>, mut stop: tokio::sync::watch::
             }
         }
     };
+    let mut lane = FastLane { after: detector.after };
+    let fast_state = std::sync::Arc::clone(&state);
+    let mut fast_stop = stop.clone();
+    let fast = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(POLL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = fast_stop.changed() => return,
+            }
+            if let Err(e) = lane.round(&fast_state, &thresholds, crate::now()).await {
+                tracing::warn!(error = %e, "detector fast lane round failed");
+            }
+        }
+    });
     let mut tick = tokio::time::interval(POLL);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         }
         if let Err(e) = detector.round(&state, crate::now()).await {
             tracing::warn!(error = %e, "detector round failed");
         }
     }
+    let _ = fast.await;
 }
 
 #[cfg(test)]
