@@ -32,7 +32,12 @@ impl Node {
             .current_dir(config.dir)
             .env("TESSERA_MASTER_KEY", config.master)
             .env("TESSERA_DATABASE_URL", config.database_url)
-            .env("TESSERA_LOG_LEVEL", "error")
+            // The nodes' logs go to this process's stderr: errors only, unless `TESSERA_BENCH_LOG_LEVEL` asks
+            // for more (to see where time goes).
+            .env(
+                "TESSERA_LOG_LEVEL",
+                std::env::var("TESSERA_BENCH_LOG_LEVEL").unwrap_or_else(|_| "error".into()),
+            )
             .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

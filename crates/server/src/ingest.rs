@@ -163,7 +163,7 @@ pub async fn events(State(state): State<Arc<AppState>>, headers: HeaderMap, body
     if lateral > 0 {
         tracing::warn!(service = %client.id, count = lateral, "lateral movement attempt reported by a guard");
     }
-    if let Err(e) = state.store.append_events(&stored).await {
+    if let Err(e) = state.store.append_usage(&stored).await {
         return OAuthError::from(e).into_response();
     }
     let body = json!({ "accepted": stored.len() }).to_string();

@@ -378,6 +378,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Appends several events to the audit chain, in order and contiguously; returns once they are
     /// committed. Concurrent appends share one transaction (group commit).
     async fn append_events(&self, events: &[Event]) -> Result<()>;
+    /// Appends guards' usage events like [`Store::append_events`], but behind every other append: a flood
+    /// of usage must not hold up the events of responses, revocations and issued tokens.
+    async fn append_usage(&self, events: &[Event]) -> Result<()>;
     /// The newest events, optionally of one kind, newest first.
     async fn recent_events(&self, kind: Option<&str>, limit: i64) -> Result<Vec<Event>>;
     /// Events matching `query`, oldest first, with their chain links.

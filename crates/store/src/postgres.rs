@@ -26,7 +26,7 @@ const POOL_SIZE: u32 = 16;
 pub struct PostgresStore {
     pool: PgPool,
     rotations: tokio::sync::mpsc::Sender<Queued<RotationJob, Rotation>>,
-    audit: tokio::sync::mpsc::Sender<Queued<Vec<Event>, ()>>,
+    audit: AuditWriter,
     single_use: tokio::sync::mpsc::Sender<Queued<OnceJob, bool>>,
     options: PgConnectOptions,
     /// The announcement listener, started by the first [`crate::Store::changes`] call.

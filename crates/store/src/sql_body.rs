@@ -435,15 +435,61 @@ async fn append_chained(tx: &mut sqlx::Transaction<'_, Db>, events: &[&Event]) -
 /// The most appends (each one caller's events) committed in one transaction.
 const MAX_AUDIT_BATCH: usize = 1024;
 
+/// The most guards' usage events one audit transaction takes.
+const MAX_BULK_ROWS: usize = 2000;
+
+/// The audit writer's two queues: every append but the guards' usage, and the guards' usage.
+#[derive(Debug)]
+struct AuditWriter {
+    normal: tokio::sync::mpsc::Sender<Queued<Vec<Event>, ()>>,
+    bulk: tokio::sync::mpsc::Sender<Queued<Vec<Event>, ()>>,
+}
+
 /// The audit writer: appends from every request of this node share one transaction and one commit. Its
-/// state is the backend's [`ChainCache`], shared with the rotation writer.
-fn spawn_audit_writer(
-    pool: &WritePool,
-    cache: ChainCache,
-) -> tokio::sync::mpsc::Sender<Queued<Vec<Event>, ()>> {
-    spawn_batch_writer(pool, MAX_AUDIT_BATCH, cache, |pool, cache, batch| {
-        Box::pin(audit_batch(pool, cache, batch))
-    })
+/// state is the backend's [`ChainCache`], shared with the rotation writer. Guards' usage batches come on a
+/// queue of their own and join a transaction only behind every other append waiting, and only up to
+/// [`MAX_BULK_ROWS`] events of theirs: the event of a detection's response, a revocation or a token's issue
+/// then waits for one bounded transaction at most, not for every guard's thousands of events queued ahead of
+/// it (on a busy node that wait was seconds).
+fn spawn_audit_writer(pool: &WritePool, mut cache: ChainCache) -> AuditWriter {
+    let (normal, mut normal_queue) =
+        tokio::sync::mpsc::channel::<Queued<Vec<Event>, ()>>(4 * MAX_AUDIT_BATCH);
+    let (bulk, mut bulk_queue) = tokio::sync::mpsc::channel::<Queued<Vec<Event>, ()>>(64);
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        loop {
+            let first = tokio::select! {
+                biased;
+                Some(queued) = normal_queue.recv() => queued,
+                Some(queued) = bulk_queue.recv() => queued,
+                else => break,
+            };
+            let mut rows = first.job.len();
+            let mut batch = vec![first];
+            while batch.len() < MAX_AUDIT_BATCH {
+                match normal_queue.try_recv() {
+                    Ok(queued) => {
+                        rows += queued.job.len();
+                        batch.push(queued);
+                    }
+                    Err(_) => break,
+                }
+            }
+            while batch.len() < MAX_AUDIT_BATCH && rows < MAX_BULK_ROWS {
+                match bulk_queue.try_recv() {
+                    Ok(queued) => {
+                        rows += queued.job.len();
+                        batch.push(queued);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let (work, replies): (Vec<Vec<Event>>, Vec<_>) =
+                batch.into_iter().map(|q| (q.job, q.reply)).unzip();
+            answer(replies, audit_batch(&pool, &mut cache, &work).await);
+        }
+    });
+    AuditWriter { normal, bulk }
 }
 
 /// Takes the next sequence number and inserts the entry, inside the caller's transaction. The counter row
@@ -1670,7 +1716,14 @@ impl Store for StoreImpl {
         if events.is_empty() {
             return Ok(());
         }
-        enqueue(&self.audit, events.to_vec(), "audit").await
+        enqueue(&self.audit.normal, events.to_vec(), "audit").await
+    }
+
+    async fn append_usage(&self, events: &[Event]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        enqueue(&self.audit.bulk, events.to_vec(), "audit").await
     }
 
     async fn recent_events(&self, kind: Option<&str>, limit: i64) -> Result<Vec<Event>> {
@@ -2238,21 +2291,26 @@ fn spawn_batch_writer<J: Send + 'static, O: Send + 'static, S: Send + 'static>(
                 }
             }
             let (work, replies): (Vec<J>, Vec<_>) = batch.into_iter().map(|q| (q.job, q.reply)).unzip();
-            match run(&pool, &mut state, &work).await {
-                Ok(outcomes) => {
-                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                        let _ = reply.send(Ok(outcome));
-                    }
-                }
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-            }
+            answer(replies, run(&pool, &mut state, &work).await);
         }
     });
     jobs
+}
+
+/// Answers each job of a batch with its outcome, or all of them with the batch's error.
+fn answer<O>(replies: Vec<tokio::sync::oneshot::Sender<Result<O>>>, outcomes: Result<Vec<O>>) {
+    match outcomes {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
 }
 
 /// Sends `job` to a batch writer and waits for its outcome.

@@ -32,7 +32,7 @@ pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
     rotations: tokio::sync::mpsc::Sender<Queued<RotationJob, Rotation>>,
-    audit: tokio::sync::mpsc::Sender<Queued<Vec<Event>, ()>>,
+    audit: AuditWriter,
     /// Single-use ids taken by this process: the authority on SQLite, where one server process owns the file.
     /// Filled at the first use, from `used_ids`, so that the management CLI never pays for it.
     once: tokio::sync::OnceCell<ReplayCache>,

@@ -162,6 +162,7 @@ conformance!(
     prune_removes_only_what_can_no_longer_matter,
     events_append_and_read_back_newest_first,
     audit_chain_links_every_event_in_order_under_concurrency,
+    usage_appends_join_the_chain_whole_beside_other_appends,
     audit_search_filters_and_pages,
     pruning_keeps_the_audit_chain_verifiable_from_its_checkpoint,
     every_change_to_users_clients_and_resources_moves_the_change_counter,
@@ -1000,6 +1001,48 @@ async fn audit_chain_links_every_event_in_order_under_concurrency(s: &Arc<dyn St
         .collect();
     assert_eq!(first_batch, ["j-0", "j-1", "j-2", "j-3"]);
     assert_eq!(state.head_hash, all.last().unwrap().hash.unwrap());
+}
+
+async fn usage_appends_join_the_chain_whole_beside_other_appends(s: &Arc<dyn Store>) {
+    let start = s.audit_state().await.unwrap().head_seq;
+    // Four guards post 1,500 usage events each, twice, while sixteen requests append their own events.
+    let mut tasks = Vec::new();
+    for g in 0..4i64 {
+        let s = Arc::clone(s);
+        tasks.push(tokio::spawn(async move {
+            for b in 0..2i64 {
+                let batch: Vec<Event> = (0..1500)
+                    .map(|i| audit_event(100_000 + g * 10_000 + b * 2000 + i, EventKind::TokenUsed))
+                    .collect();
+                s.append_usage(&batch).await.unwrap();
+            }
+        }));
+    }
+    for t in 0..16i64 {
+        let s = Arc::clone(s);
+        tasks.push(tokio::spawn(async move {
+            let batch: Vec<Event> = (0..2).map(|i| audit_event(t * 10 + i, EventKind::TokenIssued)).collect();
+            s.append_events(&batch).await.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(verdict(&**s).await, Ok(12_032), "every event on the chain once");
+    assert_eq!(s.audit_state().await.unwrap().head_seq, start + 12_032);
+    let all = s.audit_events(&AuditQuery { limit: 20_000, ..AuditQuery::default() }).await.unwrap();
+    // A guard's batch stays together and in its order.
+    let first: Vec<i64> = all
+        .iter()
+        .filter(|r| {
+            let n =
+                r.event.jti.as_deref().and_then(|j| j.strip_prefix("j-")).and_then(|n| n.parse::<i64>().ok());
+            n.is_some_and(|n| (100_000..101_500).contains(&n))
+        })
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(first.len(), 1500, "the first guard's first batch");
+    assert!(first.windows(2).all(|w| w[1] == w[0] + 1), "contiguous: {first:?}");
 }
 
 async fn audit_search_filters_and_pages(s: &Arc<dyn Store>) {
