@@ -219,16 +219,7 @@ async fn run(args: Args) -> Result<(), String> {
             "jwks" => (0..args.connections).map(|_| Plan::Get { path: "/jwks.json", auth: None }).collect(),
             "ingest" => {
                 // Guards post usage in batches of up to 1,000 events; a few guards, each a connection.
-                let guards = args.connections.clamp(1, INGEST_GUARDS);
-                (0..guards)
-                    .map(|g| {
-                        Ok(Plan::Fixed {
-                            path: "/guard/events",
-                            auth: Some(basic.clone()),
-                            body: usage_batch(g, false)?,
-                        })
-                    })
-                    .collect::<Result<_, String>>()?
+                ingest_plans(args.connections, &basic, false)?
             }
             "client_credentials_dpop" => {
                 // Proofs are made before the clock starts, so the generator spends no CPU on them.
@@ -268,16 +259,7 @@ async fn run(args: Args) -> Result<(), String> {
                 let hook = webhook.as_mut().ok_or("no webhook")?;
                 let thefts = families(&*store, args.detections).await?;
                 let gap = Duration::from_millis(args.detection_gap_ms);
-                let guards = args.connections.clamp(1, INGEST_GUARDS);
-                let plans = (0..guards)
-                    .map(|g| {
-                        Ok(Plan::Fixed {
-                            path: "/guard/events",
-                            auth: Some(basic.clone()),
-                            body: usage_batch(g, true)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, String>>()?;
+                let plans = ingest_plans(args.connections, &basic, true)?;
                 // The ingest load starts a second before the first theft and runs until the last alert (or
                 // its deadline) is in; a fixed span would end early, since every theft is slower under load.
                 let targets = vec![addr.clone()];
@@ -287,10 +269,11 @@ async fn run(args: Args) -> Result<(), String> {
                 let before = store.audit_state().await.map_err(|e| e.to_string())?.head_seq;
                 #[allow(clippy::disallowed_methods, reason = "a load generator measures wall-clock time")]
                 let started = std::time::Instant::now();
-                let line = detection_bench::detection_delay(&addr, hook, thefts, gap).await?;
+                let line = detection_bench::detection_delay(&addr, hook, thefts, gap).await;
                 let took = started.elapsed().as_secs_f64();
-                let after = store.audit_state().await.map_err(|e| e.to_string())?.head_seq;
                 ingest.abort();
+                let line = line?;
+                let after = store.audit_state().await.map_err(|e| e.to_string())?.head_seq;
                 out.push(format!("{line} (under ingest)"));
                 out.push(format!(
                     "  audit events written meanwhile: {:.0}/s over {took:.1} s (the guards' batches and everything else)",
@@ -529,6 +512,20 @@ const GATEWAY_TOKENS: usize = 1000;
 const INGEST_GUARDS: usize = 8;
 /// Events per `ingest` request: the most a guard sends at once.
 pub(crate) const INGEST_BATCH: usize = 1000;
+
+/// The `ingest` load: a few guards (up to [`INGEST_GUARDS`]), each a connection posting its batch of
+/// [`usage_batch`] over and over.
+fn ingest_plans(connections: usize, basic: &str, benign: bool) -> Result<Vec<Plan>, String> {
+    (0..connections.clamp(1, INGEST_GUARDS))
+        .map(|g| {
+            Ok(Plan::Fixed {
+                path: "/guard/events",
+                auth: Some(basic.to_owned()),
+                body: usage_batch(g, benign)?,
+            })
+        })
+        .collect()
+}
 
 /// A guard's batch of usage events: distinct tokens, sessions and sources, as a busy service reports them.
 /// Token and session ids are made as the server makes them (`sortable_id`: they begin with their second).

@@ -279,8 +279,7 @@ impl Gateway {
         if admin_here && let Some(resp) = self.admin(req.uri().path(), Some(client)) {
             return resp;
         }
-        // A DPoP client gets the guard's current nonce on every answer, when the guard asks for them.
-        let nonce = req.headers().contains_key("dpop").then(|| self.guard.dpop_nonce()).flatten();
+        let nonce = self.guard.dpop_nonce_for(req.headers());
         let admitted = match self.guard.check(req.method(), req.uri(), req.headers(), Some(client)).await {
             Ok(admitted) => admitted,
             Err(denial) => {
@@ -328,7 +327,7 @@ impl Gateway {
         match sent {
             Ok(Ok(mut resp)) => {
                 strip_hop_by_hop(resp.headers_mut());
-                if let Some(value) = nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+                if let Some(value) = nonce {
                     resp.headers_mut().insert(tessera_guard::DPOP_NONCE, value);
                 }
                 resp.map(|body| Either::Left(Filtered::new(body, None)))

@@ -27,9 +27,9 @@ use crate::report::Reporter;
 use crate::revocation::{RevocationSet, TokenIds};
 use tessera_core::replay::{ReplayCache, Seen};
 
-/// The request header that carries a DPoP proof.
 /// How many DPoP client keys the guard keeps parsed (least recently used go first).
 const PROOF_KEY_CAPACITY: usize = 4096;
+/// The request header that carries a DPoP proof.
 const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
 
 /// How long the server keeps a revocation entry past the tokens it can match (`tessera_store`'s horizon;
@@ -480,11 +480,21 @@ impl Guard {
         &self.inner.config
     }
 
-    /// The DPoP nonce to hand clients now, if this guard asks for nonces: the gateway and the layer send it
-    /// as `DPoP-Nonce` on every answer to a DPoP request, so a client has the next one before it needs it.
+    /// The DPoP nonce to hand clients now, if this guard asks for nonces.
     #[must_use]
     pub fn dpop_nonce(&self) -> Option<String> {
         self.inner.nonce_key.as_ref().map(|key| nonce_at(key, unix_now()))
+    }
+
+    /// The `DPoP-Nonce` value for the answer to a request with `headers`: the current nonce when this guard
+    /// asks for nonces and the request carries a DPoP proof. The gateway and the layer send it on every such
+    /// answer, so a client has the next nonce before it needs it.
+    #[must_use]
+    pub fn dpop_nonce_for(&self, headers: &HeaderMap) -> Option<http::HeaderValue> {
+        if !headers.contains_key(DPOP) {
+            return None;
+        }
+        self.dpop_nonce().and_then(|n| http::HeaderValue::from_str(&n).ok())
     }
 
     /// Whether keys are loaded and the revocation state is fresh.

@@ -90,8 +90,7 @@ where
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             let peer = peer_of(&parts);
-            // A DPoP client gets the guard's current nonce on every answer, when the guard asks for them.
-            let nonce = parts.headers.contains_key("dpop").then(|| guard.dpop_nonce()).flatten();
+            let nonce = guard.dpop_nonce_for(&parts.headers);
             // Inside a nested router the path here lacks the prefix the client sent; a DPoP proof names the
             // URL the client used, which axum keeps as `OriginalUri`.
             let client_uri = parts.extensions.get::<OriginalUri>().map(|o| &o.0).unwrap_or(&parts.uri);
@@ -105,7 +104,7 @@ where
                         parts.extensions.insert(identity);
                     }
                     let mut resp = inner.call(Request::from_parts(parts, body)).await?;
-                    if let Some(value) = nonce.and_then(|n| http::HeaderValue::from_str(&n).ok()) {
+                    if let Some(value) = nonce {
                         resp.headers_mut().insert(crate::DPOP_NONCE, value);
                     }
                     Ok(resp)

@@ -76,12 +76,13 @@ impl FastLane {
         let found = state.store.audit_events(&query).await?;
         let full = i64::try_from(found.len()).unwrap_or(i64::MAX) >= MAX_ROUND;
         let last = found.last().map_or(self.after, |r| r.seq);
-        self.after = if full { last } else { last.max(head) };
         let events: Vec<(i64, Event)> = found.into_iter().map(|r| (r.seq, r.event)).collect();
         let until = now + thresholds.window_secs;
         for finding in detect::detect(&events, now, thresholds, None) {
             raise(state, &finding, until, now).await?;
         }
+        // Only once all are raised: a failed round is read again, and what it did raise is then found taken.
+        self.after = if full { last } else { last.max(head) };
         Ok(())
     }
 }
