@@ -435,8 +435,9 @@ async fn append_chained(tx: &mut sqlx::Transaction<'_, Db>, events: &[&Event]) -
 /// The most appends (each one caller's events) committed in one transaction.
 const MAX_AUDIT_BATCH: usize = 1024;
 
-/// The most guards' usage events one audit transaction takes.
-const MAX_BULK_ROWS: usize = 2000;
+/// The most guards' usage events one audit transaction takes (or one guard's batch, if that is larger; the
+/// server takes at most 1,000 per batch): what an append of any other kind may have to wait for.
+const MAX_BULK_ROWS: usize = 1000;
 
 /// The audit writer's two queues: every append but the guards' usage, and the guards' usage.
 #[derive(Debug)]
@@ -447,10 +448,11 @@ struct AuditWriter {
 
 /// The audit writer: appends from every request of this node share one transaction and one commit. Its
 /// state is the backend's [`ChainCache`], shared with the rotation writer. Guards' usage batches come on a
-/// queue of their own and join a transaction only behind every other append waiting, and only up to
-/// [`MAX_BULK_ROWS`] events of theirs: the event of a detection's response, a revocation or a token's issue
-/// then waits for one bounded transaction at most, not for every guard's thousands of events queued ahead of
-/// it (on a busy node that wait was seconds).
+/// queue of their own and never share a transaction with other appends: a transaction takes either every
+/// other append waiting, or (when none waits) up to [`MAX_BULK_ROWS`] events of usage. The event of a
+/// detection's response, a revocation or a token's issue then waits for one short transaction of usage at
+/// most, and commits in a small one of its own, not behind every guard's thousands of events (on a busy node
+/// that wait was seconds).
 fn spawn_audit_writer(pool: &WritePool, mut cache: ChainCache) -> AuditWriter {
     let (normal, mut normal_queue) =
         tokio::sync::mpsc::channel::<Queued<Vec<Event>, ()>>(4 * MAX_AUDIT_BATCH);
@@ -458,25 +460,18 @@ fn spawn_audit_writer(pool: &WritePool, mut cache: ChainCache) -> AuditWriter {
     let pool = pool.clone();
     tokio::spawn(async move {
         loop {
-            let first = tokio::select! {
+            let (first, usage) = tokio::select! {
                 biased;
-                Some(queued) = normal_queue.recv() => queued,
-                Some(queued) = bulk_queue.recv() => queued,
+                Some(queued) = normal_queue.recv() => (queued, false),
+                Some(queued) = bulk_queue.recv() => (queued, true),
                 else => break,
             };
             let mut rows = first.job.len();
             let mut batch = vec![first];
-            while batch.len() < MAX_AUDIT_BATCH {
-                match normal_queue.try_recv() {
-                    Ok(queued) => {
-                        rows += queued.job.len();
-                        batch.push(queued);
-                    }
-                    Err(_) => break,
-                }
-            }
-            while batch.len() < MAX_AUDIT_BATCH && rows < MAX_BULK_ROWS {
-                match bulk_queue.try_recv() {
+            let queue = if usage { &mut bulk_queue } else { &mut normal_queue };
+            let max_rows = if usage { MAX_BULK_ROWS } else { usize::MAX };
+            while batch.len() < MAX_AUDIT_BATCH && rows < max_rows {
+                match queue.try_recv() {
                     Ok(queued) => {
                         rows += queued.job.len();
                         batch.push(queued);
