@@ -320,7 +320,20 @@ pub fn detect(
     t: &Thresholds,
     geo: Option<&dyn Locator>,
 ) -> Vec<Detection> {
-    let recent: Vec<&(i64, Event)> = events.iter().filter(|(_, e)| e.at > now - t.window_secs).collect();
+    let events: Vec<&(i64, Event)> = events.iter().collect();
+    detect_refs(&events, now, t, geo)
+}
+
+/// [`detect`] over borrowed events: what the server's detector calls with the part of its window a round
+/// touched, without copying it.
+pub fn detect_refs(
+    events: &[&(i64, Event)],
+    now: i64,
+    t: &Thresholds,
+    geo: Option<&dyn Locator>,
+) -> Vec<Detection> {
+    let recent: Vec<&(i64, Event)> =
+        events.iter().copied().filter(|(_, e)| e.at > now - t.window_secs).collect();
     let mut out = Vec::new();
     refresh_token_reuse(&recent, &mut out);
     networks(&recent, t, geo, &mut out);
@@ -415,7 +428,8 @@ fn networks(events: &[&(i64, Event)], t: &Thresholds, geo: Option<&dyn Locator>,
         }
     }
     for (subject, used) in &mut uses {
-        used.sort_by_key(|(pair, _)| span(&pair.1));
+        // Cached: a span reads the event's JSON detail, once per event rather than once per comparison.
+        used.sort_by_cached_key(|(pair, _)| span(&pair.1));
         let first = &used[0].0.1;
         if let Some((a, b)) = at_once(used, t.two_networks_secs) {
             out.push(Detection {

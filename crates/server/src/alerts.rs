@@ -234,16 +234,20 @@ pub fn plan(
 /// Rewrites the queued alerts with what the responses did and releases them. A CAEP event whose action did
 /// not happen (skipped or failed) is released as the detection event's companion anyway: it says so.
 pub async fn release(state: &AppState, queued: &[Queued], d: &Detection, taken: &[Taken], now: i64) {
-    for q in queued {
+    let one = |q: &Queued| {
         let body = payload(state, q, d, taken, true, now).to_string();
-        match state.store.update_alert(&q.id, &body, now).await {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(alert = %q.id, "alert went out before its responses were known"),
-            Err(e) => {
-                tracing::error!(error = %e, alert = %q.id, "cannot release alert; it goes out when its hold ends")
+        let id = q.id.clone();
+        async move {
+            match state.store.update_alert(&id, &body, now).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(alert = %id, "alert went out before its responses were known"),
+                Err(e) => {
+                    tracing::error!(error = %e, alert = %id, "cannot release alert; it goes out when its hold ends")
+                }
             }
         }
-    }
+    };
+    futures_util::future::join_all(queued.iter().map(one)).await;
     state.alerts_due.notify_one();
 }
 

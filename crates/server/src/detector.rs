@@ -166,28 +166,25 @@ impl Detector {
     }
 
     /// The window's events that carry any of `keys`, in sequence order.
-    fn related(&self, keys: &HashSet<String>) -> Vec<(i64, Event)> {
+    fn related(&self, keys: &HashSet<String>) -> Vec<&(i64, Event)> {
         let seqs: std::collections::BTreeSet<i64> =
             keys.iter().filter_map(|k| self.index.get(k)).flatten().copied().collect();
         seqs.into_iter()
             .filter_map(|seq| {
                 let at = self.window.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
-                self.window.get(at).cloned()
+                self.window.get(at)
             })
             .collect()
     }
 
-    /// Reads the new events, runs the rules where they changed something, and raises what is new. Returns
-    /// the detections raised by this node.
-    ///
-    /// # Errors
-    /// The store's error; the events are read again next round.
-    pub async fn round(&mut self, state: &AppState, now: i64) -> Result<Vec<Detection>, StoreError> {
-        let query = AuditQuery { after_seq: self.after, limit: MAX_ROUND, ..AuditQuery::default() };
-        let new = state.store.audit_events(&query).await?;
-        let Some(last) = new.last() else { return Ok(Vec::new()) };
-        self.after = last.seq;
-        let geo: Option<&dyn Locator> = state.geo.as_ref().map(|g| g as &dyn Locator);
+    /// Takes `new` events into the window, lets the oldest go, and runs the rules over the window's events
+    /// related to the new ones. Returns the findings and the new sign-ins (for the GeoIP rules).
+    fn absorb(
+        &mut self,
+        new: Vec<tessera_store::AuditRecord>,
+        now: i64,
+        geo: Option<&dyn Locator>,
+    ) -> (Vec<Detection>, Vec<(i64, Event)>) {
         let mut touched: HashSet<String> = HashSet::new();
         let mut logins = Vec::new();
         for r in new {
@@ -211,13 +208,32 @@ impl Detector {
             }
             self.pop_front();
         }
+        if touched.is_empty() {
+            return (Vec::new(), logins);
+        }
+        let found = detect::detect_refs(&self.related(&touched), now, &self.thresholds, geo);
+        (found, logins)
+    }
+
+    /// Reads the new events, runs the rules where they changed something, and raises what is new. Returns
+    /// the detections raised by this node.
+    ///
+    /// # Errors
+    /// The store's error; the events are read again next round.
+    pub async fn round(&mut self, state: &AppState, now: i64) -> Result<Vec<Detection>, StoreError> {
+        let query = AuditQuery { after_seq: self.after, limit: MAX_ROUND, ..AuditQuery::default() };
+        let new = state.store.audit_events(&query).await?;
+        let Some(last) = new.last() else { return Ok(Vec::new()) };
+        self.after = last.seq;
+        let geo: Option<&dyn Locator> = state.geo.as_ref().map(|g| g as &dyn Locator);
+        // The window's upkeep and the rules are CPU work that grows with the window: under a flood of
+        // guards' usage, hundreds of milliseconds. Done off the runtime's workers, so that it holds up
+        // neither requests nor the store's writers (whose open transactions would wait on it).
+        let (findings, logins) = off_workers(|| self.absorb(new, now, geo));
         let mut raised = Vec::new();
         self.known.retain(|_, until| *until > now);
-        if !touched.is_empty() {
-            let related = self.related(&touched);
-            for found in detect::detect(&related, now, &self.thresholds, geo) {
-                self.raise_once(state, found, now, &mut raised).await?;
-            }
+        for found in findings {
+            self.raise_once(state, found, now, &mut raised).await?;
         }
         for login in &logins {
             for found in self.login_rules(state, login).await? {
@@ -268,6 +284,16 @@ impl Detector {
     }
 }
 
+/// Runs CPU-heavy `work` without holding up the runtime's other tasks: on a multi-threaded runtime the
+/// worker first hands its queue to another thread (`block_in_place`); a single-threaded runtime (tests) runs
+/// it in place.
+fn off_workers<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 /// An event of `kind` about what `d` found: its user, session, token and source.
 fn about(d: &Detection, kind: EventKind, now: i64) -> Event {
     Event {
@@ -282,6 +308,11 @@ fn about(d: &Detection, kind: EventKind, now: i64) -> Event {
 /// Claims a finding (once across nodes) with its alerts queued on hold, records it, runs its responses
 /// (each its own `response_taken` event), then releases the alerts with the outcomes. `false` if another
 /// node or an earlier round already raised it.
+///
+/// After the claim, the writes that do not depend on each other run at once: the responses (containment
+/// first) do not wait for the `detection_raised` event or for the incident, and what the responses did goes
+/// to the incident, the audit log (one append) and the alerts together. Under a busy store every write
+/// waits its turn, and a theft's containment must not queue behind its own record-keeping.
 async fn raise(state: &AppState, d: &Detection, until: i64, now: i64) -> Result<bool, StoreError> {
     let rule = Rule::from_name(d.rule).unwrap_or(Rule::RefreshTokenReuse);
     let actions = state.config.responses.for_rule(rule);
@@ -291,6 +322,7 @@ async fn raise(state: &AppState, d: &Detection, until: i64, now: i64) -> Result<
     if !state.store.raise_detection(&TokenHash::of(&d.key()), d.rule, until, &alerts, now).await? {
         return Ok(false);
     }
+    state.metrics.detection(d.rule);
     let detail = json!({
         "key": d.key(),
         "severity": d.severity.name(),
@@ -300,18 +332,18 @@ async fn raise(state: &AppState, d: &Detection, until: i64, now: i64) -> Result<
         "actions": actions.iter().map(|a| a.name()).collect::<Vec<_>>(),
         "alerts": alerts.iter().map(|a| json!({ "id": a.id, "sink": a.sink })).collect::<Vec<_>>(),
     });
-    state
-        .event(Event {
-            reason: Some(d.rule.to_owned()),
-            outcome: Some(d.severity.name().to_owned()),
-            detail: Some(detail.to_string()),
-            ..about(d, EventKind::DetectionRaised, now)
-        })
-        .await;
-    state.metrics.detection(d.rule);
+    let recorded = state.event(Event {
+        reason: Some(d.rule.to_owned()),
+        outcome: Some(d.severity.name().to_owned()),
+        detail: Some(detail.to_string()),
+        ..about(d, EventKind::DetectionRaised, now)
+    });
     // A finding of high severity or worse about a user or session is an incident: opened (or joined) now,
     // so that its responses are recorded on it.
-    let incident = if d.severity >= Severity::High || actions.contains(&Action::Contain) {
+    let opened = async {
+        if d.severity < Severity::High && !actions.contains(&Action::Contain) {
+            return None;
+        }
         match incident::open_for_detection(state.store.as_ref(), d, true, now).await {
             Ok(found) => found.map(|i| i.id),
             Err(e) => {
@@ -319,15 +351,19 @@ async fn raise(state: &AppState, d: &Detection, until: i64, now: i64) -> Result<
                 None
             }
         }
-    } else {
-        None
     };
-    let mut taken = Vec::with_capacity(actions.len());
     // Containment first, the alert last: it reports what the others did.
-    for action in actions.iter().filter(|a| **a != Action::Alert) {
-        let outcome = response::run(state, *action, d, now).await;
-        taken.push(alerts::Taken { action: action.name(), result: outcome });
-    }
+    let responses = async {
+        let mut taken = Vec::with_capacity(actions.len());
+        for action in actions.iter().filter(|a| **a != Action::Alert) {
+            let outcome = response::run(state, *action, d, now).await;
+            taken.push(alerts::Taken { action: action.name(), result: outcome });
+        }
+        taken
+    };
+    // Biased: the `detection_raised` event is queued on the audit writer (its first poll) before any event a
+    // response writes, so the log keeps cause before effect.
+    let ((), incident, mut taken) = tokio::join!(biased; recorded, opened, responses);
     if actions.contains(&Action::Alert) {
         tracing::warn!(
             rule = d.rule,
@@ -341,29 +377,38 @@ async fn raise(state: &AppState, d: &Detection, until: i64, now: i64) -> Result<
         let result = if queued.is_empty() { "sent:log" } else { "queued" };
         taken.push(alerts::Taken { action: Action::Alert.name(), result });
     }
-    for t in &taken {
-        state.metrics.response(t.action);
-        if let Some(id) = incident {
-            let target = d.key();
+    let on_incident = async {
+        let Some(id) = incident else { return };
+        let target = d.key();
+        for t in &taken {
             if let Err(e) =
                 state.store.record_incident_action(id, "detector", t.action, &target, t.result, now).await
             {
                 tracing::error!(error = %e, incident = id, "cannot record a response on its incident");
             }
         }
-        let detail = json!({ "detection": d.key(), "rule": d.rule, "result": t.result });
-        state
-            .event(Event {
+    };
+    let events: Vec<Event> = taken
+        .iter()
+        .map(|t| {
+            let detail = json!({ "detection": d.key(), "rule": d.rule, "result": t.result });
+            Event {
                 reason: Some(t.action.to_owned()),
                 outcome: Some(t.result.to_owned()),
                 actor: Some("detector".into()),
                 detail: Some(detail.to_string()),
                 ..about(d, EventKind::ResponseTaken, now)
-            })
-            .await;
-    }
-    if !queued.is_empty() {
-        alerts::release(state, &queued, d, &taken, now).await;
+            }
+        })
+        .collect();
+    let released = async {
+        if !queued.is_empty() {
+            alerts::release(state, &queued, d, &taken, now).await;
+        }
+    };
+    tokio::join!(on_incident, state.events(&events), released);
+    for t in &taken {
+        state.metrics.response(t.action);
     }
     Ok(true)
 }
@@ -433,7 +478,7 @@ mod tests {
         d.push(2, used("s2", "192.0.2.1", 101));
         d.push(3, used("s3", "198.51.100.1", 102));
         let touched: HashSet<String> = ["sid:s1".to_owned()].into();
-        let seqs = |found: Vec<(i64, Event)>| found.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        let seqs = |found: Vec<&(i64, Event)>| found.into_iter().map(|(s, _)| *s).collect::<Vec<_>>();
         assert_eq!(seqs(d.related(&touched)), [1]);
         let touched: HashSet<String> = ["ip:192.0.2.1".to_owned(), "sid:s3".to_owned()].into();
         assert_eq!(seqs(d.related(&touched)), [1, 2, 3], "in sequence order, each once");

@@ -155,6 +155,13 @@ impl AppState {
         }
     }
 
+    /// Records events together, in order, in one append; a failure is logged, and the caller goes on.
+    pub async fn events(&self, events: &[Event]) {
+        if let Err(e) = self.store.append_events(events).await {
+            tracing::error!(error = %e, count = events.len(), "cannot record events");
+        }
+    }
+
     /// Records an event that must be on the audit log before the request may succeed (an issuance):
     /// if it cannot be written, the request fails with 503 and nothing is handed out.
     ///

@@ -235,6 +235,15 @@ async fn refresh_reuse_is_detected_and_answered_within_a_second(s: &Server) {
         assert_eq!(r.sid, d.sid, "the response names the session it acted on");
         assert!(r.detail.as_deref().unwrap().contains("refresh_token_reuse|sid:"), "linked to its detection");
     }
+    // The responses run beside the record of the detection, but the log keeps cause before effect.
+    let query = tessera_store::AuditQuery {
+        kinds: vec!["detection_raised".into(), "response_taken".into()],
+        limit: 10,
+        ..tessera_store::AuditQuery::default()
+    };
+    let order: Vec<String> =
+        s.state.store.audit_events(&query).await.unwrap().into_iter().map(|r| r.event.kind).collect();
+    assert_eq!(order, ["detection_raised", "response_taken", "response_taken"]);
     let metrics = reqwest::get(s.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("tessera_detections_total{rule=\"refresh_token_reuse\"} 1"), "{metrics}");
     assert!(metrics.contains("tessera_responses_total{action=\"revoke_session\"} 1"), "{metrics}");
