@@ -103,15 +103,41 @@ pub struct Detector {
     known: HashMap<String, i64>,
 }
 
-/// The keys an event shares with others: its session, token, user, source and (for failed logins) name.
+/// The keys under which the rules group an event with others, and so what a round must re-read when it
+/// arrives: session and token for token events (reuse, networks, lateral movement, revoked use); the source
+/// for rejections and failed sign-ins (forged-token bursts, credential stuffing); the account (user, or the
+/// pseudonym of an unknown name) for sign-ins (brute force). Nothing else: a key every event of a busy
+/// source or client shares (its address, its `sub`) would pull the whole window into every round.
 fn keys(e: &Event) -> Vec<String> {
-    let mut out = Vec::with_capacity(5);
-    for (prefix, value) in [("sid", &e.sid), ("jti", &e.jti), ("sub", &e.sub), ("ip", &e.ip)] {
-        if let Some(v) = value {
-            out.push(format!("{prefix}:{v}"));
+    let is = |kind: EventKind| e.kind == kind.name();
+    let login = is(EventKind::LoginFailure) || is(EventKind::LoginSuccess) || is(EventKind::LoginLocked);
+    let mut out = Vec::with_capacity(3);
+    if !login {
+        for (prefix, value) in [("sid", &e.sid), ("jti", &e.jti)] {
+            if let Some(v) = value {
+                out.push(format!("{prefix}:{v}"));
+            }
+        }
+    }
+    if (is(EventKind::TokenRejected) || is(EventKind::LoginFailure))
+        && let Some(ip) = &e.ip
+    {
+        out.push(format!("ip:{ip}"));
+    }
+    if login {
+        if let Some(sub) = &e.sub {
+            out.push(format!("sub:{sub}"));
+        } else if let Some(name) = pseudonym(e) {
+            out.push(format!("name:{name}"));
         }
     }
     out
+}
+
+/// The pseudonym a failed sign-in records for a name no account has.
+fn pseudonym(e: &Event) -> Option<String> {
+    let detail: serde_json::Value = serde_json::from_str(e.detail.as_deref()?).ok()?;
+    detail.get("username_pseudonym")?.as_str().map(str::to_owned)
 }
 
 impl Detector {
@@ -464,29 +490,87 @@ mod tests {
         Event { sid: Some(sid.into()), ip: Some(ip.into()), ..Event::new(EventKind::TokenUsed, at) }
     }
 
-    #[test]
-    fn window_index_finds_related_events_and_forgets_what_leaves() {
-        let mut d = Detector {
+    fn rejected(ip: &str, at: i64) -> Event {
+        Event {
+            ip: Some(ip.into()),
+            reason: Some("bad_signature".into()),
+            ..Event::new(EventKind::TokenRejected, at)
+        }
+    }
+
+    fn empty() -> Detector {
+        Detector {
             after: 0,
             window: VecDeque::new(),
             index: HashMap::new(),
             thresholds: Thresholds::default(),
             trimmed: false,
             known: HashMap::new(),
-        };
+        }
+    }
+
+    fn seqs(found: Vec<&(i64, Event)>) -> Vec<i64> {
+        found.into_iter().map(|(s, _)| *s).collect()
+    }
+
+    #[test]
+    fn window_index_finds_related_events_and_forgets_what_leaves() {
+        let mut d = empty();
         d.push(1, used("s1", "192.0.2.1", 100));
-        d.push(2, used("s2", "192.0.2.1", 101));
+        d.push(2, rejected("192.0.2.1", 101));
         d.push(3, used("s3", "198.51.100.1", 102));
         let touched: HashSet<String> = ["sid:s1".to_owned()].into();
-        let seqs = |found: Vec<&(i64, Event)>| found.into_iter().map(|(s, _)| *s).collect::<Vec<_>>();
         assert_eq!(seqs(d.related(&touched)), [1]);
         let touched: HashSet<String> = ["ip:192.0.2.1".to_owned(), "sid:s3".to_owned()].into();
-        assert_eq!(seqs(d.related(&touched)), [1, 2, 3], "in sequence order, each once");
+        assert_eq!(seqs(d.related(&touched)), [2, 3], "in sequence order, each once");
         d.pop_front();
         assert_eq!(seqs(d.related(&touched)), [2, 3]);
         assert!(!d.index.contains_key("sid:s1"), "a key with no event left is dropped");
         d.pop_front();
         d.pop_front();
         assert!(d.index.is_empty() && d.window.is_empty());
+    }
+
+    #[test]
+    fn a_busy_client_or_source_does_not_pull_the_whole_window_into_a_round() {
+        let mut d = empty();
+        // A machine client asking for a token again and again: one address, one `sub`, a token each time.
+        let issued = |jti: String, at| Event {
+            jti: Some(jti),
+            sub: Some("app".into()),
+            client_id: Some("app".into()),
+            ip: Some("127.0.0.1".into()),
+            ..Event::new(EventKind::TokenIssued, at)
+        };
+        for seq in 1..=1000 {
+            d.push(seq, issued(format!("t{seq}"), 100));
+        }
+        let new = issued("t1001".into(), 101);
+        let touched: HashSet<String> = keys(&new).into_iter().collect();
+        d.push(1001, new);
+        assert_eq!(seqs(d.related(&touched)), [1001], "only the new token's own events");
+    }
+
+    #[test]
+    fn failed_sign_ins_are_related_by_source_and_by_account_even_for_unknown_names() {
+        let failed = |ip: &str, sub: Option<&str>, name: &str| Event {
+            ip: Some(ip.into()),
+            sub: sub.map(str::to_owned),
+            detail: Some(serde_json::json!({ "username_pseudonym": name }).to_string()),
+            ..Event::new(EventKind::LoginFailure, 100)
+        };
+        let mut d = empty();
+        d.push(1, failed("192.0.2.1", None, "p-alice"));
+        d.push(2, failed("198.51.100.7", None, "p-alice"));
+        d.push(3, failed("192.0.2.1", Some("u-bob"), "p-bob"));
+        let from_one_source: HashSet<String> =
+            keys(&failed("192.0.2.1", None, "p-carol")).into_iter().collect();
+        assert_eq!(
+            seqs(d.related(&from_one_source)),
+            [1, 3],
+            "credential stuffing: one source, many accounts"
+        );
+        let one_name: HashSet<String> = keys(&failed("203.0.113.9", None, "p-alice")).into_iter().collect();
+        assert_eq!(seqs(d.related(&one_name)), [1, 2], "brute force on one name from many sources");
     }
 }
