@@ -89,6 +89,9 @@ pub(crate) struct GatewayRun<'a> {
     pub(crate) issuer: &'a str,
     pub(crate) secret: &'a str,
     pub(crate) token: &'a str,
+    /// CPUs the gateway is confined to (`taskset -c`), so that it does not share a core with the load
+    /// generator and the upstream (start the bench itself under `taskset` on the others).
+    pub(crate) cpus: Option<&'a str>,
 }
 
 /// A minimal upstream: 200 `ok` to everything, over HTTP/1.1.
@@ -189,7 +192,14 @@ impl GatewayRun<'_> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let policy = dir.path().join("policy.toml");
         std::fs::write(&policy, "default = \"authenticated\"\n").map_err(|e| e.to_string())?;
-        let mut command = tokio::process::Command::new(self.server);
+        let mut command = match self.cpus {
+            Some(cpus) => {
+                let mut c = tokio::process::Command::new("taskset");
+                c.args(["-c", cpus]).arg(self.server);
+                c
+            }
+            None => tokio::process::Command::new(self.server),
+        };
         command.args(["gateway", "--issuer", self.issuer, "--audience", AUDIENCE, "--client-id", "bench"]);
         if !report_usage {
             command.arg("--no-usage-report");

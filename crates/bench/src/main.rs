@@ -83,6 +83,10 @@ struct Args {
     /// Requests per second in `gateway_reporting`.
     #[arg(long, default_value_t = 2000.0)]
     gateway_rate: f64,
+    /// CPUs to confine the gateway child to (`taskset -c` syntax, e.g. `1`); run the bench itself under
+    /// `taskset` on the others, so that the gateway's added latency is not the generator's.
+    #[arg(long)]
+    gateway_cpus: Option<String>,
     /// Server nodes to start on the database (more than one needs `--database-url`). Load is spread over
     /// them connection by connection; guards follow the last node and revocations go through the first.
     #[arg(long, default_value_t = 1)]
@@ -183,8 +187,9 @@ async fn run(args: Args) -> Result<(), String> {
             args.connections,
             args.duration
         ),
-        "| scenario | nodes | requests/s | p50 ms | p99 ms | max ms | errors |".to_owned(),
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |".to_owned(),
+        "| scenario | nodes | requests/s | p50 ms | p99 ms | max ms | errors | server CPU µs/request |"
+            .to_owned(),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |".to_owned(),
     ];
     let mut report = Report::default();
     for scenario in &scenarios {
@@ -347,6 +352,7 @@ async fn run(args: Args) -> Result<(), String> {
                     issuer: &issuer,
                     secret: secret.expose(),
                     token: &tokens[0],
+                    cpus: args.gateway_cpus.as_deref(),
                 };
                 let duration = Duration::from_secs(args.duration);
                 out.extend(gw.reporting(&tokens, args.connections, args.gateway_rate, duration).await?);
@@ -359,6 +365,7 @@ async fn run(args: Args) -> Result<(), String> {
                     issuer: &issuer,
                     secret: secret.expose(),
                     token: &token,
+                    cpus: args.gateway_cpus.as_deref(),
                 };
                 let duration = Duration::from_secs(args.duration);
                 let fetch = guard_bench::Fetch { addrs: &addrs, basic: &basic };
@@ -370,9 +377,14 @@ async fn run(args: Args) -> Result<(), String> {
         let before = cluster::CpuSample::take(&nodes);
         let mut result = load(&addrs, plan, Duration::from_secs(args.duration)).await?;
         let cpu = cluster::CpuSample::take(&nodes).since(&before, result.seconds);
-        out.push(result.row(scenario, args.nodes));
+        // The nodes' CPU time (user and system, every thread; 10 ms ticks) over the requests answered: what
+        // one request costs the server, whatever the generator beside it takes.
+        let cpu_us = cpu.0.iter().sum::<f64>() / 100.0 * result.seconds * 1e6
+            / (result.latencies_us.len().max(1) as f64);
+        out.push(format!("{} {cpu_us:.1} |", result.row(scenario, args.nodes)));
         let mut row = result.json(scenario, args.nodes);
         row["cpu_percent"] = cpu_json(&cpu);
+        row["server_cpu_us_per_request"] = serde_json::json!(cpu_us);
         report.rows.push(row);
     }
     #[allow(clippy::print_stdout, reason = "the bench's report")]
