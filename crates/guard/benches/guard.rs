@@ -170,6 +170,9 @@ fn benches(c: &mut Criterion) {
         config.cache_capacity = capacity;
         config.report_usage = report_usage;
         config.report_interval = Duration::from_millis(500);
+        // The DPoP runs send hundreds of thousands of proofs from one client key within a proof's lifetime,
+        // far past the per-key share of the replay cache that bounds what one key may fill.
+        config.dpop_replay_per_key = config.dpop_replay_capacity;
         rt.block_on(async {
             let guard = Guard::start(config, Policy::parse(POLICY).unwrap()).unwrap();
             assert!(guard.wait_ready(Duration::from_secs(30)).await);
