@@ -636,6 +636,33 @@ fn account(e: &Event) -> Option<String> {
     e.sub.clone().or_else(|| Some(format!("name:{}", detail(e, "username_pseudonym")?.as_str()?)))
 }
 
+/// The keys under which the rules here group an event with others, for a caller that keeps a window and
+/// runs the rules only over the events related to new ones: session and token for token events (reuse,
+/// networks, lateral movement, revoked use); the source for rejections and failed sign-ins (forged-token
+/// bursts, credential stuffing); the account for sign-ins (brute force). Nothing else: a key every event of
+/// a busy source or client shares (its address, its `sub`) would relate the whole window to every new event.
+pub fn group_keys(e: &Event) -> Vec<String> {
+    let login =
+        is(e, EventKind::LoginFailure) || is(e, EventKind::LoginSuccess) || is(e, EventKind::LoginLocked);
+    let mut out = Vec::with_capacity(3);
+    if !login {
+        for (prefix, value) in [("sid", &e.sid), ("jti", &e.jti)] {
+            if let Some(v) = value {
+                out.push(format!("{prefix}:{v}"));
+            }
+        }
+    }
+    if (is(e, EventKind::TokenRejected) || is(e, EventKind::LoginFailure))
+        && let Some(ip) = &e.ip
+    {
+        out.push(format!("ip:{ip}"));
+    }
+    if login && let Some(account) = account(e) {
+        out.push(format!("account:{account}"));
+    }
+    out
+}
+
 /// `login_locked`: one finding per lock, for the account (or the source) that the throttle locked.
 fn login_locked(events: &[&(i64, Event)], out: &mut Vec<Detection>) {
     for (seq, e) in events.iter().copied().filter(|(_, e)| is(e, EventKind::LoginLocked)) {

@@ -103,43 +103,6 @@ pub struct Detector {
     known: HashMap<String, i64>,
 }
 
-/// The keys under which the rules group an event with others, and so what a round must re-read when it
-/// arrives: session and token for token events (reuse, networks, lateral movement, revoked use); the source
-/// for rejections and failed sign-ins (forged-token bursts, credential stuffing); the account (user, or the
-/// pseudonym of an unknown name) for sign-ins (brute force). Nothing else: a key every event of a busy
-/// source or client shares (its address, its `sub`) would pull the whole window into every round.
-fn keys(e: &Event) -> Vec<String> {
-    let is = |kind: EventKind| e.kind == kind.name();
-    let login = is(EventKind::LoginFailure) || is(EventKind::LoginSuccess) || is(EventKind::LoginLocked);
-    let mut out = Vec::with_capacity(3);
-    if !login {
-        for (prefix, value) in [("sid", &e.sid), ("jti", &e.jti)] {
-            if let Some(v) = value {
-                out.push(format!("{prefix}:{v}"));
-            }
-        }
-    }
-    if (is(EventKind::TokenRejected) || is(EventKind::LoginFailure))
-        && let Some(ip) = &e.ip
-    {
-        out.push(format!("ip:{ip}"));
-    }
-    if login {
-        if let Some(sub) = &e.sub {
-            out.push(format!("sub:{sub}"));
-        } else if let Some(name) = pseudonym(e) {
-            out.push(format!("name:{name}"));
-        }
-    }
-    out
-}
-
-/// The pseudonym a failed sign-in records for a name no account has.
-fn pseudonym(e: &Event) -> Option<String> {
-    let detail: serde_json::Value = serde_json::from_str(e.detail.as_deref()?).ok()?;
-    detail.get("username_pseudonym")?.as_str().map(str::to_owned)
-}
-
 impl Detector {
     /// Starts at the head of the log, with the window filled from the events of the last
     /// `thresholds.window_secs`.
@@ -171,7 +134,7 @@ impl Detector {
     }
 
     fn push(&mut self, seq: i64, event: Event) {
-        for key in keys(&event) {
+        for key in detect::group_keys(&event) {
             self.index.entry(key).or_default().push_back(seq);
         }
         self.window.push_back((seq, event));
@@ -179,7 +142,7 @@ impl Detector {
 
     fn pop_front(&mut self) {
         let Some((seq, event)) = self.window.pop_front() else { return };
-        for key in keys(&event) {
+        for key in detect::group_keys(&event) {
             if let Some(seqs) = self.index.get_mut(&key) {
                 while seqs.front().is_some_and(|s| *s <= seq) {
                     seqs.pop_front();
@@ -218,7 +181,7 @@ impl Detector {
                 logins.push((r.seq, r.event.clone()));
             }
             if WATCHED.iter().any(|k| k.name() == r.event.kind) {
-                touched.extend(keys(&r.event));
+                touched.extend(detect::group_keys(&r.event));
                 self.push(r.seq, r.event);
             }
         }
@@ -546,7 +509,7 @@ mod tests {
             d.push(seq, issued(format!("t{seq}"), 100));
         }
         let new = issued("t1001".into(), 101);
-        let touched: HashSet<String> = keys(&new).into_iter().collect();
+        let touched: HashSet<String> = detect::group_keys(&new).into_iter().collect();
         d.push(1001, new);
         assert_eq!(seqs(d.related(&touched)), [1001], "only the new token's own events");
     }
@@ -564,13 +527,14 @@ mod tests {
         d.push(2, failed("198.51.100.7", None, "p-alice"));
         d.push(3, failed("192.0.2.1", Some("u-bob"), "p-bob"));
         let from_one_source: HashSet<String> =
-            keys(&failed("192.0.2.1", None, "p-carol")).into_iter().collect();
+            detect::group_keys(&failed("192.0.2.1", None, "p-carol")).into_iter().collect();
         assert_eq!(
             seqs(d.related(&from_one_source)),
             [1, 3],
             "credential stuffing: one source, many accounts"
         );
-        let one_name: HashSet<String> = keys(&failed("203.0.113.9", None, "p-alice")).into_iter().collect();
+        let one_name: HashSet<String> =
+            detect::group_keys(&failed("203.0.113.9", None, "p-alice")).into_iter().collect();
         assert_eq!(seqs(d.related(&one_name)), [1, 2], "brute force on one name from many sources");
     }
 }
