@@ -60,9 +60,10 @@ impl PostgresStore {
             .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
-        let rotations = spawn_rotation_writer(&pool, ());
+        let gate = ChainCache::default();
+        let rotations = spawn_rotation_writer(&pool, gate.clone());
         let single_use = spawn_single_use_writer(&pool);
-        let audit = spawn_audit_writer(&pool, ());
+        let audit = spawn_audit_writer(&pool, gate);
         Ok(PostgresStore {
             pool,
             rotations,
@@ -179,7 +180,7 @@ const MAX_ONCE_BATCH: usize = 256;
 /// (`synchronous_commit = off` for this transaction only): the events are in PostgreSQL, and visible to
 /// every node, before anyone is answered; a database crash may lose its last moments' events, as it may
 /// lose the single-use ids.
-async fn audit_batch(pool: &PgPool, (): &mut ChainCache, batch: &[Vec<Event>]) -> Result<Vec<()>> {
+async fn audit_batch(pool: &PgPool, _: &mut ChainCache, batch: &[Vec<Event>]) -> Result<Vec<()>> {
     let all: Vec<&Event> = batch.iter().flatten().collect();
     let mut tx = begin_write_on(pool).await?;
     sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
@@ -244,11 +245,116 @@ async fn begin_write_on(pool: &PgPool) -> Result<sqlx::Transaction<'static, Db>>
 /// UPDATE is the compare-and-swap of every job at once (a token named by several jobs is updated once, with
 /// one of their successors, and RETURNING says which); the INSERT adds exactly the winners' successors.
 /// A job is `Rotated` if its (token, successor) pair won, and only the first such job in the batch.
-/// What a PostgreSQL writer remembers of the audit chain between batches: nothing. Every node appends, so
-/// each transaction locks and reads the head ([`append_chained`]).
-type ChainCache = ();
+/// What this node's two chain writers (audit appends, rotations) share: the turn that keeps a rotation out
+/// of a usage pair, and when the audit writer may pair usage again. Every node appends, so each transaction
+/// still locks and reads the head ([`append_chained`]); nothing of the chain is remembered between batches.
+#[derive(Debug, Clone, Default)]
+struct ChainCache {
+    /// Held by a usage pair for its two transactions, and by the rotation writer for each of its own: the
+    /// second transaction of a pair moves the head only if no other writer took it since the first
+    /// committed, and this node's rotations would otherwise take it at every pair.
+    turn: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Until when usage is written one transaction at a time, after a pair's second transaction lost the
+    /// head to another writer (another node's, most likely): under such contention pairs only waste work.
+    unpaired_until: Option<tokio::time::Instant>,
+}
 
-async fn rotate_batch(pool: &PgPool, (): &mut ChainCache, batch: &[RotationJob]) -> Result<Vec<Rotation>> {
+/// PostgreSQL writes two usage transactions at once: see [`audit_pair`].
+const PAIRED_USAGE: bool = true;
+
+/// How long usage goes unpaired after a pair's second transaction lost the head.
+const UNPAIRED_AFTER_CONTENTION: Duration = Duration::from_secs(1);
+
+/// Two batches of guards' usage in two overlapping transactions, on two connections, so that PostgreSQL
+/// inserts them (each row into the table and its indexes, most of an event's cost) on two cores instead of
+/// one. The first locks and reads the head as every append does; the second is numbered and hashed onto
+/// the first's end and inserted meanwhile, and once the first has committed it moves the head from there,
+/// if no other writer has taken the head since (`FOR UPDATE NOWAIT`: a writer that did would be waiting on
+/// the second's rows, so waiting for it in turn could only deadlock). When the second cannot follow, it is
+/// rolled back and written again on its own, and the chain is as if the pair had never been tried. The
+/// chain stays one sequence of links: only where the work happens changes, not what `audit verify` checks.
+async fn audit_pair(
+    pool: &PgPool,
+    cache: &mut ChainCache,
+    first: &[Vec<Event>],
+    second: &[Vec<Event>],
+) -> (Result<Vec<()>>, Result<Vec<()>>) {
+    if cache.unpaired_until.is_some_and(|until| tokio::time::Instant::now() < until) {
+        let first = audit_batch(pool, cache, first).await;
+        return (first, audit_batch(pool, cache, second).await);
+    }
+    let a: Vec<&Event> = first.iter().flatten().collect();
+    let b: Vec<&Event> = second.iter().flatten().collect();
+    let turn = std::sync::Arc::clone(&cache.turn);
+    let held = turn.lock().await;
+    let outcome = pair(pool, &a, &b).await;
+    drop(held);
+    match outcome {
+        Ok(Paired::Both) => (Ok(vec![(); first.len()]), Ok(vec![(); second.len()])),
+        Ok(Paired::FirstOnly) => {
+            cache.unpaired_until = Some(tokio::time::Instant::now() + UNPAIRED_AFTER_CONTENTION);
+            (Ok(vec![(); first.len()]), audit_batch(pool, cache, second).await)
+        }
+        Ok(Paired::SecondFailed(e)) => (Ok(vec![(); first.len()]), Err(e)),
+        Err(e) => (Err(e), audit_batch(pool, cache, second).await),
+    }
+}
+
+/// What became of a pair whose first transaction committed.
+enum Paired {
+    /// Both committed.
+    Both,
+    /// The second was rolled back before its commit, and is still to be written.
+    FirstOnly,
+    /// The second's commit failed: it is not retried, as it may have taken effect.
+    SecondFailed(StoreError),
+}
+
+/// Runs a pair; `Err` if the first failed (the second then never commits).
+async fn pair(pool: &PgPool, a: &[&Event], b: &[&Event]) -> Result<Paired> {
+    let mut first = begin_write_on(pool).await?;
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *first).await?;
+    let (seq, hash): (i64, Vec<u8>) =
+        sqlx::query_as("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
+            .fetch_one(&mut *first)
+            .await?;
+    let head = (seq, ChainHash::from_slice(&hash).ok_or_else(|| corrupt("audit_head"))?);
+    let (rows_a, middle) = chain_rows(head, a);
+    let (rows_b, end) = chain_rows(middle, b);
+    let commit_first = async move {
+        insert_event_rows(&mut first, &rows_a).await?;
+        if !move_head(&mut first, head.0, middle).await? {
+            return Err(StoreError::Conflict("audit chain head"));
+        }
+        first.commit().await?;
+        Ok(())
+    };
+    let insert_second = async {
+        let mut second = begin_write_on(pool).await?;
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *second).await?;
+        insert_event_rows(&mut second, &rows_b).await?;
+        Ok::<_, StoreError>(second)
+    };
+    let (committed, inserted) = tokio::join!(commit_first, insert_second);
+    // On any early return the second transaction is dropped, which rolls it back.
+    committed?;
+    let Ok(mut second) = inserted else { return Ok(Paired::FirstOnly) };
+    let followed = async {
+        sqlx::query("SELECT 1 FROM audit_head WHERE id = 1 FOR UPDATE NOWAIT").execute(&mut *second).await?;
+        move_head(&mut second, middle.0, end).await
+    };
+    if !matches!(followed.await, Ok(true)) {
+        return Ok(Paired::FirstOnly);
+    }
+    Ok(match second.commit().await {
+        Ok(()) => Paired::Both,
+        Err(e) => Paired::SecondFailed(e.into()),
+    })
+}
+
+async fn rotate_batch(pool: &PgPool, cache: &mut ChainCache, batch: &[RotationJob]) -> Result<Vec<Rotation>> {
+    // Not while a usage pair is under way (see `ChainCache::turn`).
+    let _turn = cache.turn.lock().await;
     let col = |f: fn(&RotationJob) -> Vec<u8>| batch.iter().map(f).collect::<Vec<_>>();
     let olds = col(|j| j.old.as_bytes().to_vec());
     let successors = col(|j| j.successor.hash.as_bytes().to_vec());

@@ -479,9 +479,32 @@ fn spawn_audit_writer(pool: &WritePool, mut cache: ChainCache) -> AuditWriter {
                     Err(_) => break,
                 }
             }
+            // A second usage transaction beside the first, when the backend can overlap them and no other
+            // append waits (that one goes first, as above).
+            let mut second = Vec::new();
+            if usage && PAIRED_USAGE && normal_queue.is_empty() {
+                let mut rows = 0;
+                while second.len() < MAX_AUDIT_BATCH && rows < MAX_BULK_ROWS {
+                    match bulk_queue.try_recv() {
+                        Ok(queued) => {
+                            rows += queued.job.len();
+                            second.push(queued);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
             let (work, replies): (Vec<Vec<Event>>, Vec<_>) =
                 batch.into_iter().map(|q| (q.job, q.reply)).unzip();
-            answer(replies, audit_batch(&pool, &mut cache, &work).await);
+            if second.is_empty() {
+                answer(replies, audit_batch(&pool, &mut cache, &work).await);
+            } else {
+                let (next, next_replies): (Vec<Vec<Event>>, Vec<_>) =
+                    second.into_iter().map(|q| (q.job, q.reply)).unzip();
+                let (first, second) = audit_pair(&pool, &mut cache, &work, &next).await;
+                answer(replies, first);
+                answer(next_replies, second);
+            }
         }
     });
     AuditWriter { normal, bulk }

@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tessera_core::audit::ChainBreak;
 use tessera_core::throttle::Counter;
@@ -116,7 +117,16 @@ conformance_raw!(
     changes_committed_by_another_node_are_announced_and_other_schemas_are_not,
     of_two_nodes_scheduling_a_key_at_once_exactly_one_does,
     two_nodes_appending_at_once_keep_one_unbroken_audit_chain,
+    two_nodes_posting_usage_at_once_keep_each_batch_whole_on_one_chain,
 );
+
+/// PostgreSQL only: SQLite has one writer and never pairs usage transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_usage_pair_whose_second_loses_the_head_is_written_again_after_the_winner() {
+    let Some(h) = Harness::postgres().await else { return };
+    a_usage_pair_whose_second_loses_the_head_is_written_again_after_the_winner(&h).await;
+    h.finish().await;
+}
 
 /// Instantiates every suite function once per backend.
 macro_rules! conformance {
@@ -1122,7 +1132,6 @@ async fn announced(
 }
 
 async fn changes_committed_by_another_node_are_announced_and_other_schemas_are_not(h: &Harness) {
-    use std::time::Duration;
     use tessera_store::Change;
     let Some(mut changes) = h.store.changes() else {
         assert!(h.schema.is_none(), "only SQLite (one node, polling) announces nothing");
@@ -1199,6 +1208,126 @@ async fn two_nodes_appending_at_once_keep_one_unbroken_audit_chain(h: &Harness) 
     jtis.sort_unstable();
     jtis.dedup();
     assert_eq!(jtis.len(), 480, "no event lost or written twice");
+}
+
+async fn two_nodes_posting_usage_at_once_keep_each_batch_whole_on_one_chain(h: &Harness) {
+    // On PostgreSQL each node writes usage two transactions at a time; the second of a pair moves the head
+    // only if no other writer took it meanwhile. Here the other node's writers and this node's rotations
+    // take it often, so pairs are both kept and given up, and the chain must not show which.
+    let nodes: Vec<Arc<dyn Store>> = match &h.schema {
+        Some((url, schema)) => vec![
+            Arc::new(PostgresStore::connect(url, Some(schema)).await.unwrap()),
+            Arc::new(PostgresStore::connect(url, Some(schema)).await.unwrap()),
+        ],
+        None => vec![Arc::clone(&h.store), Arc::clone(&h.store)],
+    };
+    let start = h.store.audit_state().await.unwrap().head_seq;
+    let mut tasks = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for g in 0..3i64 {
+            let node = Arc::clone(node);
+            let base = 1_000_000 + (n as i64) * 100_000 + g * 10_000;
+            tasks.push(tokio::spawn(async move {
+                for b in 0..4i64 {
+                    let batch: Vec<Event> =
+                        (0..700).map(|i| audit_event(base + b * 1000 + i, EventKind::TokenUsed)).collect();
+                    node.append_usage(&batch).await.unwrap();
+                }
+            }));
+        }
+        // Rotations on the same node, each with its event on the chain.
+        let node = Arc::clone(node);
+        tasks.push(tokio::spawn(async move {
+            for r in 0..10i64 {
+                let fam = format!("usage-fam-{n}-{r}");
+                let first = refresh(&format!("usage-rt-{n}-{r}"), &fam, 0);
+                node.create_family(&family(&fam, "u-1"), Some(&first)).await.unwrap();
+                let next = refresh(&format!("usage-rt-{n}-{r}-next"), &fam, 1);
+                let event = rotated_event(9_000 + n * 100 + usize::try_from(r).unwrap());
+                let outcome = node.rotate_refresh(&first.hash, &next, Some(&event), NOW).await.unwrap();
+                assert_eq!(outcome, Rotation::Rotated);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let usage = 2 * 3 * 4 * 700;
+    assert_eq!(
+        verdict(&*h.store).await,
+        Ok(usage + 20),
+        "every event of both nodes on one chain, none twice"
+    );
+    assert_eq!(h.store.audit_state().await.unwrap().head_seq, start + usage as i64 + 20);
+    let all = h.store.audit_events(&AuditQuery { limit: 30_000, ..AuditQuery::default() }).await.unwrap();
+    let mut batches: std::collections::HashMap<i64, Vec<i64>> = std::collections::HashMap::new();
+    for r in &all {
+        if let Some(n) =
+            r.event.jti.as_deref().and_then(|j| j.strip_prefix("j-")).and_then(|n| n.parse::<i64>().ok())
+            && n >= 1_000_000
+        {
+            batches.entry(n / 1000).or_default().push(r.seq);
+        }
+    }
+    assert_eq!(batches.len(), 24, "every batch written");
+    for (batch, seqs) in &batches {
+        assert_eq!(seqs.len(), 700, "batch {batch} once, whole");
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "batch {batch} contiguous");
+    }
+}
+
+async fn a_usage_pair_whose_second_loses_the_head_is_written_again_after_the_winner(h: &Harness) {
+    let (url, schema) = h.schema.as_ref().expect("a PostgreSQL harness");
+    // A usage event whose jti starts with `slow` takes a second to insert.
+    h.raw(
+        "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$",
+    )
+    .await
+    .unwrap();
+    h.raw(
+        "CREATE TRIGGER slow_insert AFTER INSERT ON events FOR EACH ROW \
+         WHEN (NEW.jti LIKE 'slow%') EXECUTE FUNCTION slow_insert()",
+    )
+    .await
+    .unwrap();
+    let other: Arc<dyn Store> = Arc::new(PostgresStore::connect(url, Some(schema)).await.unwrap());
+    // A transaction takes up to 1,000 events of usage: `first` fills one, so `second` needs another.
+    let usage = |name: &str, n: i64, slow: bool| -> Vec<Event> {
+        (0..n)
+            .map(|i| Event {
+                jti: Some(if slow && i == 0 { format!("slow-{name}") } else { format!("{name}-{i}") }),
+                ..audit_event(i, EventKind::TokenUsed)
+            })
+            .collect()
+    };
+    // The writer is busy with `busy` while `first` and `second` queue: it then takes them as a pair.
+    let node = Arc::clone(&h.store);
+    let busy = tokio::spawn(async move { node.append_usage(&usage("busy", 50, true)).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (node, batch) = (Arc::clone(&h.store), usage("first", 1000, false));
+    let first = tokio::spawn(async move { node.append_usage(&batch).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (node, batch) = (Arc::clone(&h.store), usage("second", 50, true));
+    let second = tokio::spawn(async move { node.append_usage(&batch).await.unwrap() });
+    busy.await.unwrap();
+    // The pair's first transaction commits at once; its second is still inserting (its first row sleeps).
+    // Another node appends meanwhile: it takes the head, and waits on the second's rows, which hold the
+    // numbers it wants. The second must give way rather than wait for the head (a deadlock).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let winner = Event { jti: Some("other-node".into()), ..audit_event(0, EventKind::TokenIssued) };
+    other.append_event(&winner).await.unwrap();
+    first.await.unwrap();
+    second.await.unwrap();
+
+    assert_eq!(verdict(&*h.store).await, Ok(50 + 1000 + 1 + 50), "every event once, on one chain");
+    let all = h.store.audit_events(&AuditQuery { limit: 5000, ..AuditQuery::default() }).await.unwrap();
+    let seq_of = |jti: &str| all.iter().find(|r| r.event.jti.as_deref() == Some(jti)).map(|r| r.seq).unwrap();
+    let first_end = seq_of("first-999");
+    assert_eq!(seq_of("first-0"), first_end - 999, "the pair's first, whole");
+    assert_eq!(seq_of("other-node"), first_end + 1, "the other node's append follows the pair's first");
+    assert_eq!(seq_of("slow-second"), first_end + 2, "the second is written again after it, whole");
+    assert_eq!(seq_of("second-49"), first_end + 51);
 }
 
 async fn of_two_nodes_scheduling_a_key_at_once_exactly_one_does(h: &Harness) {
