@@ -80,6 +80,11 @@ struct Args {
     /// Milliseconds between two thefts in `detection_delay`.
     #[arg(long, default_value_t = 100)]
     detection_gap_ms: u64,
+    /// Requests per second in all, spread evenly over the connections, for the load scenarios; without
+    /// it, each connection sends its next request as soon as the last is answered. At a fixed rate, two
+    /// scenarios' server CPU per request compares work done per request, not how busy the server was.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Requests per second in `gateway_reporting`.
     #[arg(long, default_value_t = 2000.0)]
     gateway_rate: f64,
@@ -378,7 +383,7 @@ async fn run(args: Args) -> Result<(), String> {
             other => return Err(format!("unknown scenario {other}")),
         };
         let before = cluster::CpuSample::take(&nodes);
-        let mut result = load(&addrs, plan, Duration::from_secs(args.duration)).await?;
+        let mut result = load_at(&addrs, plan, Duration::from_secs(args.duration), args.rate).await?;
         let cpu = cluster::CpuSample::take(&nodes).since(&before, result.seconds);
         // The nodes' CPU time (user and system, every thread; 10 ms ticks) over the requests answered: what
         // one request costs the server, whatever the generator beside it takes.
@@ -906,6 +911,19 @@ impl Conn {
 /// Runs every plan on its own connection for `duration`; connection `i` goes to `addrs[i % addrs.len()]`
 /// (a round-robin balancer's spread).
 pub(crate) async fn load(addrs: &[String], plans: Vec<Plan>, duration: Duration) -> Result<Outcome, String> {
+    load_at(addrs, plans, duration, None).await
+}
+
+/// [`load`], at `rate` requests per second in all when given: each connection sends on a fixed schedule
+/// (a tick missed while a request was under way is skipped, not made up in a burst).
+pub(crate) async fn load_at(
+    addrs: &[String],
+    plans: Vec<Plan>,
+    duration: Duration,
+    rate: Option<f64>,
+) -> Result<Outcome, String> {
+    let connections = plans.len().max(1);
+    let period = rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(connections as f64 / r));
     #[allow(clippy::disallowed_methods, reason = "a load generator measures wall-clock latency")]
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
@@ -929,7 +947,17 @@ pub(crate) async fn load(addrs: &[String], plans: Vec<Plan>, duration: Duration)
                 }
                 _ => Vec::new(),
             };
+            let mut pace = period.map(|period| {
+                // Connections start spread over one period, not all at once.
+                let offset = period.mul_f64(i as f64 / connections as f64);
+                let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                ticks
+            });
             while started.elapsed() < duration {
+                if let Some(ticks) = &mut pace {
+                    ticks.tick().await;
+                }
                 #[allow(clippy::disallowed_methods, reason = "a load generator measures wall-clock latency")]
                 let t0 = std::time::Instant::now();
                 let answer = match &mut plan {

@@ -109,6 +109,8 @@ pub struct AppState {
     pub webauthn: Option<webauthn_rs::Webauthn>,
     /// Takes this node's login-throttle updates one at a time (see [`throttle`]).
     throttle_turn: tokio::sync::Mutex<()>,
+    /// The checked keys of DPoP proofs that verified, by header segment (see [`dpop::request_proof`]).
+    pub(crate) proof_keys: dpop::ProofKeys,
     /// The proxies whose `X-Forwarded-For` is believed.
     trusted_proxies: Vec<ipnet::IpNet>,
     /// The clients that may read `/metrics`.
@@ -341,6 +343,7 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
         notifier,
         webauthn,
         throttle_turn: tokio::sync::Mutex::new(()),
+        proof_keys: dpop::ProofKeys::new(dpop::PROOF_KEY_CAPACITY),
         trusted_proxies,
         metrics_allow,
         discovery,
