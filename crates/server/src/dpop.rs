@@ -5,13 +5,13 @@
 //! node with the same master key issues and accepts the same ones. A nonce is accepted in its own minute
 //! and the next.
 
+use std::sync::Arc;
+
 use axum::http::{HeaderMap, HeaderName};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tessera_core::TokenHash;
 use tessera_token::UnixTime;
-use std::sync::Arc;
-
 use tessera_token::dpop::{
     Ath, DpopProof, ProofKey, ProofPolicy, ProofRejection, ProofRequest, proof_header, verify_proof_with_key,
 };
@@ -122,8 +122,9 @@ pub async fn request_proof(
         Some(key) => (key, false),
         None => (Arc::new(ProofKey::parse(header).map_err(rejected)?), true),
     };
-    let checked = verify_proof_with_key(proof, &key, &request, &policy, UnixTime(u64::try_from(now).unwrap_or(0)))
-        .map_err(rejected)?;
+    let checked =
+        verify_proof_with_key(proof, &key, &request, &policy, UnixTime(u64::try_from(now).unwrap_or(0)))
+            .map_err(rejected)?;
     if parsed {
         state.proof_keys.insert(header.into(), key);
     }

@@ -241,10 +241,6 @@ async fn begin_write_on(pool: &PgPool) -> Result<sqlx::Transaction<'static, Db>>
     Ok(pool.begin().await?)
 }
 
-/// A batch of rotations as one statement (one round trip, atomic on its own): the jobs arrive as arrays; the
-/// UPDATE is the compare-and-swap of every job at once (a token named by several jobs is updated once, with
-/// one of their successors, and RETURNING says which); the INSERT adds exactly the winners' successors.
-/// A job is `Rotated` if its (token, successor) pair won, and only the first such job in the batch.
 /// What this node's two chain writers (audit appends, rotations) share: the turn that keeps a rotation out
 /// of a usage pair, and when the audit writer may pair usage again. Every node appends, so each transaction
 /// still locks and reads the head ([`append_chained`]); nothing of the chain is remembered between batches.
@@ -352,6 +348,10 @@ async fn pair(pool: &PgPool, a: &[&Event], b: &[&Event]) -> Result<Paired> {
     })
 }
 
+/// A batch of rotations as one statement (one round trip, atomic on its own): the jobs arrive as arrays; the
+/// UPDATE is the compare-and-swap of every job at once (a token named by several jobs is updated once, with
+/// one of their successors, and RETURNING says which); the INSERT adds exactly the winners' successors.
+/// A job is `Rotated` if its (token, successor) pair won, and only the first such job in the batch.
 async fn rotate_batch(pool: &PgPool, cache: &mut ChainCache, batch: &[RotationJob]) -> Result<Vec<Rotation>> {
     // Not while a usage pair is under way (see `ChainCache::turn`).
     let _turn = cache.turn.lock().await;

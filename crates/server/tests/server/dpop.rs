@@ -152,6 +152,30 @@ async fn replayed_or_misdirected_proofs_are_refused_at_the_token_endpoint(s: &Se
     assert_eq!((status, body["token_type"].as_str()), (200, Some("DPoP")), "{body}");
     let (status, _, body) = token_request(s, &form, Some(&proof)).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_dpop_proof")), "a replay");
+    // The server keeps this key's checked header now: a proof with that header still needs a good signature
+    // over its own claims.
+    let fresh = token_proof(s, &key);
+    let (header, rest) = fresh.split_once('.').unwrap();
+    let (_, signature) = rest.split_once('.').unwrap();
+    let other_claims = URL_SAFE_NO_PAD.encode(
+        serde_json::json!({"jti": "forged", "htm": "POST", "htu": s.url("/token"), "iat": now()}).to_string(),
+    );
+    let mut flipped = signature.as_bytes().to_vec();
+    flipped[3] = if flipped[3] == b'A' { b'B' } else { b'A' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    for bad in [
+        format!("{header}.{other_claims}.{signature}"),
+        format!("{header}.{}.{flipped}", &rest[..rest.find('.').unwrap()]),
+    ] {
+        let (status, _, body) = token_request(s, &form, Some(&bad)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_dpop_proof")),
+            "a cached key's forgery"
+        );
+    }
+    let (status, _, body) = token_request(s, &form, Some(&fresh)).await;
+    assert_eq!((status, body["token_type"].as_str()), (200, Some("DPoP")), "the genuine proof: {body}");
     for bad in [
         key.proof("GET", &s.url("/token"), now(), None, None).unwrap(),
         key.proof("POST", &s.url("/revoke"), now(), None, None).unwrap(),
