@@ -466,33 +466,14 @@ fn spawn_audit_writer(pool: &WritePool, mut cache: ChainCache) -> AuditWriter {
                 Some(queued) = bulk_queue.recv() => (queued, true),
                 else => break,
             };
-            let mut rows = first.job.len();
             let mut batch = vec![first];
             let queue = if usage { &mut bulk_queue } else { &mut normal_queue };
-            let max_rows = if usage { MAX_BULK_ROWS } else { usize::MAX };
-            while batch.len() < MAX_AUDIT_BATCH && rows < max_rows {
-                match queue.try_recv() {
-                    Ok(queued) => {
-                        rows += queued.job.len();
-                        batch.push(queued);
-                    }
-                    Err(_) => break,
-                }
-            }
+            take_waiting(queue, &mut batch, if usage { MAX_BULK_ROWS } else { usize::MAX });
             // A second usage transaction beside the first, when the backend can overlap them and no other
             // append waits (that one goes first, as above).
             let mut second = Vec::new();
             if usage && PAIRED_USAGE && normal_queue.is_empty() {
-                let mut rows = 0;
-                while second.len() < MAX_AUDIT_BATCH && rows < MAX_BULK_ROWS {
-                    match bulk_queue.try_recv() {
-                        Ok(queued) => {
-                            rows += queued.job.len();
-                            second.push(queued);
-                        }
-                        Err(_) => break,
-                    }
-                }
+                take_waiting(&mut bulk_queue, &mut second, MAX_BULK_ROWS);
             }
             let (work, replies): (Vec<Vec<Event>>, Vec<_>) =
                 batch.into_iter().map(|q| (q.job, q.reply)).unzip();
@@ -508,6 +489,25 @@ fn spawn_audit_writer(pool: &WritePool, mut cache: ChainCache) -> AuditWriter {
         }
     });
     AuditWriter { normal, bulk }
+}
+
+/// Moves appends waiting on `queue` into `batch` while it holds fewer than [`MAX_AUDIT_BATCH`] appends and
+/// `max_rows` events.
+fn take_waiting(
+    queue: &mut tokio::sync::mpsc::Receiver<Queued<Vec<Event>, ()>>,
+    batch: &mut Vec<Queued<Vec<Event>, ()>>,
+    max_rows: usize,
+) {
+    let mut rows: usize = batch.iter().map(|q| q.job.len()).sum();
+    while batch.len() < MAX_AUDIT_BATCH && rows < max_rows {
+        match queue.try_recv() {
+            Ok(queued) => {
+                rows += queued.job.len();
+                batch.push(queued);
+            }
+            Err(_) => break,
+        }
+    }
 }
 
 /// Takes the next sequence number and inserts the entry, inside the caller's transaction. The counter row

@@ -1174,15 +1174,21 @@ async fn changes_committed_by_another_node_are_announced_and_other_schemas_are_n
     other.close().await;
 }
 
-async fn two_nodes_appending_at_once_keep_one_unbroken_audit_chain(h: &Harness) {
-    // Two nodes' writers, each batching its own appends, take turns at the chain's head.
-    let nodes: Vec<Arc<dyn Store>> = match &h.schema {
+/// Two server nodes on the harness's database: two PostgreSQL stores on one schema, or (SQLite has one
+/// server process per file) the one store twice.
+async fn two_nodes(h: &Harness) -> Vec<Arc<dyn Store>> {
+    match &h.schema {
         Some((url, schema)) => vec![
             Arc::new(PostgresStore::connect(url, Some(schema)).await.unwrap()),
             Arc::new(PostgresStore::connect(url, Some(schema)).await.unwrap()),
         ],
         None => vec![Arc::clone(&h.store), Arc::clone(&h.store)],
-    };
+    }
+}
+
+async fn two_nodes_appending_at_once_keep_one_unbroken_audit_chain(h: &Harness) {
+    // Two nodes' writers, each batching its own appends, take turns at the chain's head.
+    let nodes = two_nodes(h).await;
     let start = h.store.audit_state().await.unwrap().head_seq;
     let mut tasks = Vec::new();
     for (n, node) in nodes.iter().enumerate() {
@@ -1214,13 +1220,7 @@ async fn two_nodes_posting_usage_at_once_keep_each_batch_whole_on_one_chain(h: &
     // On PostgreSQL each node writes usage two transactions at a time; the second of a pair moves the head
     // only if no other writer took it meanwhile. Here the other node's writers and this node's rotations
     // take it often, so pairs are both kept and given up, and the chain must not show which.
-    let nodes: Vec<Arc<dyn Store>> = match &h.schema {
-        Some((url, schema)) => vec![
-            Arc::new(PostgresStore::connect(url, Some(schema)).await.unwrap()),
-            Arc::new(PostgresStore::connect(url, Some(schema)).await.unwrap()),
-        ],
-        None => vec![Arc::clone(&h.store), Arc::clone(&h.store)],
-    };
+    let nodes = two_nodes(h).await;
     let start = h.store.audit_state().await.unwrap().head_seq;
     let mut tasks = Vec::new();
     for (n, node) in nodes.iter().enumerate() {
@@ -1342,13 +1342,7 @@ async fn of_two_nodes_scheduling_a_key_at_once_exactly_one_does(h: &Harness) {
         retired_at: None,
     };
     h.store.insert_key(&key("k0", KeyState::Current)).await.unwrap();
-    let nodes: Vec<Arc<dyn Store>> = match &h.schema {
-        Some((url, schema)) => vec![
-            Arc::new(PostgresStore::connect(url, Some(schema)).await.unwrap()),
-            Arc::new(PostgresStore::connect(url, Some(schema)).await.unwrap()),
-        ],
-        None => vec![Arc::clone(&h.store), Arc::clone(&h.store)],
-    };
+    let nodes = two_nodes(h).await;
     for round in 0..10 {
         let tasks: Vec<_> = nodes
             .iter()
