@@ -11,6 +11,7 @@ pub mod geo;
 pub mod mfa;
 pub mod model;
 pub mod net;
+pub mod proof_keys;
 pub mod replay;
 pub mod risk;
 pub mod secret;

@@ -10,10 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tessera_token::dpop::{
-    Ath, ProofKey, ProofPolicy, ProofRejection, ProofRequest, proof_header, required_key,
-    verify_proof_with_key,
-};
+use tessera_token::dpop::{Ath, ProofPolicy, ProofRejection, ProofRequest, required_key};
 use tessera_token::{AccessClaims, Rejection, UnixTime, UnverifiedJwt, Validation};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
@@ -25,10 +22,9 @@ use crate::path::{self, BadPath};
 use crate::policy::{Policy, Route, Unlisted};
 use crate::report::Reporter;
 use crate::revocation::{RevocationSet, TokenIds};
+use tessera_core::proof_keys::ProofKeys;
 use tessera_core::replay::{ReplayCache, Seen};
 
-/// How many DPoP client keys the guard keeps parsed (least recently used go first).
-const PROOF_KEY_CAPACITY: usize = 4096;
 /// The request header that carries a DPoP proof.
 const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
 
@@ -249,9 +245,8 @@ pub(crate) struct Inner {
     /// The base URL DPoP proofs are checked against; `None` refuses DPoP-bound tokens.
     dpop_base: Option<String>,
     dpop_policy: ProofPolicy,
-    /// The checked headers (and keys) of proofs that verified, by header segment: a client's proofs share
-    /// one, so parsing its key is paid once per key, not per request.
-    proof_keys: quick_cache::sync::Cache<Box<str>, Arc<ProofKey>>,
+    /// The checked keys of proofs that verified, by header segment.
+    proof_keys: ProofKeys,
     replay: ReplayCache,
     /// The key the guard's DPoP nonces are made with, when it asks for them.
     nonce_key: Option<aws_lc_rs::hmac::Key>,
@@ -444,7 +439,7 @@ impl Guard {
             cache: quick_cache::sync::Cache::new(config.cache_capacity.max(1)),
             dpop_base,
             dpop_policy: ProofPolicy { max_age_secs: config.dpop_max_age_secs, ..ProofPolicy::default() },
-            proof_keys: quick_cache::sync::Cache::new(PROOF_KEY_CAPACITY),
+            proof_keys: ProofKeys::default(),
             replay: ReplayCache::with_namespace_cap(config.dpop_replay_capacity, config.dpop_replay_per_key),
             nonce_key: config.dpop_nonce.then(|| nonce_key(&config.client_secret)),
             reporter: Reporter::new(),
@@ -773,17 +768,8 @@ impl Inner {
             (ProofRejection::NonceRequired, Some(current)) => Denial::UseDpopNonce { nonce: current.clone() },
             (r, _) => Denial::InvalidDpopProof { reason: r.name() },
         };
-        let header = proof_header(proof).map_err(refused)?;
-        let (key, parsed) = match self.proof_keys.get(header) {
-            Some(key) => (key, false),
-            None => (Arc::new(ProofKey::parse(header).map_err(refused)?), true),
-        };
-        let checked = verify_proof_with_key(proof, &key, &request, &self.dpop_policy, UnixTime(now))
-            .map_err(refused)?;
-        if parsed {
-            // Only the keys of proofs that verified: filling this takes a private key per entry.
-            self.proof_keys.insert(header.into(), key);
-        }
+        let checked =
+            self.proof_keys.verify(proof, &request, &self.dpop_policy, UnixTime(now)).map_err(refused)?;
         if checked.jkt != jkt {
             return Err(Denial::InvalidDpopProof { reason: ProofRejection::KeyMismatch.name() });
         }

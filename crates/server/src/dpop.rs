@@ -5,16 +5,12 @@
 //! node with the same master key issues and accepts the same ones. A nonce is accepted in its own minute
 //! and the next.
 
-use std::sync::Arc;
-
 use axum::http::{HeaderMap, HeaderName};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tessera_core::TokenHash;
 use tessera_token::UnixTime;
-use tessera_token::dpop::{
-    Ath, DpopProof, ProofKey, ProofPolicy, ProofRejection, ProofRequest, proof_header, verify_proof_with_key,
-};
+use tessera_token::dpop::{Ath, DpopProof, ProofPolicy, ProofRejection, ProofRequest};
 
 use crate::AppState;
 use crate::oauth::OAuthError;
@@ -23,15 +19,6 @@ use crate::oauth::OAuthError;
 pub const DPOP: HeaderName = HeaderName::from_static("dpop");
 /// The `DPoP-Nonce` response header.
 pub const DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
-
-/// The checked keys of proofs that verified, by the proof's header segment. A client signs every proof
-/// with one key, so its proofs share one header: the header's JSON, the key's import and its thumbprint are
-/// paid once per key rather than once per request, and a request pays the signature check and the claims.
-/// Only keys of proofs that verified are kept, so filling the cache takes a private key per entry.
-pub type ProofKeys = quick_cache::sync::Cache<Box<str>, Arc<ProofKey>>;
-
-/// Proof keys kept (the guard keeps as many).
-pub const PROOF_KEY_CAPACITY: usize = 4096;
 
 /// How long one nonce is issued for, seconds. It is accepted for twice as long.
 const NONCE_WINDOW: i64 = 60;
@@ -117,17 +104,10 @@ pub async fn request_proof(
         ProofRejection::NonceRequired => ProofFailure::Nonce(nonce_at(state, now)),
         rejection => refused(rejection, "proof refused"),
     };
-    let header = proof_header(proof).map_err(rejected)?;
-    let (key, parsed) = match state.proof_keys.get(header) {
-        Some(key) => (key, false),
-        None => (Arc::new(ProofKey::parse(header).map_err(rejected)?), true),
-    };
-    let checked =
-        verify_proof_with_key(proof, &key, &request, &policy, UnixTime(u64::try_from(now).unwrap_or(0)))
-            .map_err(rejected)?;
-    if parsed {
-        state.proof_keys.insert(header.into(), key);
-    }
+    let checked = state
+        .proof_keys
+        .verify(proof, &request, &policy, UnixTime(u64::try_from(now).unwrap_or(0)))
+        .map_err(rejected)?;
     let id = TokenHash::of(&format!("{}|{}", checked.jkt, checked.jti));
     let until = i64::try_from(checked.replay_until(&policy)).unwrap_or(i64::MAX);
     match state.store.use_once("dpop", &id, until, now).await {

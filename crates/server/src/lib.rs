@@ -109,8 +109,8 @@ pub struct AppState {
     pub webauthn: Option<webauthn_rs::Webauthn>,
     /// Takes this node's login-throttle updates one at a time (see [`throttle`]).
     throttle_turn: tokio::sync::Mutex<()>,
-    /// The checked keys of DPoP proofs that verified, by header segment (see [`dpop::request_proof`]).
-    pub(crate) proof_keys: dpop::ProofKeys,
+    /// The checked keys of DPoP proofs that verified, by header segment.
+    pub(crate) proof_keys: tessera_core::proof_keys::ProofKeys,
     /// The proxies whose `X-Forwarded-For` is believed.
     trusted_proxies: Vec<ipnet::IpNet>,
     /// The clients that may read `/metrics`.
@@ -152,15 +152,14 @@ impl AppState {
 
     /// Records a security event; a failure to record is logged, never shown to the client.
     pub async fn event(&self, event: Event) {
-        if let Err(e) = self.store.append_event(&event).await {
-            tracing::error!(error = %e, kind = %event.kind, "cannot record event");
-        }
+        self.events(std::slice::from_ref(&event)).await;
     }
 
     /// Records events together, in order, in one append; a failure is logged, and the caller goes on.
     pub async fn events(&self, events: &[Event]) {
         if let Err(e) = self.store.append_events(events).await {
-            tracing::error!(error = %e, count = events.len(), "cannot record events");
+            let kind = events.first().map(|e| e.kind.as_str()).unwrap_or_default();
+            tracing::error!(error = %e, kind, count = events.len(), "cannot record events");
         }
     }
 
@@ -343,7 +342,7 @@ pub async fn prepare(config: Config) -> Result<(Arc<AppState>, Startup), StartEr
         notifier,
         webauthn,
         throttle_turn: tokio::sync::Mutex::new(()),
-        proof_keys: dpop::ProofKeys::new(dpop::PROOF_KEY_CAPACITY),
+        proof_keys: tessera_core::proof_keys::ProofKeys::default(),
         trusted_proxies,
         metrics_allow,
         discovery,

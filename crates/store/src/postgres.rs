@@ -276,8 +276,7 @@ async fn audit_pair(
     second: &[Vec<Event>],
 ) -> (Result<Vec<()>>, Result<Vec<()>>) {
     if cache.unpaired_until.is_some_and(|until| tokio::time::Instant::now() < until) {
-        let first = audit_batch(pool, cache, first).await;
-        return (first, audit_batch(pool, cache, second).await);
+        return audit_in_turn(pool, cache, first, second).await;
     }
     let a: Vec<&Event> = first.iter().flatten().collect();
     let b: Vec<&Event> = second.iter().flatten().collect();

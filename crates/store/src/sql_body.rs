@@ -491,6 +491,17 @@ fn spawn_audit_writer(pool: &WritePool, mut cache: ChainCache) -> AuditWriter {
     AuditWriter { normal, bulk }
 }
 
+/// Two batches of appends in two transactions, one after the other.
+async fn audit_in_turn(
+    pool: &WritePool,
+    cache: &mut ChainCache,
+    first: &[Vec<Event>],
+    second: &[Vec<Event>],
+) -> (Result<Vec<()>>, Result<Vec<()>>) {
+    let first = audit_batch(pool, cache, first).await;
+    (first, audit_batch(pool, cache, second).await)
+}
+
 /// Moves appends waiting on `queue` into `batch` while it holds fewer than [`MAX_AUDIT_BATCH`] appends and
 /// `max_rows` events.
 fn take_waiting(

@@ -248,16 +248,8 @@ async fn audit_batch(pool: &SqlitePool, cache: &mut ChainCache, batch: &[Vec<Eve
 /// SQLite has one writer: usage transactions cannot overlap.
 const PAIRED_USAGE: bool = false;
 
-/// Two batches of usage, one after the other (the writer never pairs them on SQLite; see [`PAIRED_USAGE`]).
-async fn audit_pair(
-    pool: &SqlitePool,
-    cache: &mut ChainCache,
-    first: &[Vec<Event>],
-    second: &[Vec<Event>],
-) -> (Result<Vec<()>>, Result<Vec<()>>) {
-    let first = audit_batch(pool, cache, first).await;
-    (first, audit_batch(pool, cache, second).await)
-}
+// The writer never pairs usage on SQLite; were it asked to, it would write the two one after the other.
+use self::audit_in_turn as audit_pair;
 
 /// Appends one caller-aligned group of events in one transaction; see [`audit_batch`].
 async fn append_group(
