@@ -95,7 +95,11 @@ impl ReplayCache {
     /// Takes `id` in `namespace` (a DPoP key's thumbprint, a store scope), remembered until `until`, at
     /// `now`: [`Seen::Fresh`] the first time, and again once `until` has passed.
     pub fn record(&self, namespace: &[u8], id: &[u8], until: u64, now: u64) -> Seen {
-        let ns = prefix(&aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, namespace));
+        // The namespace's own hash is needed only to count its entries.
+        let ns = match self.per_namespace {
+            Some(_) => prefix(&aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, namespace)),
+            None => 0,
+        };
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         for part in [namespace, id] {
             ctx.update(&u64::try_from(part.len()).unwrap_or(u64::MAX).to_le_bytes());

@@ -108,7 +108,7 @@ pub async fn request_proof(
         .proof_keys
         .verify(proof, &request, &policy, UnixTime(u64::try_from(now).unwrap_or(0)))
         .map_err(rejected)?;
-    let id = TokenHash::of(&format!("{}|{}", checked.jkt, checked.jti));
+    let id = TokenHash::of_parts(&[&checked.jkt, "|", &checked.jti]);
     let until = i64::try_from(checked.replay_until(&policy)).unwrap_or(i64::MAX);
     match state.store.use_once("dpop", &id, until, now).await {
         Ok(true) => Ok(Some(checked)),

@@ -330,7 +330,7 @@ async fn private_key_jwt(
             tracing::warn!(client = %client.id, reason = %r, "client assertion refused");
             OAuthError::invalid_client()
         })?;
-    let id_hash = TokenHash::of(&format!("{}\0{}", client.id, checked.jti));
+    let id_hash = TokenHash::of_parts(&[&client.id, "\0", &checked.jti]);
     let until = i64::try_from(checked.replay_until(&policy)).unwrap_or(i64::MAX);
     if !state.store.use_once(ASSERTION_SCOPE, &id_hash, until, now).await? {
         tracing::warn!(

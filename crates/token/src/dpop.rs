@@ -402,9 +402,11 @@ fn verify_parts(
     if htm != request.method {
         return Err(ProofRejection::MethodMismatch);
     }
-    // The same text normalises the same way: one parse (to refuse what is no http(s) URL) is enough.
+    // The same text normalises the same way. The request's URL is built by the caller from a base URL it
+    // checked when configured, so when it is plainly http(s) there is nothing to parse; anything else is
+    // parsed, to refuse what is no http(s) URL.
     let same_url = if htu == request.url {
-        Target::parse(request.url).is_some()
+        plainly_http(request.url) || Target::parse(request.url).is_some()
     } else {
         matches!((Target::parse(&htu), Target::parse(request.url)), (Some(claimed), Some(actual)) if claimed == actual)
     };
@@ -473,6 +475,19 @@ struct Target {
     host: String,
     port: u16,
     path: String,
+}
+
+/// Whether `url` is plainly an absolute http(s) URL: the scheme in lower case, a host without user info, and
+/// only visible ASCII, with no query or fragment. What a caller builds from its checked base URL and a request
+/// path passes; anything else goes through [`Target::parse`].
+fn plainly_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    !authority.is_empty()
+        && !authority.contains('@')
+        && url.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
 }
 
 impl Target {
@@ -613,6 +628,26 @@ mod tests {
         }
         for refused in ["https://user@id.example/", "ftp://id.example/", "/token", "not a url"] {
             assert_eq!(Target::parse(refused), None, "{refused}");
+            assert!(!plainly_http(refused), "{refused}");
+        }
+    }
+
+    #[test]
+    fn only_plain_http_urls_skip_the_parse_and_every_one_of_them_parses() {
+        for plain in ["https://id.example/token", "http://127.0.0.1:8080/userinfo", "https://id.example"] {
+            assert!(plainly_http(plain), "{plain}");
+            assert!(Target::parse(plain).is_some(), "{plain}");
+        }
+        let parsed = [
+            "HTTPS://id.example/token",
+            "https://id.example/token?x=1",
+            "https://id.example/token#f",
+            "https:///token",
+            "https://a b/token",
+            "https://user:pw@id.example/token",
+        ];
+        for other in parsed {
+            assert!(!plainly_http(other), "{other}");
         }
     }
 
