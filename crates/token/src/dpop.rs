@@ -78,6 +78,8 @@ pub struct ProofRequest<'a> {
     /// The HTTP method, compared exactly (methods are case-sensitive).
     pub method: &'a str,
     /// The request URL as the client saw it: scheme, host, port and path. Query and fragment are ignored.
+    /// The caller builds it from a base URL it checked when configured and the request's path: an `htu`
+    /// spelt exactly as a plain http(s) URL here is taken without parsing; any other is parsed and normalised.
     pub url: &'a str,
     /// The hash of the access token the proof accompanies, which `ath` must carry; `None` at the token
     /// endpoint.
