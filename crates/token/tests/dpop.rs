@@ -60,6 +60,15 @@ fn proof_for_another_method_or_url_is_refused() {
 }
 
 #[test]
+fn a_proof_naming_no_http_url_is_refused_even_when_the_request_is_spelt_the_same() {
+    let client = DpopClient::new("EdDSA").unwrap();
+    for url in ["ftp://id.tessera.test/token", "https://user@id.tessera.test/token", "/token"] {
+        let proof = client.proof("POST", url, NOW, None, None).unwrap();
+        assert_eq!(check(&proof, &request("POST", url)), Err(ProofRejection::UrlMismatch), "{url}");
+    }
+}
+
+#[test]
 fn expired_and_future_proofs_are_refused() {
     let client = DpopClient::new("EdDSA").unwrap();
     let policy = ProofPolicy::default();
